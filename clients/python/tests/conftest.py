@@ -1,0 +1,183 @@
+"""Fixtures: the real server binary on a free port, clients connected to it,
+and a scripted fake server for replies the real one must never send.
+
+The binary comes from ``NEMESISDB_BIN`` (default ``<repo>/target/debug/nemesisdb``)
+and is started as ``BIN --ip 127.0.0.1 --port 0 --shards 2``; its startup line
+on stdout, ``listening on IP:PORT``, says where to connect.
+
+Every test runs under a watchdog: a test that hangs dumps its stack and ends
+the run instead of stalling CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional
+
+import pytest
+import pytest_asyncio
+
+HERE = Path(__file__).resolve().parent
+PACKAGE_ROOT = HERE.parent
+REPO_ROOT = PACKAGE_ROOT.parent.parent
+# Test the working tree, not whatever copy of ndb happens to be installed.
+sys.path.insert(0, str(PACKAGE_ROOT / "src"))
+
+from ndb.sessionclient import SessionClient  # noqa: E402
+
+LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
+STARTUP_TIMEOUT = 20.0
+TEST_WATCHDOG_SECONDS = 90.0
+
+
+def server_binary() -> Path:
+    return Path(os.environ.get("NEMESISDB_BIN", REPO_ROOT / "target" / "debug" / "nemesisdb"))
+
+
+class ServerProcess:
+    """One running server binary; `uri` is where it listens."""
+
+    def __init__(self) -> None:
+        binary = server_binary()
+        if not binary.is_file():
+            pytest.fail(f"server binary not found at {binary} (build it or set NEMESISDB_BIN)")
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [str(binary), "--ip", "127.0.0.1", "--port", "0", "--shards", "2"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            errors="replace",
+        )
+        self.stdout: List[str] = []
+        lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        # Drain stdout for the life of the process so the server never blocks on a full pipe.
+        threading.Thread(target=self._drain, args=(lines,), daemon=True).start()
+        self.host, self.port = self._wait_for_listening(lines)
+        self.uri = f"ws://{self.host}:{self.port}/"
+
+    def _drain(self, lines: "queue.Queue[Optional[str]]") -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    def _wait_for_listening(self, lines: "queue.Queue[Optional[str]]") -> "tuple[str, int]":
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = lines.get(timeout=max(remaining, 0.01))
+            except queue.Empty:
+                line = None
+                if time.monotonic() < deadline:
+                    continue
+            if line is not None:
+                match = LISTENING.search(line)
+                if match:
+                    return match.group(1), int(match.group(2))
+                continue
+            self.kill()
+            self._stderr.seek(0)
+            err = self._stderr.read().decode("utf-8", "replace")[-2000:]
+            pytest.fail(
+                "server did not print 'listening on IP:PORT' within "
+                f"{STARTUP_TIMEOUT}s (exit code {self.proc.returncode}).\n"
+                f"stdout: {''.join(self.stdout)[-2000:]}\nstderr: {err}"
+            )
+
+    def stop(self) -> None:
+        """Pause the process (SIGSTOP): it keeps its sockets but answers nothing."""
+        import signal
+
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._stderr.close()
+
+
+@pytest.fixture(autouse=True)
+def watchdog() -> Iterator[None]:
+    """Never hang: a test still running after the limit dumps stacks and exits."""
+    faulthandler.dump_traceback_later(TEST_WATCHDOG_SECONDS, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """A server shared by the tests that do not depend on server-wide state."""
+    proc = ServerProcess()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[ServerProcess]:
+    """A server of the test's own, for server-wide counts and for killing."""
+    proc = ServerProcess()
+    yield proc
+    proc.kill()
+
+
+@pytest_asyncio.fixture
+async def client(server: ServerProcess) -> AsyncIterator[SessionClient]:
+    c = SessionClient()
+    await c.open(server.uri)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Names no other test uses, since the shared server outlives each test."""
+    return lambda prefix="n": f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+@pytest_asyncio.fixture
+async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """Start an in-process WebSocket server running `handler(ws)`; returns its uri."""
+    import websockets
+
+    servers: List[Any] = []
+
+    async def start(handler: Handler) -> str:
+        async def run(ws: Any, *_: Any) -> None:
+            try:
+                await handler(ws)
+            except Exception:
+                pass
+
+        srv = await websockets.serve(run, "127.0.0.1", 0)
+        servers.append(srv)
+        port = next(iter(srv.sockets)).getsockname()[1]
+        return f"ws://127.0.0.1:{port}/"
+
+    yield start
+    for srv in servers:
+        srv.close()
+        await srv.wait_closed()
+

@@ -1,0 +1,422 @@
+"""The client against a scripted fake server and no server at all: request
+shapes, argument checks, reply matching, and every way a connection can fail,
+including replies the real server must never send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any, List
+
+import pytest
+
+from ndb.sessionclient import ProtocolError, ResponseError, Session, SessionClient, Status
+from support import command_of, params_of, rsp
+
+pytestmark = pytest.mark.asyncio
+
+
+async def recording_server(fake_server: Any, frames: List[str], reply: Any = None) -> str:
+    """A fake server that records request frames and answers each with `reply(frame)`
+    (default: Ok with an echo of ``tkn``)."""
+
+    async def handler(ws: Any) -> None:
+        async for frame in ws:
+            frames.append(frame)
+            if reply is not None:
+                await ws.send(reply(frame))
+            else:
+                params = params_of(frame)
+                body = {"st": 1, "cnt": 0, "contains": [], "exist": [], "tkn": 1}
+                body["keys"] = {} if command_of(frame) == "SH_GET" else []
+                if "tkn" in params:
+                    body["tkn"] = params["tkn"]
+                await ws.send(rsp(command_of(frame), **body))
+
+    return await fake_server(handler)
+
+
+# ------------------------------------------------------------------ request shapes
+
+
+async def test_create_session_request_shapes(fake_server: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(
+        fake_server, frames, lambda f: rsp("SH_NEW", st=1, tkn=42)
+    )
+    async with SessionClient(uri) as c:
+        s = await c.create_session()
+        assert (s.tkn, s.token, s.isValid, s.name, s.shared) == (42, 42, True, None, False)
+        await c.create_session(10, True, True, True, name="cart", shared=True)
+        await c.create_session(5, deleteSessionOnExpire=True)
+        await c.create_session(name="plain")
+    assert [json.loads(f) for f in frames] == [
+        {"SH_NEW": {}},
+        {
+            "SH_NEW": {
+                "name": "cart",
+                "shared": True,
+                "expiry": {
+                    "duration": 10,
+                    "deleteSession": True,
+                    "extendOnSetAdd": True,
+                    "extendOnGet": True,
+                },
+            }
+        },
+        {
+            "SH_NEW": {
+                "expiry": {
+                    "duration": 5,
+                    "deleteSession": True,
+                    "extendOnSetAdd": False,
+                    "extendOnGet": False,
+                }
+            }
+        },
+        {"SH_NEW": {"name": "plain"}},
+    ]
+
+
+async def test_tokens_int_str_and_session_go_out_as_numbers(fake_server: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames)
+    big = 2**64 - 1
+    async with SessionClient(uri) as c:
+        await c.count(big)
+        await c.count(str(big))
+        await c.count(Session(big))
+        await c.count("not-a-token")  # passed through: the server decides
+        await c.get("one", 7)
+        await c.get(("a", "b"), 7)
+        await c.rmv(["a"], 7)
+        await c.contains({"a": 1}, 7)  # a mapping's names
+    tkns = [params_of(f)["tkn"] for f in frames]
+    assert tkns == [big, big, big, "not-a-token", 7, 7, 7, 7]
+    assert [params_of(f).get("keys") for f in frames[4:]] == [["one"], ["a", "b"], ["a"], ["a"]]
+    assert f'"tkn":{big}' in frames[1]  # a JSON number, not a string
+
+
+async def test_save_load_statuses(fake_server: Any) -> None:
+    replies = {
+        "SH_SAVE": rsp("SH_SAVE", st=121, name="d", duration=3, sessions=1, keys=2),
+        "SH_LOAD": rsp("SH_LOAD", st=141, name="d", sessions=1, keys=2),
+    }
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, lambda f: replies[command_of(f)])
+    async with SessionClient(uri) as c:
+        assert await c.save("d") == {"name": "d", "duration": 3, "sessions": 1, "keys": 2}
+        assert await c.save("d", [1, "2", Session(3)]) == {
+            "name": "d", "duration": 3, "sessions": 1, "keys": 2,
+        }
+        assert await c.save("d", 5) is not None
+        assert await c.load("d") == {"name": "d", "sessions": 1, "keys": 2}
+    assert [json.loads(f) for f in frames] == [
+        {"SH_SAVE": {"name": "d"}},
+        {"SH_SAVE": {"name": "d", "tkns": [1, 2, 3]}},
+        {"SH_SAVE": {"name": "d", "tkns": [5]}},
+        {"SH_LOAD": {"name": "d"}},
+    ]
+
+
+async def test_save_answered_with_ok_is_not_success(fake_server: Any) -> None:
+    """SH_SAVE succeeds with 121 and SH_LOAD with 141; plain Ok (1) is not theirs."""
+    uri = await recording_server(fake_server, [], lambda f: rsp(command_of(f), st=1))
+    async with SessionClient(uri) as c:
+        with pytest.raises(ResponseError) as e:
+            await c.save("d")
+        assert e.value.st == Status.Ok
+        with pytest.raises(ResponseError):
+            await c.load("d")
+
+
+# ------------------------------------------------------------- argument checking
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(durationSeconds=-1),
+        dict(deleteSession=True),
+        dict(extendOnSetAdd=True),
+        dict(extendOnGet=True),
+        dict(deleteSessionOnExpire=True),
+        dict(shared=True),
+        dict(name=""),
+        dict(name="x" * 257),
+        dict(name="é" * 129),  # 258 bytes of UTF-8
+        dict(durationSeconds=10, shared=True),
+    ],
+)
+async def test_create_session_value_errors(kwargs: Any) -> None:
+    c = SessionClient()  # never opened: checks come before any I/O
+    with pytest.raises(ValueError):
+        await c.create_session(**kwargs)
+
+
+@pytest.mark.parametrize("duration", [1.5, "10", True, None])
+async def test_create_session_duration_type(duration: Any) -> None:
+    with pytest.raises(TypeError):
+        await SessionClient().create_session(duration)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a b", "x" * 129, "ü"])
+async def test_dataset_name_value_errors(name: str) -> None:
+    c = SessionClient()
+    with pytest.raises(ValueError):
+        await c.save(name)
+    with pytest.raises(ValueError):
+        await c.load(name)
+
+
+async def test_open_session_name_errors() -> None:
+    c = SessionClient()
+    with pytest.raises(ValueError):
+        await c.open_session("")
+    with pytest.raises(ValueError):
+        await c.open_session("n" * 257)
+    with pytest.raises(TypeError):
+        await c.open_session(5)  # type: ignore[arg-type]
+
+
+async def test_key_argument_errors(fake_server: Any) -> None:
+    uri = await recording_server(fake_server, [])
+    async with SessionClient(uri) as c:
+        with pytest.raises(TypeError):
+            await c.set(["a"], 1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await c.set({1: "a"}, 1)  # type: ignore[dict-item]
+        with pytest.raises(TypeError):
+            await c.get([1, 2], 1)  # type: ignore[list-item]
+        with pytest.raises(TypeError):
+            await c.rmv(5, 1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await c.count(True)
+        with pytest.raises(ValueError):
+            await c.set({"f": float("nan")}, 1)
+        with pytest.raises(TypeError):
+            await c.set({"s": {1, 2}}, 1)
+        with pytest.raises(UnicodeEncodeError):
+            await c.set({"bad": "\ud800"}, 1)
+        # None of that reached the socket or broke it.
+        assert await c.count(1) == 0
+        await c.set({"ok": 1}, 1)
+        assert c.is_open
+
+
+# ------------------------------------------------------------- replies and errors
+
+
+async def test_response_error_carries_status_name_and_raw_reply(fake_server: Any) -> None:
+    reply = {"SH_GET_RSP": {"st": 100, "tkn": 9, "m": "no session"}}
+    uri = await recording_server(fake_server, [], lambda f: json.dumps(reply))
+    async with SessionClient(uri) as c:
+        with pytest.raises(ResponseError) as e:
+            await c.get(["a"], 9)
+    err = e.value
+    assert err.st == 100 and err.st == Status.SessionNotExist
+    assert err.st_name == "SessionNotExist"
+    assert err.command == "SH_GET"
+    assert err.message == "no session"
+    assert err.response == reply
+    assert err.body == reply["SH_GET_RSP"]
+    assert "SessionNotExist" in str(err)
+
+
+async def test_unknown_status_value(fake_server: Any) -> None:
+    uri = await recording_server(fake_server, [], lambda f: rsp(command_of(f), st=777))
+    async with SessionClient(uri) as c:
+        with pytest.raises(ResponseError) as e:
+            await c.count(1)
+    assert e.value.st == 777 and e.value.st_name == "Status<777>"
+
+
+async def test_err_reply_is_a_response_error(fake_server: Any) -> None:
+    uri = await recording_server(
+        fake_server, [], lambda f: json.dumps({"ERR": {"st": 3, "m": "bad json"}})
+    )
+    async with SessionClient(uri) as c:
+        with pytest.raises(ResponseError) as e:
+            await c.count(1)
+        assert e.value.st == Status.JsonInvalid
+        assert c.is_open  # ERR is a reply in order; the connection is fine
+
+
+async def test_pipelining_and_order(fake_server: Any) -> None:
+    """The server sees all requests before answering any; each caller still
+    gets its own reply."""
+    n = 50
+
+    async def handler(ws: Any) -> None:
+        frames = [await ws.recv() for _ in range(n)]
+        for f in frames:
+            p = params_of(f)
+            await ws.send(rsp("SH_GET", st=1, tkn=p["tkn"], keys={p["keys"][0]: p["tkn"]}))
+
+    uri = await fake_server(handler)
+    async with SessionClient(uri) as c:
+        results = await asyncio.gather(*(c.get(f"k{i}", i) for i in range(n)))
+    assert results == [{f"k{i}": i} for i in range(n)]
+
+
+async def test_cancelled_call_does_not_shift_replies(fake_server: Any) -> None:
+    release = asyncio.Event()
+
+    async def handler(ws: Any) -> None:
+        async for frame in ws:
+            p = params_of(frame)
+            if p["tkn"] == 1:
+                await release.wait()
+            await ws.send(rsp("SH_COUNT", st=1, tkn=p["tkn"], cnt=p["tkn"] * 10))
+
+    uri = await fake_server(handler)
+    async with SessionClient(uri) as c:
+        slow = asyncio.ensure_future(c.count(1))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        later = asyncio.ensure_future(c.count(2))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await asyncio.wait_for(later, 5) == 20
+        assert await c.count(3) == 30
+        assert slow.cancelled()
+
+
+# --------------------------------------------------------------- broken contract
+
+
+@pytest.mark.parametrize(
+    "bad_reply",
+    [
+        rsp("SH_GET", st=1, tkn=1, keys={}),  # answers another command
+        "not json",
+        "[1,2]",
+        json.dumps({"SH_COUNT_RSP": {"st": 1}, "X": {}}),
+        b"\x00binary",
+    ],
+)
+async def test_broken_reply_fails_everything(fake_server: Any, bad_reply: Any) -> None:
+    async def handler(ws: Any) -> None:
+        await ws.recv()
+        await ws.recv()
+        await ws.send(bad_reply)
+        await ws.wait_closed()
+
+    uri = await fake_server(handler)
+    async with SessionClient(uri) as c:
+        calls = [asyncio.ensure_future(c.count(1)), asyncio.ensure_future(c.count(2))]
+        for call in calls:
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(call, 5)
+        assert isinstance(calls[0].exception(), ProtocolError)
+        with pytest.raises(ConnectionError):
+            await c.count(3)
+        assert not c.is_open
+
+
+async def test_unsolicited_reply_fails_the_connection(fake_server: Any) -> None:
+    async def handler(ws: Any) -> None:
+        await ws.send(rsp("SH_COUNT", st=1, cnt=0))
+        await ws.wait_closed()
+
+    uri = await fake_server(handler)
+    async with SessionClient(uri) as c:
+        for _ in range(100):
+            if not c.is_open:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(ProtocolError):
+            await c.count(1)
+
+
+async def test_server_closing_fails_waiting_calls(fake_server: Any) -> None:
+    async def handler(ws: Any) -> None:
+        await ws.recv()
+        await ws.recv()
+        await ws.close()
+
+    uri = await fake_server(handler)
+    async with SessionClient(uri) as c:
+        calls = [asyncio.ensure_future(c.count(i)) for i in range(2)]
+        for call in calls:
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(call, 5)
+        with pytest.raises(ConnectionError):
+            await c.count(3)
+
+
+# ---------------------------------------------------------------- connection life
+
+
+async def test_call_before_open() -> None:
+    with pytest.raises(ConnectionError):
+        await SessionClient().count(1)
+
+
+async def test_open_needs_uri() -> None:
+    with pytest.raises(ValueError):
+        await SessionClient().open()
+
+
+async def test_open_refused() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError):
+        await SessionClient().open(f"ws://127.0.0.1:{port}/")
+
+
+async def test_open_not_websocket() -> None:
+    async def handle(reader: Any, writer: Any) -> None:
+        await reader.read(1000)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ConnectionError):
+            await SessionClient().open(f"ws://127.0.0.1:{port}/")
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_open_twice_close_twice_and_calls_after_close(fake_server: Any) -> None:
+    uri = await recording_server(fake_server, [])
+    c = SessionClient()
+    await c.open(uri)
+    assert c.is_open
+    with pytest.raises(RuntimeError):
+        await c.open(uri)
+    await c.close()
+    await c.close()
+    assert not c.is_open
+    with pytest.raises(ConnectionError):
+        await c.count(1)
+
+
+async def test_close_fails_waiting_calls(fake_server: Any) -> None:
+    async def handler(ws: Any) -> None:
+        async for _ in ws:
+            pass  # never answers
+
+    uri = await fake_server(handler)
+    c = SessionClient()
+    await c.listen(uri)  # the older name of open()
+    call = asyncio.ensure_future(c.count(1))
+    await asyncio.sleep(0.05)
+    await c.close()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(call, 5)
+
+
+async def test_context_manager_without_uri(fake_server: Any) -> None:
+    uri = await recording_server(fake_server, [])
+    async with SessionClient() as c:
+        assert not c.is_open
+        await c.open(uri)
+        await c.count(1)
+    assert not c.is_open
