@@ -1,0 +1,70 @@
+"""The README's examples run against the real server, imported and as scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from ndb.sessionclient import SessionClient
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.asyncio
+async def test_quickstart(server: Any) -> None:
+    assert await load("quickstart").main(server.uri) == {
+        "key1": "value1", "key2": 2, "key3": [1, 2, 3],
+    }
+
+
+@pytest.mark.asyncio
+async def test_pizza_delivery(server: Any) -> None:
+    result = await load("pizza_delivery").main(server.uri)
+    assert result["history"] == ["ordered", "baking", "boxed", "out for delivery", "delivered"]
+    assert result["exists"] == []
+    async with SessionClient(server.uri) as c:
+        assert await c.session_exists(result["token"]) == []
+        with pytest.raises(Exception):
+            await c.open_session(result["order"])  # the name went with the session
+
+
+@pytest.mark.asyncio
+async def test_shopping_basket(server: Any) -> None:
+    result = await load("shopping_basket").main(server.uri, 2)
+    assert result["before"] == {
+        "apples": 6, "bread": 1, "coffee": {"beans": "arabica", "grams": 500},
+    }
+    assert result["after"] == {} and result["count"] == 0
+    assert result["alive"] is True
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [("quickstart.py", []), ("pizza_delivery.py", []), ("shopping_basket.py", ["1"])],
+)
+def test_examples_run_as_scripts(server: Any, script: str, args: list) -> None:
+    env = dict(os.environ)
+    src = str(EXAMPLES.parent / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), server.uri, *args],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()

@@ -1,0 +1,51 @@
+"""Packaging: the names the docs promise, and what an install ships."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from pathlib import Path
+
+import pytest
+
+import ndb
+from ndb import sessionclient
+from ndb.sessionclient import SessionClient
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+METHODS = [
+    "open", "close", "create_session", "open_session", "end_session", "end_all_sessions",
+    "session_exists", "session_info", "session_info_all", "set", "add", "get", "rmv",
+    "count", "contains", "keys", "clear", "clear_set", "save", "load", "server_info",
+]
+
+
+def test_api_names_and_docs() -> None:
+    for name in METHODS:
+        method = getattr(SessionClient, name)
+        assert inspect.iscoroutinefunction(method), name
+        assert method.__doc__, name
+    for name in ["set", "add", "get", "rmv", "count", "contains", "keys", "clear", "clear_set"]:
+        assert list(inspect.signature(getattr(SessionClient, name)).parameters)[-1] == "tkn", name
+    params = inspect.signature(SessionClient.create_session).parameters
+    assert list(params)[1:8] == [
+        "durationSeconds", "deleteSession", "extendOnSetAdd", "extendOnGet", "name", "shared",
+        "deleteSessionOnExpire",
+    ]
+    assert ndb.SessionClient is SessionClient and sessionclient.ResponseError is ndb.ResponseError
+
+
+def test_py_typed_in_source() -> None:
+    assert (PACKAGE_ROOT / "src" / "ndb" / "py.typed").is_file()
+
+
+def test_installed_distribution() -> None:
+    try:
+        dist = importlib.metadata.distribution("ndb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("ndb is not installed (pip install ./clients/python)")
+    files = {str(f).replace("\\", "/") for f in dist.files or []}
+    assert "ndb/py.typed" in files
+    assert "ndb/sessionclient.py" in files
+    assert any(r.startswith("websockets") for r in dist.requires or [])

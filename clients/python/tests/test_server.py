@@ -1,0 +1,142 @@
+"""Server-level behaviour through the real binary: SV_INFO, persistence being
+off, many concurrent calls on one client, and the server dying mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Callable
+
+import pytest
+
+from ndb.sessionclient import ResponseError, SessionClient, Status
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_server_info(fresh_server: Any) -> None:
+    async with SessionClient(fresh_server.uri) as c:
+        s = await c.create_session()
+        await c.set({"a": 1, "b": 2}, s.tkn)
+        info = await c.server_info()
+    assert set(info) == {
+        "serverVersion", "persistEnabled", "shards", "sessions", "keys", "connections",
+        "uptimeSeconds",
+    }
+    assert isinstance(info["serverVersion"], str) and info["serverVersion"]
+    assert info["persistEnabled"] is False
+    assert info["shards"] == 2
+    assert (info["sessions"], info["keys"]) == (1, 2)
+    assert info["connections"] >= 1
+    assert isinstance(info["uptimeSeconds"], int) and info["uptimeSeconds"] >= 0
+
+
+async def test_save_and_load_disabled(client: SessionClient) -> None:
+    s = await client.create_session()
+    for call in (lambda: client.save("snap"), lambda: client.save("snap", [s.tkn])):
+        with pytest.raises(ResponseError) as e:
+            await call()
+        assert e.value.st == Status.CommandDisabled == 14
+        assert e.value.st_name == "CommandDisabled"
+        assert e.value.response["SH_SAVE_RSP"]["st"] == 14
+    with pytest.raises(ResponseError) as e:
+        await client.load("snap")
+    assert e.value.st == Status.CommandDisabled
+    assert e.value.response["SH_LOAD_RSP"]["st"] == 14
+    assert client.is_open
+
+
+async def test_1000_concurrent_gets_on_one_client(client: SessionClient) -> None:
+    # Sessions on both shards, so replies come from different threads and
+    # must still be put back in request order.
+    sessions = [await client.create_session() for _ in range(8)]
+    for i, s in enumerate(sessions):
+        await client.set({f"k{j}": [i, j] for j in range(20)}, s.tkn)
+    plan = [(random.randrange(8), random.randrange(21)) for _ in range(1000)]
+    results = await asyncio.gather(
+        *(client.get((f"k{j}",), sessions[i].tkn) for i, j in plan)
+    )
+    assert len(results) == 1000
+    for (i, j), got in zip(plan, results):
+        assert got == ({f"k{j}": [i, j]} if j < 20 else {})
+
+
+async def test_concurrent_mixed_commands_and_errors(client: SessionClient) -> None:
+    s = await client.create_session()
+    gone = await client.create_session()
+    await client.end_session(gone.tkn)
+
+    async def one(i: int) -> Any:
+        kind = i % 4
+        if kind == 0:
+            await client.set({f"m{i}": i}, s.tkn)
+            return (await client.get(f"m{i}", s.tkn))[f"m{i}"]
+        if kind == 1:
+            return await client.session_exists([s.tkn, gone.tkn])
+        if kind == 2:
+            try:
+                await client.count(gone.tkn)
+            except ResponseError as e:
+                return e.st
+        return await client.contains(["nope"], s.tkn)
+
+    results = await asyncio.gather(*(one(i) for i in range(400)))
+    for i, r in enumerate(results):
+        assert r == [i, [s.tkn], Status.SessionNotExist, []][i % 4]
+    assert await client.count(s.tkn) == 100
+
+
+async def test_many_clients_at_once(server: Any, unique: Callable[..., str]) -> None:
+    name = unique("crowd")
+    async with SessionClient(server.uri) as owner:
+        s = await owner.create_session(name=name, shared=True)
+
+        async def visitor(i: int) -> None:
+            async with SessionClient(server.uri) as c:
+                tkn = (await c.open_session(name)).tkn
+                await c.set({f"v{i}": i}, tkn)
+
+        await asyncio.gather(*(visitor(i) for i in range(20)))
+        assert await owner.count(s.tkn) == 20
+
+
+async def test_server_killed_while_calls_wait(fresh_server: Any) -> None:
+    client = SessionClient(fresh_server.uri)
+    await client.open()
+    s = await client.create_session()
+    await client.set({"a": 1}, s.tkn)
+
+    fresh_server.stop()  # paused: requests are sent but never answered
+    waiting = [asyncio.ensure_future(client.get("a", s.tkn)) for _ in range(5)]
+    await asyncio.sleep(0.3)
+    assert not any(w.done() for w in waiting)
+
+    fresh_server.kill()  # the kernel closes its sockets
+    for w in waiting:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(w, 10)
+    with pytest.raises(ConnectionError):
+        await client.count(s.tkn)
+    assert not client.is_open
+    await client.close()
+
+
+async def test_server_killed_under_load(fresh_server: Any) -> None:
+    client = SessionClient(fresh_server.uri)
+    await client.open()
+    s = await client.create_session()
+    await client.set({"a": "x" * 1000}, s.tkn)
+
+    async def hammer() -> int:
+        n = 0
+        while True:
+            await client.get("a", s.tkn)
+            n += 1
+
+    workers = [asyncio.ensure_future(hammer()) for _ in range(20)]
+    await asyncio.sleep(0.3)
+    fresh_server.kill()
+    for w in workers:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(w, 10)
+    await client.close()
