@@ -1,14 +1,21 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! nemesisdb: an in-memory session store that speaks the NemesisDB protocol
+//! (JSON commands over WebSocket), built thread-per-core.
+//!
+//! # Layout
+//! - [`config`]: flags + JSONC file -> validated [`config::Config`].
+//! - [`server`]: binds, builds the mesh, spawns and pins shard threads, stops them.
+//! - [`shard`]: one thread's event loop: its connections, its sessions, its inbox.
+//! - [`mesh`]: per-shard mailboxes and the messages shards exchange; token -> shard.
+//! - [`net`]: listeners (SO_REUSEPORT), the WebSocket handshake, the connection state machine.
+//! - [`protocol`]: the wire format only: request decoding, response encoding, statuses.
+//! - [`store`]: one shard's sessions and keys, with lazy expiry.
+//! - [`shared_names`]: the server-wide map of shared session names.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod config;
+pub mod mesh;
+pub mod net;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod shared_names;
+pub mod store;

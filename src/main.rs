@@ -1,1 +1,66 @@
-fn main() {}
+//! `nemesisdb`: flags -> Config -> Server::start -> wait for a signal -> stop.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nemesisdb::config::{Config, Flags};
+use nemesisdb::server::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let config = match Config::resolve(flags, &cores) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("nemesisdb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Registered before the shards start, so no signal is lost to the
+    // default handler.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("nemesisdb: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::start(&config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("nemesisdb: cannot listen on {}: {e}", config.addr);
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "nemesisdb {} listening on {} (shards: {}, pinning: {}, max payload: {} bytes)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        config.shards,
+        config.pinning,
+        config.max_payload,
+    );
+    let stopper = server.stopper();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("nemesisdb: signal {signal}: stopping");
+            stopper.stop();
+        }
+    });
+    match server.wait() {
+        Ok(()) => {
+            eprintln!("nemesisdb: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("nemesisdb: fatal: {failure}; exiting");
+            ExitCode::from(70)
+        }
+    }
+}

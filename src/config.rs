@@ -1,0 +1,360 @@
+//! Command-line flags and the JSONC config file, turned into a validated
+//! [`Config`] before anything starts. Flags override the file.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use simd_json::OwnedValue;
+use simd_json::prelude::*;
+
+pub const DEFAULT_PORT: u16 = 1987;
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Raw command-line flags.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "nemesisdb",
+    version,
+    about = "In-memory session store speaking the NemesisDB protocol (JSON over WebSocket)"
+)]
+pub struct Flags {
+    /// JSONC config file with NemesisDB's field names (ip, port, maxPayload,
+    /// persist: {enabled, path}) plus shards and pinCores; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on. Loopback by default: expose it deliberately.
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<IpAddr>,
+    /// Port to listen on (0 picks a free one and logs it) [default: 1987].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Shard threads, each owning a share of the sessions [default: available cores].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Pin shards to cores: "auto" pins shard i to core i; a list such as
+    /// "0,2" or "0-3" pins shard i to the i-th core listed [default: no pinning].
+    #[arg(long, value_name = "auto|LIST")]
+    pub pin_cores: Option<String>,
+    /// Largest WebSocket message accepted, in bytes; larger ones close the
+    /// connection with code 1009 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+    /// Directory for snapshots (enables SH_SAVE / SH_LOAD).
+    #[arg(long, value_name = "DIR")]
+    pub persist_path: Option<PathBuf>,
+    /// Dataset to load at start-up (the newest complete version).
+    #[arg(long, value_name = "NAME")]
+    pub load_name: Option<String>,
+    /// Where --load-name looks [default: the persist path].
+    #[arg(long, value_name = "DIR")]
+    pub load_path: Option<PathBuf>,
+}
+
+/// Which cores the shards run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    None,
+    /// Shard i runs on `cores[i]`.
+    Cores(Vec<usize>),
+}
+
+impl fmt::Display for Pinning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pinning::None => write!(f, "none"),
+            Pinning::Cores(cores) => {
+                let list: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
+                write!(f, "cores {}", list.join(","))
+            }
+        }
+    }
+}
+
+/// Everything the server needs, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub shards: usize,
+    pub pinning: Pinning,
+    pub max_payload: usize,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    File { path: PathBuf, reason: String },
+    Invalid(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::File { path, reason } => {
+                write!(f, "config file {}: {reason}", path.display())
+            }
+            ConfigError::Invalid(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(reason.into())
+}
+
+/// Settings read from the config file; `None` where the file is silent.
+#[derive(Default, Debug)]
+struct FileSettings {
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    max_payload: Option<usize>,
+    shards: Option<usize>,
+    pin_cores: Option<String>,
+    persist_enabled: bool,
+    persist_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Validates flags (and the file they name) into a config.
+    /// `available_cores` is the machine's core ids, for pinning.
+    pub fn resolve(flags: Flags, available_cores: &[usize]) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let ip = flags
+            .ip
+            .or(file.ip)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let port = flags.port.or(file.port).unwrap_or(DEFAULT_PORT);
+        let shards = flags
+            .shards
+            .or(file.shards)
+            .unwrap_or_else(|| available_cores.len().max(1));
+        if shards == 0 || shards > 1024 {
+            return Err(invalid(format!("shards must be 1 to 1024, not {shards}")));
+        }
+        let max_payload = flags
+            .max_payload
+            .or(file.max_payload)
+            .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        if max_payload < 64 {
+            return Err(invalid("max payload must be at least 64 bytes"));
+        }
+        let pinning = match flags.pin_cores.or(file.pin_cores) {
+            None => Pinning::None,
+            Some(spec) => parse_pinning(&spec, shards, available_cores)?,
+        };
+        let persist = flags.persist_path.is_some()
+            || file.persist_enabled
+            || flags.load_name.is_some()
+            || flags.load_path.is_some();
+        if persist {
+            // Snapshots (SH_SAVE / SH_LOAD, --load-name) are not built yet:
+            // refusing beats starting without the durability asked for.
+            return Err(invalid(
+                "persistence (--persist-path, persist.enabled, --load-name) is not available in this build",
+            ));
+        }
+        let _ = file.persist_path;
+        Ok(Config {
+            addr: SocketAddr::new(ip, port),
+            shards,
+            pinning,
+            max_payload,
+        })
+    }
+}
+
+/// Parses "auto" or a list like "0,2,4-6" into one core per shard.
+fn parse_pinning(spec: &str, shards: usize, available: &[usize]) -> Result<Pinning, ConfigError> {
+    let spec = spec.trim();
+    let cores: Vec<usize> = if spec.eq_ignore_ascii_case("auto") {
+        if shards > available.len() {
+            return Err(invalid(format!(
+                "--pin-cores auto needs a core per shard: {shards} shards, {} cores",
+                available.len()
+            )));
+        }
+        available[..shards].to_vec()
+    } else {
+        let mut cores = Vec::new();
+        for item in spec.split(',') {
+            let item = item.trim();
+            let bad = || {
+                invalid(format!(
+                    "--pin-cores: \"{item}\" is not a core number or range"
+                ))
+            };
+            match item.split_once('-') {
+                Some((a, b)) => {
+                    let a: usize = a.trim().parse().map_err(|_| bad())?;
+                    let b: usize = b.trim().parse().map_err(|_| bad())?;
+                    if a > b {
+                        return Err(bad());
+                    }
+                    cores.extend(a..=b);
+                }
+                None => cores.push(item.parse().map_err(|_| bad())?),
+            }
+        }
+        if cores.len() < shards {
+            return Err(invalid(format!(
+                "--pin-cores lists {} cores for {shards} shards",
+                cores.len()
+            )));
+        }
+        cores.truncate(shards);
+        cores
+    };
+    if let Some(missing) = cores.iter().find(|c| !available.contains(c)) {
+        return Err(invalid(format!(
+            "--pin-cores: core {missing} is not available (cores: {available:?})"
+        )));
+    }
+    Ok(Pinning::Cores(cores))
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut stripped = Vec::with_capacity(text.len());
+    std::io::Read::read_to_end(
+        &mut json_comments::StripComments::new(text.as_slice()),
+        &mut stripped,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let root = simd_json::to_owned_value(&mut stripped)
+        .map_err(|e| err(format!("not valid JSON: {e}")))?;
+    parse_settings(&root).map_err(err)
+}
+
+fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
+    let Some(root) = root.as_object() else {
+        return Err("must be a JSON object".into());
+    };
+    let mut settings = FileSettings::default();
+    let uint = |name: &str, v: &OwnedValue| {
+        v.as_u64()
+            .ok_or_else(|| format!("{name} must be an unsigned integer"))
+    };
+    if let Some(v) = root.get("ip") {
+        let s = v.as_str().ok_or("ip must be a string")?;
+        settings.ip = Some(
+            s.parse()
+                .map_err(|_| format!("ip: \"{s}\" is not an IP address"))?,
+        );
+    }
+    if let Some(v) = root.get("port") {
+        let port = uint("port", v)?;
+        settings.port = Some(u16::try_from(port).map_err(|_| "port must be 0 to 65535")?);
+    }
+    if let Some(v) = root.get("maxPayload") {
+        settings.max_payload = Some(uint("maxPayload", v)? as usize);
+    }
+    if let Some(v) = root.get("shards") {
+        settings.shards = Some(uint("shards", v)? as usize);
+    }
+    if let Some(v) = root.get("pinCores") {
+        settings.pin_cores = Some(match (v.as_str(), v.as_array()) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(list)) => {
+                let cores: Result<Vec<String>, String> = list
+                    .iter()
+                    .map(|c| uint("pinCores entries", c).map(|c| c.to_string()))
+                    .collect();
+                cores?.join(",")
+            }
+            _ => return Err("pinCores must be \"auto\", a list string, or an array".into()),
+        });
+    }
+    if let Some(persist) = root.get("persist") {
+        let persist = persist.as_object().ok_or("persist must be an object")?;
+        if let Some(v) = persist.get("enabled") {
+            settings.persist_enabled = v.as_bool().ok_or("persist.enabled must be a boolean")?;
+        }
+        if let Some(v) = persist.get("path") {
+            let path = v.as_str().ok_or("persist.path must be a string")?;
+            settings.persist_path = Some(path.into());
+        }
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("nemesisdb").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_loopback_1987_one_shard_per_core() {
+        let config = Config::resolve(flags(&[]), &[0, 1, 2]).unwrap();
+        assert_eq!(config.addr, "127.0.0.1:1987".parse().unwrap());
+        assert_eq!(config.shards, 3);
+        assert_eq!(config.pinning, Pinning::None);
+        assert_eq!(config.max_payload, DEFAULT_MAX_PAYLOAD);
+    }
+
+    #[test]
+    fn pinning() {
+        let cores = [0, 1, 2, 3];
+        let pin = |spec: &str, shards: usize| parse_pinning(spec, shards, &cores);
+        assert_eq!(pin("auto", 2), Ok(Pinning::Cores(vec![0, 1])));
+        assert_eq!(pin("3,1", 2), Ok(Pinning::Cores(vec![3, 1])));
+        assert_eq!(pin("1-3", 2), Ok(Pinning::Cores(vec![1, 2])));
+        assert!(pin("auto", 5).is_err());
+        assert!(pin("0", 2).is_err());
+        assert!(pin("0,9", 2).is_err());
+        assert!(pin("x", 1).is_err());
+        assert!(pin("3-1", 1).is_err());
+    }
+
+    #[test]
+    fn file_settings_with_comments_and_flag_overrides() {
+        let dir = std::env::temp_dir().join(format!("ndb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.jsonc");
+        std::fs::write(
+            &path,
+            r#"{
+                // NemesisDB-style fields; unknown ones are ignored
+                "version": 5, "ip": "127.0.0.2", "port": 2000,
+                "maxPayload": 4096, /* block */ "shards": 2, "pinCores": [1, 0],
+                "persist": {"enabled": false, "path": "./data"}
+            }"#,
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let config = Config::resolve(flags(&["--config", p, "--port", "3000"]), &[0, 1]).unwrap();
+        assert_eq!(config.addr, "127.0.0.2:3000".parse().unwrap());
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.max_payload, 4096);
+        assert_eq!(config.pinning, Pinning::Cores(vec![1, 0]));
+
+        std::fs::write(&path, r#"{"port": "x"}"#).unwrap();
+        assert!(matches!(
+            Config::resolve(flags(&["--config", p]), &[0]),
+            Err(ConfigError::File { .. })
+        ));
+        std::fs::write(&path, r#"{"port": 1"#).unwrap();
+        assert!(Config::resolve(flags(&["--config", p]), &[0]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        assert!(Config::resolve(flags(&["--shards", "0"]), &[0]).is_err());
+        assert!(Config::resolve(flags(&["--max-payload", "1"]), &[0]).is_err());
+        assert!(Config::resolve(flags(&["--persist-path", "/tmp/x"]), &[0]).is_err());
+        assert!(Flags::try_parse_from(["nemesisdb", "--ip", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! The mesh of per-shard mailboxes, wired once at start-up: how shards
+//! hand each other work and answers without sharing any data structure.
+//!
+//! Each shard has one inbox (a lock-free channel of message batches) and a
+//! `mio::Waker`. Senders batch everything for a shard over one loop turn and
+//! wake the target only when it may be asleep: the receiver raises its
+//! `sleeping` flag, drains once more, and only then blocks in `poll`, so a
+//! message is never left unseen and busy shards are never woken twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+
+use mio::Waker;
+
+use crate::protocol::{Command, Token};
+
+pub type ShardId = usize;
+
+/// Where an answer must go: a request on a connection of the asking shard.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// Slot of the connection in the asking shard.
+    pub conn: usize,
+    /// The connection's unique id (the slot may be reused).
+    pub conn_id: u64,
+    /// The request's sequence number on that connection.
+    pub seq: u64,
+}
+
+/// A piece of a command that runs on every shard (or on several).
+#[derive(Debug)]
+pub enum Part {
+    EndAll,
+    /// Sessions, keys and connections on the shard.
+    Counts,
+    /// Which of these tokens exist; each with its index in the request.
+    Exists(Vec<(u32, Token)>),
+}
+
+/// One shard's answer to a [`Part`].
+#[derive(Debug)]
+pub enum PartResult {
+    Ended(u64),
+    Counts {
+        sessions: u64,
+        keys: u64,
+        connections: u64,
+    },
+    /// Indexes (from the request) of the tokens that exist.
+    Exists(Vec<u32>),
+}
+
+#[derive(Debug)]
+pub enum Envelope {
+    /// Run a session command here (this shard owns its token) and answer
+    /// with [`Envelope::Reply`].
+    Call {
+        from: ShardId,
+        ticket: Ticket,
+        command: Command,
+    },
+    /// The encoded response to a [`Envelope::Call`].
+    Reply {
+        ticket: Ticket,
+        response: Vec<u8>,
+    },
+    /// Run part of a fan-out command; answer with [`Envelope::PartDone`].
+    Part {
+        from: ShardId,
+        gather: usize,
+        part: Part,
+    },
+    PartDone {
+        gather: usize,
+        result: PartResult,
+    },
+}
+
+/// The sending side of one shard's mailbox, shared by every shard.
+pub struct Address {
+    sender: Sender<Vec<Envelope>>,
+    waker: Arc<Waker>,
+    sleeping: Arc<AtomicBool>,
+}
+
+impl Address {
+    /// Delivers a batch; wakes the target only if it may be blocked.
+    /// Returns the batch back if the target shard is gone.
+    pub fn send(&self, batch: Vec<Envelope>) -> Result<(), Vec<Envelope>> {
+        self.sender.send(batch).map_err(|e| e.0)?;
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed wake means the shard's poll is gone: it is exiting.
+            let _ = self.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Wakes the shard whatever its state (shutdown).
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// The receiving side, owned by its shard.
+pub struct Inbox {
+    receiver: Receiver<Vec<Envelope>>,
+    sleeping: Arc<AtomicBool>,
+}
+
+impl Inbox {
+    /// Takes the next batch, if any.
+    pub fn try_take(&self) -> Option<Vec<Envelope>> {
+        match self.receiver.try_recv() {
+            Ok(batch) => Some(batch),
+            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// Announces that the shard is about to block. Returns a batch that
+    /// arrived meanwhile (and then the shard must not block).
+    pub fn prepare_to_sleep(&self) -> Option<Vec<Envelope>> {
+        self.sleeping.store(true, Ordering::SeqCst);
+        let batch = self.try_take();
+        if batch.is_some() {
+            self.sleeping.store(false, Ordering::SeqCst);
+        }
+        batch
+    }
+
+    pub fn awake(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Creates one mailbox per waker: the addresses (for everybody) and the
+/// inboxes (one for each shard, in order).
+pub fn wire(wakers: Vec<Arc<Waker>>) -> (Arc<[Address]>, Vec<Inbox>) {
+    let mut addresses = Vec::with_capacity(wakers.len());
+    let mut inboxes = Vec::with_capacity(wakers.len());
+    for waker in wakers {
+        let (sender, receiver) = channel();
+        let sleeping = Arc::new(AtomicBool::new(false));
+        addresses.push(Address {
+            sender,
+            waker,
+            sleeping: sleeping.clone(),
+        });
+        inboxes.push(Inbox { receiver, sleeping });
+    }
+    (addresses.into(), inboxes)
+}
+
+/// The shard that owns `tkn`. A fixed mix (not a seeded hasher) so the same
+/// token maps the same way in every process, e.g. when a snapshot is loaded.
+pub fn shard_of(tkn: Token, shards: usize) -> ShardId {
+    // SplitMix64's finalizer: tokens are random already, but a client may
+    // replay arbitrary ones; mixing keeps shards even regardless.
+    let mut x = tkn;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x % shards as u64) as ShardId
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_of_is_stable_and_spreads() {
+        let shards = 4;
+        let mut counts = [0usize; 4];
+        for tkn in 1..=40_000u64 {
+            let s = shard_of(tkn, shards);
+            assert_eq!(s, shard_of(tkn, shards));
+            counts[s] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        }
+        assert_eq!(shard_of(12345, 1), 0);
+    }
+
+    #[test]
+    fn sleeping_shard_is_woken_once_and_sees_every_batch() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (addresses, inboxes) = wire(vec![waker]);
+        let inbox = &inboxes[0];
+        assert!(inbox.prepare_to_sleep().is_none());
+        addresses[0]
+            .send(vec![Envelope::PartDone {
+                gather: 1,
+                result: PartResult::Ended(1),
+            }])
+            .unwrap();
+        // The flag was consumed by the first sender: no second wake-up.
+        assert!(!inbox.sleeping.load(Ordering::SeqCst));
+        addresses[0].send(Vec::new()).unwrap();
+        let mut batches = 0;
+        while inbox.try_take().is_some() {
+            batches += 1;
+        }
+        assert_eq!(batches, 2);
+    }
+}

@@ -1,0 +1,703 @@
+//! Request decoding: one WebSocket text payload -> one owned [`Command`], or a
+//! [`Rejection`] that already knows how it must be answered.
+//!
+//! Decoding validates every parameter, so a command that reaches a shard is
+//! well-formed and only the session's existence is left to check there.
+//! Values are kept as compact JSON bytes; they are never held as a parsed tree.
+
+use std::borrow::Cow;
+
+use simd_json::prelude::*;
+use simd_json::{BorrowedValue, StaticNode};
+
+use super::Status;
+
+/// Session token: never 0 when minted, chosen by the server.
+pub type Token = u64;
+
+/// Longest session name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Longest dataset name accepted by `SH_SAVE` / `SH_LOAD`.
+pub const MAX_DATASET_NAME_LEN: usize = 128;
+
+/// Expiry settings given in `SH_NEW`'s `expiry` object.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ExpirySettings {
+    /// Seconds from now (or from the last extending access) to the deadline; >= 1.
+    pub duration_s: u32,
+    pub delete_session: bool,
+    pub extend_on_set_add: bool,
+    pub extend_on_get: bool,
+}
+
+/// A key name and its value as compact JSON text.
+pub type KeyValue = (Box<str>, Box<[u8]>);
+
+/// A decoded, validated request. Owned, so it can be sent to another shard.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    New {
+        name: Option<Box<str>>,
+        shared: bool,
+        expiry: Option<ExpirySettings>,
+    },
+    Open {
+        name: Box<str>,
+    },
+    End {
+        tkn: Token,
+    },
+    EndAll,
+    Exists {
+        tkns: Vec<Token>,
+    },
+    Info {
+        tkn: Token,
+    },
+    InfoAll,
+    Save {
+        name: Box<str>,
+        tkns: Option<Vec<Token>>,
+    },
+    Load {
+        name: Box<str>,
+    },
+    Set {
+        tkn: Token,
+        keys: Vec<KeyValue>,
+    },
+    Add {
+        tkn: Token,
+        keys: Vec<KeyValue>,
+    },
+    Get {
+        tkn: Token,
+        keys: Vec<Box<str>>,
+    },
+    Rmv {
+        tkn: Token,
+        keys: Vec<Box<str>>,
+    },
+    Contains {
+        tkn: Token,
+        keys: Vec<Box<str>>,
+    },
+    Count {
+        tkn: Token,
+    },
+    Keys {
+        tkn: Token,
+    },
+    Clear {
+        tkn: Token,
+    },
+    ClearSet {
+        tkn: Token,
+        keys: Vec<KeyValue>,
+    },
+    ServerInfo,
+}
+
+impl Command {
+    /// The session this command is about, which decides the shard that runs it.
+    pub fn token(&self) -> Option<Token> {
+        match self {
+            Command::End { tkn }
+            | Command::Info { tkn }
+            | Command::Set { tkn, .. }
+            | Command::Add { tkn, .. }
+            | Command::Get { tkn, .. }
+            | Command::Rmv { tkn, .. }
+            | Command::Contains { tkn, .. }
+            | Command::Count { tkn }
+            | Command::Keys { tkn }
+            | Command::Clear { tkn }
+            | Command::ClearSet { tkn, .. } => Some(*tkn),
+            _ => None,
+        }
+    }
+
+    /// The wire name of the command, used to name its response.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::New { .. } => "SH_NEW",
+            Command::Open { .. } => "SH_OPEN",
+            Command::End { .. } => "SH_END",
+            Command::EndAll => "SH_END_ALL",
+            Command::Exists { .. } => "SH_EXISTS",
+            Command::Info { .. } => "SH_INFO",
+            Command::InfoAll => "SH_INFO_ALL",
+            Command::Save { .. } => "SH_SAVE",
+            Command::Load { .. } => "SH_LOAD",
+            Command::Set { .. } => "SH_SET",
+            Command::Add { .. } => "SH_ADD",
+            Command::Get { .. } => "SH_GET",
+            Command::Rmv { .. } => "SH_RMV",
+            Command::Contains { .. } => "SH_CONTAINS",
+            Command::Count { .. } => "SH_COUNT",
+            Command::Keys { .. } => "SH_KEYS",
+            Command::Clear { .. } => "SH_CLEAR",
+            Command::ClearSet { .. } => "SH_CLEAR_SET",
+            Command::ServerInfo => "SV_INFO",
+        }
+    }
+}
+
+/// Who a rejection is addressed to: the generic `ERR` response, or the
+/// command's own `<CMD>_RSP`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RejectTo {
+    /// `{"ERR":{...}}`: the frame was not a request at all.
+    Frame,
+    /// `{"<CMD>_RSP":{...}}`, the command name as it arrived (may be unknown).
+    Command(String),
+}
+
+/// A request that is answered without running: its status and message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub to: RejectTo,
+    pub status: Status,
+    /// Short text naming the problem; omitted for the two statuses the
+    /// protocol table shows bare (10, 12).
+    pub message: Option<&'static str>,
+    /// Echoed when the request named a valid token, as every keyed response does.
+    pub tkn: Option<Token>,
+}
+
+impl Rejection {
+    fn frame(status: Status, message: &'static str) -> Self {
+        Rejection {
+            to: RejectTo::Frame,
+            status,
+            message: Some(message),
+            tkn: None,
+        }
+    }
+}
+
+/// A binary frame: the protocol only speaks text.
+pub fn reject_binary() -> Rejection {
+    Rejection::frame(Status::PayLoadInvalid, "binary frames are not accepted")
+}
+
+/// Text that was not UTF-8 (detected by the WebSocket layer).
+pub fn reject_not_utf8() -> Rejection {
+    Rejection::frame(Status::JsonInvalid, "message is not valid UTF-8")
+}
+
+/// Decodes one request. `text` is parsed in place (simd-json overwrites it).
+pub fn parse_request(
+    text: &mut [u8],
+    buffers: &mut simd_json::Buffers,
+) -> Result<Command, Rejection> {
+    let root = simd_json::to_borrowed_value_with_buffers(text, buffers)
+        .map_err(|_| Rejection::frame(Status::JsonInvalid, "request is not valid JSON"))?;
+    let Some(object) = root.as_object() else {
+        return Err(Rejection::frame(
+            Status::CommandSyntax,
+            "request must be an object {\"CMD\":{...}}",
+        ));
+    };
+    let mut members = object.iter();
+    let (name, params) = match (members.next(), members.next()) {
+        (None, _) => {
+            return Err(Rejection::frame(
+                Status::CommandSyntax,
+                "request must be an object {\"CMD\":{...}}",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Rejection::frame(
+                Status::CommandMultiple,
+                "a request holds exactly one command",
+            ));
+        }
+        (Some(member), None) => member,
+    };
+    let Some(params) = params.as_object() else {
+        return Err(Rejection {
+            to: RejectTo::Command(name.to_string()),
+            status: Status::CommandType,
+            message: None,
+            tkn: None,
+        });
+    };
+    let p = Params { name, params };
+    match name.as_ref() {
+        "SH_NEW" => p.new(),
+        "SH_OPEN" => Ok(Command::Open {
+            name: p.session_name("name")?,
+        }),
+        "SH_END" => Ok(Command::End { tkn: p.token()? }),
+        "SH_END_ALL" => Ok(Command::EndAll),
+        "SH_EXISTS" => Ok(Command::Exists {
+            tkns: p.token_list("tkns")?,
+        }),
+        "SH_INFO" => Ok(Command::Info { tkn: p.token()? }),
+        "SH_INFO_ALL" => Ok(Command::InfoAll),
+        "SH_SAVE" => {
+            let name = p.dataset_name()?;
+            let tkns = match p.params.get("tkns") {
+                None => None,
+                Some(_) => Some(p.token_list("tkns")?),
+            };
+            Ok(Command::Save { name, tkns })
+        }
+        "SH_LOAD" => Ok(Command::Load {
+            name: p.dataset_name()?,
+        }),
+        "SH_SET" => {
+            let tkn = p.token()?;
+            Ok(Command::Set {
+                tkn,
+                keys: p.key_values(tkn)?,
+            })
+        }
+        "SH_ADD" => {
+            let tkn = p.token()?;
+            Ok(Command::Add {
+                tkn,
+                keys: p.key_values(tkn)?,
+            })
+        }
+        "SH_CLEAR_SET" => {
+            let tkn = p.token()?;
+            Ok(Command::ClearSet {
+                tkn,
+                keys: p.key_values(tkn)?,
+            })
+        }
+        "SH_GET" => {
+            let tkn = p.token()?;
+            Ok(Command::Get {
+                tkn,
+                keys: p.key_names(tkn)?,
+            })
+        }
+        "SH_RMV" => {
+            let tkn = p.token()?;
+            Ok(Command::Rmv {
+                tkn,
+                keys: p.key_names(tkn)?,
+            })
+        }
+        "SH_CONTAINS" => {
+            let tkn = p.token()?;
+            Ok(Command::Contains {
+                tkn,
+                keys: p.key_names(tkn)?,
+            })
+        }
+        "SH_COUNT" => Ok(Command::Count { tkn: p.token()? }),
+        "SH_KEYS" => Ok(Command::Keys { tkn: p.token()? }),
+        "SH_CLEAR" => Ok(Command::Clear { tkn: p.token()? }),
+        "SV_INFO" => Ok(Command::ServerInfo),
+        _ => Err(Rejection {
+            to: RejectTo::Command(name.to_string()),
+            status: Status::CommandNotExist,
+            message: None,
+            tkn: None,
+        }),
+    }
+}
+
+/// Reads a token given as a JSON number or a decimal string.
+pub fn token_of(value: &BorrowedValue) -> Option<Token> {
+    match value {
+        BorrowedValue::Static(StaticNode::U64(n)) => Some(*n),
+        BorrowedValue::Static(StaticNode::I64(n)) => u64::try_from(*n).ok(),
+        BorrowedValue::String(s) => parse_decimal_token(s),
+        _ => None,
+    }
+}
+
+/// Digits only: no sign, no spaces, no exponent; must fit in u64.
+fn parse_decimal_token(s: &str) -> Option<Token> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A command's parameter object, with the validators every command shares.
+struct Params<'a, 'v> {
+    name: &'a Cow<'v, str>,
+    params: &'a simd_json::borrowed::Object<'v>,
+}
+
+impl Params<'_, '_> {
+    fn reject(&self, status: Status, message: &'static str, tkn: Option<Token>) -> Rejection {
+        Rejection {
+            to: RejectTo::Command(self.name.to_string()),
+            status,
+            message: Some(message),
+            tkn,
+        }
+    }
+
+    fn token(&self) -> Result<Token, Rejection> {
+        self.params.get("tkn").and_then(token_of).ok_or_else(|| {
+            self.reject(
+                Status::SessionTokenInvalid,
+                "tkn must be an unsigned 64-bit integer (number or decimal string)",
+                None,
+            )
+        })
+    }
+
+    fn token_list(&self, field: &'static str) -> Result<Vec<Token>, Rejection> {
+        match self.params.get(field) {
+            None => Err(self.reject(Status::ParamMissing, "tkns is required", None)),
+            Some(BorrowedValue::Array(items)) => Ok(items.iter().filter_map(token_of).collect()),
+            Some(_) => Err(self.reject(
+                Status::ValueTypeInvalid,
+                "tkns must be an array of tokens",
+                None,
+            )),
+        }
+    }
+
+    fn optional_bool(&self, field: &str, message: &'static str) -> Result<Option<bool>, Rejection> {
+        match self.params.get(field) {
+            None => Ok(None),
+            Some(BorrowedValue::Static(StaticNode::Bool(b))) => Ok(Some(*b)),
+            Some(_) => Err(self.reject(Status::ValueTypeInvalid, message, None)),
+        }
+    }
+
+    fn session_name(&self, field: &str) -> Result<Box<str>, Rejection> {
+        match self.params.get(field) {
+            None => Err(self.reject(Status::ParamMissing, "name is required", None)),
+            Some(BorrowedValue::String(s)) if s.is_empty() || s.len() > MAX_NAME_LEN => {
+                Err(self.reject(Status::ValueSize, "name must be 1 to 256 bytes", None))
+            }
+            Some(BorrowedValue::String(s)) => Ok(s.as_ref().into()),
+            Some(_) => Err(self.reject(Status::ValueTypeInvalid, "name must be a string", None)),
+        }
+    }
+
+    fn dataset_name(&self) -> Result<Box<str>, Rejection> {
+        match self.params.get("name") {
+            None => Err(self.reject(Status::ParamMissing, "name is required", None)),
+            Some(BorrowedValue::String(s)) => {
+                let valid = !s.is_empty()
+                    && s.len() <= MAX_DATASET_NAME_LEN
+                    && s.as_ref() != "."
+                    && s.as_ref() != ".."
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                if valid {
+                    Ok(s.as_ref().into())
+                } else {
+                    Err(self.reject(
+                        Status::ValueSize,
+                        "name must be 1 to 128 characters of [A-Za-z0-9_.-], not . or ..",
+                        None,
+                    ))
+                }
+            }
+            Some(_) => Err(self.reject(Status::ValueTypeInvalid, "name must be a string", None)),
+        }
+    }
+
+    fn new(&self) -> Result<Command, Rejection> {
+        let name = match self.params.get("name") {
+            None => None,
+            Some(_) => Some(self.session_name("name")?),
+        };
+        let shared = self
+            .optional_bool("shared", "shared must be a boolean")?
+            .unwrap_or(false);
+        if shared && name.is_none() {
+            return Err(self.reject(Status::ParamMissing, "a shared session needs a name", None));
+        }
+        let expiry = match self.params.get("expiry") {
+            None => None,
+            Some(BorrowedValue::Object(expiry)) => Some(self.expiry(expiry)?),
+            Some(_) => {
+                return Err(self.reject(
+                    Status::ValueTypeInvalid,
+                    "expiry must be an object",
+                    None,
+                ));
+            }
+        };
+        Ok(Command::New {
+            name,
+            shared,
+            expiry,
+        })
+    }
+
+    fn expiry(&self, expiry: &simd_json::borrowed::Object) -> Result<ExpirySettings, Rejection> {
+        let duration = match expiry.get("duration") {
+            None => {
+                return Err(self.reject(Status::ParamMissing, "expiry.duration is required", None));
+            }
+            Some(BorrowedValue::Static(StaticNode::U64(n))) => Some(*n),
+            Some(BorrowedValue::Static(StaticNode::I64(n))) => {
+                if *n < 0 {
+                    return Err(self.reject(
+                        Status::ValueSize,
+                        "expiry.duration must be at least 1 second",
+                        None,
+                    ));
+                }
+                Some(*n as u64)
+            }
+            Some(_) => None,
+        };
+        let Some(duration) = duration else {
+            return Err(self.reject(
+                Status::ValueTypeInvalid,
+                "expiry.duration must be an unsigned integer",
+                None,
+            ));
+        };
+        let duration_s = match u32::try_from(duration) {
+            Ok(d) if d >= 1 => d,
+            _ => {
+                return Err(self.reject(
+                    Status::ValueSize,
+                    "expiry.duration must be 1 to 4294967295 seconds",
+                    None,
+                ));
+            }
+        };
+        let flag = |field: &str, message: &'static str| match expiry.get(field) {
+            None => Ok(false),
+            Some(BorrowedValue::Static(StaticNode::Bool(b))) => Ok(*b),
+            Some(_) => Err(self.reject(Status::ValueTypeInvalid, message, None)),
+        };
+        Ok(ExpirySettings {
+            duration_s,
+            delete_session: flag("deleteSession", "expiry.deleteSession must be a boolean")?,
+            extend_on_set_add: flag("extendOnSetAdd", "expiry.extendOnSetAdd must be a boolean")?,
+            extend_on_get: flag("extendOnGet", "expiry.extendOnGet must be a boolean")?,
+        })
+    }
+
+    fn key_values(&self, tkn: Token) -> Result<Vec<KeyValue>, Rejection> {
+        match self.params.get("keys") {
+            None => Err(self.reject(Status::ParamMissing, "keys is required", Some(tkn))),
+            Some(BorrowedValue::Object(keys)) => Ok(keys
+                .iter()
+                .map(|(key, value)| {
+                    let mut encoded = Vec::new();
+                    // Writing into a Vec cannot fail.
+                    let _ = value.write(&mut encoded);
+                    (Box::from(key.as_ref()), encoded.into_boxed_slice())
+                })
+                .collect()),
+            Some(_) => Err(self.reject(
+                Status::ValueTypeInvalid,
+                "keys must be an object",
+                Some(tkn),
+            )),
+        }
+    }
+
+    fn key_names(&self, tkn: Token) -> Result<Vec<Box<str>>, Rejection> {
+        match self.params.get("keys") {
+            None => Err(self.reject(Status::ParamMissing, "keys is required", Some(tkn))),
+            Some(BorrowedValue::Array(keys)) => Ok(keys
+                .iter()
+                .filter_map(|k| k.as_str().map(Box::from))
+                .collect()),
+            Some(_) => Err(self.reject(
+                Status::ValueTypeInvalid,
+                "keys must be an array of names",
+                Some(tkn),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Command, Rejection> {
+        let mut bytes = text.as_bytes().to_vec();
+        parse_request(&mut bytes, &mut simd_json::Buffers::default())
+    }
+
+    fn status(text: &str) -> Status {
+        parse(text).err().map(|r| r.status).unwrap_or(Status::Ok)
+    }
+
+    #[test]
+    fn tokens_as_numbers_and_strings() {
+        assert_eq!(
+            parse(r#"{"SH_END":{"tkn":42}}"#),
+            Ok(Command::End { tkn: 42 })
+        );
+        assert_eq!(
+            parse(r#"{"SH_END":{"tkn":"18446744073709551615"}}"#),
+            Ok(Command::End { tkn: u64::MAX })
+        );
+        assert_eq!(
+            parse(r#"{"SH_END":{"tkn":18446744073709551615}}"#),
+            Ok(Command::End { tkn: u64::MAX })
+        );
+        for bad in [
+            r#"{"SH_END":{}}"#,
+            r#"{"SH_END":{"tkn":null}}"#,
+            r#"{"SH_END":{"tkn":-1}}"#,
+            r#"{"SH_END":{"tkn":1.5}}"#,
+            r#"{"SH_END":{"tkn":"+5"}}"#,
+            r#"{"SH_END":{"tkn":" 5"}}"#,
+            r#"{"SH_END":{"tkn":""}}"#,
+            r#"{"SH_END":{"tkn":"18446744073709551616"}}"#,
+            r#"{"SH_END":{"tkn":true}}"#,
+            r#"{"SH_END":{"tkn":[1]}}"#,
+        ] {
+            assert_eq!(status(bad), Status::SessionTokenInvalid, "{bad}");
+        }
+    }
+
+    #[test]
+    fn frame_level_errors() {
+        assert_eq!(status("{"), Status::JsonInvalid);
+        assert_eq!(status("[1]"), Status::CommandSyntax);
+        assert_eq!(status("{}"), Status::CommandSyntax);
+        assert_eq!(status("7"), Status::CommandSyntax);
+        assert_eq!(
+            status(r#"{"SH_INFO_ALL":{},"SV_INFO":{}}"#),
+            Status::CommandMultiple
+        );
+        let r = parse(r#"{"NOPE":1}"#).unwrap_err();
+        assert_eq!(r.status, Status::CommandType);
+        assert_eq!(r.to, RejectTo::Command("NOPE".into()));
+        let r = parse(r#"{"NOPE":{}}"#).unwrap_err();
+        assert_eq!(r.status, Status::CommandNotExist);
+        assert_eq!(status(r#"{"sh_new":{}}"#), Status::CommandNotExist);
+    }
+
+    #[test]
+    fn new_validates_every_parameter() {
+        assert_eq!(
+            parse(r#"{"SH_NEW":{}}"#),
+            Ok(Command::New {
+                name: None,
+                shared: false,
+                expiry: None
+            })
+        );
+        assert_eq!(status(r#"{"SH_NEW":{"name":""}}"#), Status::ValueSize);
+        let long = format!(r#"{{"SH_NEW":{{"name":"{}"}}}}"#, "x".repeat(257));
+        assert_eq!(status(&long), Status::ValueSize);
+        let max = format!(r#"{{"SH_NEW":{{"name":"{}"}}}}"#, "x".repeat(256));
+        assert_eq!(status(&max), Status::Ok);
+        assert_eq!(status(r#"{"SH_NEW":{"name":5}}"#), Status::ValueTypeInvalid);
+        assert_eq!(
+            status(r#"{"SH_NEW":{"shared":true}}"#),
+            Status::ParamMissing
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"name":"a","shared":"yes"}}"#),
+            Status::ValueTypeInvalid
+        );
+        assert_eq!(status(r#"{"SH_NEW":{"expiry":{}}}"#), Status::ParamMissing);
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":3}}"#),
+            Status::ValueTypeInvalid
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":0}}}"#),
+            Status::ValueSize
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":-4}}}"#),
+            Status::ValueSize
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":1.5}}}"#),
+            Status::ValueTypeInvalid
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":"10"}}}"#),
+            Status::ValueTypeInvalid
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":4294967296}}}"#),
+            Status::ValueSize
+        );
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":5,"extendOnGet":1}}}"#),
+            Status::ValueTypeInvalid
+        );
+        assert_eq!(
+            parse(
+                r#"{"SH_NEW":{"name":"n","shared":true,"expiry":{"duration":5,"deleteSession":true,"extendOnGet":true}}}"#
+            ),
+            Ok(Command::New {
+                name: Some("n".into()),
+                shared: true,
+                expiry: Some(ExpirySettings {
+                    duration_s: 5,
+                    delete_session: true,
+                    extend_on_set_add: false,
+                    extend_on_get: true
+                })
+            })
+        );
+    }
+
+    #[test]
+    fn values_are_kept_as_compact_json() {
+        let Ok(Command::Set { tkn, keys }) = parse(
+            r#"{"SH_SET":{"tkn":"7","keys":{"a": [1, 2.5, -3, 18446744073709551615], "b": {"x" : "q\"\u00e9"}}}}"#,
+        ) else {
+            panic!("SH_SET did not parse")
+        };
+        assert_eq!(tkn, 7);
+        let get = |k: &str| {
+            keys.iter()
+                .find(|(name, _)| name.as_ref() == k)
+                .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(get("a").as_deref(), Some("[1,2.5,-3,18446744073709551615]"));
+        assert_eq!(get("b").as_deref(), Some("{\"x\":\"q\\\"é\"}"));
+    }
+
+    #[test]
+    fn key_lists_skip_non_strings() {
+        assert_eq!(
+            parse(r#"{"SH_GET":{"tkn":1,"keys":["a",1,null,"b"]}}"#),
+            Ok(Command::Get {
+                tkn: 1,
+                keys: vec!["a".into(), "b".into()]
+            })
+        );
+        let r = parse(r#"{"SH_GET":{"tkn":1,"keys":{"a":1}}}"#).unwrap_err();
+        assert_eq!((r.status, r.tkn), (Status::ValueTypeInvalid, Some(1)));
+        let r = parse(r#"{"SH_SET":{"tkn":1}}"#).unwrap_err();
+        assert_eq!((r.status, r.tkn), (Status::ParamMissing, Some(1)));
+        assert_eq!(
+            parse(r#"{"SH_EXISTS":{"tkns":[1,"2",-3,"x",null]}}"#),
+            Ok(Command::Exists { tkns: vec![1, 2] })
+        );
+        assert_eq!(status(r#"{"SH_EXISTS":{}}"#), Status::ParamMissing);
+        assert_eq!(
+            status(r#"{"SH_EXISTS":{"tkns":5}}"#),
+            Status::ValueTypeInvalid
+        );
+    }
+
+    #[test]
+    fn dataset_names() {
+        assert_eq!(status(r#"{"SH_SAVE":{"name":"ok-1.2_x"}}"#), Status::Ok);
+        for bad in ["", ".", "..", "a/b", "a b", "é"] {
+            let text = format!(r#"{{"SH_SAVE":{{"name":"{bad}"}}}}"#);
+            assert_eq!(status(&text), Status::ValueSize, "{bad}");
+        }
+        assert_eq!(status(r#"{"SH_LOAD":{}}"#), Status::ParamMissing);
+        assert_eq!(
+            status(r#"{"SH_SAVE":{"name":"a","tkns":1}}"#),
+            Status::ValueTypeInvalid
+        );
+    }
+}

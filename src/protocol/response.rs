@@ -1,0 +1,258 @@
+//! Response encoding straight into a byte buffer: no JSON tree is built.
+//!
+//! Every response is `{"<CMD>_RSP":{"st":N,...}}` (or `{"ERR":{...}}`); the
+//! [`Response`] builder writes the envelope and fields in order, and stored
+//! values (already compact JSON) are copied in as they are.
+
+use std::io::Write as _;
+
+use super::Status;
+use super::request::{RejectTo, Rejection, Token};
+
+/// Builds one response body field by field into `out`.
+pub struct Response<'a> {
+    out: &'a mut Vec<u8>,
+    /// True right after an object opened: the next field takes no comma.
+    first: bool,
+}
+
+impl<'a> Response<'a> {
+    /// Starts `{"<command>_RSP":{"st":<status>`.
+    pub fn new(out: &'a mut Vec<u8>, command: &str, status: Status) -> Self {
+        out.extend_from_slice(b"{");
+        write_json_str(out, &[command, "_RSP"]);
+        out.extend_from_slice(b":{\"st\":");
+        push_u64(out, u64::from(status.code()));
+        Response { out, first: false }
+    }
+
+    /// Starts `{"ERR":{"st":<status>`.
+    pub fn error_frame(out: &'a mut Vec<u8>, status: Status) -> Self {
+        out.extend_from_slice(b"{\"ERR\":{\"st\":");
+        push_u64(out, u64::from(status.code()));
+        Response { out, first: false }
+    }
+
+    fn field(&mut self, name: &str) -> &mut Vec<u8> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        // Field names are our own ASCII identifiers.
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    pub fn u64(mut self, name: &str, value: u64) -> Self {
+        push_u64(self.field(name), value);
+        self
+    }
+
+    pub fn bool(mut self, name: &str, value: bool) -> Self {
+        let text: &[u8] = if value { b"true" } else { b"false" };
+        self.field(name).extend_from_slice(text);
+        self
+    }
+
+    pub fn str(mut self, name: &str, value: &str) -> Self {
+        write_json_str(self.field(name), &[value]);
+        self
+    }
+
+    pub fn opt_str(self, name: &str, value: Option<&str>) -> Self {
+        match value {
+            Some(v) => self.str(name, v),
+            None => self,
+        }
+    }
+
+    /// `"name":[s1,s2,...]` with each string escaped.
+    pub fn str_array<'s>(mut self, name: &str, items: impl IntoIterator<Item = &'s str>) -> Self {
+        let out = self.field(name);
+        out.push(b'[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, &[item]);
+        }
+        out.push(b']');
+        self
+    }
+
+    /// `"name":[n1,n2,...]`.
+    pub fn u64_array(mut self, name: &str, items: impl IntoIterator<Item = u64>) -> Self {
+        let out = self.field(name);
+        out.push(b'[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_u64(out, item);
+        }
+        out.push(b']');
+        self
+    }
+
+    /// `"name":{"k1":<raw json>,...}`; values are copied verbatim.
+    pub fn raw_object<'s>(
+        mut self,
+        name: &str,
+        entries: impl IntoIterator<Item = (&'s str, &'s [u8])>,
+    ) -> Self {
+        let out = self.field(name);
+        out.push(b'{');
+        for (i, (key, value)) in entries.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, &[key]);
+            out.push(b':');
+            out.extend_from_slice(value);
+        }
+        out.push(b'}');
+        self
+    }
+
+    /// Opens a nested object field; close it with [`Response::end_object`].
+    pub fn begin_object(mut self, name: &str) -> Self {
+        self.field(name).push(b'{');
+        self.first = true;
+        self
+    }
+
+    pub fn end_object(self) -> Self {
+        self.out.push(b'}');
+        Response {
+            out: self.out,
+            first: false,
+        }
+    }
+
+    /// Closes the body and the envelope.
+    pub fn finish(self) {
+        self.out.extend_from_slice(b"}}");
+    }
+}
+
+/// Writes the concatenation of `parts` as one JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, parts: &[&str]) {
+    out.push(b'"');
+    for part in parts {
+        let bytes = part.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            if escape.is_empty() {
+                let _ = write!(out, "\\u{:04x}", b);
+            } else {
+                out.extend_from_slice(escape);
+            }
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+    }
+    out.push(b'"');
+}
+
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(value).as_bytes());
+}
+
+/// Encodes a rejected request as the protocol asks.
+pub fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
+    let response = match &rejection.to {
+        RejectTo::Frame => Response::error_frame(out, rejection.status),
+        RejectTo::Command(name) => Response::new(out, name, rejection.status),
+    };
+    let response = match rejection.tkn {
+        Some(tkn) => response.u64("tkn", tkn),
+        None => response,
+    };
+    match rejection.message {
+        Some(m) => response.str("m", m),
+        None => response,
+    }
+    .finish();
+}
+
+/// A response carrying only a status, an optional token and a message.
+pub fn encode_status(
+    out: &mut Vec<u8>,
+    command: &str,
+    status: Status,
+    tkn: Option<Token>,
+    message: Option<&str>,
+) {
+    let mut response = Response::new(out, command, status);
+    if let Some(tkn) = tkn {
+        response = response.u64("tkn", tkn);
+    }
+    response.opt_str("m", message).finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(out: Vec<u8>) -> String {
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn builds_nested_bodies() {
+        let mut out = Vec::new();
+        Response::new(&mut out, "SH_INFO", Status::Ok)
+            .u64("tkn", 5)
+            .bool("expires", true)
+            .begin_object("expiry")
+            .u64("duration", 3)
+            .bool("deleteSession", false)
+            .end_object()
+            .str_array("keys", ["a", "b\"c"])
+            .raw_object("v", [("k", &b"[1,2]"[..])])
+            .finish();
+        assert_eq!(
+            text(out),
+            r#"{"SH_INFO_RSP":{"st":1,"tkn":5,"expires":true,"expiry":{"duration":3,"deleteSession":false},"keys":["a","b\"c"],"v":{"k":[1,2]}}}"#
+        );
+    }
+
+    #[test]
+    fn escapes_control_characters_and_quotes() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, &["a\"\\\n\u{1}é"]);
+        assert_eq!(text(out), r#""a\"\\\n\u0001é""#);
+    }
+
+    #[test]
+    fn rejections() {
+        let mut out = Vec::new();
+        encode_rejection(
+            &mut out,
+            &Rejection {
+                to: RejectTo::Command("X\"Y".into()),
+                status: Status::CommandNotExist,
+                message: None,
+                tkn: None,
+            },
+        );
+        assert_eq!(text(out), r#"{"X\"Y_RSP":{"st":10}}"#);
+        let mut out = Vec::new();
+        encode_rejection(&mut out, &super::super::request::reject_binary());
+        assert!(text(out).starts_with(r#"{"ERR":{"st":2,"m":""#));
+    }
+}

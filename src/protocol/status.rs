@@ -1,0 +1,36 @@
+//! The status table of the wire protocol: the one place status numbers live.
+
+/// A response status (`st`). Values are the wire numbers of `docs/PROTOCOL.md`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Status {
+    Ok = 1,
+    PayLoadInvalid = 2,
+    JsonInvalid = 3,
+    CommandNotExist = 10,
+    CommandMultiple = 11,
+    CommandType = 12,
+    CommandSyntax = 13,
+    CommandDisabled = 14,
+    ParamMissing = 26,
+    ValueTypeInvalid = 41,
+    ValueSize = 42,
+    SessionNotExist = 100,
+    SessionTokenInvalid = 101,
+    SessionOpenFail = 102,
+    SessionNewFail = 103,
+    SaveComplete = 121,
+    SaveDirWriteFail = 122,
+    SaveError = 123,
+    LoadComplete = 141,
+    LoadError = 142,
+    MemoryLimit = 150,
+    Unknown = 1000,
+}
+
+impl Status {
+    /// The number sent on the wire.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}

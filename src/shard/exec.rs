@@ -1,0 +1,197 @@
+//! Runs a session command against the shard's own store and encodes its
+//! response. Only commands about one session (by token) come here; they run
+//! on the shard that owns the token.
+
+use ahash::AHashSet;
+
+use crate::protocol::{Command, Response, Status, encode_status};
+use crate::store::{Millis, NoSession, SessionStore};
+
+/// Runs `command` and appends its response to `out`.
+pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Vec<u8>) {
+    let name = command.name();
+    let Some(tkn) = command.token() else {
+        // Only token commands are routed here; anything else is a bug, and
+        // the client still gets an answer in its slot.
+        encode_status(out, name, Status::Unknown, None, Some("misrouted command"));
+        return;
+    };
+    fn ok<'o>(out: &'o mut Vec<u8>, name: &str, tkn: u64) -> Response<'o> {
+        Response::new(out, name, Status::Ok).u64("tkn", tkn)
+    }
+    let result: Result<(), NoSession> = match command {
+        Command::End { .. } => store.end(tkn, now).map(|()| ok(out, name, tkn).finish()),
+        Command::Info { .. } => store.read(tkn, now).map(|session| {
+            let mut r = ok(out, name, tkn)
+                .opt_str("name", session.name.as_deref())
+                .bool("shared", session.shared)
+                .u64("keyCnt", session.keys.len() as u64)
+                .bool("expires", session.expiry.is_some());
+            if let Some(e) = session.expiry {
+                r = r
+                    .begin_object("expiry")
+                    .u64("duration", u64::from(e.settings.duration_s))
+                    .u64("remaining", e.remaining_s(now))
+                    .bool("deleteSession", e.settings.delete_session)
+                    .bool("extendOnSetAdd", e.settings.extend_on_set_add)
+                    .bool("extendOnGet", e.settings.extend_on_get)
+                    .end_object();
+            }
+            r.finish()
+        }),
+        Command::Set { keys, .. } => store
+            .set(tkn, keys, now)
+            .map(|()| ok(out, name, tkn).finish()),
+        Command::Add { keys, .. } => store
+            .add(tkn, keys, now)
+            .map(|()| ok(out, name, tkn).finish()),
+        Command::ClearSet { keys, .. } => store
+            .clear_set(tkn, keys, now)
+            .map(|removed| ok(out, name, tkn).u64("cnt", removed as u64).finish()),
+        Command::Get { keys, .. } => store.get(tkn, now).map(|session| {
+            let found = distinct(&keys)
+                .filter_map(|k| session.keys.get(k).map(|v| (k, v)))
+                .collect::<Vec<_>>();
+            ok(out, name, tkn).raw_object("keys", found).finish()
+        }),
+        Command::Rmv { keys, .. } => store
+            .remove_keys(tkn, &keys, now)
+            .map(|()| ok(out, name, tkn).finish()),
+        Command::Contains { keys, .. } => store.read(tkn, now).map(|session| {
+            let found = keys
+                .iter()
+                .map(|k| k.as_ref())
+                .filter(|k| session.keys.contains(k));
+            ok(out, name, tkn).str_array("contains", found).finish()
+        }),
+        Command::Count { .. } => store.read(tkn, now).map(|session| {
+            ok(out, name, tkn)
+                .u64("cnt", session.keys.len() as u64)
+                .finish()
+        }),
+        Command::Keys { .. } => store.read(tkn, now).map(|session| {
+            ok(out, name, tkn)
+                .str_array("keys", session.keys.iter().map(|(k, _)| k))
+                .finish()
+        }),
+        Command::Clear { .. } => store
+            .clear(tkn, now)
+            .map(|removed| ok(out, name, tkn).u64("cnt", removed as u64).finish()),
+        _ => Ok(encode_status(
+            out,
+            name,
+            Status::Unknown,
+            Some(tkn),
+            Some("misrouted command"),
+        )),
+    };
+    if result.is_err() {
+        encode_status(out, name, Status::SessionNotExist, Some(tkn), None);
+    }
+}
+
+/// The names in `keys` without repeats, first occurrence first: a response
+/// object must not hold the same member twice.
+fn distinct(keys: &[Box<str>]) -> impl Iterator<Item = &str> {
+    let mut seen: AHashSet<&str> = AHashSet::with_capacity(keys.len());
+    keys.iter()
+        .map(|k| k.as_ref())
+        .filter(move |k| seen.insert(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::shared_names::SharedNames;
+
+    fn run_text(store: &mut SessionStore, request: &str, now: Millis) -> String {
+        let mut bytes = request.as_bytes().to_vec();
+        let command =
+            crate::protocol::parse_request(&mut bytes, &mut simd_json::Buffers::default()).unwrap();
+        let mut out = Vec::new();
+        run(store, command, now, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn key_commands_answer_as_the_protocol_says() {
+        let mut store = SessionStore::new(Arc::new(SharedNames::default()));
+        store.create(9, Some("n".into()), false, None, 0);
+        let r = |s: &mut SessionStore, q: &str| run_text(s, q, 0);
+        assert_eq!(
+            r(
+                &mut store,
+                r#"{"SH_SET":{"tkn":9,"keys":{"a":1,"b":{"c":[true,null]}}}}"#
+            ),
+            r#"{"SH_SET_RSP":{"st":1,"tkn":9}}"#
+        );
+        assert_eq!(
+            r(
+                &mut store,
+                r#"{"SH_GET":{"tkn":"9","keys":["b","zz","a","b"]}}"#
+            ),
+            r#"{"SH_GET_RSP":{"st":1,"tkn":9,"keys":{"b":{"c":[true,null]},"a":1}}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_ADD":{"tkn":9,"keys":{"a":2,"d":"x"}}}"#),
+            r#"{"SH_ADD_RSP":{"st":1,"tkn":9}}"#
+        );
+        assert_eq!(
+            r(
+                &mut store,
+                r#"{"SH_CONTAINS":{"tkn":9,"keys":["d","q","a"]}}"#
+            ),
+            r#"{"SH_CONTAINS_RSP":{"st":1,"tkn":9,"contains":["d","a"]}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_COUNT":{"tkn":9}}"#),
+            r#"{"SH_COUNT_RSP":{"st":1,"tkn":9,"cnt":3}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_KEYS":{"tkn":9}}"#),
+            r#"{"SH_KEYS_RSP":{"st":1,"tkn":9,"keys":["a","b","d"]}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_RMV":{"tkn":9,"keys":["a"]}}"#),
+            r#"{"SH_RMV_RSP":{"st":1,"tkn":9}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_CLEAR_SET":{"tkn":9,"keys":{"z":0}}}"#),
+            r#"{"SH_CLEAR_SET_RSP":{"st":1,"tkn":9,"cnt":2}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_INFO":{"tkn":9}}"#),
+            r#"{"SH_INFO_RSP":{"st":1,"tkn":9,"name":"n","shared":false,"keyCnt":1,"expires":false}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_CLEAR":{"tkn":9}}"#),
+            r#"{"SH_CLEAR_RSP":{"st":1,"tkn":9,"cnt":1}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_END":{"tkn":9}}"#),
+            r#"{"SH_END_RSP":{"st":1,"tkn":9}}"#
+        );
+        assert_eq!(
+            r(&mut store, r#"{"SH_GET":{"tkn":9,"keys":["a"]}}"#),
+            r#"{"SH_GET_RSP":{"st":100,"tkn":9}}"#
+        );
+    }
+
+    #[test]
+    fn info_reports_expiry() {
+        let mut store = SessionStore::new(Arc::new(SharedNames::default()));
+        let settings = crate::protocol::ExpirySettings {
+            duration_s: 10,
+            delete_session: true,
+            extend_on_set_add: false,
+            extend_on_get: true,
+        };
+        store.create(3, None, false, Some(settings), 1000);
+        assert_eq!(
+            run_text(&mut store, r#"{"SH_INFO":{"tkn":3}}"#, 5500),
+            r#"{"SH_INFO_RSP":{"st":1,"tkn":3,"shared":false,"keyCnt":0,"expires":true,"expiry":{"duration":10,"remaining":6,"deleteSession":true,"extendOnSetAdd":false,"extendOnGet":true}}}"#
+        );
+    }
+}

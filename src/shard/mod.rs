@@ -1,0 +1,647 @@
+//! A shard: one thread, one `mio` event loop, and everything it owns: the
+//! connections it accepted, its share of the sessions, its inbox.
+//!
+//! Nothing here is shared with other shards except through the mesh
+//! (messages) and the shared-name map. A request about a session another
+//! shard owns is sent there and its encoded answer comes back; commands
+//! about every shard fan out as [`Part`]s and are gathered here.
+
+mod exec;
+mod gather;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token as PollToken, Waker};
+use rand::Rng as _;
+use rand::rngs::StdRng;
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, shard_of};
+use crate::net::connection::{Connection, Incoming, Limits, ReadOutcome};
+use crate::protocol::request::{reject_binary, reject_not_utf8};
+use crate::protocol::{Command, Response, Status, encode_rejection, encode_status, parse_request};
+use crate::shared_names::SharedNames;
+use crate::store::{Millis, SessionStore};
+use gather::{Gather, GatherKind};
+
+const LISTENER: PollToken = PollToken(usize::MAX - 1);
+const WAKER: PollToken = PollToken(usize::MAX - 2);
+
+/// Messages read from one connection per turn before others get a go.
+const READ_BUDGET: usize = 256;
+/// Requests a connection may have unanswered before we stop reading it.
+const MAX_IN_FLIGHT: usize = 4096;
+/// A WebSocket handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a shutdown waits for clients to take their last responses.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+
+/// What a shard needs from the server, fixed at start-up.
+pub struct ShardContext {
+    pub id: ShardId,
+    pub shards: usize,
+    pub limits: Limits,
+    pub persist_enabled: bool,
+    /// Process start: the epoch of the shard clocks and of `uptimeSeconds`.
+    pub started: Instant,
+    pub names: Arc<SharedNames>,
+    pub mesh: Arc<[Address]>,
+    /// Set by the server to ask every shard to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Shards still finishing their connections; every shard serves its
+    /// inbox until this is 0, so no shard waits on one that has left.
+    pub draining: Arc<AtomicUsize>,
+}
+
+/// Creates the poll and the waker that the mesh uses to reach a shard.
+pub fn new_poll() -> io::Result<(Poll, Arc<Waker>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    Ok((poll, waker))
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Answering what was read, then closing connections.
+    Stopping {
+        since: Instant,
+    },
+    /// Connections are gone; still answering other shards' requests.
+    Drained,
+}
+
+pub struct Shard {
+    ctx: ShardContext,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    inbox: Inbox,
+    conns: Slab<Connection>,
+    next_conn_id: u64,
+    store: SessionStore,
+    /// Messages for each shard, sent as one batch at the end of the turn.
+    outbox: Vec<Vec<Envelope>>,
+    gathers: Slab<Gather>,
+    /// Token source: a CSPRNG seeded by the OS.
+    rng: StdRng,
+    /// Reused for every request: simd-json parses in place and scratch.
+    scratch: Vec<u8>,
+    json_buffers: simd_json::Buffers,
+    /// Connections that may have input left to read.
+    ready: Vec<usize>,
+    /// Connections touched this turn: to flush, or to drop when closed.
+    touched: Vec<usize>,
+    now: Millis,
+    last_housekeeping: Instant,
+    phase: Phase,
+}
+
+impl Shard {
+    pub fn new(
+        ctx: ShardContext,
+        poll: Poll,
+        mut listener: TcpListener,
+        inbox: Inbox,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let shards = ctx.shards;
+        Ok(Shard {
+            store: SessionStore::new(ctx.names.clone()),
+            ctx,
+            poll,
+            listener: Some(listener),
+            inbox,
+            conns: Slab::new(),
+            next_conn_id: 0,
+            outbox: (0..shards).map(|_| Vec::new()).collect(),
+            gathers: Slab::new(),
+            rng: rand::make_rng(),
+            scratch: Vec::new(),
+            json_buffers: simd_json::Buffers::default(),
+            ready: Vec::new(),
+            touched: Vec::new(),
+            now: 0,
+            last_housekeeping: Instant::now(),
+            phase: Phase::Serving,
+        })
+    }
+
+    /// Runs the event loop until the server stops.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if self.ctx.stop.load(Ordering::Acquire) && self.phase == Phase::Serving {
+                self.begin_stopping()?;
+            }
+            if self.phase == Phase::Drained && self.ctx.draining.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            let mut timeout = self.poll_timeout();
+            if timeout != Some(Duration::ZERO) {
+                if let Some(batch) = self.inbox.prepare_to_sleep() {
+                    self.handle_batch(batch);
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.inbox.awake();
+            self.now = self.clock();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    PollToken(slot) => {
+                        if let Some(conn) = self.conns.get_mut(slot) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                conn.readable = true;
+                                self.ready.push(slot);
+                            }
+                            if event.is_writable() {
+                                self.touched.push(slot);
+                            }
+                        }
+                    }
+                }
+            }
+            // Bounded: at most what other shards sent before this point.
+            for _ in 0..self.ctx.shards * 4 {
+                match self.inbox.try_take() {
+                    Some(batch) => self.handle_batch(batch),
+                    None => break,
+                }
+            }
+            self.read_connections();
+            self.send_outbox();
+            self.finish_turn();
+            self.housekeeping();
+        }
+    }
+
+    fn clock(&self) -> Millis {
+        self.ctx.started.elapsed().as_millis() as Millis
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        match self.phase {
+            Phase::Serving if self.conns.is_empty() => None,
+            Phase::Serving => Some(HOUSEKEEPING_EVERY),
+            Phase::Stopping { .. } | Phase::Drained => Some(Duration::from_millis(10)),
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            let (mut stream, _) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ECONNABORTED, EMFILE and friends: skip this one; a full
+                // fd table clears as connections close.
+                Err(_) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    PollToken(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            entry.insert(Connection::new(id, stream, self.ctx.limits, Instant::now()));
+            self.ready.push(slot);
+        }
+    }
+
+    fn read_connections(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        let mut still_ready = Vec::new();
+        for slot in ready {
+            let Some(conn) = self.conns.get(slot) else {
+                continue;
+            };
+            if !conn.readable {
+                continue;
+            }
+            // While stopping, open connections take no new requests.
+            if self.phase != Phase::Serving && conn.is_open() {
+                continue;
+            }
+            self.touched.push(slot);
+            let mut budget = READ_BUDGET;
+            loop {
+                let conn = &mut self.conns[slot];
+                if budget == 0 || conn.in_flight() >= MAX_IN_FLIGHT {
+                    // Come back next turn (or when answers drain).
+                    still_ready.push(slot);
+                    break;
+                }
+                match conn.read() {
+                    ReadOutcome::Message(incoming) => {
+                        budget -= 1;
+                        self.handle_message(slot, incoming);
+                    }
+                    ReadOutcome::WouldBlock => {
+                        conn.readable = false;
+                        break;
+                    }
+                    ReadOutcome::Closed => break,
+                }
+            }
+        }
+        // Duplicates are harmless: a slot with nothing left reads WouldBlock.
+        still_ready.dedup();
+        self.ready.extend(still_ready);
+    }
+
+    fn handle_message(&mut self, slot: usize, incoming: Incoming) {
+        let conn = &mut self.conns[slot];
+        let ticket = Ticket {
+            conn: slot,
+            conn_id: conn.id,
+            seq: conn.next_request(),
+        };
+        let parsed = match incoming {
+            Incoming::Text(text) => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(text.as_bytes());
+                parse_request(&mut self.scratch, &mut self.json_buffers)
+            }
+            Incoming::Binary => Err(reject_binary()),
+            Incoming::InvalidUtf8 => Err(reject_not_utf8()),
+        };
+        match parsed {
+            Ok(command) => self.dispatch(ticket, command),
+            Err(rejection) => {
+                let mut out = Vec::with_capacity(64);
+                encode_rejection(&mut out, &rejection);
+                self.deliver(ticket, out);
+            }
+        }
+    }
+
+    /// Runs a command here, or sends it (or its parts) where it must run.
+    fn dispatch(&mut self, ticket: Ticket, command: Command) {
+        match command {
+            Command::New {
+                name,
+                shared,
+                expiry,
+            } => {
+                let out = self.create_session(name, shared, expiry);
+                self.deliver(ticket, out);
+            }
+            Command::Open { ref name } => match self.ctx.names.lookup(name) {
+                Some(tkn) => self.route(shard_of(tkn, self.ctx.shards), ticket, command),
+                None => {
+                    let mut out = Vec::with_capacity(64);
+                    encode_status(&mut out, "SH_OPEN", Status::SessionOpenFail, None, None);
+                    self.deliver(ticket, out);
+                }
+            },
+            Command::EndAll => self.fan_out(ticket, GatherKind::end_all(), |_| Part::EndAll),
+            Command::InfoAll => self.fan_out(ticket, GatherKind::info_all(), |_| Part::Counts),
+            Command::ServerInfo => {
+                self.fan_out(ticket, GatherKind::server_info(), |_| Part::Counts)
+            }
+            Command::Exists { tkns } => {
+                let shards = self.ctx.shards;
+                let mut per_shard: Vec<Vec<(u32, u64)>> = vec![Vec::new(); shards];
+                for (i, &tkn) in tkns.iter().enumerate() {
+                    per_shard[shard_of(tkn, shards)].push((i as u32, tkn));
+                }
+                let kind = GatherKind::exists(tkns);
+                self.fan_out_to(
+                    ticket,
+                    kind,
+                    per_shard
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(shard, list)| {
+                            (!list.is_empty()).then(|| (shard, Part::Exists(list)))
+                        }),
+                );
+            }
+            Command::Save { .. } | Command::Load { .. } => {
+                let mut out = Vec::with_capacity(96);
+                encode_status(
+                    &mut out,
+                    command.name(),
+                    Status::CommandDisabled,
+                    None,
+                    Some("persistence is disabled"),
+                );
+                self.deliver(ticket, out);
+            }
+            _ => match command.token() {
+                Some(tkn) => self.route(shard_of(tkn, self.ctx.shards), ticket, command),
+                None => {
+                    let mut out = Vec::with_capacity(64);
+                    // Every command is covered above; answer rather than drop.
+                    encode_status(&mut out, command.name(), Status::Unknown, None, None);
+                    self.deliver(ticket, out);
+                }
+            },
+        }
+    }
+
+    /// Runs a single-session command on `owner`: here, or by message.
+    fn route(&mut self, owner: ShardId, ticket: Ticket, command: Command) {
+        if owner == self.ctx.id {
+            let out = self.run_owned(command);
+            self.deliver(ticket, out);
+        } else {
+            self.outbox[owner].push(Envelope::Call {
+                from: self.ctx.id,
+                ticket,
+                command,
+            });
+        }
+    }
+
+    /// Runs a command whose session this shard owns.
+    fn run_owned(&mut self, command: Command) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        if let Command::Open { name } = &command {
+            // Checked here, on the owner, so an expired session is never
+            // handed out even if its name is not released yet.
+            match self.ctx.names.lookup(name) {
+                Some(tkn) if self.store.exists(tkn, self.now) => {
+                    Response::new(&mut out, "SH_OPEN", Status::Ok)
+                        .u64("tkn", tkn)
+                        .str("name", name)
+                        .finish()
+                }
+                _ => encode_status(&mut out, "SH_OPEN", Status::SessionOpenFail, None, None),
+            }
+            return out;
+        }
+        exec::run(&mut self.store, command, self.now, &mut out);
+        out
+    }
+
+    fn create_session(
+        &mut self,
+        name: Option<Box<str>>,
+        shared: bool,
+        expiry: Option<crate::protocol::ExpirySettings>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        // Draw until the token lands on this shard: the creator's later
+        // requests then never cross shards.
+        let tkn = loop {
+            let tkn = self.rng.next_u64();
+            if tkn != 0
+                && shard_of(tkn, self.ctx.shards) == self.ctx.id
+                && !self.store.contains_token(tkn)
+            {
+                break tkn;
+            }
+        };
+        if shared {
+            let registered = name
+                .as_deref()
+                .is_some_and(|name| self.ctx.names.register(name, tkn));
+            if !registered {
+                encode_status(
+                    &mut out,
+                    "SH_NEW",
+                    Status::SessionNewFail,
+                    None,
+                    Some("a shared session with this name exists"),
+                );
+                return out;
+            }
+        }
+        let response = Response::new(&mut out, "SH_NEW", Status::Ok).u64("tkn", tkn);
+        response.opt_str("name", name.as_deref()).finish();
+        self.store.create(tkn, name, shared, expiry, self.now);
+        out
+    }
+
+    fn fan_out(&mut self, ticket: Ticket, kind: GatherKind, part: impl Fn(ShardId) -> Part) {
+        let parts: Vec<_> = (0..self.ctx.shards).map(|s| (s, part(s))).collect();
+        self.fan_out_to(ticket, kind, parts.into_iter());
+    }
+
+    /// Sends each part to its shard (running ours directly) and gathers.
+    fn fan_out_to(
+        &mut self,
+        ticket: Ticket,
+        kind: GatherKind,
+        parts: impl Iterator<Item = (ShardId, Part)>,
+    ) {
+        let parts: Vec<_> = parts.collect();
+        let gather = self.gathers.insert(Gather::new(ticket, kind, parts.len()));
+        let mut local = Vec::new();
+        for (shard, part) in parts {
+            if shard == self.ctx.id {
+                local.push(part);
+            } else {
+                self.outbox[shard].push(Envelope::Part {
+                    from: self.ctx.id,
+                    gather,
+                    part,
+                });
+            }
+        }
+        for part in local {
+            let result = self.run_part(part);
+            self.merge_part(gather, result);
+        }
+        // No parts at all (e.g. SH_EXISTS with no valid token).
+        if self.gathers.get(gather).is_some_and(Gather::is_complete) {
+            self.finish_gather(gather);
+        }
+    }
+
+    fn run_part(&mut self, part: Part) -> PartResult {
+        match part {
+            Part::EndAll => PartResult::Ended(self.store.end_all(self.now)),
+            Part::Counts => {
+                let (sessions, keys) = self.store.live_counts(self.now);
+                PartResult::Counts {
+                    sessions,
+                    keys,
+                    connections: self.conns.len() as u64,
+                }
+            }
+            Part::Exists(list) => PartResult::Exists(
+                list.into_iter()
+                    .filter(|&(_, tkn)| self.store.exists(tkn, self.now))
+                    .map(|(i, _)| i)
+                    .collect(),
+            ),
+        }
+    }
+
+    fn merge_part(&mut self, gather: usize, result: PartResult) {
+        let Some(g) = self.gathers.get_mut(gather) else {
+            return;
+        };
+        g.merge(result);
+        if g.is_complete() {
+            self.finish_gather(gather);
+        }
+    }
+
+    fn finish_gather(&mut self, gather: usize) {
+        let g = self.gathers.remove(gather);
+        let ticket = g.ticket;
+        let uptime = self.ctx.started.elapsed().as_secs();
+        let out = g.encode(self.ctx.shards, self.ctx.persist_enabled, uptime);
+        self.deliver(ticket, out);
+    }
+
+    fn handle_batch(&mut self, batch: Vec<Envelope>) {
+        self.now = self.clock();
+        for envelope in batch {
+            match envelope {
+                Envelope::Call {
+                    from,
+                    ticket,
+                    command,
+                } => {
+                    let response = self.run_owned(command);
+                    self.outbox[from].push(Envelope::Reply { ticket, response });
+                }
+                Envelope::Reply { ticket, response } => self.deliver(ticket, response),
+                Envelope::Part { from, gather, part } => {
+                    let result = self.run_part(part);
+                    self.outbox[from].push(Envelope::PartDone { gather, result });
+                }
+                Envelope::PartDone { gather, result } => self.merge_part(gather, result),
+            }
+        }
+    }
+
+    /// Hands a response to its connection, which writes it in order.
+    fn deliver(&mut self, ticket: Ticket, response: Vec<u8>) {
+        if let Some(conn) = self.conns.get_mut(ticket.conn) {
+            if conn.id == ticket.conn_id {
+                conn.respond(ticket.seq, response);
+                self.touched.push(ticket.conn);
+            }
+        }
+    }
+
+    fn send_outbox(&mut self) {
+        for (shard, batch) in self.outbox.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(batch);
+            // A shard that is gone has stopped the server; nothing to do.
+            let _ = self.ctx.mesh[shard].send(batch);
+        }
+    }
+
+    /// One write per touched connection; drops the ones that closed.
+    fn finish_turn(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &slot in &touched {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.needs_flush() {
+                conn.flush();
+            }
+            if conn.is_closed() {
+                self.conns.remove(slot);
+            } else if conn.readable && conn.in_flight() < MAX_IN_FLIGHT {
+                // Reading paused on in-flight answers resumes here.
+                self.ready.push(slot);
+            }
+        }
+        self.ready.sort_unstable();
+        self.ready.dedup();
+        touched.clear();
+        self.touched = touched;
+    }
+
+    fn begin_stopping(&mut self) -> io::Result<()> {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        // Answer what was already read: one last read of every connection.
+        for (slot, conn) in self.conns.iter_mut() {
+            conn.readable = true;
+            self.ready.push(slot);
+        }
+        self.read_connections();
+        self.phase = Phase::Stopping {
+            since: Instant::now(),
+        };
+        Ok(())
+    }
+
+    fn housekeeping(&mut self) {
+        if let Phase::Stopping { since } = self.phase {
+            let overdue = since.elapsed() > SHUTDOWN_GRACE;
+            for (slot, conn) in self.conns.iter_mut() {
+                if conn.is_open() && (conn.in_flight() == 0 || overdue) {
+                    conn.close(CloseCode::Away, "server shutting down");
+                    self.touched.push(slot);
+                }
+                // Closing connections need reads to see the peer's EOF.
+                self.ready.push(slot);
+            }
+            if overdue {
+                self.conns.clear();
+            }
+            self.finish_turn();
+            if self.conns.is_empty() {
+                self.phase = Phase::Drained;
+                self.ctx.draining.fetch_sub(1, Ordering::AcqRel);
+                for address in self.ctx.mesh.iter() {
+                    address.wake();
+                }
+            }
+            return;
+        }
+        if self.last_housekeeping.elapsed() < HOUSEKEEPING_EVERY {
+            return;
+        }
+        self.last_housekeeping = Instant::now();
+        let mut expired = Vec::new();
+        for (slot, conn) in self.conns.iter_mut() {
+            if conn.is_handshaking() && conn.accepted_at.elapsed() > HANDSHAKE_TIMEOUT {
+                expired.push(slot);
+            } else if !conn.is_open() {
+                // Closing: a read notices when the linger time is over.
+                conn.readable = true;
+                self.ready.push(slot);
+            }
+        }
+        for slot in expired {
+            self.conns.remove(slot);
+        }
+    }
+}
