@@ -1,1 +1,48 @@
-fn main() {}
+//! `loadtest`: the load generator for nemesisdb (`ws://`) and Redis
+//! (`redis://`), in the manner of memtier_benchmark and redis-benchmark.
+//!
+//! A run connects every connection (untimed), creates the sessions the
+//! workload reads (untimed), then runs the workload for `--duration` seconds
+//! or exactly `--requests` operations, closed loop or open loop (`--rate`),
+//! and reports throughput, errors and latency (HDR histogram).
+//!
+//! # Layout
+//! - `config`   flags -> validated `Config`
+//! - `run`      the phases of a run, threads, output
+//! - `driver`   one thread's mio event loop over many connections
+//! - `workload` what an operation is on each target; pre-encoded requests
+//! - `ws`       WebSocket client framing, handshake, response scanning
+//! - `resp`     Redis RESP encoding and reply boundaries
+//! - `stats`    per-second series, totals, progress bar, summary
+//! - `report`   `--out`: report.json and latency.svg
+//! - `rng`      the seeded generator
+
+mod config;
+mod driver;
+mod report;
+mod resp;
+mod rng;
+mod run;
+mod stats;
+mod workload;
+mod ws;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = match config::Config::from_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run::run(&config) {
+        Ok(summary) if summary.errors == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

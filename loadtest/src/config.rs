@@ -1,0 +1,314 @@
+//! Command-line flags, and the validated [`Config`] a run is built from.
+//!
+//! Owns: flag parsing and every check on flag values. Everything after this
+//! module may assume a `Config` is consistent (threads <= connections, a
+//! positive rate, a parsed target).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// What one operation does; the same meaning on both targets (see the crate doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// SH_GET one key of a random session | HGET
+    Get,
+    /// SH_SET one key of a random session | HSET
+    Set,
+    /// 80% get, 20% set
+    Mixed,
+    /// SH_GET on sessions with duration 3600 and extendOnGet | HGET + EXPIRE 3600
+    Sliding,
+    /// SH_NEW + SH_SET + SH_GET + SH_END | HSET + EXPIRE + HGETALL + DEL
+    Lifecycle,
+    /// SH_NEW (1-3 s) + SH_SET, so sessions expire under load | HSET + EXPIRE 1-3
+    Expiry,
+    /// create --sessions sessions (duration 3600), then stop
+    Populate,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Get => "get",
+            Workload::Set => "set",
+            Workload::Mixed => "mixed",
+            Workload::Sliding => "sliding",
+            Workload::Lifecycle => "lifecycle",
+            Workload::Expiry => "expiry",
+            Workload::Populate => "populate",
+        }
+    }
+
+    /// Workloads that read or write existing sessions need them created first.
+    pub fn needs_sessions(self) -> bool {
+        matches!(
+            self,
+            Workload::Get | Workload::Set | Workload::Mixed | Workload::Sliding
+        )
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load generator for nemesisdb (ws://) and Redis (redis://)",
+    long_about = "Load generator for nemesisdb (ws://) and Redis (redis://).\n\n\
+        Closed loop by default: every connection keeps --pipeline operations in flight.\n\
+        With --rate: open loop at a fixed total rate; latency is counted from each\n\
+        operation's scheduled send time, so a stalled server shows up as latency."
+)]
+struct Flags {
+    /// Target: ws://HOST:PORT/[PATH] (nemesisdb) or redis://HOST:PORT (Redis)
+    #[arg(long, default_value = "ws://127.0.0.1:1987/")]
+    url: String,
+
+    /// What one operation does
+    #[arg(long, value_enum, default_value = "get")]
+    workload: Workload,
+
+    /// Connections in total, spread over --threads
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+
+    /// Operations in flight per connection (an operation of lifecycle is 4 requests)
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+
+    /// Seconds to run (default 10 unless --requests is given)
+    #[arg(long, conflicts_with = "requests")]
+    duration: Option<f64>,
+
+    /// Run exactly this many operations, then stop
+    #[arg(long)]
+    requests: Option<u64>,
+
+    /// Sessions created before get/set/mixed/sliding (untimed); populate creates this many
+    #[arg(long, default_value_t = 10_000)]
+    sessions: u64,
+
+    /// Bytes in each stored value
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+
+    /// Client threads (default: available cores)
+    #[arg(long)]
+    threads: Option<usize>,
+
+    /// Open loop: total operations per second over all connections
+    #[arg(long)]
+    rate: Option<f64>,
+
+    /// Print one JSON object as the last line of stdout
+    #[arg(long)]
+    json: bool,
+
+    /// Write report.json and latency.svg into this directory
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Seed for every random choice (sessions, keys, durations, masks)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Fail a connection that has waited this many seconds for a response
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+/// Where the load goes, and which protocol it speaks.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+    /// `host[:port]` as given, for the WebSocket `Host` header.
+    pub host: String,
+    /// Request path of the WebSocket upgrade (`/` when none was given).
+    pub path: String,
+    /// The URL as given, reported as `target`.
+    pub url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// NemesisDB JSON commands over WebSocket.
+    Ws,
+    /// Redis RESP2.
+    Redis,
+}
+
+/// How many operations a run performs.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    /// Exactly this many operations.
+    Requests(u64),
+    /// Issue operations until this much time has passed, then drain.
+    Duration(Duration),
+}
+
+/// A validated run description.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub target: Target,
+    pub workload: Workload,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub stop: Stop,
+    pub sessions: u64,
+    pub value_size: usize,
+    pub threads: usize,
+    /// Open-loop total rate in operations per second; `None` is closed loop.
+    pub rate: Option<f64>,
+    pub json: bool,
+    pub out: Option<PathBuf>,
+    pub seed: u64,
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Parses `std::env::args`, exiting with clap's message on a bad flag.
+    pub fn from_args() -> Result<Config, String> {
+        Config::from_flags(Flags::parse())
+    }
+
+    fn from_flags(f: Flags) -> Result<Config, String> {
+        let target = parse_target(&f.url)?;
+        if f.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if f.pipeline == 0 || f.pipeline > 4096 {
+            return Err("--pipeline must be between 1 and 4096".into());
+        }
+        if f.value_size == 0 || f.value_size > 16 << 20 {
+            return Err("--value-size must be between 1 and 16777216".into());
+        }
+        if f.sessions == 0 || f.sessions > u32::MAX as u64 {
+            return Err("--sessions must be between 1 and 4294967295".into());
+        }
+        if !(f.timeout > 0.0 && f.timeout.is_finite()) {
+            return Err("--timeout must be a positive number of seconds".into());
+        }
+        let stop = match (f.requests, f.duration) {
+            (Some(0), _) => return Err("--requests must be at least 1".into()),
+            (Some(n), _) => Stop::Requests(n),
+            (None, Some(d)) if d > 0.0 && d.is_finite() && d < 1e6 => {
+                Stop::Duration(Duration::from_secs_f64(d))
+            }
+            (None, Some(_)) => return Err("--duration must be a positive number of seconds".into()),
+            // populate creates --sessions sessions and stops
+            (None, None) if f.workload == Workload::Populate => Stop::Requests(f.sessions),
+            (None, None) => Stop::Duration(Duration::from_secs(10)),
+        };
+        if let Some(r) = f.rate
+            && !(r > 0.0 && r.is_finite())
+        {
+            return Err("--rate must be a positive number of operations per second".into());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = f.threads.unwrap_or(cores);
+        if threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        Ok(Config {
+            target,
+            workload: f.workload,
+            connections: f.connections,
+            pipeline: f.pipeline,
+            stop,
+            sessions: f.sessions,
+            value_size: f.value_size,
+            threads: threads.min(f.connections),
+            rate: f.rate,
+            json: f.json,
+            out: f.out,
+            seed: f.seed,
+            timeout: Duration::from_secs_f64(f.timeout),
+        })
+    }
+}
+
+/// `ws://host:port/path` or `redis://host:port`.
+fn parse_target(url: &str) -> Result<Target, String> {
+    let (protocol, rest, default_port) = if let Some(r) = url.strip_prefix("ws://") {
+        (Protocol::Ws, r, 1987)
+    } else if let Some(r) = url.strip_prefix("redis://") {
+        (Protocol::Redis, r, 6379)
+    } else {
+        return Err(format!(
+            "--url {url:?}: expected ws://HOST:PORT/ or redis://HOST:PORT"
+        ));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("--url {url:?}: no host"));
+    }
+    // A bracketed IPv6 literal keeps its colons inside the brackets.
+    let has_port = match authority.rfind(']') {
+        Some(b) => authority[b..].contains(':'),
+        None => authority.contains(':'),
+    };
+    let with_port = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--url {url:?}: host has no address"))?;
+    Ok(Target {
+        protocol,
+        addr,
+        host: authority.to_string(),
+        path: path.to_string(),
+        url: url.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = parse_target("ws://127.0.0.1:1987/").unwrap();
+        assert_eq!(t.protocol, Protocol::Ws);
+        assert_eq!(t.addr.port(), 1987);
+        assert_eq!(t.path, "/");
+        let t = parse_target("redis://127.0.0.1").unwrap();
+        assert_eq!(t.protocol, Protocol::Redis);
+        assert_eq!(t.addr.port(), 6379);
+        let t = parse_target("ws://127.0.0.1:5/x/y").unwrap();
+        assert_eq!(t.path, "/x/y");
+        assert_eq!(t.host, "127.0.0.1:5");
+        assert!(parse_target("http://127.0.0.1").is_err());
+        assert!(parse_target("ws:///").is_err());
+    }
+
+    #[test]
+    fn flags_validate() {
+        let f = Flags::try_parse_from(["loadtest", "--requests", "5", "--threads", "8"]).unwrap();
+        let c = Config::from_flags(f).unwrap();
+        assert!(matches!(c.stop, Stop::Requests(5)));
+        assert_eq!(c.threads, 8);
+        let f =
+            Flags::try_parse_from(["loadtest", "--connections", "2", "--threads", "8"]).unwrap();
+        assert_eq!(Config::from_flags(f).unwrap().threads, 2);
+        let f = Flags::try_parse_from(["loadtest", "--workload", "populate", "--sessions", "7"])
+            .unwrap();
+        assert!(matches!(
+            Config::from_flags(f).unwrap().stop,
+            Stop::Requests(7)
+        ));
+        assert!(Flags::try_parse_from(["loadtest", "--requests", "5", "--duration", "1"]).is_err());
+        let f = Flags::try_parse_from(["loadtest", "--rate=-1"]).unwrap();
+        assert!(Config::from_flags(f).is_err());
+    }
+}

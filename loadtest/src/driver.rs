@@ -1,0 +1,647 @@
+//! The event loop: one thread drives many non-blocking connections.
+//!
+//! Owns: connections (socket, buffers, operations in flight), the schedule of
+//! sends (closed or open loop), stop conditions and the stall timeout, and the
+//! per-second statistics each thread hands to the collector. Knows nothing of
+//! request bytes: [`Encoder`] writes them and says which replies to expect.
+//!
+//! Per connection, `pipeline` operation slots; an operation is one or more
+//! phases of requests (see `workload`). Responses on a connection arrive in
+//! request order, so a FIFO of expected replies maps each reply to its slot.
+//! Each pass over a connection reads everything available, handles every
+//! complete reply, refills the free slots and writes all new requests with one
+//! `write`, so a busy connection costs one `read` and one `write` per batch.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpStream as StdStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::{Protocol, Target};
+use crate::resp;
+use crate::rng::Rng;
+use crate::workload::{Check, Encoder, Lifetime, Op};
+use crate::ws;
+
+/// Where a phase's operations come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// The configured workload ([`Encoder::choose`]).
+    Timed,
+    /// Untimed set-up: create sessions with this lifetime, collecting tokens.
+    Setup(Lifetime),
+}
+
+/// One phase of a run (set-up or the timed workload), the same for all threads.
+pub struct Plan {
+    pub encoder: Arc<Encoder>,
+    pub source: Source,
+    /// Operation slots per connection.
+    pub pipeline: usize,
+    /// Total operations over all connections; `None` runs until `deadline`.
+    pub requests: Option<u64>,
+    /// When no more operations are issued (duration runs).
+    pub deadline: Option<Instant>,
+    /// Open loop: time between two sends of one connection.
+    pub interval: Option<Duration>,
+    /// A connection waiting this long for a reply is failed.
+    pub timeout: Duration,
+    /// Second 0 of the per-second series, shared by all threads.
+    pub start: Instant,
+    /// Total connections of the run (operation ids and quotas depend on it).
+    pub connections: usize,
+    /// Completed operations, for the progress bar (`None`: nobody watches).
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+/// What a thread reports to the collector.
+pub enum Msg {
+    /// Operations completed during second `second` of the run (the last one
+    /// of a thread may be partial).
+    Tick {
+        second: u64,
+        ops: u64,
+        errors: u64,
+        hist: Box<Histogram<u64>>,
+    },
+    /// The thread is finished; `at` is when its last operation completed.
+    Done {
+        at: Instant,
+        failed_connections: u64,
+    },
+}
+
+/// An operation in flight in one slot.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    op: Op,
+    /// Send time (closed loop) or scheduled send time (open loop).
+    start: Instant,
+    phase: u8,
+    /// Replies still expected for the current phase.
+    outstanding: u8,
+    /// Whether another phase follows the current one.
+    more: bool,
+    /// Replies that were not a success.
+    errors: u32,
+    /// SH_NEW's token, for the next phase.
+    token: u64,
+}
+
+struct Pending {
+    slot: u16,
+    check: Check,
+}
+
+/// One connection and its operations. Lives across phases; a failed one is
+/// closed and stays dead.
+pub struct Conn {
+    stream: Option<TcpStream>,
+    /// Global connection number: the stream of its generator and operation ids.
+    index: usize,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    pending: VecDeque<Pending>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u16>,
+    rng: Rng,
+    /// Operations this connection may still start in this phase.
+    quota: u64,
+    /// Operations started in this phase (for ids).
+    issued: u64,
+    /// Open loop: the scheduled time of the next send.
+    next_send: Instant,
+    /// Last time a reply arrived or the connection became busy.
+    last_progress: Instant,
+    /// Tokens collected in set-up, as (operation id, token).
+    tokens: Vec<(u64, u64)>,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl Conn {
+    /// Connects (and upgrades, for ws) with blocking I/O, then turns the
+    /// socket non-blocking. Not timed.
+    pub fn connect(target: &Target, index: usize, seed: u64) -> io::Result<Conn> {
+        let mut s = StdStream::connect_timeout(&target.addr, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        let leftover = match target.protocol {
+            Protocol::Ws => ws::handshake(&mut s, &target.host, &target.path)?,
+            Protocol::Redis => Vec::new(),
+        };
+        s.set_nonblocking(true)?;
+        let mut rbuf = vec![0u8; READ_CHUNK.max(leftover.len() * 2)];
+        rbuf[..leftover.len()].copy_from_slice(&leftover);
+        let now = Instant::now();
+        Ok(Conn {
+            stream: Some(TcpStream::from_std(s)),
+            index,
+            rbuf,
+            rstart: 0,
+            rend: leftover.len(),
+            wbuf: Vec::with_capacity(16 * 1024),
+            wpos: 0,
+            pending: VecDeque::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            rng: Rng::new(seed, index as u64),
+            quota: 0,
+            issued: 0,
+            next_send: now,
+            last_progress: now,
+            tokens: Vec::new(),
+        })
+    }
+
+    pub fn alive(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Tokens collected by the last set-up phase.
+    pub fn take_tokens(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.tokens)
+    }
+
+    fn busy(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn prepare(&mut self, plan: &Plan) {
+        self.slots = vec![None; plan.pipeline];
+        self.free = (0..plan.pipeline as u16).rev().collect();
+        self.pending.clear();
+        self.issued = 0;
+        let c = plan.connections as u64;
+        self.quota = match plan.requests {
+            Some(n) => n / c + u64::from((self.index as u64) < n % c),
+            None => u64::MAX,
+        };
+        if let Some(iv) = plan.interval {
+            // Stagger connections evenly over one interval.
+            self.next_send = plan.start + iv.mul_f64(self.index as f64 / c as f64);
+        }
+        self.last_progress = plan.start;
+    }
+
+    fn finished(&self, now: Instant, plan: &Plan) -> bool {
+        if !self.alive() {
+            return true;
+        }
+        let may_issue = self.quota > 0 && plan.deadline.is_none_or(|d| now < d);
+        !may_issue && self.busy() == 0
+    }
+
+    /// Starts operations in free slots: all of them (closed loop) or those
+    /// whose scheduled time has come (open loop).
+    fn fill(&mut self, now: Instant, plan: &Plan, c: &mut Collector) {
+        if !self.alive() || plan.deadline.is_some_and(|d| now >= d) {
+            return;
+        }
+        while self.quota > 0 && !self.free.is_empty() {
+            let start = match plan.interval {
+                None => now,
+                Some(iv) => {
+                    if self.next_send > now || plan.deadline.is_some_and(|d| self.next_send >= d) {
+                        break;
+                    }
+                    let s = self.next_send;
+                    self.next_send += iv;
+                    s
+                }
+            };
+            let id = self.issued * plan.connections as u64 + self.index as u64;
+            self.issued += 1;
+            self.quota -= 1;
+            let op = match plan.source {
+                Source::Timed => plan.encoder.choose(&mut self.rng, id),
+                Source::Setup(lifetime) => Op::Create {
+                    index: id,
+                    lifetime,
+                },
+            };
+            if self.busy() == 0 {
+                self.last_progress = now;
+            }
+            let Some(slot) = self.free.pop() else { break };
+            self.slots[slot as usize] = Some(Slot {
+                op,
+                start,
+                phase: 0,
+                outstanding: 0,
+                more: false,
+                errors: 0,
+                token: 0,
+            });
+            self.send_phase(slot, plan, c);
+        }
+    }
+
+    /// Writes the current phase of the operation in `slot`.
+    fn send_phase(&mut self, slot: u16, plan: &Plan, c: &mut Collector) {
+        let Some(s) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        let ph = plan
+            .encoder
+            .encode(s.op, s.phase, s.token, &mut self.wbuf, &mut self.rng);
+        s.more = ph.more;
+        s.outstanding = ph.len() as u8;
+        for check in ph.checks.into_iter().flatten() {
+            self.pending.push_back(Pending { slot, check });
+        }
+        if s.outstanding == 0 {
+            // Nothing to wait for (cannot happen with our workloads).
+            self.complete(slot, Instant::now(), plan, c);
+        }
+    }
+
+    /// Writes until the buffer is empty or the socket is full.
+    fn flush(&mut self, c: &mut Collector) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        while self.wpos < self.wbuf.len() {
+            match stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return self.fail(c),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.fail(c),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+    }
+
+    /// Reads everything available and handles every complete reply.
+    fn on_readable(&mut self, plan: &Plan, c: &mut Collector) {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return;
+            };
+            if self.rbuf.len() - self.rend < READ_CHUNK / 4 {
+                if self.rstart > 0 {
+                    self.rbuf.copy_within(self.rstart..self.rend, 0);
+                    self.rend -= self.rstart;
+                    self.rstart = 0;
+                }
+                if self.rbuf.len() - self.rend < READ_CHUNK / 4 {
+                    let len = self.rbuf.len() * 2;
+                    self.rbuf.resize(len, 0);
+                }
+            }
+            let space = self.rbuf.len() - self.rend;
+            match stream.read(&mut self.rbuf[self.rend..]) {
+                Ok(0) => return self.fail(c),
+                Ok(n) => {
+                    self.rend += n;
+                    let now = Instant::now();
+                    self.last_progress = now;
+                    self.handle_replies(now, plan, c);
+                    // A short read drained the socket: with edge-triggered
+                    // readiness, data arriving later raises a new event, so
+                    // the read that would only say WouldBlock is skipped.
+                    if n < space {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.fail(c),
+            }
+        }
+    }
+
+    fn handle_replies(&mut self, now: Instant, plan: &Plan, c: &mut Collector) {
+        while self.alive() && self.rstart < self.rend {
+            let buf = &self.rbuf[self.rstart..self.rend];
+            let (used, ok, token) = match plan.encoder.protocol() {
+                Protocol::Ws => match ws::parse_frame(buf) {
+                    Ok(None) => break,
+                    Err(_) => return self.fail(c),
+                    Ok(Some(f)) => {
+                        let body = &buf[f.header_len..f.total_len()];
+                        match f.opcode {
+                            ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONTINUATION => {
+                                // Only a whole text frame can be a good reply.
+                                let whole_text = f.opcode == ws::OP_TEXT && f.fin;
+                                let st = c.scanner.status(body);
+                                let want_token = self
+                                    .pending
+                                    .front()
+                                    .is_some_and(|p| p.check == Check::Token);
+                                let token = if want_token {
+                                    c.scanner.token(body)
+                                } else {
+                                    None
+                                };
+                                (f.total_len(), whole_text && st == Some(1), token)
+                            }
+                            ws::OP_PING => {
+                                let payload = body.to_vec();
+                                self.rstart += f.total_len();
+                                ws::write_frame(
+                                    &mut self.wbuf,
+                                    ws::OP_PONG,
+                                    &[&payload],
+                                    &mut self.rng,
+                                );
+                                continue;
+                            }
+                            ws::OP_PONG => {
+                                self.rstart += f.total_len();
+                                continue;
+                            }
+                            ws::OP_CLOSE => return self.fail(c),
+                            _ => return self.fail(c),
+                        }
+                    }
+                },
+                Protocol::Redis => match resp::parse_reply(buf) {
+                    Ok(None) => break,
+                    Err(_) => return self.fail(c),
+                    Ok(Some((used, reply))) => {
+                        let want_positive = self
+                            .pending
+                            .front()
+                            .is_some_and(|p| p.check == Check::Positive);
+                        let ok = match reply {
+                            resp::Reply::Error => false,
+                            resp::Reply::Integer(n) => !want_positive || n >= 1,
+                            resp::Reply::Value => !want_positive,
+                        };
+                        (used, ok, None)
+                    }
+                },
+            };
+            self.rstart += used;
+            let Some(p) = self.pending.pop_front() else {
+                // A reply to nothing: the stream is out of step.
+                return self.fail(c);
+            };
+            let Some(s) = self.slots[p.slot as usize].as_mut() else {
+                return self.fail(c);
+            };
+            if p.check == Check::Token {
+                match (ok, token) {
+                    (true, Some(t)) => s.token = t,
+                    _ => s.errors += 1,
+                }
+            } else if !ok {
+                s.errors += 1;
+            }
+            s.outstanding = s.outstanding.saturating_sub(1);
+            if s.outstanding == 0 {
+                if s.more && s.errors == 0 {
+                    s.phase += 1;
+                    self.send_phase(p.slot, plan, c);
+                } else {
+                    self.complete(p.slot, now, plan, c);
+                }
+            }
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+    }
+
+    fn complete(&mut self, slot: u16, now: Instant, plan: &Plan, c: &mut Collector) {
+        let Some(s) = self.slots[slot as usize].take() else {
+            return;
+        };
+        self.free.push(slot);
+        c.record(now, now.saturating_duration_since(s.start), s.errors as u64);
+        if let (Source::Setup(_), Op::Create { index, .. }, 0) = (plan.source, s.op, s.errors) {
+            self.tokens.push((index, s.token));
+        }
+    }
+
+    /// Closes the connection; its operations in flight count as errors.
+    fn fail(&mut self, c: &mut Collector) {
+        if let Some(stream) = self.stream.take() {
+            drop(stream);
+            // Each operation in flight is lost; a connection that dies idle
+            // still counts once.
+            c.interval.errors += (self.busy() as u64).max(1);
+            c.failed_connections += 1;
+        }
+        self.pending.clear();
+        self.free = (0..self.slots.len() as u16).collect();
+        self.slots.iter_mut().for_each(|s| *s = None);
+        self.wbuf.clear();
+        self.wpos = 0;
+    }
+}
+
+/// One thread's statistics for the current second.
+struct Interval {
+    ops: u64,
+    errors: u64,
+    hist: Box<Histogram<u64>>,
+}
+
+impl Interval {
+    fn new() -> Interval {
+        Interval {
+            ops: 0,
+            errors: 0,
+            hist: Box::new(new_histogram()),
+        }
+    }
+}
+
+/// Latencies in nanoseconds, 3 significant digits, growing as needed.
+pub fn new_histogram() -> Histogram<u64> {
+    // Bounds are valid constants; new_with_bounds fails only on bad bounds.
+    Histogram::new_with_bounds(1, 60 * 1_000_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("3 digits is valid")))
+}
+
+/// A thread's statistics and its line to the collector.
+struct Collector {
+    scanner: ws::Scanner,
+    interval: Interval,
+    second: u64,
+    next_tick: Instant,
+    start: Instant,
+    tx: Sender<Msg>,
+    /// Completions not yet added to the shared progress counter.
+    unpublished: u64,
+    failed_connections: u64,
+    last_completion: Instant,
+}
+
+impl Collector {
+    fn record(&mut self, now: Instant, latency: Duration, errors: u64) {
+        self.interval.ops += 1;
+        self.interval.errors += errors;
+        self.unpublished += 1;
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.interval.hist.saturating_record(ns);
+        self.last_completion = now.max(self.last_completion);
+    }
+
+    /// Hands finished seconds to the collector.
+    fn tick(&mut self, now: Instant) {
+        while now >= self.next_tick {
+            self.send_interval();
+            self.second += 1;
+            self.next_tick = self.start + Duration::from_secs(self.second + 1);
+        }
+    }
+
+    fn send_interval(&mut self) {
+        let i = std::mem::replace(&mut self.interval, Interval::new());
+        if i.ops > 0 || i.errors > 0 {
+            // The collector outlives every thread; a closed channel only
+            // means the run is being torn down.
+            let _ = self.tx.send(Msg::Tick {
+                second: self.second,
+                ops: i.ops,
+                errors: i.errors,
+                hist: i.hist,
+            });
+        }
+    }
+}
+
+/// Runs one phase on this thread's connections; returns them for the next.
+pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Conn> {
+    let mut c = Collector {
+        scanner: ws::Scanner::default(),
+        interval: Interval::new(),
+        second: 0,
+        next_tick: plan.start + Duration::from_secs(1),
+        start: plan.start,
+        tx,
+        unpublished: 0,
+        failed_connections: 0,
+        last_completion: plan.start,
+    };
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(_) => {
+            for conn in &mut conns {
+                conn.fail(&mut c);
+            }
+            c.send_interval();
+            let _ = c.tx.send(Msg::Done {
+                at: Instant::now(),
+                failed_connections: c.failed_connections,
+            });
+            return conns;
+        }
+    };
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.prepare(plan);
+        let registered = conn.stream.as_mut().map(|s| {
+            poll.registry()
+                .register(s, Token(i), Interest::READABLE | Interest::WRITABLE)
+        });
+        if let Some(Err(_)) = registered {
+            conn.fail(&mut c);
+        }
+    }
+    let mut events = Events::with_capacity(1024);
+    let now = Instant::now();
+    for conn in &mut conns {
+        // Bytes that came with the handshake, or were left by the last phase.
+        conn.handle_replies(now, plan, &mut c);
+        conn.fill(now, plan, &mut c);
+        conn.flush(&mut c);
+    }
+    let mut next_check = now;
+    loop {
+        let now = Instant::now();
+        if now >= next_check {
+            next_check = now + Duration::from_millis(50);
+            for conn in &mut conns {
+                if conn.alive()
+                    && conn.busy() > 0
+                    && now.saturating_duration_since(conn.last_progress) > plan.timeout
+                {
+                    conn.fail(&mut c);
+                }
+            }
+            if let Some(p) = &plan.progress {
+                p.fetch_add(std::mem::take(&mut c.unpublished), Ordering::Relaxed);
+            }
+            if conns.iter().all(|k| k.finished(now, plan)) {
+                break;
+            }
+        }
+        c.tick(now);
+        let mut wake = next_check.min(c.next_tick);
+        if let Some(d) = plan.deadline
+            && d > now
+        {
+            wake = wake.min(d);
+        }
+        if plan.interval.is_some() {
+            for conn in &conns {
+                if conn.alive() && conn.quota > 0 && !conn.free.is_empty() {
+                    wake = wake.min(conn.next_send);
+                }
+            }
+        }
+        let timeout = wake.saturating_duration_since(now);
+        if let Err(e) = poll.poll(&mut events, Some(timeout))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            for conn in &mut conns {
+                conn.fail(&mut c);
+            }
+            break;
+        }
+        for ev in events.iter() {
+            let Some(conn) = conns.get_mut(ev.token().0) else {
+                continue;
+            };
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                conn.on_readable(plan, &mut c);
+            }
+            if plan.interval.is_none() {
+                conn.fill(Instant::now(), plan, &mut c);
+            }
+            conn.flush(&mut c);
+        }
+        if plan.interval.is_some() {
+            let now = Instant::now();
+            for conn in &mut conns {
+                conn.fill(now, plan, &mut c);
+                conn.flush(&mut c);
+            }
+        }
+        if events.is_empty() {
+            // An idle turn: maybe everything is done.
+            next_check = Instant::now();
+        }
+    }
+    for conn in &mut conns {
+        if let Some(s) = conn.stream.as_mut() {
+            let _ = poll.registry().deregister(s);
+        }
+    }
+    if let Some(p) = &plan.progress {
+        p.fetch_add(std::mem::take(&mut c.unpublished), Ordering::Relaxed);
+    }
+    c.send_interval();
+    let _ = c.tx.send(Msg::Done {
+        at: c.last_completion,
+        failed_connections: c.failed_connections,
+    });
+    conns
+}

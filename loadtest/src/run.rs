@@ -1,0 +1,166 @@
+//! The phases of a run: connect, set up sessions (untimed), run the workload
+//! on `--threads` threads, then print and write the results.
+//!
+//! Owns: the order of phases, spreading connections over threads, and turning
+//! an [`Outcome`] into the [`Summary`]. The per-connection work is `driver`'s.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Protocol, Stop, Workload};
+use crate::driver::{self, Conn, Plan, Source};
+use crate::report;
+use crate::stats::{self, Goal, Latency, Outcome, Summary, round1};
+use crate::workload::{Encoder, Lifetime, Sessions, value_text};
+
+/// Runs the whole benchmark; `Err` only when it could not run at all.
+pub fn run(cfg: &Config) -> Result<Summary, String> {
+    let mut groups: Vec<Vec<Conn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
+    for i in 0..cfg.connections {
+        let conn = Conn::connect(&cfg.target, i, cfg.seed)
+            .map_err(|e| format!("connection {} to {}: {e}", i + 1, cfg.target.url))?;
+        groups[i % cfg.threads].push(conn);
+    }
+    let value = value_text(cfg.value_size, cfg.seed);
+    let protocol = cfg.target.protocol;
+
+    let mut setup_errors = 0;
+    let sessions = if cfg.workload.needs_sessions() {
+        let lifetime = if cfg.workload == Workload::Sliding {
+            Lifetime::Sliding
+        } else {
+            Lifetime::Forever
+        };
+        let plan = Plan {
+            encoder: Arc::new(Encoder::new(
+                protocol,
+                cfg.workload,
+                &value,
+                Sessions::default(),
+            )),
+            source: Source::Setup(lifetime),
+            pipeline: cfg.pipeline.max(32),
+            requests: Some(cfg.sessions),
+            deadline: None,
+            interval: None,
+            timeout: cfg.timeout,
+            start: Instant::now(),
+            connections: cfg.connections,
+            progress: None,
+        };
+        let (g, outcome) = run_phase(groups, plan, None);
+        groups = g;
+        setup_errors = outcome.errors;
+        match protocol {
+            Protocol::Redis => Sessions::redis_keys(cfg.sessions),
+            Protocol::Ws => {
+                let mut tokens: Vec<(u64, u64)> = groups
+                    .iter_mut()
+                    .flat_map(|g| g.iter_mut().flat_map(|c| c.take_tokens()))
+                    .collect();
+                tokens.sort_unstable();
+                if tokens.is_empty() {
+                    return Err(format!(
+                        "set-up created no sessions ({setup_errors} errors)"
+                    ));
+                }
+                Sessions::from_tokens(tokens.into_iter().map(|(_, t)| t))
+            }
+        }
+    } else {
+        Sessions::default()
+    };
+    if setup_errors > 0 {
+        eprintln!("loadtest: set-up: {setup_errors} errors creating sessions");
+    }
+
+    let start = Instant::now();
+    let (requests, deadline, goal) = match cfg.stop {
+        Stop::Requests(n) => (Some(n), None, Goal::Requests(n)),
+        Stop::Duration(d) => (None, Some(start + d), Goal::Duration(d)),
+    };
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = stats::progress_bar(&goal, cfg.json);
+    let plan = Plan {
+        encoder: Arc::new(Encoder::new(protocol, cfg.workload, &value, sessions)),
+        source: Source::Timed,
+        pipeline: cfg.pipeline,
+        requests,
+        deadline,
+        interval: cfg
+            .rate
+            .map(|r| Duration::from_secs_f64(cfg.connections as f64 / r)),
+        timeout: cfg.timeout,
+        start,
+        connections: cfg.connections,
+        progress: bar.as_ref().map(|_| Arc::clone(&progress)),
+    };
+    let (_groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+
+    let summary = summarize(cfg, &outcome, setup_errors);
+    if let Some(dir) = &cfg.out {
+        let meta = report::Meta {
+            threads: cfg.threads,
+            rate: cfg.rate,
+            seed: cfg.seed,
+        };
+        report::write(dir, &summary, &outcome, &meta)?;
+    }
+    if cfg.json {
+        // Serializing plain numbers and strings cannot fail.
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        stats::print_table(&summary, cfg.threads, cfg.rate, outcome.failed_connections);
+    }
+    Ok(summary)
+}
+
+fn summarize(cfg: &Config, o: &Outcome, setup_errors: u64) -> Summary {
+    let secs = o.elapsed.as_secs_f64();
+    Summary {
+        target: cfg.target.url.clone(),
+        workload: cfg.workload.name().to_string(),
+        connections: cfg.connections,
+        pipeline: cfg.pipeline,
+        duration_s: (secs * 1000.0).round() / 1000.0,
+        ops: o.ops,
+        ops_per_sec: if secs > 0.0 {
+            round1(o.ops as f64 / secs)
+        } else {
+            0.0
+        },
+        errors: o.errors + setup_errors,
+        latency_us: Latency::of(&o.hist),
+    }
+}
+
+/// Runs one phase with each group of connections on its own thread.
+fn run_phase(
+    groups: Vec<Vec<Conn>>,
+    plan: Plan,
+    bar: Option<(&indicatif::ProgressBar, &Arc<AtomicU64>, Goal)>,
+) -> (Vec<Vec<Conn>>, Outcome) {
+    let plan = Arc::new(plan);
+    let (tx, rx) = mpsc::channel();
+    let threads = groups.len();
+    let handles: Vec<_> = groups
+        .into_iter()
+        .map(|g| {
+            let (plan, tx) = (Arc::clone(&plan), tx.clone());
+            std::thread::spawn(move || driver::run_thread(g, &plan, tx))
+        })
+        .collect();
+    drop(tx);
+    let outcome = stats::collect(rx, threads, plan.start, bar);
+    // A thread that panicked lost its connections; the run goes on without.
+    let groups = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_default())
+        .collect();
+    (groups, outcome)
+}

@@ -1,0 +1,319 @@
+//! Gathers what the threads report into the run's totals, its per-second
+//! series and the summary printed at the end.
+//!
+//! Owns: merging histograms, the progress bar, the `--json` object and the
+//! human summary. Runs on the main thread only.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::driver::{Msg, new_histogram};
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondStat {
+    /// Seconds since the start (0 is the first).
+    pub second: u64,
+    pub ops_per_sec: f64,
+    pub errors: u64,
+    pub p99_us: f64,
+}
+
+/// Everything the threads reported during one phase.
+pub struct Outcome {
+    pub ops: u64,
+    pub errors: u64,
+    pub hist: Histogram<u64>,
+    pub series: Vec<SecondStat>,
+    /// From the start to the last completed operation.
+    pub elapsed: Duration,
+    pub failed_connections: u64,
+}
+
+/// A second still open for late ticks from slower threads.
+struct Open {
+    ops: u64,
+    errors: u64,
+    hist: Histogram<u64>,
+}
+
+/// What the progress bar measures.
+pub enum Goal {
+    Requests(u64),
+    Duration(Duration),
+}
+
+/// Receives every thread's messages until all are done.
+pub fn collect(
+    rx: Receiver<Msg>,
+    threads: usize,
+    start: Instant,
+    bar: Option<(&ProgressBar, &Arc<AtomicU64>, Goal)>,
+) -> Outcome {
+    let mut hist = new_histogram();
+    let (mut ops, mut errors, mut failed) = (0u64, 0u64, 0u64);
+    let mut open: BTreeMap<u64, Open> = BTreeMap::new();
+    let mut closed: BTreeMap<u64, SecondStat> = BTreeMap::new();
+    let mut done = 0;
+    let mut last = start;
+    let mut last_rate = 0.0;
+    while done < threads {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Msg::Tick {
+                second,
+                ops: o,
+                errors: e,
+                hist: h,
+            }) => {
+                ops += o;
+                errors += e;
+                // Merging fails only when a value exceeds the bounds, which
+                // saturating_record already prevents.
+                let _ = hist.add(&*h);
+                if let Some(stat) = closed.get_mut(&second) {
+                    // A tick that came after its second was summarised.
+                    stat.ops_per_sec += o as f64;
+                    stat.errors += e;
+                } else {
+                    let entry = open.entry(second).or_insert_with(|| Open {
+                        ops: 0,
+                        errors: 0,
+                        hist: new_histogram(),
+                    });
+                    entry.ops += o;
+                    entry.errors += e;
+                    let _ = entry.hist.add(&*h);
+                }
+            }
+            Ok(Msg::Done {
+                at,
+                failed_connections,
+            }) => {
+                done += 1;
+                failed += failed_connections;
+                last = last.max(at);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        // Seconds that ended over 2 s ago are summarised and their
+        // histograms dropped, so a long run holds a few histograms only.
+        let now_s = start.elapsed().as_secs();
+        while let Some((&s, _)) = open.first_key_value() {
+            if s + 2 >= now_s {
+                break;
+            }
+            if let Some((s, o)) = open.pop_first() {
+                last_rate = o.ops as f64;
+                closed.insert(s, close(s, o, 1.0));
+            }
+        }
+        if let Some((pb, progress, goal)) = &bar {
+            let done_ops = progress.load(Ordering::Relaxed);
+            match goal {
+                Goal::Requests(_) => pb.set_position(done_ops),
+                Goal::Duration(_) => pb.set_position(start.elapsed().as_millis() as u64),
+            }
+            let rate = if last_rate > 0.0 {
+                last_rate
+            } else {
+                done_ops as f64 / start.elapsed().as_secs_f64().max(1e-3)
+            };
+            pb.set_message(format!("{} ops/s, {} errors", group(rate), errors));
+        }
+    }
+    let elapsed = last.saturating_duration_since(start);
+    let full = elapsed.as_secs();
+    for (s, o) in std::mem::take(&mut open) {
+        // The last second is usually partial: scale it to a rate.
+        let span = if s >= full {
+            (elapsed.as_secs_f64() - s as f64).clamp(0.001, 1.0)
+        } else {
+            1.0
+        };
+        closed.insert(s, close(s, o, span));
+    }
+    Outcome {
+        ops,
+        errors,
+        hist,
+        series: closed.into_values().collect(),
+        elapsed,
+        failed_connections: failed,
+    }
+}
+
+fn close(second: u64, o: Open, span: f64) -> SecondStat {
+    SecondStat {
+        second,
+        ops_per_sec: round1(o.ops as f64 / span),
+        errors: o.errors,
+        p99_us: us(o.hist.value_at_quantile(0.99)),
+    }
+}
+
+/// A progress bar on stderr-free stdout, only when stdout is a terminal.
+pub fn progress_bar(goal: &Goal, json: bool) -> Option<ProgressBar> {
+    if json || !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let (len, template) = match goal {
+        Goal::Requests(n) => (*n, "{bar:40} {pos}/{len} ops  {msg}"),
+        Goal::Duration(d) => (d.as_millis() as u64, "{bar:40} {elapsed}/{duration}  {msg}"),
+    };
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style);
+    }
+    Some(pb)
+}
+
+/// Nanoseconds to microseconds with one decimal.
+pub fn us(ns: u64) -> f64 {
+    (ns as f64 / 100.0).round() / 10.0
+}
+
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// `1234567.8` as `1,234,568`.
+pub fn group(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The `--json` object: exactly these fields, in this order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub target: String,
+    pub workload: String,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub duration_s: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub errors: u64,
+    pub latency_us: Latency,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency {
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                max: 0.0,
+            };
+        }
+        Latency {
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
+/// The readable summary printed without `--json`.
+pub fn print_table(s: &Summary, threads: usize, rate: Option<f64>, failed: u64) {
+    let mode = match rate {
+        Some(r) => format!("open loop at {} ops/s", group(r)),
+        None => "closed loop".to_string(),
+    };
+    println!();
+    println!("  target        {}", s.target);
+    println!(
+        "  workload      {} ({mode}), {} connections x pipeline {}, {threads} threads",
+        s.workload, s.connections, s.pipeline
+    );
+    println!("  duration      {:.3} s", s.duration_s);
+    println!("  operations    {}", group(s.ops as f64));
+    println!("  throughput    {} ops/s", group(s.ops_per_sec));
+    println!("  errors        {}", s.errors);
+    if failed > 0 {
+        println!("  failed conns  {failed}");
+    }
+    println!("  latency (us)  p50      p90      p99      p99.9    max");
+    let l = &s.latency_us;
+    println!(
+        "                {:<8} {:<8} {:<8} {:<8} {}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_format() {
+        assert_eq!(group(1234567.8), "1,234,568");
+        assert_eq!(group(999.0), "999");
+        assert_eq!(us(1_234_567), 1234.6);
+    }
+
+    #[test]
+    fn json_has_exactly_the_documented_fields() {
+        let s = Summary {
+            target: "ws://x/".into(),
+            workload: "get".into(),
+            connections: 1,
+            pipeline: 1,
+            duration_s: 1.0,
+            ops: 1,
+            ops_per_sec: 1.0,
+            errors: 0,
+            latency_us: Latency::of(&new_histogram()),
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut want = vec![
+            "target",
+            "workload",
+            "connections",
+            "pipeline",
+            "duration_s",
+            "ops",
+            "ops_per_sec",
+            "errors",
+            "latency_us",
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        let lat: Vec<&str> = v["latency_us"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(lat, vec!["max", "p50", "p90", "p99", "p999"]);
+    }
+}
