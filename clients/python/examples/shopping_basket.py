@@ -47,5 +47,5 @@ async def main(uri: str = "ws://127.0.0.1:1987/", seconds: int = 3) -> Dict[str,
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    asyncio.run(main(*(args[:1]), *(int(a) for a in args[1:2])))
+    uri = sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:1987/"
+    asyncio.run(main(uri, int(sys.argv[2]) if len(sys.argv) > 2 else 3))

@@ -151,7 +151,11 @@ async def client(server: ServerProcess) -> AsyncIterator[SessionClient]:
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     """Names no other test uses, since the shared server outlives each test."""
-    return lambda prefix="n": f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    def make(prefix: str = "n") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    return make
 
 
 Handler = Callable[[Any], Awaitable[None]]

@@ -39,7 +39,7 @@ VALUES = {
 
 
 async def test_set_get_every_json_kind(client: SessionClient, session: Session) -> None:
-    assert await client.set(VALUES, session.tkn) is None
+    await client.set(VALUES, session.tkn)
     got = await client.get(VALUES.keys(), session.tkn)
     assert got == VALUES
     for k, v in VALUES.items():
@@ -74,13 +74,13 @@ async def test_tokens_as_strings(client: SessionClient, session: Session) -> Non
 
 async def test_add_keeps_existing(client: SessionClient, session: Session) -> None:
     await client.set({"a": 1}, session.tkn)
-    assert await client.add({"a": 2, "b": 3}, session.tkn) is None
+    await client.add({"a": 2, "b": 3}, session.tkn)
     assert await client.get(("a", "b"), session.tkn) == {"a": 1, "b": 3}
 
 
 async def test_rmv(client: SessionClient, session: Session) -> None:
     await client.set({"a": 1, "b": 2, "c": 3}, session.tkn)
-    assert await client.rmv(("a", "missing"), session.tkn) is None
+    await client.rmv(("a", "missing"), session.tkn)
     await client.rmv("b", session.tkn)
     assert await client.get(("a", "b", "c"), session.tkn) == {"c": 3}
 

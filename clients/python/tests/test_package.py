@@ -41,10 +41,17 @@ def test_py_typed_in_source() -> None:
 
 
 def test_installed_distribution() -> None:
-    try:
-        dist = importlib.metadata.distribution("ndb")
-    except importlib.metadata.PackageNotFoundError:
+    # The build leaves src/ndb.egg-info behind, and conftest puts src/ on the
+    # path; look only at installed copies, outside this source tree.
+    installed = [
+        d for d in importlib.metadata.distributions()
+        if d.metadata["Name"] == "ndb"
+        and PACKAGE_ROOT not in Path(str(d.locate_file(""))).resolve().parents
+        and Path(str(d.locate_file(""))).resolve() != PACKAGE_ROOT
+    ]
+    if not installed:
         pytest.skip("ndb is not installed (pip install ./clients/python)")
+    dist = installed[0]
     files = {str(f).replace("\\", "/") for f in dist.files or []}
     assert "ndb/py.typed" in files
     assert "ndb/sessionclient.py" in files

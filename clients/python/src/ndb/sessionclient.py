@@ -349,12 +349,14 @@ class SessionClient:
 
     # ---------------------------------------------------------------- persistence
 
-    async def save(self, name: str, tkns: Optional[Iterable[Token]] = None) -> Dict[str, Any]:
+    async def save(
+        self, name: str, tkns: Union[Token, Iterable[Token], None] = None
+    ) -> Dict[str, Any]:
         """Write sessions to a new version of dataset `name` (SH_SAVE).
 
         Args:
             name: dataset name, 1 to 128 of ``[A-Za-z0-9_.-]``, not ``.`` or ``..``.
-            tkns: only these sessions; None saves all of them.
+            tkns: only these sessions (one token or an iterable); None saves all.
 
         Returns the body without ``st``: ``name``, ``duration`` (ms),
         ``sessions``, ``keys``.

@@ -65,7 +65,7 @@ class ResponseError(Exception):
     response: Dict[str, Any]
 
     def __init__(self, command: str, response: Dict[str, Any], body: Dict[str, Any]) -> None:
-        raw = body.get("st")
+        raw: Any = body.get("st")
         try:
             self.st = Status(raw)
         except (ValueError, TypeError):
