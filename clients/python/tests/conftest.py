@@ -46,16 +46,31 @@ def server_binary() -> Path:
     return Path(os.environ.get("NEMESISDB_BIN", REPO_ROOT / "target" / "debug" / "nemesisdb"))
 
 
+class ServerStartError(Exception):
+    """The binary exited or stayed silent instead of listening."""
+
+    def __init__(self, message: str, stderr: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def start_server(*extra_args: str) -> "ServerProcess":
+    try:
+        return ServerProcess(*extra_args)
+    except ServerStartError as e:
+        pytest.fail(str(e))
+
+
 class ServerProcess:
     """One running server binary; `uri` is where it listens."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         binary = server_binary()
         if not binary.is_file():
             pytest.fail(f"server binary not found at {binary} (build it or set NEMESISDB_BIN)")
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [str(binary), "--ip", "127.0.0.1", "--port", "0", "--shards", "2"],
+            [str(binary), "--ip", "127.0.0.1", "--port", "0", "--shards", "2", *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -91,13 +106,14 @@ class ServerProcess:
                 if match:
                     return match.group(1), int(match.group(2))
                 continue
-            self.kill()
             self._stderr.seek(0)
             err = self._stderr.read().decode("utf-8", "replace")[-2000:]
-            pytest.fail(
+            self.kill()
+            raise ServerStartError(
                 "server did not print 'listening on IP:PORT' within "
                 f"{STARTUP_TIMEOUT}s (exit code {self.proc.returncode}).\n"
-                f"stdout: {''.join(self.stdout)[-2000:]}\nstderr: {err}"
+                f"stdout: {''.join(self.stdout)[-2000:]}\nstderr: {err}",
+                err,
             )
 
     def stop(self) -> None:
@@ -127,7 +143,7 @@ def watchdog() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """A server shared by the tests that do not depend on server-wide state."""
-    proc = ServerProcess()
+    proc = start_server()
     yield proc
     proc.kill()
 
@@ -135,7 +151,20 @@ def server() -> Iterator[ServerProcess]:
 @pytest.fixture
 def fresh_server() -> Iterator[ServerProcess]:
     """A server of the test's own, for server-wide counts and for killing."""
-    proc = ServerProcess()
+    proc = start_server()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+def persist_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own with persistence on, saving under tmp_path."""
+    try:
+        proc = ServerProcess("--persist-path", str(tmp_path / "data"))
+    except ServerStartError as e:
+        if "not available in this build" in e.stderr:
+            pytest.skip("this server build has no persistence")
+        pytest.fail(str(e))
     yield proc
     proc.kill()
 

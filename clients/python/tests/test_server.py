@@ -140,3 +140,44 @@ async def test_server_killed_under_load(fresh_server: Any) -> None:
         with pytest.raises(ConnectionError):
             await asyncio.wait_for(w, 10)
     await client.close()
+
+
+async def test_message_over_max_payload_closes_connection(fresh_server: Any) -> None:
+    """The server closes with 1009 on a frame over maxPayload (1 MiB by default):
+    the call and every later one raise ConnectionError."""
+    async with SessionClient(fresh_server.uri) as c:
+        s = await c.create_session()
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(c.set({"big": "x" * (2 * 1024 * 1024)}, s.tkn), 10)
+        with pytest.raises(ConnectionError):
+            await c.count(s.tkn)
+    async with SessionClient(fresh_server.uri) as c:  # the server itself is fine
+        assert await c.count(s.tkn) == 0
+
+
+async def test_save_and_load_with_persistence(persist_server: Any) -> None:
+    async with SessionClient(persist_server.uri) as c:
+        assert (await c.server_info())["persistEnabled"] is True
+        a = await c.create_session(name="kept", shared=True)
+        b = await c.create_session(60, extendOnGet=True)
+        await c.set({"x": 1, "y": [2]}, a.tkn)
+        await c.set({"z": 3.5}, b.tkn)
+
+        saved = await c.save("snap")
+        assert set(saved) == {"name", "duration", "sessions", "keys"}
+        assert (saved["name"], saved["sessions"], saved["keys"]) == ("snap", 2, 3)
+        only_b = await c.save("only-b", [b.tkn])
+        assert (only_b["sessions"], only_b["keys"]) == (1, 1)
+
+        assert await c.end_all_sessions() == 2
+        loaded = await c.load("snap")
+        assert loaded == {"name": "snap", "sessions": 2, "keys": 3}
+        assert await c.get(("x", "y"), a.tkn) == {"x": 1, "y": [2]}
+        assert await c.get("z", b.tkn) == {"z": 3.5}
+        assert (await c.open_session("kept")).tkn == a.tkn
+        info = await c.session_info(b.tkn)
+        assert info["expires"] and info["expiry"]["extendOnGet"] is True
+
+        with pytest.raises(ResponseError) as e:
+            await c.load("never-saved")
+        assert e.value.st == Status.LoadError and e.value.st_name == "LoadError"
