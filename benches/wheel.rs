@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use nemesisdb::expiry::{TimerKey, TimingWheel};
 
 const N: u64 = 1_000_000;
@@ -45,7 +45,10 @@ fn filled(deadlines: &[u64]) -> (TimingWheel, Vec<TimerKey>) {
 fn bench_wheel(c: &mut Criterion) {
     let deadlines = deadlines();
     let mut group = c.benchmark_group("wheel_1M");
+    // Flat: each 1M-timer iteration takes tens of milliseconds, and a few of them per
+    // sample are plenty; keeps the whole bench well under two minutes.
     group
+        .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));

@@ -18,6 +18,20 @@
 //!   touch costs nothing here and a slide costs one fire plus one insert.
 //! - `advance_to` returns `true` when its budget ran out with work still due; the shard
 //!   then polls with a zero timeout and calls again next turn.
+//!
+//! ```
+//! use nemesisdb::expiry::TimingWheel;
+//!
+//! let mut wheel = TimingWheel::new(0);
+//! let key = wheel.insert(300, 42); // session 42, due in 3 s at 10 ms ticks
+//! let mut fired = Vec::new();
+//! assert!(!wheel.advance_to(299, 1024, &mut fired));
+//! assert!(fired.is_empty());
+//! assert_eq!(wheel.next_deadline(), Some(300));
+//! assert!(!wheel.advance_to(300, 1024, &mut fired));
+//! assert_eq!(fired, [(300, 42)]);
+//! assert_eq!(wheel.remove(key), None); // it fired: the key is dead
+//! ```
 
 mod wheel;
 

@@ -119,6 +119,7 @@ impl TimingWheel {
         self.len
     }
 
+    /// No live timers.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
