@@ -8,10 +8,12 @@
 //! - [`mesh`]: per-shard mailboxes and the messages shards exchange; token -> shard.
 //! - [`net`]: listeners (SO_REUSEPORT), the WebSocket handshake, the connection state machine.
 //! - [`protocol`]: the wire format only: request decoding, response encoding, statuses.
+//! - [`expiry`]: the per-shard hashed timing wheel (no clock reads inside).
 //! - [`store`]: one shard's sessions and keys, with lazy expiry.
 //! - [`shared_names`]: the server-wide map of shared session names.
 
 pub mod config;
+pub mod expiry;
 pub mod mesh;
 pub mod net;
 pub mod protocol;

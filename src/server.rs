@@ -132,10 +132,10 @@ impl Server {
                         sender,
                         error: None,
                     };
-                    if let Some(core) = core {
-                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                            eprintln!("warning: could not pin shard {id} to core {core}");
-                        }
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
+                    {
+                        eprintln!("warning: could not pin shard {id} to core {core}");
                     }
                     let result = Shard::new(ctx, poll, listener, inbox).and_then(Shard::run);
                     reporter.error = result.err().map(|e| e.to_string());

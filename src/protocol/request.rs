@@ -226,7 +226,7 @@ pub fn parse_request(
     };
     let p = Params { name, params };
     match name.as_ref() {
-        "SH_NEW" => p.new(),
+        "SH_NEW" => p.new_session(),
         "SH_OPEN" => Ok(Command::Open {
             name: p.session_name("name")?,
         }),
@@ -402,7 +402,7 @@ impl Params<'_, '_> {
         }
     }
 
-    fn new(&self) -> Result<Command, Rejection> {
+    fn new_session(&self) -> Result<Command, Rejection> {
         let name = match self.params.get("name") {
             None => None,
             Some(_) => Some(self.session_name("name")?),

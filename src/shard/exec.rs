@@ -77,13 +77,16 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
         Command::Clear { .. } => store
             .clear(tkn, now)
             .map(|removed| ok(out, name, tkn).u64("cnt", removed as u64).finish()),
-        _ => Ok(encode_status(
-            out,
-            name,
-            Status::Unknown,
-            Some(tkn),
-            Some("misrouted command"),
-        )),
+        _ => {
+            encode_status(
+                out,
+                name,
+                Status::Unknown,
+                Some(tkn),
+                Some("misrouted command"),
+            );
+            Ok(())
+        }
     };
     if result.is_err() {
         encode_status(out, name, Status::SessionNotExist, Some(tkn), None);

@@ -144,11 +144,11 @@ impl Shard {
                 return Ok(());
             }
             let mut timeout = self.poll_timeout();
-            if timeout != Some(Duration::ZERO) {
-                if let Some(batch) = self.inbox.prepare_to_sleep() {
-                    self.handle_batch(batch);
-                    timeout = Some(Duration::ZERO);
-                }
+            if timeout != Some(Duration::ZERO)
+                && let Some(batch) = self.inbox.prepare_to_sleep()
+            {
+                self.handle_batch(batch);
+                timeout = Some(Duration::ZERO);
             }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -343,7 +343,7 @@ impl Shard {
                         .into_iter()
                         .enumerate()
                         .filter_map(|(shard, list)| {
-                            (!list.is_empty()).then(|| (shard, Part::Exists(list)))
+                            (!list.is_empty()).then_some((shard, Part::Exists(list)))
                         }),
                 );
             }
@@ -542,11 +542,11 @@ impl Shard {
 
     /// Hands a response to its connection, which writes it in order.
     fn deliver(&mut self, ticket: Ticket, response: Vec<u8>) {
-        if let Some(conn) = self.conns.get_mut(ticket.conn) {
-            if conn.id == ticket.conn_id {
-                conn.respond(ticket.seq, response);
-                self.touched.push(ticket.conn);
-            }
+        if let Some(conn) = self.conns.get_mut(ticket.conn)
+            && conn.id == ticket.conn_id
+        {
+            conn.respond(ticket.seq, response);
+            self.touched.push(ticket.conn);
         }
     }
 

@@ -151,10 +151,10 @@ impl SessionStore {
     fn remove(&mut self, tkn: Token) -> Option<Session> {
         let session = self.sessions.remove(&tkn)?;
         self.key_count -= session.keys.len() as u64;
-        if session.shared {
-            if let Some(name) = &session.name {
-                self.names.release(name, tkn);
-            }
+        if session.shared
+            && let Some(name) = &session.name
+        {
+            self.names.release(name, tkn);
         }
         Some(session)
     }
