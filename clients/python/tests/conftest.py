@@ -58,7 +58,7 @@ def start_server(*extra_args: str) -> "ServerProcess":
     try:
         return ServerProcess(*extra_args)
     except ServerStartError as e:
-        pytest.fail(str(e))
+        raise pytest.fail.Exception(str(e)) from e
 
 
 class ServerProcess:
@@ -121,6 +121,19 @@ class ServerProcess:
         import signal
 
         os.kill(self.proc.pid, signal.SIGSTOP)
+        # Threads running on other cores stop a moment later; wait until all have.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not self._all_threads_stopped():
+            time.sleep(0.01)
+
+    def _all_threads_stopped(self) -> bool:
+        try:
+            tasks = list(Path(f"/proc/{self.proc.pid}/task").iterdir())
+            states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
+        except OSError:
+            time.sleep(0.2)  # no /proc: give the signal a moment instead
+            return True
+        return all(state in ("T", "t") for state in states)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -151,7 +151,8 @@ async def test_session_exists(client: SessionClient) -> None:
 
 async def test_session_exists_skips_non_tokens(client: SessionClient) -> None:
     a = await client.create_session()
-    assert await client.session_exists([-1, "abc", None, 1.5, "-3", a.tkn]) == [a.tkn]
+    not_tokens: Any = [-1, "abc", None, 1.5, "-3"]
+    assert await client.session_exists([*not_tokens, a.tkn]) == [a.tkn]
 
 
 # Server bug: a JSON integer beyond u64 (valid JSON) is answered with ERR st 3

@@ -91,7 +91,7 @@ class Connection:
                 the reply arrived.
         """
         if self._error is not None:
-            raise self._error
+            raise self._fresh_error()
         if self._ws is None or self._outbox is None:
             raise ConnectionError("not connected: call open() first")
         # Encoding errors (unserialisable values, NaN, lone surrogates) are the
@@ -128,14 +128,23 @@ class Connection:
                 except BaseException:  # the tasks only end by cancellation or failure
                     pass
 
-    def _fail(self, error: ConnectionError) -> None:
+    def _fail(self, error: ConnectionError, cause: Optional[BaseException] = None) -> None:
         """Mark the connection dead and fail every waiting call with `error`."""
         if self._error is None:
+            error.__cause__ = cause
             self._error = error
         while self._pending:
             _, future = self._pending.popleft()
             if not future.done():
-                future.set_exception(self._error)
+                future.set_exception(self._fresh_error())
+
+    def _fresh_error(self) -> ConnectionError:
+        """A new exception per caller: one instance raised in many tasks would
+        collect all their tracebacks."""
+        assert self._error is not None
+        error = type(self._error)(*self._error.args)
+        error.__cause__ = self._error.__cause__
+        return error
 
     async def _write_loop(self) -> None:
         assert self._outbox is not None
@@ -148,9 +157,9 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except ConnectionClosed as e:
-            self._fail(ConnectionError(f"connection lost: {e}"))
+            self._fail(ConnectionError(f"connection lost: {e}"), e)
         except Exception as e:
-            self._fail(ConnectionError(f"connection lost while sending: {e!r}"))
+            self._fail(ConnectionError(f"connection lost while sending: {e!r}"), e)
             await self._close_quietly()
 
     async def _read_loop(self) -> None:
@@ -164,9 +173,9 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except ConnectionClosed as e:
-            self._fail(ConnectionError(f"connection lost: {e}"))
+            self._fail(ConnectionError(f"connection lost: {e}"), e)
         except Exception as e:
-            self._fail(ConnectionError(f"connection lost: {e!r}"))
+            self._fail(ConnectionError(f"connection lost: {e!r}"), e)
             await self._close_quietly()
 
     def _deliver(self, message: Any) -> None:
