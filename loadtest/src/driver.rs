@@ -27,6 +27,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::{Protocol, Target};
 use crate::resp;
 use crate::rng::Rng;
+use crate::timer::Timer;
 use crate::workload::{Check, Encoder, Lifetime, Op};
 use crate::ws;
 
@@ -555,6 +556,11 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
             conn.fail(&mut c);
         }
     }
+    const TIMER: Token = Token(usize::MAX);
+    let mut timer = match plan.interval {
+        Some(_) => Timer::new(poll.registry(), TIMER).ok(),
+        None => None,
+    };
     let mut events = Events::with_capacity(1024);
     let now = Instant::now();
     for conn in &mut conns {
@@ -596,8 +602,19 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
                     wake = wake.min(conn.next_send);
                 }
             }
+            if let Some(t) = timer.as_mut()
+                && t.arm(wake, now).is_err()
+            {
+                timer = None;
+            }
         }
-        let timeout = wake.saturating_duration_since(now);
+        // With the timer armed, the poll timeout is only a fallback.
+        let timeout = wake.saturating_duration_since(now)
+            + if timer.is_some() {
+                Duration::from_millis(1)
+            } else {
+                Duration::ZERO
+            };
         if let Err(e) = poll.poll(&mut events, Some(timeout))
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -607,6 +624,12 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
             break;
         }
         for ev in events.iter() {
+            if ev.token() == TIMER {
+                if let Some(t) = timer.as_mut() {
+                    t.fired();
+                }
+                continue;
+            }
             let Some(conn) = conns.get_mut(ev.token().0) else {
                 continue;
             };

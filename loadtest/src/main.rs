@@ -15,6 +15,7 @@
 //! - `resp`     Redis RESP encoding and reply boundaries
 //! - `stats`    per-second series, totals, progress bar, summary
 //! - `report`   `--out`: report.json and latency.svg
+//! - `timer`    timerfd wake-ups for the open loop
 //! - `rng`      the seeded generator
 
 mod config;
@@ -24,6 +25,7 @@ mod resp;
 mod rng;
 mod run;
 mod stats;
+mod timer;
 mod workload;
 mod ws;
 

@@ -1,0 +1,215 @@
+//! Smoke test of the load generator against the real server: every workload
+//! runs a short `--requests` run with `--json`, and must finish with exactly
+//! the operations asked for and no errors. Also against Redis when a
+//! `redis-server` is installed (skipped otherwise).
+//!
+//! The server is another package of the workspace, so its binary is found in
+//! the workspace's target directory (`cargo test --workspace` or `cargo build`
+//! puts it there).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const WORKLOADS: &[&str] = &[
+    "get",
+    "set",
+    "mixed",
+    "sliding",
+    "lifecycle",
+    "expiry",
+    "populate",
+];
+
+/// Kills the child when the test ends, however it ends.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join("nemesisdb")
+}
+
+/// Starts `nemesisdb --port 0 --shards 2` and returns it with its port.
+fn start_server() -> (Guard, u16) {
+    let bin = server_binary();
+    assert!(
+        bin.exists(),
+        "server binary {} is missing: build it first with `cargo build -p nemesisdb` \
+         (or set CARGO_TARGET_DIR to where it was built)",
+        bin.display()
+    );
+    let mut child = Command::new(&bin)
+        .args(["--port", "0", "--shards", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let guard = Guard(child);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                let _ = tx.send(digits.parse::<u16>().ok());
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(10))
+        .ok()
+        .flatten()
+        .expect("server printed no `listening on 127.0.0.1:<port>` line within 10 s");
+    (guard, port)
+}
+
+/// Runs the generator with a watchdog and returns its `--json` object.
+fn loadtest(args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loadtest starts");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("wait works").is_some() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("loadtest {args:?} ran over 60 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output is collected");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "loadtest {args:?}: last line {last:?} is not JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn check(v: &serde_json::Value, requests: u64, what: &str) {
+    assert_eq!(v["errors"], 0, "{what}: {v}");
+    assert_eq!(v["ops"], requests, "{what}: {v}");
+    let p50 = v["latency_us"]["p50"].as_f64().unwrap_or(-1.0);
+    let max = v["latency_us"]["max"].as_f64().unwrap_or(-1.0);
+    assert!(p50 > 0.0 && max >= p50, "{what}: latency {v}");
+    assert!(
+        v["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+        "{what}: {v}"
+    );
+}
+
+fn every_workload(url: &str) {
+    for w in WORKLOADS {
+        let v = loadtest(&[
+            "--url",
+            url,
+            "--workload",
+            w,
+            "--requests",
+            "1500",
+            "--sessions",
+            "300",
+            "--connections",
+            "6",
+            "--pipeline",
+            "4",
+            "--threads",
+            "2",
+        ]);
+        check(&v, 1500, &format!("{url} {w}"));
+        assert_eq!(v["workload"], *w);
+        assert_eq!(v["target"], url);
+    }
+}
+
+#[test]
+fn every_workload_against_the_server() {
+    let (_server, port) = start_server();
+    every_workload(&format!("ws://127.0.0.1:{port}/"));
+}
+
+#[test]
+fn open_loop_and_report_files() {
+    let (_server, port) = start_server();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let dir = std::env::temp_dir().join(format!("loadtest-smoke-{}", std::process::id()));
+    let dir_s = dir.to_string_lossy().to_string();
+    let v = loadtest(&[
+        "--url",
+        &url,
+        "--workload",
+        "mixed",
+        "--requests",
+        "600",
+        "--rate",
+        "2000",
+        "--connections",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        &dir_s,
+    ]);
+    check(&v, 600, "open loop");
+    // 600 operations at 2000/s take about 0.3 s: the rate was kept.
+    let secs = v["duration_s"].as_f64().unwrap_or(0.0);
+    assert!(secs > 0.25, "open loop ran too fast: {v}");
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("report.json")).expect("report.json is written"),
+    )
+    .expect("report.json is JSON");
+    assert_eq!(report["summary"]["ops"], 600);
+    assert!(report["series"].as_array().is_some_and(|s| !s.is_empty()));
+    let svg = std::fs::read_to_string(dir.join("latency.svg")).expect("latency.svg is written");
+    assert!(svg.starts_with("<svg") && svg.contains("latency"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Against Redis too, when this machine has one (skipped otherwise).
+#[test]
+fn every_workload_against_redis_if_installed() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("bound").port()
+    };
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!("redis-server is not installed: skipping the Redis smoke test");
+        return;
+    };
+    let _redis = Guard(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    every_workload(&format!("redis://127.0.0.1:{port}"));
+}
