@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting and lints, the Rust unit and
+# integration tests (which start the real server binary), the loadtest
+# smoke test, and the Python client's tests against the real server.
+# Installs what it needs from the package registries (cargo, pip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build (server binary for the loadtest and Python tests)"
+cargo build --workspace --bins
+
+step "cargo test"
+cargo test --workspace
+
+step "python client tests"
+venv=target/python-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q ./clients/python pytest pytest-asyncio
+NEMESISDB_BIN="$PWD/target/debug/nemesisdb" "$venv/bin/python" -m pytest -q clients/python/tests

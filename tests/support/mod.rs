@@ -1,0 +1,212 @@
+//! Test support: start the real server binary on a free loopback port and
+//! talk to it over WebSocket. Every socket has a timeout, so a server that
+//! stops answering fails the test instead of hanging it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use simd_json::OwnedValue;
+use simd_json::prelude::*;
+use tungstenite::protocol::WebSocket;
+use tungstenite::{Message, Utf8Bytes};
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Lines the server printed on stderr, collected in the background.
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts the binary with `--port 0` and `args`, and waits for its
+    /// startup line to learn the port.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nemesisdb"))
+            .args(["--ip", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nemesisdb");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let line = line_rx
+            .recv_timeout(TIMEOUT)
+            .expect("server printed no startup line");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in startup line: {line}"));
+        Server {
+            child,
+            addr,
+            stderr: err_rx,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.wait_exit()
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking WebSocket client with timeouts.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/"), stream).expect("handshake");
+        Client { ws }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(Utf8Bytes::from(text.to_string())))
+            .expect("send");
+    }
+
+    /// Queues without flushing (for pipelining); call `flush` after.
+    pub fn queue_text(&mut self, text: String) {
+        self.ws.write(Message::Text(text.into())).expect("write");
+    }
+
+    pub fn flush(&mut self) {
+        self.ws.flush().expect("flush");
+    }
+
+    /// The next data message as text (pongs are skipped).
+    pub fn recv_text(&mut self) -> String {
+        loop {
+            match self.ws.read().expect("read") {
+                Message::Text(t) => return t.to_string(),
+                Message::Binary(_) => panic!("server sent a binary frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message: {other:?}"),
+            }
+        }
+    }
+
+    pub fn recv_json(&mut self) -> OwnedValue {
+        let mut text = self.recv_text().into_bytes();
+        simd_json::to_owned_value(&mut text).expect("server sent invalid JSON")
+    }
+
+    /// Sends a request and returns the response body (`{"X_RSP":{body}}`).
+    pub fn call(&mut self, request: &str) -> OwnedValue {
+        self.send_text(request);
+        let response = self.recv_json();
+        let command = request
+            .trim_start_matches("{\"")
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        body(&response, &format!("{command}_RSP"))
+    }
+
+    /// Creates a session and returns its token.
+    pub fn new_session(&mut self, params: &str) -> u64 {
+        let r = self.call(&format!(r#"{{"SH_NEW":{params}}}"#));
+        assert_eq!(st(&r), 1, "SH_NEW failed: {r}");
+        r["tkn"].as_u64().expect("tkn")
+    }
+}
+
+/// The body of a one-member response object named `name`.
+pub fn body(response: &OwnedValue, name: &str) -> OwnedValue {
+    let object = response.as_object().expect("response is an object");
+    assert_eq!(object.len(), 1, "response has one member: {response}");
+    object
+        .get(name)
+        .unwrap_or_else(|| panic!("expected {name} in {response}"))
+        .clone()
+}
+
+pub fn st(body: &OwnedValue) -> u64 {
+    body["st"].as_u64().expect("st")
+}
+
+/// A raw TCP connection, for bytes no WebSocket client would send.
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// Reads until EOF (or reset); returns what arrived.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+}
