@@ -10,9 +10,9 @@ use nemesisdb::mesh::shard_of;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 use support::{Client, Server, body, raw, read_to_close, st, write_all};
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 fn two_shards() -> Server {
     Server::start(&["--shards", "2"])
@@ -67,7 +67,9 @@ fn every_command(shards: &str) {
         r#"{{"SH_ADD":{{"tkn":"{tkn}","keys":{{"user":"bob","extra":1}}}}}}"#
     ));
     assert_eq!(st(&r), 1);
-    let r = c.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["user","extra"]}}}}"#));
+    let r = c.call(&format!(
+        r#"{{"SH_GET":{{"tkn":{tkn},"keys":["user","extra"]}}}}"#
+    ));
     assert_eq!(r["keys"]["user"].as_str(), Some("ann"));
     assert_eq!(r["keys"]["extra"].as_u64(), Some(1));
     let r = c.call(&format!(r#"{{"SH_COUNT":{{"tkn":{tkn}}}}}"#));
@@ -76,13 +78,17 @@ fn every_command(shards: &str) {
         r#"{{"SH_CONTAINS":{{"tkn":{tkn},"keys":["nope","cart",7,"user"]}}}}"#
     ));
     assert_eq!(strings(&r["contains"]), ["cart", "user"]);
-    let r = c.call(&format!(r#"{{"SH_RMV":{{"tkn":{tkn},"keys":["cart","nope"]}}}}"#));
+    let r = c.call(&format!(
+        r#"{{"SH_RMV":{{"tkn":{tkn},"keys":["cart","nope"]}}}}"#
+    ));
     assert_eq!((st(&r), r.as_object().unwrap().len()), (1, 2));
     let r = c.call(&format!(r#"{{"SH_KEYS":{{"tkn":{tkn}}}}}"#));
     let mut keys = strings(&r["keys"]);
     keys.sort();
     assert_eq!(keys, ["big", "esc", "extra", "f", "n", "obj", "user"]);
-    let r = c.call(&format!(r#"{{"SH_CLEAR_SET":{{"tkn":{tkn},"keys":{{"k":1}}}}}}"#));
+    let r = c.call(&format!(
+        r#"{{"SH_CLEAR_SET":{{"tkn":{tkn},"keys":{{"k":1}}}}}}"#
+    ));
     assert_eq!(r["cnt"].as_u64(), Some(7));
     let r = c.call(&format!(r#"{{"SH_INFO":{{"tkn":{tkn}}}}}"#));
     assert_eq!(r["keyCnt"].as_u64(), Some(1));
@@ -105,7 +111,9 @@ fn every_command(shards: &str) {
     assert_eq!(e["extendOnSetAdd"].as_bool(), Some(true));
     assert_eq!(e["extendOnGet"].as_bool(), Some(false));
 
-    let r = c.call(&format!(r#"{{"SH_EXISTS":{{"tkns":[{tkn},"{exp}",1,"x",null]}}}}"#));
+    let r = c.call(&format!(
+        r#"{{"SH_EXISTS":{{"tkns":[{tkn},"{exp}",1,"x",null]}}}}"#
+    ));
     assert_eq!(tokens(&r["exist"]), [tkn, exp]);
     let r = c.call(r#"{"SH_INFO_ALL":{}}"#);
     assert_eq!(r["totalSessions"].as_u64(), Some(4));
@@ -198,7 +206,10 @@ fn parameter_errors_get_their_statuses() {
         (format!(r#"{{"SH_SET":{{"tkn":{tkn},"keys":[1]}}}}"#), 41),
         (format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":{{}}}}}}"#), 41),
         (format!(r#"{{"SH_GET":{{"tkn":{tkn}}}}}"#), 26),
-        (format!(r#"{{"SH_CLEAR_SET":{{"tkn":{tkn},"keys":"x"}}}}"#), 41),
+        (
+            format!(r#"{{"SH_CLEAR_SET":{{"tkn":{tkn},"keys":"x"}}}}"#),
+            41,
+        ),
     ] {
         let r = c.call(&request);
         assert_eq!(st(&r), status, "{request}: {r}");
@@ -212,7 +223,9 @@ fn tokens_as_numbers_and_strings_reach_the_same_session() {
     let server = two_shards();
     let mut c = server.client();
     let tkn = c.new_session("{}");
-    c.call(&format!(r#"{{"SH_SET":{{"tkn":"{tkn}","keys":{{"a":1}}}}}}"#));
+    c.call(&format!(
+        r#"{{"SH_SET":{{"tkn":"{tkn}","keys":{{"a":1}}}}}}"#
+    ));
     let r = c.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["a"]}}}}"#));
     assert_eq!(r["keys"]["a"].as_u64(), Some(1));
     // Responses carry the token as a number, exactly.
@@ -234,8 +247,12 @@ fn shared_names_across_connections_and_release() {
     let r = b.call(r#"{"SH_OPEN":{"name":"delivery-1"}}"#);
     assert_eq!((st(&r), r["tkn"].as_u64()), (1, Some(tkn)));
     assert_eq!(r["name"].as_str(), Some("delivery-1"));
-    b.call(&format!(r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"driver":"sam"}}}}}}"#));
-    let r = a.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["driver"]}}}}"#));
+    b.call(&format!(
+        r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"driver":"sam"}}}}}}"#
+    ));
+    let r = a.call(&format!(
+        r#"{{"SH_GET":{{"tkn":{tkn},"keys":["driver"]}}}}"#
+    ));
     assert_eq!(r["keys"]["driver"].as_str(), Some("sam"));
     let r = b.call(&format!(r#"{{"SH_INFO":{{"tkn":{tkn}}}}}"#));
     assert_eq!(r["shared"].as_bool(), Some(true));
@@ -311,7 +328,10 @@ fn pipelined_requests_across_shards_are_answered_in_order() {
             1 => {
                 let r = body(&response, "SH_GET_RSP");
                 assert_eq!(r["tkn"].as_u64(), Some(tkn), "response {i} out of order");
-                assert_eq!(r["keys"][format!("k{}", i - 1).as_str()].as_u64(), Some(i as u64 - 1));
+                assert_eq!(
+                    r["keys"][format!("k{}", i - 1).as_str()].as_u64(),
+                    Some(i as u64 - 1)
+                );
             }
             2 => assert_eq!(st(&body(&response, "SH_INFO_ALL_RSP")), 1),
             _ => assert_eq!(body(&response, "SH_COUNT_RSP")["tkn"].as_u64(), Some(tkn)),
@@ -328,7 +348,9 @@ fn many_clients_read_each_others_sessions() {
         .map(|i| {
             let mut c = Client::connect(addr);
             let tkn = c.new_session("{}");
-            c.call(&format!(r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"owner":{i}}}}}}}"#));
+            c.call(&format!(
+                r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"owner":{i}}}}}}}"#
+            ));
             (c, tkn)
         })
         .collect();
@@ -364,7 +386,9 @@ fn cross_shard_fan_out_commands_cover_every_shard() {
     let mut clients = one_client_per_shard(&server, 2);
     let (mut b, tb) = clients.pop().unwrap();
     let (mut a, ta) = clients.pop().unwrap();
-    b.call(&format!(r#"{{"SH_SET":{{"tkn":{tb},"keys":{{"x":1,"y":2}}}}}}"#));
+    b.call(&format!(
+        r#"{{"SH_SET":{{"tkn":{tb},"keys":{{"x":1,"y":2}}}}}}"#
+    ));
     let r = a.call(&format!(r#"{{"SH_EXISTS":{{"tkns":[{tb},{ta},5,{tb}]}}}}"#));
     assert_eq!(tokens(&r["exist"]), [tb, ta, tb]);
     let r = a.call(r#"{"SH_INFO_ALL":{}}"#);
@@ -398,7 +422,8 @@ fn malformed_frames_get_the_protocol_answers() {
     let mut c = server.client();
     let err = |c: &mut Client| body(&c.recv_json(), "ERR");
 
-    c.ws.send(Message::Binary(b"{\"SV_INFO\":{}}".to_vec().into())).unwrap();
+    c.ws.send(Message::Binary(b"{\"SV_INFO\":{}}".to_vec().into()))
+        .unwrap();
     let r = err(&mut c);
     assert_eq!(st(&r), 2);
     assert!(r["m"].as_str().is_some());
@@ -471,7 +496,10 @@ fn http_that_is_not_an_upgrade_gets_400_and_garbage_is_closed() {
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
 
     let mut s = raw(server.addr);
-    write_all(&mut s, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n");
+    write_all(
+        &mut s,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    );
     assert!(read_to_close(&mut s).is_empty());
 
     // The server still serves.
@@ -486,9 +514,13 @@ fn a_half_sent_handshake_does_not_block_others() {
     write_all(&mut slow, b"GET / HTTP/1.1\r\nHost: x\r\n");
     let mut c = server.client();
     assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
-    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut buf = [0u8; 16];
-    assert!(slow.read(&mut buf).is_err(), "no answer to a partial request");
+    assert!(
+        slow.read(&mut buf).is_err(),
+        "no answer to a partial request"
+    );
 }
 
 #[test]
@@ -497,7 +529,9 @@ fn sigterm_answers_what_was_read_then_exits_zero() {
     let mut c = server.client();
     let tkn = c.new_session("{}");
     for i in 0..200 {
-        c.queue_text(format!(r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"k{i}":{i}}}}}}}"#));
+        c.queue_text(format!(
+            r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"k{i}":{i}}}}}}}"#
+        ));
     }
     c.flush();
     // The first answer proves the server has started on the batch.
