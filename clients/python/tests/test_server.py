@@ -181,3 +181,22 @@ async def test_save_and_load_with_persistence(persist_server: Any) -> None:
         with pytest.raises(ResponseError) as e:
             await c.load("never-saved")
         assert e.value.st == Status.LoadError and e.value.st_name == "LoadError"
+
+
+async def test_keepalive_pings_are_answered(fresh_server: Any) -> None:
+    async with SessionClient(fresh_server.uri, ping_interval=0.2, ping_timeout=1) as c:
+        s = await c.create_session()
+        await asyncio.sleep(1.5)  # several pings; an unanswered one would close the socket
+        assert await c.count(s.tkn) == 0
+        assert c.is_open
+
+
+async def test_frozen_server_detected_by_keepalive(fresh_server: Any) -> None:
+    """A server that keeps its socket open but answers nothing still cannot
+    make a call hang: the keepalive ping times out and the call fails."""
+    async with SessionClient(fresh_server.uri, ping_interval=0.2, ping_timeout=0.5) as c:
+        s = await c.create_session()
+        fresh_server.stop()
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(c.count(s.tkn), 10)
+        assert not c.is_open
