@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Runs every loadtest workload against nemesisdb and Redis with identical
+# flags, and prints (and writes) a markdown table: ops/s, p50, p99, the ratio
+# ours/Redis, and server CPU time per million operations; then measures bytes
+# per session after populating fresh servers with --populate sessions.
+#
+# Cores are split so the generator never competes with the server it
+# measures: by default both servers get core 0 (ours as --shards 1
+# --pin-cores 0, Redis under taskset) and `loadtest --threads 1` runs under
+# taskset on core 1. The servers take turns, so they never run at once.
+#
+# Usage: scripts/compare-redis.sh [--server-cpus LIST] [--client-cpus LIST]
+#          [--duration S] [--connections N] [--sessions N] [--populate N]
+#          [--workloads "get set ..."] [--pipelines "1 16"] [--out FILE]
+#   --server-cpus LIST  cores for the servers (default 0); ours runs one shard
+#                       per core listed, Redis is pinned to the same cores
+#   --client-cpus LIST  cores for loadtest (default 1); --threads = their count
+#   --duration S        seconds per run (default 5)
+#   --connections N     connections per run (default 50)
+#   --sessions N        sessions behind get/set/mixed/sliding (default 10000)
+#   --populate N        sessions for the memory measurement (default 1000000)
+#   --out FILE          where the table goes (default target/compare-redis.md)
+set -euo pipefail
+
+SERVER_CPUS=0
+CLIENT_CPUS=1
+DURATION=5
+CONNECTIONS=50
+SESSIONS=10000
+POPULATE=1000000
+WORKLOADS="get set mixed sliding lifecycle expiry"
+PIPELINES="1 16"
+OUT=""
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --server-cpus) SERVER_CPUS="$2"; shift 2 ;;
+        --client-cpus) CLIENT_CPUS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --sessions) SESSIONS="$2"; shift 2 ;;
+        --populate) POPULATE="$2"; shift 2 ;;
+        --workloads) WORKLOADS="$2"; shift 2 ;;
+        --pipelines) PIPELINES="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${OUT:-$TARGET_DIR/compare-redis.md}"
+WORK="$(mktemp -d)"
+
+# "0,2-3" -> 3
+count_cpus() {
+    python3 - "$1" <<'EOF'
+import sys
+n = 0
+for part in sys.argv[1].split(","):
+    a, _, b = part.partition("-")
+    n += (int(b) - int(a) + 1) if b else 1
+print(n)
+EOF
+}
+SHARDS="$(count_cpus "$SERVER_CPUS")"
+CLIENT_THREADS="$(count_cpus "$CLIENT_CPUS")"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "compare-redis: installing redis-server" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+echo "compare-redis: building (release)" >&2
+cargo build --release -q -p nemesisdb -p loadtest
+NDB="$TARGET_DIR/release/nemesisdb"
+LOADTEST="$TARGET_DIR/release/loadtest"
+
+OURS_PID=""
+REDIS_PID=""
+OURS_PORT=""
+REDIS_PORT=""
+
+stop_servers() {
+    for pid in $OURS_PID $REDIS_PID; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    OURS_PID=""
+    REDIS_PID=""
+}
+trap 'stop_servers; rm -rf "$WORK"' EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+start_servers() {
+    : > "$WORK/ours.log"
+    taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" --pin-cores "$SERVER_CPUS" \
+        > "$WORK/ours.log" 2>&1 &
+    OURS_PID=$!
+    for _ in $(seq 100); do
+        OURS_PORT="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
+        [ -n "$OURS_PORT" ] && break
+        sleep 0.1
+    done
+    [ -n "$OURS_PORT" ] || { echo "compare-redis: nemesisdb did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+
+    REDIS_PORT="$(free_port)"
+    taskset -c "$SERVER_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save '' --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+# utime + stime of a process, in clock ticks (fields 14 and 15 of
+# /proc/PID/stat; counted after the ")" that ends the command name).
+cpu_ticks() {
+    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+rss_kib() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
+
+# run TARGET PID WORKLOAD PIPELINE -> appends one JSON line to results
+run() {
+    local name="$1" url="$2" pid="$3" workload="$4" pipeline="$5"
+    local before after json
+    before="$(cpu_ticks "$pid")"
+    json="$(taskset -c "$CLIENT_CPUS" "$LOADTEST" --url "$url" --workload "$workload" \
+        --pipeline "$pipeline" --connections "$CONNECTIONS" --duration "$DURATION" \
+        --sessions "$SESSIONS" --threads "$CLIENT_THREADS" --json | tail -1 || true)"
+    after="$(cpu_ticks "$pid")"
+    [ -n "$json" ] || json='{}'
+    python3 - "$name" "$workload" "$pipeline" "$((after - before))" "$CLK_TCK" "$json" \
+        >> "$WORK/results.jsonl" <<'EOF'
+import json, sys
+name, workload, pipeline, ticks, tck, raw = sys.argv[1:]
+r = json.loads(raw)
+print(json.dumps({"server": name, "workload": workload, "pipeline": int(pipeline),
+                  "cpu_s": int(ticks) / int(tck), "r": r}))
+EOF
+    echo "  $name $workload pipeline $pipeline: $json" >&2
+}
+
+echo "compare-redis: servers on cpus $SERVER_CPUS, loadtest on cpus $CLIENT_CPUS," \
+     "$CONNECTIONS connections, $DURATION s per run" >&2
+: > "$WORK/results.jsonl"
+start_servers
+for w in $WORKLOADS; do
+    for p in $PIPELINES; do
+        run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID" "$w" "$p"
+        run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID" "$w" "$p"
+    done
+done
+stop_servers
+
+# Memory: fresh servers, RSS before and after populating (populate stops
+# by itself after --sessions sessions).
+start_servers
+sleep 0.5
+mem_run() {
+    local name="$1" url="$2" pid="$3" before after json
+    before="$(rss_kib "$pid")"
+    json="$(taskset -c "$CLIENT_CPUS" "$LOADTEST" --url "$url" --workload populate \
+        --pipeline 16 --connections "$CONNECTIONS" --sessions "$POPULATE" \
+        --threads "$CLIENT_THREADS" --json | tail -1 || true)"
+    sleep 0.5
+    after="$(rss_kib "$pid")"
+    [ -n "$json" ] || json='{}'
+    echo "  $name populate $POPULATE: $json" >&2
+    python3 - "$name" "$before" "$after" "$json" >> "$WORK/memory.jsonl" <<'EOF'
+import json, sys
+name, before, after, raw = sys.argv[1:]
+print(json.dumps({"server": name, "before": int(before), "after": int(after), "r": json.loads(raw)}))
+EOF
+}
+: > "$WORK/memory.jsonl"
+mem_run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID"
+mem_run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID"
+stop_servers
+
+mkdir -p "$(dirname "$OUT")"
+python3 - "$WORK/results.jsonl" "$WORK/memory.jsonl" "$POPULATE" \
+    "$SERVER_CPUS" "$CLIENT_CPUS" "$CONNECTIONS" "$DURATION" "$SESSIONS" \
+    "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(redis-server --version | awk '{print $3}')" \
+    > "$OUT" <<'EOF'
+import json, sys
+results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver = sys.argv[1:]
+rows = {}
+for line in open(results):
+    d = json.loads(line)
+    rows.setdefault((d["workload"], d["pipeline"]), {})[d["server"]] = d
+
+def fmt(x, nd=0):
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+def cpu_per_m(d):
+    ops = d["r"].get("ops") or 0
+    return d["cpu_s"] / ops * 1e6 if ops else None
+
+print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {scpus}, "
+      f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {sessions} sessions.")
+print()
+print("| workload | pipeline | ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
+      "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | errors ours/Redis |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (w, p), d in rows.items():
+    o, r = d.get("ours"), d.get("redis")
+    oo, rr = (o or {}).get("r", {}), (r or {}).get("r", {})
+    ratio = (oo.get("ops_per_sec") / rr.get("ops_per_sec")
+             if oo.get("ops_per_sec") and rr.get("ops_per_sec") else None)
+    print(f"| {w} | {p} | {fmt(oo.get('ops_per_sec'))} | {fmt(oo.get('latency_us', {}).get('p50'), 1)} "
+          f"| {fmt(oo.get('latency_us', {}).get('p99'), 1)} | {fmt(rr.get('ops_per_sec'))} "
+          f"| {fmt(rr.get('latency_us', {}).get('p50'), 1)} | {fmt(rr.get('latency_us', {}).get('p99'), 1)} "
+          f"| {fmt(ratio, 2)} | {fmt(cpu_per_m(o) if o else None, 2)} | {fmt(cpu_per_m(r) if r else None, 2)} "
+          f"| {oo.get('errors', '-')}/{rr.get('errors', '-')} |")
+print()
+print(f"Memory after `populate` of {int(populate):,} sessions (keys user and cart, 3600 s expiry), "
+      "from each fresh server's resident set:")
+print()
+print("| server | RSS before MiB | RSS after MiB | bytes per session | populate ops/s | errors |")
+print("|---|---:|---:|---:|---:|---:|")
+for line in open(memory):
+    d = json.loads(line)
+    per = (d["after"] - d["before"]) * 1024 / int(populate)
+    print(f"| {'ours' if d['server'] == 'ours' else 'Redis'} | {d['before'] / 1024:,.1f} "
+          f"| {d['after'] / 1024:,.1f} | {per:,.0f} | {fmt(d['r'].get('ops_per_sec'))} "
+          f"| {d['r'].get('errors', '-')} |")
+print()
+print("One operation: lifecycle = 4 requests on both; sliding = 1 request on ours (SH_GET with "
+      "extendOnGet) and 2 on Redis (HGET + EXPIRE); expiry/populate = SH_NEW then SH_SET on ours, "
+      "HSET + EXPIRE on Redis. Server CPU covers each whole loadtest run, including its untimed "
+      "session set-up.")
+EOF
+cat "$OUT"
+echo "compare-redis: table written to $OUT" >&2
