@@ -126,6 +126,25 @@ async def test_expired_session_kept_without_keys(client: SessionClient) -> None:
     assert await client.count(s.tkn) == 0
 
 
+async def test_extend_on_get(client: SessionClient) -> None:
+    s = await client.create_session(2, extendOnGet=True)
+    await client.set({"a": 1}, s.tkn)
+    for _ in range(3):  # 3 s in all, but each get moves the deadline to now + 2 s
+        await asyncio.sleep(1)
+        assert await client.get("a", s.tkn) == {"a": 1}
+
+
+async def test_extend_on_set_add(client: SessionClient) -> None:
+    s = await client.create_session(2, extendOnSetAdd=True)
+    for i in range(3):
+        await asyncio.sleep(1)
+        if i % 2:
+            await client.add({f"k{i}": i}, s.tkn)
+        else:
+            await client.set({f"k{i}": i}, s.tkn)
+    assert await client.get(("k0", "k1", "k2"), s.tkn) == {"k0": 0, "k1": 1, "k2": 2}
+
+
 async def test_end_session(client: SessionClient) -> None:
     s = await client.create_session()
     await client.set({"k": "v"}, s.tkn)
