@@ -12,9 +12,9 @@
 //!   timers are re-filed ("cascaded") into lower levels; each timer cascades at most
 //!   `LEVELS - 1` times in its life.
 //! - 11 levels cover all 64 bits of a tick, so every `u64` deadline has a slot and there is
-//!   no overflow list to re-examine: at a 10 ms tick the top of level 6 alone is 14 years,
-//!   at 1 ms still 139 years (the `u32` range of seconds). Unused levels cost only empty
-//!   `Vec` headers.
+//!   no overflow list to re-examine. Real deadlines use few of them: levels 0-5 reach 21
+//!   years at a 10 ms tick, levels 0-6 reach 139 years even at 1 ms (past the `u32` range
+//!   of seconds). Unused levels cost only empty `Vec` headers.
 //! - Slots are addressed relative to `elapsed`, not to the caller's `now`: when a turn
 //!   runs out of budget, `elapsed` stays at the slot being drained, which keeps every
 //!   pending timer findable and makes the next call resume exactly there.
@@ -194,8 +194,9 @@ impl TimingWheel {
     /// that nothing is left to do.
     ///
     /// Timers fire in slot order, i.e. by deadline (the order within one tick is
-    /// unspecified), and a call that ran out of budget resumes where it stopped, so an
-    /// earlier deadline is never starved behind later ones.
+    /// unspecified; a deadline already past when inserted counts as due at the tick the
+    /// wheel had reached), and a call that ran out of budget resumes where it stopped, so
+    /// an earlier deadline is never starved behind later ones.
     pub fn advance_to(&mut self, now: u64, budget: usize, fired: &mut Vec<(u64, u64)>) -> bool {
         self.now = self.now.max(now);
         let mut fires_left = budget;
