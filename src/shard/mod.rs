@@ -41,6 +41,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a shutdown waits for clients to take their last responses.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+/// Sessions background expiry may settle per turn: a few milliseconds of
+/// work at most, so requests never wait long behind a mass expiry, while a
+/// million sessions due together are still gone well within a second.
+const EXPIRY_BUDGET: usize = 4096;
 
 /// What a shard needs from the server, fixed at start-up.
 pub struct ShardContext {
@@ -98,6 +102,8 @@ pub struct Shard {
     /// Connections touched this turn: to flush, or to drop when closed.
     touched: Vec<usize>,
     now: Millis,
+    /// Background expiry ran out of budget: more is due right now.
+    expiry_pending: bool,
     last_housekeeping: Instant,
     phase: Phase,
 }
@@ -128,6 +134,7 @@ impl Shard {
             ready: Vec::new(),
             touched: Vec::new(),
             now: 0,
+            expiry_pending: false,
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
         })
@@ -184,6 +191,7 @@ impl Shard {
             self.read_connections();
             self.send_outbox();
             self.finish_turn();
+            self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
             self.housekeeping();
         }
     }
@@ -193,13 +201,22 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.expiry_pending {
             return Some(Duration::ZERO);
         }
-        match self.phase {
+        let housekeeping = match self.phase {
             Phase::Serving if self.conns.is_empty() => None,
             Phase::Serving => Some(HOUSEKEEPING_EVERY),
             Phase::Stopping { .. } | Phase::Drained => Some(Duration::from_millis(10)),
+        };
+        // Sleep no longer than the next session deadline.
+        let expiry = self
+            .store
+            .next_expiry()
+            .map(|due| Duration::from_millis(due.saturating_sub(self.clock())));
+        match (housekeeping, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 

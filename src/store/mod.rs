@@ -1,12 +1,16 @@
 //! One shard's sessions. The store owns the sessions and their keys, keeps
-//! the shard's totals, and applies expiry lazily on every access, so a
-//! session past its deadline is never visible, whatever background expiry
-//! has or has not done yet.
+//! the shard's totals, and runs expiry two ways: lazily on every access, so a
+//! session past its deadline is never visible whatever background expiry has
+//! done, and in the background from a timing wheel, a bounded batch per call,
+//! so memory is freed soon after the deadline without stalling requests.
 //!
 //! It knows nothing of connections, shards or the wire format; time comes in
-//! as milliseconds on the caller's monotonic clock.
+//! as milliseconds on the caller's monotonic clock, and the wheel ticks in
+//! those same milliseconds, so a timer is due exactly when its session is.
 
 mod keymap;
+#[cfg(test)]
+mod model_test;
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use ahash::AHashMap;
 
 pub use keymap::KeyMap;
 
+use crate::expiry::{TimerKey, TimingWheel};
 use crate::protocol::{ExpirySettings, KeyValue, Token};
 use crate::shared_names::SharedNames;
 
@@ -32,22 +37,33 @@ pub struct Session {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Expiry {
     pub settings: ExpirySettings,
-    /// When the session (or its keys) expire; moved by sliding expiry.
+    /// When the session (or its keys) expire; moved by sliding expiry
+    /// without touching the wheel.
     pub deadline: Millis,
+    /// The session's one live wheel timer. It may be due before `deadline`
+    /// (the deadline slid since); when it fires, it is filed again.
+    timer: TimerKey,
 }
 
 impl Expiry {
-    fn new(settings: ExpirySettings, now: Millis) -> Self {
-        Expiry {
-            settings,
-            deadline: now + duration_ms(settings),
-        }
-    }
-
     /// Whole seconds left, rounded up, never negative.
     pub fn remaining_s(&self, now: Millis) -> u64 {
         self.deadline.saturating_sub(now).div_ceil(1000)
     }
+}
+
+fn deadline_after(settings: ExpirySettings, now: Millis) -> Millis {
+    now + duration_ms(settings)
+}
+
+/// The keys of a keys-only session expired at `deadline`, which counts as
+/// "now" for its next deadline: `deadline + duration`, or as many periods on
+/// as it takes to pass `now`. So when expiry runs (by the wheel, or lazily
+/// on the next access) never changes what clients see.
+fn next_period(deadline: Millis, settings: ExpirySettings, now: Millis) -> Millis {
+    let period = duration_ms(settings);
+    let periods = now.saturating_sub(deadline) / period + 1;
+    deadline + periods * period
 }
 
 fn duration_ms(settings: ExpirySettings) -> Millis {
@@ -71,6 +87,10 @@ pub struct SessionStore {
     /// Keys over all sessions here, kept so totals cost O(1).
     key_count: u64,
     names: Arc<SharedNames>,
+    /// One timer per session that expires; the timer's value is the token.
+    wheel: TimingWheel,
+    /// Reused buffer for the timers one background pass fires.
+    fired: Vec<(u64, u64)>,
 }
 
 impl SessionStore {
@@ -79,6 +99,48 @@ impl SessionStore {
             sessions: AHashMap::new(),
             key_count: 0,
             names,
+            wheel: TimingWheel::new(0),
+            fired: Vec::new(),
+        }
+    }
+
+    /// The earliest time background expiry may have work (never later
+    /// than the true earliest deadline); None when nothing expires.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.wheel.next_deadline()
+    }
+
+    /// Background expiry: settles at most `budget` due timers. Returns true
+    /// when due work is left for the next call.
+    pub fn expire_due(&mut self, now: Millis, budget: usize) -> bool {
+        let mut fired = std::mem::take(&mut self.fired);
+        let more = self.wheel.advance_to(now, budget, &mut fired);
+        for (_, tkn) in fired.drain(..) {
+            self.settle_fired(tkn, now);
+        }
+        self.fired = fired;
+        more
+    }
+
+    /// A session's timer fired: expire it, or file it again if its
+    /// deadline slid meanwhile.
+    fn settle_fired(&mut self, tkn: Token, now: Millis) {
+        let Some(session) = self.sessions.get_mut(&tkn) else {
+            return;
+        };
+        let Some(expiry) = &mut session.expiry else {
+            return;
+        };
+        if now < expiry.deadline {
+            expiry.timer = self.wheel.insert(expiry.deadline, tkn);
+        } else if expiry.settings.delete_session {
+            // The timer is spent already; only the session goes.
+            session.expiry = None;
+            self.remove(tkn);
+        } else {
+            self.key_count -= session.keys.clear() as u64;
+            expiry.deadline = next_period(expiry.deadline, expiry.settings, now);
+            expiry.timer = self.wheel.insert(expiry.deadline, tkn);
         }
     }
 
@@ -106,16 +168,23 @@ impl SessionStore {
         expiry: Option<ExpirySettings>,
         now: Millis,
     ) {
+        // Callers check for collisions first; keep everything right regardless.
+        self.remove(tkn);
+        let expiry = expiry.map(|settings| {
+            let deadline = deadline_after(settings, now);
+            Expiry {
+                settings,
+                deadline,
+                timer: self.wheel.insert(deadline, tkn),
+            }
+        });
         let session = Session {
             keys: KeyMap::default(),
             name,
             shared,
-            expiry: expiry.map(|e| Expiry::new(e, now)),
+            expiry,
         };
-        if let Some(old) = self.sessions.insert(tkn, session) {
-            // Callers check for collisions first; keep totals right regardless.
-            self.key_count -= old.keys.len() as u64;
-        }
+        self.sessions.insert(tkn, session);
     }
 
     /// Applies an overdue expiry, then returns the session if it still lives.
@@ -131,7 +200,10 @@ impl SessionStore {
             }
             let session = self.sessions.get_mut(&tkn)?;
             self.key_count -= session.keys.clear() as u64;
-            session.expiry = Some(Expiry::new(settings, now));
+            if let Some(e) = &mut session.expiry {
+                e.deadline = next_period(e.deadline, settings, now);
+                self.wheel.reschedule(e.timer, e.deadline);
+            }
         }
         let session = self.sessions.get_mut(&tkn)?;
         if let Some(e) = &mut session.expiry {
@@ -141,16 +213,20 @@ impl SessionStore {
                 Access::SetAdd => e.settings.extend_on_set_add,
             };
             if extend {
-                e.deadline = now + duration_ms(e.settings);
+                // O(1): the wheel is not touched; the timer re-files on fire.
+                e.deadline = deadline_after(e.settings, now);
             }
         }
         Some(session)
     }
 
-    /// Removes a session and releases its shared name.
+    /// Removes a session, its timer, and its shared name.
     fn remove(&mut self, tkn: Token) -> Option<Session> {
         let session = self.sessions.remove(&tkn)?;
         self.key_count -= session.keys.len() as u64;
+        if let Some(e) = &session.expiry {
+            self.wheel.remove(e.timer);
+        }
         if session.shared
             && let Some(name) = &session.name
         {
@@ -185,15 +261,12 @@ impl SessionStore {
 
     /// Ends every session here; returns how many were live.
     pub fn end_all(&mut self, now: Millis) -> u64 {
+        let (live, _) = self.live_counts(now);
         let tokens: Vec<Token> = self.sessions.keys().copied().collect();
-        let mut ended = 0;
         for tkn in tokens {
-            if self.live(tkn, now, Access::Read).is_some() {
-                ended += 1;
-            }
             self.remove(tkn);
         }
-        ended
+        live
     }
 
     pub fn set(&mut self, tkn: Token, keys: Vec<KeyValue>, now: Millis) -> Result<(), NoSession> {
@@ -256,17 +329,11 @@ impl SessionStore {
         Ok(removed)
     }
 
-    /// Sessions and keys that clients can see: expired ones are settled first.
+    /// Sessions and keys that clients can see. Every due timer is settled
+    /// first (unbudgeted: these totals are rare requests, and exact), so
+    /// nothing past its deadline is counted.
     pub fn live_counts(&mut self, now: Millis) -> (u64, u64) {
-        let overdue: Vec<Token> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.expiry.is_some_and(|e| now >= e.deadline))
-            .map(|(t, _)| *t)
-            .collect();
-        for tkn in overdue {
-            self.live(tkn, now, Access::Read);
-        }
+        while self.expire_due(now, usize::MAX) {}
         (self.sessions.len() as u64, self.key_count)
     }
 }
@@ -331,8 +398,12 @@ mod tests {
         s.set(1, vec![kv("a", "1")], 0).unwrap();
         let session = s.read(1, 2500).unwrap();
         assert!(session.keys.is_empty());
-        assert_eq!(session.expiry.unwrap().deadline, 4500);
+        assert_eq!(session.expiry.unwrap().deadline, 4000);
         assert_eq!(s.live_counts(2500), (1, 0));
+        s.set(1, vec![kv("b", "1")], 2500).unwrap();
+        // Several periods unobserved: one clear, the deadline rolls past now.
+        assert_eq!(s.read(1, 9100).unwrap().expiry.unwrap().deadline, 10000);
+        assert_eq!(s.live_counts(9100), (1, 0));
     }
 
     #[test]
@@ -351,7 +422,11 @@ mod tests {
 
     #[test]
     fn remaining_is_whole_seconds_rounded_up() {
-        let e = Expiry::new(expiry(10, false, false, false), 0);
+        let e = Expiry {
+            settings: expiry(10, false, false, false),
+            deadline: 10_000,
+            timer: TimingWheel::new(0).insert(0, 0),
+        };
         assert_eq!(e.remaining_s(0), 10);
         assert_eq!(e.remaining_s(1), 10);
         assert_eq!(e.remaining_s(9001), 1);
