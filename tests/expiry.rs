@@ -137,7 +137,8 @@ fn totals_never_count_expired_sessions(mut c: Client) {
 #[test]
 fn expiry_flag_combinations() {
     let server = Server::start(&["--shards", "2"]);
-    let scenarios: Vec<(&str, fn(Client))> = vec![
+    type Scenario = (&'static str, fn(Client));
+    let scenarios: Vec<Scenario> = vec![
         (
             "deleteSession",
             delete_session_goes_whole_and_releases_its_name,
