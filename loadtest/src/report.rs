@@ -104,6 +104,7 @@ fn plot(
     let mut chart = ChartBuilder::on(&top)
         .caption(title, ("sans-serif", 18))
         .margin(15)
+        .margin_right(45)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..max_x, 0.0..max_lat)?;
@@ -112,11 +113,13 @@ fn plot(
         .x_desc("percentile")
         .y_desc("latency (us)")
         .x_labels(8)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-x));
+            // 90%, 99%, 99.9%, ...: one more decimal per nine.
             format!(
                 "{p:.prec$}%",
-                prec = (x.floor() as usize).saturating_sub(1).min(4)
+                prec = (x.round() as usize).saturating_sub(2).min(4)
             )
         })
         .draw()?;
@@ -144,7 +147,11 @@ fn plot(
         .y_desc("ops/s")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    chart.configure_secondary_axes().y_desc("p99 (us)").draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("p99 (us)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
     chart
         .draw_series(LineSeries::new(
             series

@@ -135,11 +135,15 @@ pub fn collect(
     for (s, o) in std::mem::take(&mut open) {
         // The last second is usually partial: scale it to a rate.
         let span = if s >= full {
-            (elapsed.as_secs_f64() - s as f64).clamp(0.001, 1.0)
+            (elapsed.as_secs_f64() - s as f64).clamp(0.0, 1.0)
         } else {
             1.0
         };
-        closed.insert(s, close(s, o, span));
+        // A sliver of a second (the drain after a duration run) says nothing
+        // about a rate; its operations still count in the totals.
+        if span >= 0.1 {
+            closed.insert(s, close(s, o, span));
+        }
     }
     Outcome {
         ops,
@@ -251,8 +255,11 @@ pub fn print_table(s: &Summary, threads: usize, rate: Option<f64>, failed: u64) 
     println!();
     println!("  target        {}", s.target);
     println!(
-        "  workload      {} ({mode}), {} connections x pipeline {}, {threads} threads",
-        s.workload, s.connections, s.pipeline
+        "  workload      {} ({mode}), {} connections x pipeline {}, {threads} thread{}",
+        s.workload,
+        s.connections,
+        s.pipeline,
+        if threads == 1 { "" } else { "s" }
     );
     println!("  duration      {:.3} s", s.duration_s);
     println!("  operations    {}", group(s.ops as f64));
