@@ -119,14 +119,11 @@ class Connection:
                 await ws.close()
             except Exception:  # closing a broken socket: nothing left to do
                 pass
-        for task in (self._writer, self._reader):
-            if task is not None and not task.done():
-                task.cancel()
-            if task is not None:
-                try:
-                    await task
-                except BaseException:  # the tasks only end by cancellation or failure
-                    pass
+        tasks = [t for t in (self._writer, self._reader) if t is not None]
+        for task in tasks:
+            task.cancel()
+        # return_exceptions: their own ends are expected; a cancel of close() itself still propagates.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _fail(self, error: ConnectionError, cause: Optional[BaseException] = None) -> None:
         """Mark the connection dead and fail every waiting call with `error`."""
