@@ -38,6 +38,8 @@ pub enum Source {
     Timed,
     /// Untimed set-up: create sessions with this lifetime, collecting tokens.
     Setup(Lifetime),
+    /// Untimed teardown: end the sessions set-up created.
+    Teardown,
 }
 
 /// One phase of a run (set-up or the timed workload), the same for all threads.
@@ -229,6 +231,8 @@ impl Conn {
                     index: id,
                     lifetime,
                 },
+                // Quotas split `requests` = the session count, so id < it.
+                Source::Teardown => Op::End { session: id as u32 },
             };
             if self.busy() == 0 {
                 self.last_progress = now;

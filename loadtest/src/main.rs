@@ -4,7 +4,9 @@
 //! A run connects every connection (untimed), creates the sessions the
 //! workload reads (untimed), then runs the workload for `--duration` seconds
 //! or exactly `--requests` operations, closed loop or open loop (`--rate`),
-//! and reports throughput, errors and latency (HDR histogram).
+//! and reports throughput, errors and latency (HDR histogram). Finally it
+//! ends the sessions it created for the workload (untimed), so repeated runs
+//! leave nothing behind.
 //!
 //! # Layout
 //! - `config`   flags -> validated `Config`

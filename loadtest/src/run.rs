@@ -83,8 +83,10 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     };
     let progress = Arc::new(AtomicU64::new(0));
     let bar = stats::progress_bar(&goal, cfg.json);
+    let created = sessions.len() as u64;
+    let encoder = Arc::new(Encoder::new(protocol, cfg.workload, &value, sessions));
     let plan = Plan {
-        encoder: Arc::new(Encoder::new(protocol, cfg.workload, &value, sessions)),
+        encoder: Arc::clone(&encoder),
         source: Source::Timed,
         pipeline: cfg.pipeline,
         requests,
@@ -97,12 +99,33 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         connections: cfg.connections,
         progress: bar.as_ref().map(|_| Arc::clone(&progress)),
     };
-    let (_groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
+    let (groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
     if let Some(b) = bar {
         b.finish_and_clear();
     }
 
-    let summary = summarize(cfg, &outcome, setup_errors);
+    // Untimed: end the sessions set-up made, so runs do not pile them up.
+    let mut teardown_errors = 0;
+    if created > 0 {
+        let plan = Plan {
+            encoder,
+            source: Source::Teardown,
+            pipeline: cfg.pipeline.max(32),
+            requests: Some(created),
+            deadline: None,
+            interval: None,
+            timeout: cfg.timeout,
+            start: Instant::now(),
+            connections: cfg.connections,
+            progress: None,
+        };
+        teardown_errors = run_phase(groups, plan, None).1.errors;
+        if teardown_errors > 0 {
+            eprintln!("loadtest: teardown: {teardown_errors} errors ending sessions");
+        }
+    }
+
+    let summary = summarize(cfg, &outcome, setup_errors + teardown_errors);
     if let Some(dir) = &cfg.out {
         let meta = report::Meta {
             threads: cfg.threads,
@@ -120,7 +143,8 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     Ok(summary)
 }
 
-fn summarize(cfg: &Config, o: &Outcome, setup_errors: u64) -> Summary {
+/// `untimed_errors`: from set-up and teardown, which a run must pass too.
+fn summarize(cfg: &Config, o: &Outcome, untimed_errors: u64) -> Summary {
     let secs = o.elapsed.as_secs_f64();
     Summary {
         target: cfg.target.url.clone(),
@@ -134,7 +158,7 @@ fn summarize(cfg: &Config, o: &Outcome, setup_errors: u64) -> Summary {
         } else {
             0.0
         },
-        errors: o.errors + setup_errors,
+        errors: o.errors + untimed_errors,
         latency_us: Latency::of(&o.hist),
     }
 }

@@ -64,6 +64,11 @@ pub enum Op {
     Lifecycle {
         id: u64,
     },
+    /// End (SH_END | DEL) a session created in set-up: the untimed teardown,
+    /// so repeated runs leave nothing behind.
+    End {
+        session: u32,
+    },
     /// Create a session with keys `user` and `cart`. `index` names it on
     /// Redis (`s:<index>`), and orders the tokens collected during setup.
     Create {
@@ -362,6 +367,10 @@ impl Encoder {
                 let t = self.sessions.get(session as usize);
                 text(&[&p.set_open, t, tail], Check::Ok, &mut ph);
             }
+            Op::End { session } => {
+                let t = self.sessions.get(session as usize);
+                text(&[&p.end_open, t, &p.close2], Check::Ok, &mut ph);
+            }
             Op::Lifecycle { .. } | Op::Create { .. } if phase == 0 => {
                 let new = match op {
                     Op::Lifecycle { .. } => &p.new_minute,
@@ -423,6 +432,13 @@ impl Encoder {
                     out.extend_from_slice(part);
                 }
                 ph.push(Check::Ok);
+                ph.push(Check::Positive);
+            }
+            Op::End { session } => {
+                let k = self.sessions.get(session as usize);
+                for part in [&p.del[..], k] {
+                    out.extend_from_slice(part);
+                }
                 ph.push(Check::Positive);
             }
             Op::Lifecycle { id } => {
