@@ -70,6 +70,13 @@ pub fn new_poll() -> io::Result<(Poll, Arc<Waker>)> {
     Ok((poll, waker))
 }
 
+/// Where a part's result goes: a gather on this shard, or another shard's.
+#[derive(Copy, Clone, Debug)]
+enum PartReply {
+    Local { gather: usize },
+    Remote { from: ShardId, gather: usize },
+}
+
 #[derive(PartialEq, Eq)]
 enum Phase {
     Serving,
@@ -104,6 +111,9 @@ pub struct Shard {
     now: Millis,
     /// Background expiry ran out of budget: more is due right now.
     expiry_pending: bool,
+    /// Count requests waiting for background expiry to catch up, so they
+    /// neither count expired sessions nor stall the shard to settle them.
+    deferred_counts: Vec<PartReply>,
     last_housekeeping: Instant,
     phase: Phase,
 }
@@ -135,6 +145,7 @@ impl Shard {
             touched: Vec::new(),
             now: 0,
             expiry_pending: false,
+            deferred_counts: Vec::new(),
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
         })
@@ -189,9 +200,14 @@ impl Shard {
                 }
             }
             self.read_connections();
+            self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
+            if !self.expiry_pending {
+                for reply in std::mem::take(&mut self.deferred_counts) {
+                    self.answer_part(reply, Part::Counts);
+                }
+            }
             self.send_outbox();
             self.finish_turn();
-            self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
             self.housekeeping();
         }
     }
@@ -488,8 +504,7 @@ impl Shard {
             }
         }
         for part in local {
-            let result = self.run_part(part);
-            self.merge_part(gather, result);
+            self.answer_part(PartReply::Local { gather }, part);
         }
         // No parts at all (e.g. SH_EXISTS with no valid token).
         if self.gathers.get(gather).is_some_and(Gather::is_complete) {
@@ -497,23 +512,35 @@ impl Shard {
         }
     }
 
-    fn run_part(&mut self, part: Part) -> PartResult {
-        match part {
+    /// Runs a part here and sends its result where it belongs (or defers
+    /// a count until background expiry has caught up).
+    fn answer_part(&mut self, reply: PartReply, part: Part) {
+        let result = match part {
             Part::EndAll => PartResult::Ended(self.store.end_all(self.now)),
-            Part::Counts => {
-                let (sessions, keys) = self.store.live_counts(self.now);
-                PartResult::Counts {
+            Part::Counts => match self.store.live_counts(self.now, EXPIRY_BUDGET) {
+                Some((sessions, keys)) => PartResult::Counts {
                     sessions,
                     keys,
                     connections: self.conns.len() as u64,
+                },
+                None => {
+                    self.deferred_counts.push(reply);
+                    self.expiry_pending = true;
+                    return;
                 }
-            }
+            },
             Part::Exists(list) => PartResult::Exists(
                 list.into_iter()
                     .filter(|&(_, tkn)| self.store.exists(tkn, self.now))
                     .map(|(i, _)| i)
                     .collect(),
             ),
+        };
+        match reply {
+            PartReply::Local { gather } => self.merge_part(gather, result),
+            PartReply::Remote { from, gather } => {
+                self.outbox[from].push(Envelope::PartDone { gather, result });
+            }
         }
     }
 
@@ -549,8 +576,7 @@ impl Shard {
                 }
                 Envelope::Reply { ticket, response } => self.deliver(ticket, response),
                 Envelope::Part { from, gather, part } => {
-                    let result = self.run_part(part);
-                    self.outbox[from].push(Envelope::PartDone { gather, result });
+                    self.answer_part(PartReply::Remote { from, gather }, part);
                 }
                 Envelope::PartDone { gather, result } => self.merge_part(gather, result),
             }
