@@ -46,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..16, 0u8..4).prop_map(|(i, k)| Op::Get(i, k)),
         1 => (0usize..16).prop_map(Op::Read),
         1 => (0usize..16).prop_map(Op::End),
+        1 => Just(Op::EndAll),
         3 => prop_oneof![0u64..50, 900u64..1100, 1500u64..3500].prop_map(Op::Advance),
         2 => (1usize..4).prop_map(Op::Background),
         1 => Just(Op::Counts),
