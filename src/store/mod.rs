@@ -265,7 +265,11 @@ impl SessionStore {
         let live = self
             .sessions
             .values()
-            .filter(|s| s.expiry.is_none_or(|e| now < e.deadline))
+            // Past its deadline, only a deleteSession session is gone.
+            .filter(|s| {
+                s.expiry
+                    .is_none_or(|e| now < e.deadline || !e.settings.delete_session)
+            })
             .count();
         for (tkn, session) in self.sessions.drain() {
             if session.shared
