@@ -20,7 +20,11 @@ async def main(uri: str = "ws://127.0.0.1:1987/") -> Dict[str, Any]:
     order_name = f"order-{secrets.randbelow(10**6):06d}"
     history: List[str] = []
 
-    async with SessionClient(uri) as shop, SessionClient(uri) as kitchen, SessionClient(uri) as driver:
+    async with (
+        SessionClient(uri) as shop,
+        SessionClient(uri) as kitchen,
+        SessionClient(uri) as driver,
+    ):
         # The customer orders: one session per order, found by name from any connection.
         order = await shop.create_session(
             durationSeconds=3600, deleteSession=True, name=order_name, shared=True
@@ -50,7 +54,10 @@ async def main(uri: str = "ws://127.0.0.1:1987/") -> Dict[str, Any]:
         details = await driver.get(("address", "items"), run.tkn)
         await driver.set({"status": "out for delivery"}, run.tkn)
         history.append("out for delivery")
-        print(f"{order_name}: out for delivery to {details['address']} with {len(details['items'])} pizzas")
+        print(
+            f"{order_name}: out for delivery to {details['address']}"
+            f" with {len(details['items'])} pizzas"
+        )
 
         # Delivered: the order is finished, so its session goes.
         await driver.end_session(run.tkn)

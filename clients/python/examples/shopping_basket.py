@@ -24,7 +24,9 @@ async def main(uri: str = "ws://127.0.0.1:1987/", seconds: int = 3) -> Dict[str,
 
         await client.add({"apples": 6, "bread": 1}, basket.tkn)
         await asyncio.sleep(seconds / 2)
-        await client.add({"coffee": {"beans": "arabica", "grams": 500}}, basket.tkn)  # restarts the clock
+        await client.add(
+            {"coffee": {"beans": "arabica", "grams": 500}}, basket.tkn
+        )  # restarts the clock
         await asyncio.sleep(seconds / 2)
         before = await client.get(("apples", "bread", "coffee"), basket.tkn)
         print(f"after {seconds}s of shopping: {before}")

@@ -11,9 +11,7 @@ the run instead of stalling CI.
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
-import json
 import os
 import queue
 import re
@@ -226,4 +224,3 @@ async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     for srv in servers:
         srv.close()
         await srv.wait_closed()
-

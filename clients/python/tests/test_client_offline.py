@@ -42,9 +42,7 @@ async def recording_server(fake_server: Any, frames: List[str], reply: Any = Non
 
 async def test_create_session_request_shapes(fake_server: Any) -> None:
     frames: List[str] = []
-    uri = await recording_server(
-        fake_server, frames, lambda f: rsp("SH_NEW", st=1, tkn=42)
-    )
+    uri = await recording_server(fake_server, frames, lambda f: rsp("SH_NEW", st=1, tkn=42))
     async with SessionClient(uri) as c:
         s = await c.create_session()
         assert (s.tkn, s.token, s.isValid, s.name, s.shared) == (42, 42, True, None, False)
@@ -108,7 +106,10 @@ async def test_save_load_statuses(fake_server: Any) -> None:
     async with SessionClient(uri) as c:
         assert await c.save("d") == {"name": "d", "duration": 3, "sessions": 1, "keys": 2}
         assert await c.save("d", [1, "2", Session(3)]) == {
-            "name": "d", "duration": 3, "sessions": 1, "keys": 2,
+            "name": "d",
+            "duration": 3,
+            "sessions": 1,
+            "keys": 2,
         }
         assert await c.save("d", 5) is not None
         assert await c.load("d") == {"name": "d", "sessions": 1, "keys": 2}

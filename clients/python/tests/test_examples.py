@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import subprocess
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ndb.sessionclient import SessionClient
+from ndb.sessionclient import ResponseError, SessionClient
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -29,7 +28,9 @@ def load(name: str) -> ModuleType:
 @pytest.mark.asyncio
 async def test_quickstart(server: Any) -> None:
     assert await load("quickstart").main(server.uri) == {
-        "key1": "value1", "key2": 2, "key3": [1, 2, 3],
+        "key1": "value1",
+        "key2": 2,
+        "key3": [1, 2, 3],
     }
 
 
@@ -40,7 +41,7 @@ async def test_pizza_delivery(server: Any) -> None:
     assert result["exists"] == []
     async with SessionClient(server.uri) as c:
         assert await c.session_exists(result["token"]) == []
-        with pytest.raises(Exception):
+        with pytest.raises(ResponseError):
             await c.open_session(result["order"])  # the name went with the session
 
 
@@ -48,7 +49,9 @@ async def test_pizza_delivery(server: Any) -> None:
 async def test_shopping_basket(server: Any) -> None:
     result = await load("shopping_basket").main(server.uri, 2)
     assert result["before"] == {
-        "apples": 6, "bread": 1, "coffee": {"beans": "arabica", "grams": 500},
+        "apples": 6,
+        "bread": 1,
+        "coffee": {"beans": "arabica", "grams": 500},
     }
     assert result["after"] == {} and result["count"] == 0
     assert result["alive"] is True
@@ -64,7 +67,27 @@ def test_examples_run_as_scripts(server: Any, script: str, args: list) -> None:
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / script), server.uri, *args],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_readme_quick_start_runs(server: Any) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    code = readme.split("```py\n", 1)[1].split("```", 1)[0]
+    assert "ws://127.0.0.1:1987/" in code
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(EXAMPLES.parent / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", code.replace("ws://127.0.0.1:1987/", server.uri)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'key1': 'value1'}"

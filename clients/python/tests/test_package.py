@@ -15,9 +15,27 @@ from ndb.sessionclient import SessionClient
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 METHODS = [
-    "open", "close", "create_session", "open_session", "end_session", "end_all_sessions",
-    "session_exists", "session_info", "session_info_all", "set", "add", "get", "rmv",
-    "count", "contains", "keys", "clear", "clear_set", "save", "load", "server_info",
+    "open",
+    "close",
+    "create_session",
+    "open_session",
+    "end_session",
+    "end_all_sessions",
+    "session_exists",
+    "session_info",
+    "session_info_all",
+    "set",
+    "add",
+    "get",
+    "rmv",
+    "count",
+    "contains",
+    "keys",
+    "clear",
+    "clear_set",
+    "save",
+    "load",
+    "server_info",
 ]
 
 
@@ -30,7 +48,12 @@ def test_api_names_and_docs() -> None:
         assert list(inspect.signature(getattr(SessionClient, name)).parameters)[-1] == "tkn", name
     params = inspect.signature(SessionClient.create_session).parameters
     assert list(params)[1:8] == [
-        "durationSeconds", "deleteSession", "extendOnSetAdd", "extendOnGet", "name", "shared",
+        "durationSeconds",
+        "deleteSession",
+        "extendOnSetAdd",
+        "extendOnGet",
+        "name",
+        "shared",
         "deleteSessionOnExpire",
     ]
     assert ndb.SessionClient is SessionClient and sessionclient.ResponseError is ndb.ResponseError
@@ -44,7 +67,8 @@ def test_installed_distribution() -> None:
     # The build leaves src/ndb.egg-info behind, and conftest puts src/ on the
     # path; look only at installed copies, outside this source tree.
     installed = [
-        d for d in importlib.metadata.distributions()
+        d
+        for d in importlib.metadata.distributions()
         if d.metadata["Name"] == "ndb"
         and PACKAGE_ROOT not in Path(str(d.locate_file(""))).resolve().parents
         and Path(str(d.locate_file(""))).resolve() != PACKAGE_ROOT

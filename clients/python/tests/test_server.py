@@ -20,7 +20,12 @@ async def test_server_info(fresh_server: Any) -> None:
         await c.set({"a": 1, "b": 2}, s.tkn)
         info = await c.server_info()
     assert set(info) == {
-        "serverVersion", "persistEnabled", "shards", "sessions", "keys", "connections",
+        "serverVersion",
+        "persistEnabled",
+        "shards",
+        "sessions",
+        "keys",
+        "connections",
         "uptimeSeconds",
     }
     assert isinstance(info["serverVersion"], str) and info["serverVersion"]
@@ -53,9 +58,7 @@ async def test_1000_concurrent_gets_on_one_client(client: SessionClient) -> None
     for i, s in enumerate(sessions):
         await client.set({f"k{j}": [i, j] for j in range(20)}, s.tkn)
     plan = [(random.randrange(8), random.randrange(21)) for _ in range(1000)]
-    results = await asyncio.gather(
-        *(client.get((f"k{j}",), sessions[i].tkn) for i, j in plan)
-    )
+    results = await asyncio.gather(*(client.get((f"k{j}",), sessions[i].tkn) for i, j in plan))
     assert len(results) == 1000
     for (i, j), got in zip(plan, results):
         assert got == ({f"k{j}": [i, j]} if j < 20 else {})

@@ -93,11 +93,19 @@ async def test_expiry_settings_in_info(client: SessionClient) -> None:
     info = await client.session_info(s.tkn)
     assert info["expires"] is True
     expiry = info["expiry"]
-    assert set(expiry) == {"duration", "remaining", "deleteSession", "extendOnSetAdd", "extendOnGet"}
+    assert set(expiry) == {
+        "duration",
+        "remaining",
+        "deleteSession",
+        "extendOnSetAdd",
+        "extendOnGet",
+    }
     assert expiry["duration"] == 60
     assert 0 <= expiry["remaining"] <= 60
     assert (expiry["deleteSession"], expiry["extendOnSetAdd"], expiry["extendOnGet"]) == (
-        True, True, False,
+        True,
+        True,
+        False,
     )
 
 

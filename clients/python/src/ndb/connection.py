@@ -122,7 +122,8 @@ class Connection:
         tasks = [t for t in (self._writer, self._reader) if t is not None]
         for task in tasks:
             task.cancel()
-        # return_exceptions: their own ends are expected; a cancel of close() itself still propagates.
+        # return_exceptions: the tasks' own ends are expected; a cancel of
+        # close() itself still propagates.
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _fail(self, error: ConnectionError, cause: Optional[BaseException] = None) -> None:
@@ -189,7 +190,9 @@ class Connection:
             self._fail(ProtocolError(f"server sent a malformed reply: {message[:200]!r}"))
             return
         if not self._pending:
-            self._fail(ProtocolError(f"server sent a reply with no request waiting: {message[:200]!r}"))
+            self._fail(
+                ProtocolError(f"server sent a reply with no request waiting: {message[:200]!r}")
+            )
             return
         command, future = self._pending[0]
         name = next(iter(response))

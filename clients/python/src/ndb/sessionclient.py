@@ -333,7 +333,7 @@ class SessionClient:
         return list(body["keys"])
 
     async def clear(self, tkn: Token) -> int:
-        """Remove every key from the session, keeping the session (SH_CLEAR); returns keys removed."""
+        """Remove every key but keep the session (SH_CLEAR); returns how many were removed."""
         body = await self._conn.request("SH_CLEAR", {"tkn": _token(tkn)})
         return int(body["cnt"])
 
@@ -458,8 +458,7 @@ def _check_dataset_name(name: str) -> None:
         raise TypeError(f"name must be a str, not {type(name).__name__}")
     if not _DATASET_NAME.match(name) or name in (".", ".."):
         raise ValueError(
-            "a dataset name is 1 to 128 of [A-Za-z0-9_.-] and not '.' or '..', "
-            f"got {name!r}"
+            f"a dataset name is 1 to 128 of [A-Za-z0-9_.-] and not '.' or '..', got {name!r}"
         )
 
 
