@@ -115,14 +115,20 @@ async def test_delete_session_on_expire_alias(client: SessionClient) -> None:
     assert expiry["deleteSession"] is True and expiry["extendOnGet"] is True
 
 
-async def test_expired_session_deleted(client: SessionClient) -> None:
-    s = await client.create_session(1, deleteSession=True)
+async def test_expired_session_deleted(client: SessionClient, unique: Callable[..., str]) -> None:
+    name = unique("expiring")
+    s = await client.create_session(1, deleteSession=True, name=name, shared=True)
     await client.set({"a": 1}, s.tkn)
     await asyncio.sleep(1.6)
     assert await client.session_exists([s.tkn]) == []
     with pytest.raises(ResponseError) as e:
         await client.get("a", s.tkn)
     assert e.value.st == Status.SessionNotExist
+    # The name went with the session.
+    with pytest.raises(ResponseError) as e:
+        await client.open_session(name)
+    assert e.value.st == Status.SessionOpenFail
+    assert (await client.create_session(name=name, shared=True)).tkn != s.tkn
 
 
 async def test_expired_session_kept_without_keys(client: SessionClient) -> None:
