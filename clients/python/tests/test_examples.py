@@ -47,7 +47,7 @@ async def test_pizza_delivery(server: Any) -> None:
 
 @pytest.mark.asyncio
 async def test_shopping_basket(server: Any) -> None:
-    result = await load("shopping_basket").main(server.uri, 2)
+    result = await load("shopping_basket").main(server.uri, 3)
     assert result["before"] == {
         "apples": 6,
         "bread": 1,
@@ -59,7 +59,7 @@ async def test_shopping_basket(server: Any) -> None:
 
 @pytest.mark.parametrize(
     "script, args",
-    [("quickstart.py", []), ("pizza_delivery.py", []), ("shopping_basket.py", ["1"])],
+    [("quickstart.py", []), ("pizza_delivery.py", []), ("shopping_basket.py", ["2"])],
 )
 def test_examples_run_as_scripts(server: Any, script: str, args: list) -> None:
     env = dict(os.environ)

@@ -140,23 +140,30 @@ async def test_expired_session_kept_without_keys(client: SessionClient) -> None:
     assert await client.count(s.tkn) == 0
 
 
-async def test_extend_on_get(client: SessionClient) -> None:
-    s = await client.create_session(2, extendOnGet=True)
-    await client.set({"a": 1}, s.tkn)
-    for _ in range(3):  # 3 s in all, but each get moves the deadline to now + 2 s
-        await asyncio.sleep(1)
-        assert await client.get("a", s.tkn) == {"a": 1}
+async def test_sliding_expiry(client: SessionClient) -> None:
+    """extendOnGet and extendOnSetAdd move the deadline to now + duration: a
+    3 s session touched every second is alive after 4 s."""
 
+    async def on_get() -> None:
+        s = await client.create_session(3, extendOnGet=True)
+        await client.set({"a": 1}, s.tkn)
+        for _ in range(4):
+            await asyncio.sleep(1)
+            assert await client.get("a", s.tkn) == {"a": 1}
 
-async def test_extend_on_set_add(client: SessionClient) -> None:
-    s = await client.create_session(2, extendOnSetAdd=True)
-    for i in range(3):
-        await asyncio.sleep(1)
-        if i % 2:
-            await client.add({f"k{i}": i}, s.tkn)
-        else:
-            await client.set({f"k{i}": i}, s.tkn)
-    assert await client.get(("k0", "k1", "k2"), s.tkn) == {"k0": 0, "k1": 1, "k2": 2}
+    async def on_set_add() -> None:
+        s = await client.create_session(3, extendOnSetAdd=True)
+        await client.set({"k": -1}, s.tkn)
+        for i in range(4):
+            await asyncio.sleep(1)
+            if i % 2:
+                await client.add({f"k{i}": i}, s.tkn)
+            else:
+                await client.set({f"k{i}": i}, s.tkn)
+        expected = {"k": -1, "k0": 0, "k1": 1, "k2": 2, "k3": 3}
+        assert await client.get(list(expected), s.tkn) == expected
+
+    await asyncio.gather(on_get(), on_set_add())
 
 
 async def test_end_session(client: SessionClient) -> None:
