@@ -7,6 +7,7 @@
 //! - [`shard`]: one thread's event loop: its connections, its sessions, its inbox.
 //! - [`mesh`]: per-shard mailboxes and the messages shards exchange; token -> shard.
 //! - [`net`]: listeners (SO_REUSEPORT), the WebSocket handshake, the connection state machine.
+//! - [`persist`]: snapshot files and dataset versions (format, writer, loader).
 //! - [`protocol`]: the wire format only: request decoding, response encoding, statuses.
 //! - [`expiry`]: the per-shard hashed timing wheel (no clock reads inside).
 //! - [`store`]: one shard's sessions and keys, with lazy expiry.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod expiry;
 pub mod mesh;
 pub mod net;
+pub mod persist;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -1,0 +1,1 @@
+//! Snapshots: the on-disk format, the dataset directories, writing and loading.
