@@ -87,6 +87,7 @@ struct Flags {
     requests: Option<u64>,
 
     /// Sessions created before get/set/mixed/sliding (untimed); populate creates this many
+    /// (or --requests)
     #[arg(long, default_value_t = 10_000)]
     sessions: u64,
 
