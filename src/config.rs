@@ -11,6 +11,8 @@ use simd_json::prelude::*;
 
 pub const DEFAULT_PORT: u16 = 1987;
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_OUTPUT_BUFFER: usize = 32 * 1024 * 1024;
 
 /// Raw command-line flags.
 #[derive(Parser, Debug, Default)]
@@ -41,6 +43,19 @@ pub struct Flags {
     /// connection with code 1009 [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_payload: Option<usize>,
+    /// Connections the server holds at once, over all shards; more are
+    /// refused (HTTP 503, then closed) [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Responses a client has not read, in bytes, before the server stops
+    /// reading its requests (it is closed if it stays so for 30 s)
+    /// [default: 33554432].
+    #[arg(long, value_name = "BYTES")]
+    pub max_output_buffer: Option<usize>,
+    /// Memory the stored sessions may use, in bytes (0 = no limit); a write
+    /// past it is refused with status 150 [default: 0].
+    #[arg(long, value_name = "BYTES")]
+    pub max_memory: Option<u64>,
     /// Directory for snapshots (enables SH_SAVE / SH_LOAD).
     #[arg(long, value_name = "DIR")]
     pub persist_path: Option<PathBuf>,
@@ -79,6 +94,10 @@ pub struct Config {
     pub shards: usize,
     pub pinning: Pinning,
     pub max_payload: usize,
+    pub max_connections: usize,
+    pub max_output_buffer: usize,
+    /// 0 means no limit.
+    pub max_memory: u64,
 }
 
 /// Why the configuration cannot be used.
@@ -111,6 +130,9 @@ struct FileSettings {
     ip: Option<IpAddr>,
     port: Option<u16>,
     max_payload: Option<usize>,
+    max_connections: Option<usize>,
+    max_output_buffer: Option<usize>,
+    max_memory: Option<u64>,
     shards: Option<usize>,
     pin_cores: Option<String>,
     persist_enabled: bool,
@@ -144,6 +166,21 @@ impl Config {
         if max_payload < 64 {
             return Err(invalid("max payload must be at least 64 bytes"));
         }
+        let max_connections = flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(invalid("max connections must be at least 1"));
+        }
+        let max_output_buffer = flags
+            .max_output_buffer
+            .or(file.max_output_buffer)
+            .unwrap_or(DEFAULT_MAX_OUTPUT_BUFFER);
+        if max_output_buffer < 4096 {
+            return Err(invalid("max output buffer must be at least 4096 bytes"));
+        }
+        let max_memory = flags.max_memory.or(file.max_memory).unwrap_or(0);
         let pinning = match flags.pin_cores.or(file.pin_cores) {
             None => Pinning::None,
             Some(spec) => parse_pinning(&spec, shards, available_cores)?,
@@ -165,6 +202,9 @@ impl Config {
             shards,
             pinning,
             max_payload,
+            max_connections,
+            max_output_buffer,
+            max_memory,
         })
     }
 }
@@ -258,6 +298,15 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
     if let Some(v) = root.get("maxPayload") {
         settings.max_payload = Some(uint("maxPayload", v)? as usize);
     }
+    if let Some(v) = root.get("maxConnections") {
+        settings.max_connections = Some(uint("maxConnections", v)? as usize);
+    }
+    if let Some(v) = root.get("maxOutputBuffer") {
+        settings.max_output_buffer = Some(uint("maxOutputBuffer", v)? as usize);
+    }
+    if let Some(v) = root.get("maxMemory") {
+        settings.max_memory = Some(uint("maxMemory", v)?);
+    }
     if let Some(v) = root.get("shards") {
         settings.shards = Some(uint("shards", v)? as usize);
     }
@@ -329,6 +378,7 @@ mod tests {
                 // NemesisDB-style fields; unknown ones are ignored
                 "version": 5, "ip": "127.0.0.2", "port": 2000,
                 "maxPayload": 4096, /* block */ "shards": 2, "pinCores": [1, 0],
+                "maxConnections": 50, "maxMemory": 1000000,
                 "persist": {"enabled": false, "path": "./data"}
             }"#,
         )
@@ -339,6 +389,9 @@ mod tests {
         assert_eq!(config.shards, 2);
         assert_eq!(config.max_payload, 4096);
         assert_eq!(config.pinning, Pinning::Cores(vec![1, 0]));
+        assert_eq!(config.max_connections, 50);
+        assert_eq!(config.max_memory, 1_000_000);
+        assert_eq!(config.max_output_buffer, DEFAULT_MAX_OUTPUT_BUFFER);
 
         std::fs::write(&path, r#"{"port": "x"}"#).unwrap();
         assert!(matches!(
@@ -354,6 +407,8 @@ mod tests {
     fn rejects_nonsense() {
         assert!(Config::resolve(flags(&["--shards", "0"]), &[0]).is_err());
         assert!(Config::resolve(flags(&["--max-payload", "1"]), &[0]).is_err());
+        assert!(Config::resolve(flags(&["--max-connections", "0"]), &[0]).is_err());
+        assert!(Config::resolve(flags(&["--max-output-buffer", "10"]), &[0]).is_err());
         assert!(Config::resolve(flags(&["--persist-path", "/tmp/x"]), &[0]).is_err());
         assert!(Flags::try_parse_from(["nemesisdb", "--ip", "nope"]).is_err());
     }

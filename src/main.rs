@@ -39,12 +39,18 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "nemesisdb {} listening on {} (shards: {}, pinning: {}, max payload: {} bytes)",
+        "nemesisdb {} listening on {} (shards: {}, pinning: {}, max payload: {} bytes, connections: up to {}{})",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
         config.shards,
         config.pinning,
         config.max_payload,
+        server.connection_capacity(),
+        if server.connection_capacity() < config.max_connections {
+            " (open-file limit)"
+        } else {
+            ""
+        },
     );
     let stopper = server.stopper();
     std::thread::spawn(move || {

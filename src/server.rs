@@ -17,9 +17,41 @@ use crate::net::listener::bind_shared;
 use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
 
+/// File descriptors kept for everything but client connections: listeners,
+/// pollers, wakers, snapshot files, stdio.
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the open-file soft limit to the hard limit; returns the soft
+/// limit in force afterwards.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    /// Connections the server will hold: the configured maximum, or less
+    /// if the open-file limit allows fewer.
+    capacity: usize,
     stopper: Stopper,
     threads: Vec<JoinHandle<()>>,
     exits: Receiver<ShardExit>,
@@ -88,6 +120,9 @@ impl fmt::Display for ShardFailure {
 impl Server {
     /// Binds and starts every shard; returns once they are all serving.
     pub fn start(config: &Config) -> io::Result<Server> {
+        let open_files = raise_open_file_limit();
+        let fd_room = open_files.saturating_sub(RESERVED_FDS + 4 * config.shards as u64);
+        let capacity = config.max_connections.min(fd_room as usize).max(1);
         let listeners = bind_shared(config.addr, config.shards)?;
         let addr = listeners[0].local_addr()?;
         let mut polls = Vec::with_capacity(config.shards);
@@ -101,6 +136,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicUsize::new(config.shards));
         let names = Arc::new(SharedNames::default());
+        let connections = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let (exit_sender, exits) = channel();
         let mut threads = Vec::with_capacity(config.shards);
@@ -111,7 +147,11 @@ impl Server {
                 shards: config.shards,
                 limits: Limits {
                     max_payload: config.max_payload,
+                    max_output_buffer: config.max_output_buffer,
                 },
+                connections: connections.clone(),
+                max_connections: capacity,
+                max_memory: config.max_memory,
                 persist_enabled: false,
                 started,
                 names: names.clone(),
@@ -144,6 +184,7 @@ impl Server {
         }
         Ok(Server {
             addr,
+            capacity,
             stopper: Stopper { stop, mesh },
             threads,
             exits,
@@ -152,6 +193,10 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn connection_capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn stopper(&self) -> Stopper {

@@ -125,7 +125,10 @@ fn every_command(shards: &str) {
     assert!(r["connections"].as_u64().unwrap() >= 1);
     assert_eq!(r["serverVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")));
     assert!(r["uptimeSeconds"].as_u64().is_some());
-    assert_eq!(r.as_object().unwrap().len(), 8);
+    assert_eq!(r["maxMemory"].as_u64(), Some(0));
+    assert!(r["memoryUsed"].as_u64().unwrap() > 0);
+    assert_eq!(r["sessionNotExist"].as_u64(), Some(0));
+    assert_eq!(r.as_object().unwrap().len(), 11);
 
     let r = c.call(r#"{"SH_SAVE":{"name":"snap"}}"#);
     assert_eq!(st(&r), 14);

@@ -46,6 +46,8 @@ pub enum PartResult {
         sessions: u64,
         keys: u64,
         connections: u64,
+        memory_used: u64,
+        session_not_exist: u64,
     },
     /// Indexes (from the request) of the tokens that exist.
     Exists(Vec<u32>),

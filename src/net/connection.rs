@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -21,12 +23,17 @@ use super::handshake::{self, MAX_REQUEST_BYTES, Outcome};
 
 /// How long a closing connection may take to let us read its last bytes.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Requests a connection may have unanswered before we stop reading it.
+const MAX_IN_FLIGHT: usize = 4096;
 
 /// Per-connection WebSocket limits and buffer sizes.
 #[derive(Copy, Clone, Debug)]
 pub struct Limits {
     /// Largest message (and frame) accepted; larger ones close with 1009.
     pub max_payload: usize,
+    /// Response bytes a client may leave unread before we stop reading
+    /// its requests (backpressure instead of unbounded buffering).
+    pub max_output_buffer: usize,
 }
 
 impl Limits {
@@ -38,6 +45,27 @@ impl Limits {
             .write_buffer_size(256 * 1024)
             .max_message_size(Some(self.max_payload))
             .max_frame_size(Some(self.max_payload))
+    }
+}
+
+/// A place in the server-wide connection limit, given back on drop.
+pub struct Permit(Arc<AtomicUsize>);
+
+impl Permit {
+    /// Takes a place if fewer than `max` are taken.
+    pub fn acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<Permit> {
+        let taken = count.fetch_add(1, Ordering::AcqRel);
+        if taken >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Permit(count.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -92,13 +120,19 @@ pub struct Connection {
     pub readable: bool,
     /// Something was written since the last flush.
     needs_flush: bool,
+    /// Bytes handed to the WebSocket since it last flushed completely: an
+    /// upper bound on what sits unsent in its buffer.
+    unflushed: usize,
+    /// When the client stopped taking our responses (output over the limit).
+    blocked_since: Option<Instant>,
+    _permit: Permit,
 }
 
 impl Connection {
-    pub fn new(id: u64, stream: TcpStream, limits: Limits, now: Instant) -> Self {
+    pub fn new(id: u64, stream: TcpStream, limits: Limits, permit: Permit) -> Self {
         Connection {
             id,
-            accepted_at: now,
+            accepted_at: Instant::now(),
             state: State::Handshake {
                 stream,
                 received: Vec::new(),
@@ -109,7 +143,23 @@ impl Connection {
             next_seq: 0,
             readable: true,
             needs_flush: false,
+            unflushed: 0,
+            blocked_since: None,
+            _permit: permit,
         }
+    }
+
+    /// Whether to read more requests now: not while too many are
+    /// unanswered, nor while the client is not reading its responses.
+    pub fn wants_input(&self) -> bool {
+        self.pending.len() < MAX_IN_FLIGHT
+            && self.blocked_since.is_none()
+            && self.unflushed < self.limits.max_output_buffer
+    }
+
+    /// How long the client has left its responses unread, if it has.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        self.blocked_since.map(|since| since.elapsed())
     }
 
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
@@ -288,13 +338,30 @@ impl Connection {
             return;
         };
         *slot = Some(response);
+        self.write_ready();
+    }
+
+    /// Hands every response that is next in line to the WebSocket, until
+    /// the output limit; the rest wait here until the client reads.
+    /// Returns whether anything was written.
+    fn write_ready(&mut self) -> bool {
+        let mut wrote = false;
         while let Some(Some(_)) = self.pending.front() {
+            if self.unflushed >= self.limits.max_output_buffer {
+                break;
+            }
             let Some(Some(response)) = self.pending.pop_front() else {
                 break;
             };
             self.pending_base += 1;
+            self.unflushed += response.len();
             self.write_message(response);
+            wrote = true;
         }
+        if self.unflushed >= self.limits.max_output_buffer {
+            self.blocked_since.get_or_insert_with(Instant::now);
+        }
+        wrote
     }
 
     fn write_message(&mut self, response: Vec<u8>) {
@@ -322,6 +389,16 @@ impl Connection {
     /// Writes out everything buffered. Leaves `needs_flush` set when the
     /// socket is full; a writable event brings us back.
     pub fn flush(&mut self) {
+        loop {
+            self.flush_once();
+            // Everything went out: responses held back by the limit may go.
+            if self.needs_flush || self.unflushed > 0 || !self.write_ready() {
+                return;
+            }
+        }
+    }
+
+    fn flush_once(&mut self) {
         let result = match &mut self.state {
             State::Open(ws) => ws.flush(),
             State::Closing { ws, write_shut, .. } => {
@@ -342,7 +419,11 @@ impl Connection {
             State::Handshake { .. } | State::Closed => Ok(()),
         };
         match result {
-            Ok(()) => self.needs_flush = false,
+            Ok(()) => {
+                self.needs_flush = false;
+                self.unflushed = 0;
+                self.blocked_since = None;
+            }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(WsError::ConnectionClosed) | Err(_) => {
                 self.needs_flush = false;

@@ -5,21 +5,21 @@
 use ahash::AHashSet;
 
 use crate::protocol::{Command, Response, Status, encode_status};
-use crate::store::{Millis, NoSession, SessionStore};
+use crate::store::{Millis, Refusal, SessionStore};
 
-/// Runs `command` and appends its response to `out`.
-pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Vec<u8>) {
+/// Runs `command`, appends its response to `out`, and returns its status.
+pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Vec<u8>) -> Status {
     let name = command.name();
     let Some(tkn) = command.token() else {
         // Only token commands are routed here; anything else is a bug, and
         // the client still gets an answer in its slot.
         encode_status(out, name, Status::Unknown, None, Some("misrouted command"));
-        return;
+        return Status::Unknown;
     };
     fn ok<'o>(out: &'o mut Vec<u8>, name: &str, tkn: u64) -> Response<'o> {
         Response::new(out, name, Status::Ok).u64("tkn", tkn)
     }
-    let result: Result<(), NoSession> = match command {
+    let result: Result<(), Refusal> = match command {
         Command::End { .. } => store.end(tkn, now).map(|()| ok(out, name, tkn).finish()),
         Command::Info { .. } => store.read(tkn, now).map(|session| {
             let mut r = ok(out, name, tkn)
@@ -85,11 +85,20 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
                 Some(tkn),
                 Some("misrouted command"),
             );
-            Ok(())
+            return Status::Unknown;
         }
     };
-    if result.is_err() {
-        encode_status(out, name, Status::SessionNotExist, Some(tkn), None);
+    match result {
+        Ok(()) => Status::Ok,
+        Err(Refusal::NoSession) => {
+            encode_status(out, name, Status::SessionNotExist, Some(tkn), None);
+            Status::SessionNotExist
+        }
+        Err(Refusal::MemoryLimit) => {
+            let m = "the server is at its memory limit; nothing was changed";
+            encode_status(out, name, Status::MemoryLimit, Some(tkn), Some(m));
+            Status::MemoryLimit
+        }
     }
 }
 

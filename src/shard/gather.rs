@@ -4,23 +4,29 @@
 use crate::mesh::{PartResult, Ticket};
 use crate::protocol::{Response, Status, Token};
 
+/// What `SV_INFO` sums over the shards.
+#[derive(Default)]
+pub struct ServerTotals {
+    sessions: u64,
+    keys: u64,
+    connections: u64,
+    memory_used: u64,
+    session_not_exist: u64,
+}
+
+/// What `SV_INFO` reports about the server itself.
+pub struct ServerFacts {
+    pub shards: usize,
+    pub persist_enabled: bool,
+    pub uptime_s: u64,
+    pub max_memory: u64,
+}
+
 pub enum GatherKind {
-    EndAll {
-        ended: u64,
-    },
-    InfoAll {
-        sessions: u64,
-        keys: u64,
-    },
-    ServerInfo {
-        sessions: u64,
-        keys: u64,
-        connections: u64,
-    },
-    Exists {
-        tkns: Vec<Token>,
-        found: Vec<bool>,
-    },
+    EndAll { ended: u64 },
+    InfoAll { sessions: u64, keys: u64 },
+    ServerInfo(ServerTotals),
+    Exists { tkns: Vec<Token>, found: Vec<bool> },
 }
 
 impl GatherKind {
@@ -36,11 +42,7 @@ impl GatherKind {
     }
 
     pub fn server_info() -> Self {
-        GatherKind::ServerInfo {
-            sessions: 0,
-            keys: 0,
-            connections: 0,
-        }
+        GatherKind::ServerInfo(ServerTotals::default())
     }
 
     pub fn exists(tkns: Vec<Token>) -> Self {
@@ -85,20 +87,20 @@ impl Gather {
                 *keys += k;
             }
             (
-                GatherKind::ServerInfo {
+                GatherKind::ServerInfo(totals),
+                PartResult::Counts {
                     sessions,
                     keys,
                     connections,
-                },
-                PartResult::Counts {
-                    sessions: s,
-                    keys: k,
-                    connections: c,
+                    memory_used,
+                    session_not_exist,
                 },
             ) => {
-                *sessions += s;
-                *keys += k;
-                *connections += c;
+                totals.sessions += sessions;
+                totals.keys += keys;
+                totals.connections += connections;
+                totals.memory_used += memory_used;
+                totals.session_not_exist += session_not_exist;
             }
             (GatherKind::Exists { found, .. }, PartResult::Exists(indexes)) => {
                 for i in indexes {
@@ -113,8 +115,8 @@ impl Gather {
         }
     }
 
-    pub fn encode(self, shards: usize, persist_enabled: bool, uptime_s: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160);
+    pub fn encode(self, server: &ServerFacts) -> Vec<u8> {
+        let mut out = Vec::with_capacity(200);
         match self.kind {
             GatherKind::EndAll { ended } => Response::new(&mut out, "SH_END_ALL", Status::Ok)
                 .u64("cnt", ended)
@@ -125,18 +127,17 @@ impl Gather {
                     .u64("totalKeys", keys)
                     .finish()
             }
-            GatherKind::ServerInfo {
-                sessions,
-                keys,
-                connections,
-            } => Response::new(&mut out, "SV_INFO", Status::Ok)
+            GatherKind::ServerInfo(totals) => Response::new(&mut out, "SV_INFO", Status::Ok)
                 .str("serverVersion", env!("CARGO_PKG_VERSION"))
-                .bool("persistEnabled", persist_enabled)
-                .u64("shards", shards as u64)
-                .u64("sessions", sessions)
-                .u64("keys", keys)
-                .u64("connections", connections)
-                .u64("uptimeSeconds", uptime_s)
+                .bool("persistEnabled", server.persist_enabled)
+                .u64("shards", server.shards as u64)
+                .u64("sessions", totals.sessions)
+                .u64("keys", totals.keys)
+                .u64("connections", totals.connections)
+                .u64("uptimeSeconds", server.uptime_s)
+                .u64("memoryUsed", totals.memory_used)
+                .u64("maxMemory", server.max_memory)
+                .u64("sessionNotExist", totals.session_not_exist)
                 .finish(),
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns

@@ -22,22 +22,25 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, shard_of};
-use crate::net::connection::{Connection, Incoming, Limits, ReadOutcome};
+use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
 use crate::protocol::{Command, Response, Status, encode_rejection, encode_status, parse_request};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use gather::{Gather, GatherKind};
 
+const SERVER_FULL: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
 const LISTENER: PollToken = PollToken(usize::MAX - 1);
 const WAKER: PollToken = PollToken(usize::MAX - 2);
 
 /// Messages read from one connection per turn before others get a go.
 const READ_BUDGET: usize = 256;
-/// Requests a connection may have unanswered before we stop reading it.
-const MAX_IN_FLIGHT: usize = 4096;
 /// A WebSocket handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that leaves its responses unread this long is disconnected.
+const OUTPUT_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Longest a shutdown waits for clients to take their last responses.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
@@ -51,6 +54,12 @@ pub struct ShardContext {
     pub id: ShardId,
     pub shards: usize,
     pub limits: Limits,
+    /// Open connections over all shards, and how many are allowed.
+    pub connections: Arc<AtomicUsize>,
+    pub max_connections: usize,
+    /// Server-wide memory limit in bytes (0 = none); each shard enforces
+    /// its equal share, so the data path needs no shared counter.
+    pub max_memory: u64,
     pub persist_enabled: bool,
     /// Process start: the epoch of the shard clocks and of `uptimeSeconds`.
     pub started: Instant,
@@ -109,6 +118,9 @@ pub struct Shard {
     /// Connections touched this turn: to flush, or to drop when closed.
     touched: Vec<usize>,
     now: Millis,
+    /// `SessionNotExist` answers given: a rising count can mean someone is
+    /// guessing tokens.
+    session_not_exist: u64,
     /// Background expiry ran out of budget: more is due right now.
     expiry_pending: bool,
     /// Count requests waiting for background expiry to catch up, so they
@@ -128,8 +140,12 @@ impl Shard {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let shards = ctx.shards;
+        let mut store = SessionStore::new(ctx.names.clone());
+        if ctx.max_memory > 0 {
+            store.set_memory_limit((ctx.max_memory / shards as u64).max(1));
+        }
         Ok(Shard {
-            store: SessionStore::new(ctx.names.clone()),
+            store,
             ctx,
             poll,
             listener: Some(listener),
@@ -144,6 +160,7 @@ impl Shard {
             ready: Vec::new(),
             touched: Vec::new(),
             now: 0,
+            session_not_exist: 0,
             expiry_pending: false,
             deferred_counts: Vec::new(),
             last_housekeeping: Instant::now(),
@@ -249,6 +266,12 @@ impl Shard {
                 // fd table clears as connections close.
                 Err(_) => return,
             };
+            let Some(permit) = Permit::acquire(&self.ctx.connections, self.ctx.max_connections)
+            else {
+                // Full: say so to an HTTP client, then close.
+                let _ = std::io::Write::write_all(&mut stream, SERVER_FULL);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
@@ -266,7 +289,7 @@ impl Shard {
             }
             let id = self.next_conn_id;
             self.next_conn_id += 1;
-            entry.insert(Connection::new(id, stream, self.ctx.limits, Instant::now()));
+            entry.insert(Connection::new(id, stream, self.ctx.limits, permit));
             self.ready.push(slot);
         }
     }
@@ -289,9 +312,13 @@ impl Shard {
             let mut budget = READ_BUDGET;
             loop {
                 let conn = &mut self.conns[slot];
-                if budget == 0 || conn.in_flight() >= MAX_IN_FLIGHT {
-                    // Come back next turn (or when answers drain).
+                if budget == 0 {
+                    // Others get a go; come back next turn.
                     still_ready.push(slot);
+                    break;
+                }
+                if !conn.wants_input() {
+                    // Resumed by finish_turn once answers drain.
                     break;
                 }
                 match conn.read() {
@@ -434,7 +461,9 @@ impl Shard {
             }
             return out;
         }
-        exec::run(&mut self.store, command, self.now, &mut out);
+        if exec::run(&mut self.store, command, self.now, &mut out) == Status::SessionNotExist {
+            self.session_not_exist += 1;
+        }
         out
     }
 
@@ -445,6 +474,11 @@ impl Shard {
         expiry: Option<crate::protocol::ExpirySettings>,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
+        if !self.store.can_create(name.as_deref().map_or(0, str::len)) {
+            let m = "the server is at its memory limit; nothing was changed";
+            encode_status(&mut out, "SH_NEW", Status::MemoryLimit, None, Some(m));
+            return out;
+        }
         // Draw until the token lands on this shard: the creator's later
         // requests then never cross shards.
         let tkn = loop {
@@ -522,6 +556,8 @@ impl Shard {
                     sessions,
                     keys,
                     connections: self.conns.len() as u64,
+                    memory_used: self.store.memory_used(),
+                    session_not_exist: self.session_not_exist,
                 },
                 None => {
                     self.deferred_counts.push(reply);
@@ -558,7 +594,13 @@ impl Shard {
         let g = self.gathers.remove(gather);
         let ticket = g.ticket;
         let uptime = self.ctx.started.elapsed().as_secs();
-        let out = g.encode(self.ctx.shards, self.ctx.persist_enabled, uptime);
+        let server = gather::ServerFacts {
+            shards: self.ctx.shards,
+            persist_enabled: self.ctx.persist_enabled,
+            uptime_s: uptime,
+            max_memory: self.ctx.max_memory,
+        };
+        let out = g.encode(&server);
         self.deliver(ticket, out);
     }
 
@@ -618,7 +660,7 @@ impl Shard {
             }
             if conn.is_closed() {
                 self.conns.remove(slot);
-            } else if conn.readable && conn.in_flight() < MAX_IN_FLIGHT {
+            } else if conn.readable && conn.wants_input() {
                 // Reading paused on in-flight answers resumes here.
                 self.ready.push(slot);
             }
@@ -675,7 +717,8 @@ impl Shard {
         self.last_housekeeping = Instant::now();
         let mut expired = Vec::new();
         for (slot, conn) in self.conns.iter_mut() {
-            if conn.is_handshaking() && conn.accepted_at.elapsed() > HANDSHAKE_TIMEOUT {
+            let stalled = conn.blocked_for().is_some_and(|d| d > OUTPUT_STALL_LIMIT);
+            if stalled || conn.is_handshaking() && conn.accepted_at.elapsed() > HANDSHAKE_TIMEOUT {
                 expired.push(slot);
             } else if !conn.is_open() {
                 // Closing: a read notices when the linger time is over.

@@ -44,24 +44,23 @@ impl KeyMap {
         self.get(key).is_some()
     }
 
-    /// Sets `key`; returns true when the key is new.
-    pub fn set(&mut self, key: Box<str>, value: Box<[u8]>) -> bool {
+    /// Sets `key`; returns the value it replaces, if any.
+    pub fn set(&mut self, key: Box<str>, value: Box<[u8]>) -> Option<Box<[u8]>> {
         match self {
             KeyMap::Small(v) => {
                 if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
-                    slot.1 = value;
-                    return false;
+                    return Some(std::mem::replace(&mut slot.1, value));
                 }
                 if v.len() < SMALL_MAX {
                     v.push((key, value));
-                    return true;
+                    return None;
                 }
                 let mut map: AHashMap<Box<str>, Box<[u8]>> = v.drain(..).collect();
                 map.insert(key, value);
                 *self = KeyMap::Large(Box::new(map));
-                true
+                None
             }
-            KeyMap::Large(m) => m.insert(key, value).is_none(),
+            KeyMap::Large(m) => m.insert(key, value),
         }
     }
 
@@ -70,20 +69,18 @@ impl KeyMap {
         if self.contains(&key) {
             return false;
         }
-        self.set(key, value)
+        self.set(key, value);
+        true
     }
 
-    /// Removes `key`; returns true when it existed.
-    pub fn remove(&mut self, key: &str) -> bool {
+    /// Removes `key`; returns its value if it existed.
+    pub fn remove(&mut self, key: &str) -> Option<Box<[u8]>> {
         match self {
-            KeyMap::Small(v) => match v.iter().position(|(k, _)| k.as_ref() == key) {
-                Some(i) => {
-                    v.remove(i);
-                    true
-                }
-                None => false,
-            },
-            KeyMap::Large(m) => m.remove(key).is_some(),
+            KeyMap::Small(v) => {
+                let i = v.iter().position(|(k, _)| k.as_ref() == key)?;
+                Some(v.remove(i).1)
+            }
+            KeyMap::Large(m) => m.remove(key),
         }
     }
 
@@ -114,16 +111,19 @@ mod tests {
     fn set_add_remove_across_the_small_to_large_switch() {
         let mut keys = KeyMap::default();
         for i in 0..40 {
-            assert!(keys.set(format!("k{i}").into(), v(&i.to_string())));
+            assert!(
+                keys.set(format!("k{i}").into(), v(&i.to_string()))
+                    .is_none()
+            );
             assert_eq!(keys.len(), i + 1);
         }
         assert!(matches!(keys, KeyMap::Large(_)));
-        assert!(!keys.set("k3".into(), v("\"x\"")));
+        assert_eq!(keys.set("k3".into(), v("\"x\"")), Some(v("3")));
         assert_eq!(keys.get("k3"), Some(&b"\"x\""[..]));
         assert!(!keys.add("k4".into(), v("9")));
         assert_eq!(keys.get("k4"), Some(&b"4"[..]));
-        assert!(keys.remove("k4"));
-        assert!(!keys.remove("k4"));
+        assert_eq!(keys.remove("k4"), Some(v("4")));
+        assert_eq!(keys.remove("k4"), None);
         assert_eq!(keys.iter().count(), 39);
         assert_eq!(keys.clear(), 39);
         assert!(keys.is_empty());

@@ -70,9 +70,35 @@ fn duration_ms(settings: ExpirySettings) -> Millis {
     u64::from(settings.duration_s) * 1000
 }
 
-/// Why a session command found nothing to act on.
+/// Why a command was not carried out. Nothing changed in either case.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct NoSession;
+pub enum Refusal {
+    /// No live session with that token.
+    NoSession,
+    /// The write would take the store past its memory limit.
+    MemoryLimit,
+}
+
+pub use Refusal::NoSession;
+
+/// Accounted bytes of a session beyond its name and keys: the map entry,
+/// the session record and its timer. An estimate, applied the same way on
+/// the way in and out, so the total always returns to zero.
+const SESSION_OVERHEAD: u64 = 128;
+/// Accounted bytes of a key beyond its name and value.
+const KEY_OVERHEAD: u64 = 48;
+
+fn entry_cost(key: &str, value: &[u8]) -> u64 {
+    KEY_OVERHEAD + key.len() as u64 + value.len() as u64
+}
+
+fn keys_cost(keys: &KeyMap) -> u64 {
+    keys.iter().map(|(k, v)| entry_cost(k, v)).sum()
+}
+
+fn session_cost(name: Option<&str>, keys: &KeyMap) -> u64 {
+    SESSION_OVERHEAD + name.map_or(0, |n| n.len() as u64) + keys_cost(keys)
+}
 
 /// Which access is happening, for sliding expiry.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -86,6 +112,10 @@ pub struct SessionStore {
     sessions: AHashMap<Token, Session>,
     /// Keys over all sessions here, kept so totals cost O(1).
     key_count: u64,
+    /// Accounted bytes held (see `SESSION_OVERHEAD`).
+    used_bytes: u64,
+    /// Writes that would pass this are refused; 0 = no limit.
+    max_bytes: u64,
     names: Arc<SharedNames>,
     /// One timer per session that expires; the timer's value is the token.
     wheel: TimingWheel,
@@ -98,10 +128,30 @@ impl SessionStore {
         SessionStore {
             sessions: AHashMap::new(),
             key_count: 0,
+            used_bytes: 0,
+            max_bytes: 0,
             names,
             wheel: TimingWheel::new(0),
             fired: Vec::new(),
         }
+    }
+
+    /// Refuse writes that would take the accounted bytes past `max_bytes`
+    /// (0 = no limit).
+    pub fn set_memory_limit(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
+    /// Accounted bytes held now.
+    pub fn memory_used(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Whether growing by `delta` bytes stays within the limit.
+    fn fits(&self, delta: i64) -> bool {
+        self.max_bytes == 0
+            || delta <= 0
+            || self.used_bytes.saturating_add(delta as u64) <= self.max_bytes
     }
 
     /// The earliest time background expiry may have work (never later
@@ -138,6 +188,7 @@ impl SessionStore {
             session.expiry = None;
             self.remove(tkn);
         } else {
+            self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
             expiry.deadline = next_period(expiry.deadline, expiry.settings, now);
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
@@ -158,8 +209,14 @@ impl SessionStore {
         self.sessions.contains_key(&tkn)
     }
 
+    /// Whether a new session with a name of `name_len` bytes fits in memory.
+    pub fn can_create(&self, name_len: usize) -> bool {
+        self.fits((SESSION_OVERHEAD + name_len as u64) as i64)
+    }
+
     /// Creates a session under a token the caller minted. Shared names must
-    /// already be registered by the caller.
+    /// already be registered, and room checked with `can_create`, by the
+    /// caller (a session is never refused after its name is claimed).
     pub fn create(
         &mut self,
         tkn: Token,
@@ -170,6 +227,7 @@ impl SessionStore {
     ) {
         // Callers check for collisions first; keep everything right regardless.
         self.remove(tkn);
+        self.used_bytes += session_cost(name.as_deref(), &KeyMap::default());
         let expiry = expiry.map(|settings| {
             let deadline = deadline_after(settings, now);
             Expiry {
@@ -199,6 +257,7 @@ impl SessionStore {
                 return None;
             }
             let session = self.sessions.get_mut(&tkn)?;
+            self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
             if let Some(e) = &mut session.expiry {
                 e.deadline = next_period(e.deadline, settings, now);
@@ -224,6 +283,7 @@ impl SessionStore {
     fn remove(&mut self, tkn: Token) -> Option<Session> {
         let session = self.sessions.remove(&tkn)?;
         self.key_count -= session.keys.len() as u64;
+        self.used_bytes -= session_cost(session.name.as_deref(), &session.keys);
         if let Some(e) = &session.expiry {
             self.wheel.remove(e.timer);
         }
@@ -240,20 +300,20 @@ impl SessionStore {
     }
 
     /// A session for reading (`SH_INFO`, `SH_COUNT`, `SH_KEYS`, `SH_CONTAINS`).
-    pub fn read(&mut self, tkn: Token, now: Millis) -> Result<&Session, NoSession> {
+    pub fn read(&mut self, tkn: Token, now: Millis) -> Result<&Session, Refusal> {
         self.live(tkn, now, Access::Read)
             .map(|s| &*s)
             .ok_or(NoSession)
     }
 
     /// `SH_GET`: a read that may slide the deadline.
-    pub fn get(&mut self, tkn: Token, now: Millis) -> Result<&Session, NoSession> {
+    pub fn get(&mut self, tkn: Token, now: Millis) -> Result<&Session, Refusal> {
         self.live(tkn, now, Access::Get)
             .map(|s| &*s)
             .ok_or(NoSession)
     }
 
-    pub fn end(&mut self, tkn: Token, now: Millis) -> Result<(), NoSession> {
+    pub fn end(&mut self, tkn: Token, now: Millis) -> Result<(), Refusal> {
         self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         self.remove(tkn);
         Ok(())
@@ -279,27 +339,69 @@ impl SessionStore {
             }
         }
         self.key_count = 0;
+        self.used_bytes = 0;
         self.wheel = TimingWheel::new(now);
         live as u64
     }
 
-    pub fn set(&mut self, tkn: Token, keys: Vec<KeyValue>, now: Millis) -> Result<(), NoSession> {
+    /// `SH_SET`: all keys or, past the memory limit, none.
+    pub fn set(&mut self, tkn: Token, keys: Vec<KeyValue>, now: Millis) -> Result<(), Refusal> {
+        let limited = self.max_bytes > 0;
+        let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        let growth: i64 = if limited {
+            keys.iter()
+                .map(|(k, v)| match session.keys.get(k) {
+                    Some(old) => v.len() as i64 - old.len() as i64,
+                    None => entry_cost(k, v) as i64,
+                })
+                .sum()
+        } else {
+            0
+        };
+        if !self.fits(growth) {
+            return Err(Refusal::MemoryLimit);
+        }
+        // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
-        let mut added = 0;
+        let (mut added, mut bytes) = (0u64, 0i64);
         for (key, value) in keys {
-            added += u64::from(session.keys.set(key, value));
+            let (len, cost) = (value.len() as i64, entry_cost(&key, &value) as i64);
+            match session.keys.set(key, value) {
+                Some(old) => bytes += len - old.len() as i64,
+                None => {
+                    added += 1;
+                    bytes += cost;
+                }
+            }
         }
         self.key_count += added;
+        self.used_bytes = self.used_bytes.saturating_add_signed(bytes);
         Ok(())
     }
 
-    pub fn add(&mut self, tkn: Token, keys: Vec<KeyValue>, now: Millis) -> Result<(), NoSession> {
+    /// `SH_ADD`: keys that exist keep their value.
+    pub fn add(&mut self, tkn: Token, keys: Vec<KeyValue>, now: Millis) -> Result<(), Refusal> {
+        let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        let growth: u64 = keys
+            .iter()
+            .filter(|(k, _)| !session.keys.contains(k))
+            .map(|(k, v)| entry_cost(k, v))
+            .sum();
+        if !self.fits(growth as i64) {
+            return Err(Refusal::MemoryLimit);
+        }
+        // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
-        let mut added = 0;
+        let (mut added, mut bytes) = (0, 0);
         for (key, value) in keys {
-            added += u64::from(session.keys.add(key, value));
+            let cost = entry_cost(&key, &value);
+            if session.keys.add(key, value) {
+                added += 1;
+                bytes += cost;
+            }
         }
         self.key_count += added;
+        self.used_bytes += bytes;
         Ok(())
     }
 
@@ -309,37 +411,52 @@ impl SessionStore {
         tkn: Token,
         keys: Vec<KeyValue>,
         now: Millis,
-    ) -> Result<usize, NoSession> {
+    ) -> Result<usize, Refusal> {
+        let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        let before = keys_cost(&session.keys);
+        let after: u64 = keys.iter().map(|(k, v)| entry_cost(k, v)).sum();
+        if !self.fits(after as i64 - before as i64) {
+            return Err(Refusal::MemoryLimit);
+        }
+        // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let removed = session.keys.clear();
         for (key, value) in keys {
             session.keys.set(key, value);
         }
-        let after = session.keys.len();
-        self.key_count = self.key_count - removed as u64 + after as u64;
+        let (count, cost) = (session.keys.len(), keys_cost(&session.keys));
+        self.key_count = self.key_count - removed as u64 + count as u64;
+        self.used_bytes = self.used_bytes - before + cost;
         Ok(removed)
     }
 
+    /// `SH_RMV`.
     pub fn remove_keys(
         &mut self,
         tkn: Token,
         keys: &[Box<str>],
         now: Millis,
-    ) -> Result<(), NoSession> {
+    ) -> Result<(), Refusal> {
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
-        let mut removed = 0;
+        let (mut removed, mut bytes) = (0, 0);
         for key in keys {
-            removed += u64::from(session.keys.remove(key));
+            if let Some(value) = session.keys.remove(key) {
+                removed += 1;
+                bytes += entry_cost(key, &value);
+            }
         }
         self.key_count -= removed;
+        self.used_bytes -= bytes;
         Ok(())
     }
 
     /// `SH_CLEAR`: returns how many keys were removed.
-    pub fn clear(&mut self, tkn: Token, now: Millis) -> Result<usize, NoSession> {
+    pub fn clear(&mut self, tkn: Token, now: Millis) -> Result<usize, Refusal> {
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        let bytes = keys_cost(&session.keys);
         let removed = session.keys.clear();
         self.key_count -= removed as u64;
+        self.used_bytes -= bytes;
         Ok(removed)
     }
 
@@ -421,6 +538,58 @@ mod tests {
         };
         assert_eq!(counts, (1, 0));
         assert!(turns >= 4, "bounded work per call: {turns}");
+    }
+
+    #[test]
+    fn memory_limit_refuses_growth_and_nothing_else() {
+        let mut s = store();
+        s.set_memory_limit(SESSION_OVERHEAD + 2 * KEY_OVERHEAD + 20);
+        assert!(s.can_create(0));
+        s.create(1, None, false, None, 0);
+        assert!(!s.can_create(0));
+        s.set(1, vec![kv("a", "1234")], 0).unwrap();
+        let used = s.memory_used();
+        assert_eq!(
+            s.set(1, vec![kv("b", "1"), kv("c", "1")], 0),
+            Err(Refusal::MemoryLimit)
+        );
+        assert_eq!(s.memory_used(), used, "a refused write changes nothing");
+        assert_eq!(s.read(1, 0).unwrap().keys.len(), 1);
+        // Shrinking and same-size writes still work; so do reads and deletes.
+        s.set(1, vec![kv("a", "1")], 0).unwrap();
+        s.set(1, vec![kv("b", "12")], 0).unwrap();
+        assert_eq!(
+            s.add(1, vec![kv("z", "123456789")], 0),
+            Err(Refusal::MemoryLimit)
+        );
+        assert_eq!(
+            s.clear_set(1, vec![kv("a", "1"), kv("b", "1"), kv("c", "1")], 0),
+            Err(Refusal::MemoryLimit)
+        );
+        s.remove_keys(1, &["a".into()], 0).unwrap();
+        s.clear(1, 0).unwrap();
+        s.end(1, 0).unwrap();
+        assert_eq!(s.memory_used(), 0, "accounting returns to zero");
+    }
+
+    #[test]
+    fn accounting_returns_to_zero_through_expiry() {
+        let mut s = store();
+        s.create(
+            1,
+            Some("n".into()),
+            false,
+            Some(expiry(1, false, false, false)),
+            0,
+        );
+        s.create(2, None, false, Some(expiry(1, true, false, false)), 0);
+        s.set(1, vec![kv("a", "1"), kv("b", "22")], 0).unwrap();
+        s.set(2, vec![kv("a", "1")], 0).unwrap();
+        s.clear_set(1, vec![kv("c", "333")], 0).unwrap();
+        s.expire_due(1000, 100);
+        assert_eq!(s.memory_used(), SESSION_OVERHEAD + 1);
+        s.end_all(1000);
+        assert_eq!(s.memory_used(), 0);
     }
 
     #[test]
