@@ -170,8 +170,8 @@ pub fn progress_bar(goal: &Goal, json: bool) -> Option<ProgressBar> {
         return None;
     }
     let (len, template) = match goal {
-        Goal::Requests(n) => (*n, "{bar:40} {pos}/{len} ops  {msg}"),
-        Goal::Duration(d) => (d.as_millis() as u64, "{bar:40} {elapsed}/{duration}  {msg}"),
+        Goal::Requests(n) => (*n, "{bar:30} {pos}/{len}  {msg}"),
+        Goal::Duration(d) => (d.as_millis() as u64, "{bar:30} {elapsed}/{duration}  {msg}"),
     };
     let pb = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template(template) {
@@ -271,7 +271,7 @@ pub fn print_table(s: &Summary, threads: usize, rate: Option<f64>, failed: u64) 
     println!("  latency (us)  p50      p90      p99      p99.9    max");
     let l = &s.latency_us;
     println!(
-        "                {:<8} {:<8} {:<8} {:<8} {}",
+        "                {:<8.1} {:<8.1} {:<8.1} {:<8.1} {:.1}",
         l.p50, l.p90, l.p99, l.p999, l.max
     );
 }
