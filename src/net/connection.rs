@@ -23,8 +23,10 @@ use super::handshake::{self, MAX_REQUEST_BYTES, Outcome};
 
 /// How long a closing connection may take to let us read its last bytes.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Requests a connection may have unanswered before we stop reading it.
-const MAX_IN_FLIGHT: usize = 4096;
+/// Requests a connection may have unanswered (or answered but not yet
+/// written) before we stop reading it. With the output limit this bounds
+/// what one client can make us hold: the limit plus this many responses.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// Per-connection WebSocket limits and buffer sizes.
 #[derive(Copy, Clone, Debug)]
@@ -123,6 +125,8 @@ pub struct Connection {
     /// Bytes handed to the WebSocket since it last flushed completely: an
     /// upper bound on what sits unsent in its buffer.
     unflushed: usize,
+    /// Bytes of responses computed but still waiting in `pending`.
+    held: usize,
     /// When the client stopped taking our responses (output over the limit).
     blocked_since: Option<Instant>,
     _permit: Permit,
@@ -144,6 +148,7 @@ impl Connection {
             readable: true,
             needs_flush: false,
             unflushed: 0,
+            held: 0,
             blocked_since: None,
             _permit: permit,
         }
@@ -154,7 +159,7 @@ impl Connection {
     pub fn wants_input(&self) -> bool {
         self.pending.len() < MAX_IN_FLIGHT
             && self.blocked_since.is_none()
-            && self.unflushed < self.limits.max_output_buffer
+            && self.unflushed + self.held < self.limits.max_output_buffer
     }
 
     /// How long the client has left its responses unread, if it has.
@@ -318,6 +323,7 @@ impl Connection {
             };
         }
         self.pending.clear();
+        self.held = 0;
     }
 
     /// Takes a sequence number for the next request.
@@ -337,6 +343,7 @@ impl Connection {
         let Some(slot) = self.pending.get_mut(index as usize) else {
             return;
         };
+        self.held += response.len();
         *slot = Some(response);
         self.write_ready();
     }
@@ -354,6 +361,7 @@ impl Connection {
                 break;
             };
             self.pending_base += 1;
+            self.held -= response.len();
             self.unflushed += response.len();
             self.write_message(response);
             wrote = true;

@@ -1,0 +1,147 @@
+//! Limits through the real binary: connection limit, many connections,
+//! backpressure on clients that do not read, and the memory limit.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use simd_json::prelude::*;
+use support::{Client, Server, raw, read_to_close, st};
+use tungstenite::Message;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn connections_past_the_limit_are_refused_cleanly() {
+    let server = Server::start(&["--shards", "2", "--max-connections", "5"]);
+    let mut clients: Vec<Client> = (0..5).map(|_| server.client()).collect();
+    let mut extra = raw(server.addr);
+    let reply = String::from_utf8_lossy(&read_to_close(&mut extra)).to_string();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
+    for c in &mut clients {
+        assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
+    }
+    // A place frees when a client leaves.
+    drop(clients.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = raw(server.addr);
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        let n = std::io::Read::read(&mut s, &mut head).unwrap_or(0);
+        if head[..n].starts_with(b"HTTP/1.1 101") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place freed up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn four_thousand_connections_at_once() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut clients: Vec<Client> = Vec::with_capacity(4000);
+    for _ in 0..4000 {
+        clients.push(server.client());
+    }
+    for (i, c) in clients.iter_mut().enumerate().step_by(97) {
+        let tkn = c.new_session("{}");
+        let r = c.call(&format!(
+            r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"i":{i}}}}}}}"#
+        ));
+        assert_eq!(st(&r), 1);
+    }
+    let r = clients[0].call(r#"{"SV_INFO":{}}"#);
+    assert_eq!(r["connections"].as_u64(), Some(4000));
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_grow_server_memory() {
+    let server = Server::start(&["--shards", "2", "--max-output-buffer", "1048576"]);
+    let pid = server.child.id();
+    let mut setup = server.client();
+    let tkn = setup.new_session("{}");
+    let value = "x".repeat(100 * 1024);
+    setup.call(&format!(
+        r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"v":"{value}"}}}}}}"#
+    ));
+    let rss_before = rss_kib(pid);
+
+    // 2000 requests whose answers total 200 MiB, and no reading.
+    let mut greedy = server.client();
+    let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["v"]}}}}"#);
+    for _ in 0..2000 {
+        greedy.ws.write(Message::text(get.clone())).unwrap();
+    }
+    greedy.flush();
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown_mib = rss_kib(pid).saturating_sub(rss_before) / 1024;
+    eprintln!("a client that never reads: server RSS grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 64,
+        "server grew by {grown_mib} MiB for one client"
+    );
+
+    // Everyone else is served as usual meanwhile.
+    let mut other = server.client();
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(st(&other.call(r#"{"SH_INFO_ALL":{}}"#)), 1);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // When the client reads again it gets every answer, in order.
+    for _ in 0..2000 {
+        let r = greedy.recv_json();
+        let body = support::body(&r, "SH_GET_RSP");
+        assert_eq!(body["keys"]["v"].as_str().map(str::len), Some(value.len()));
+    }
+}
+
+#[test]
+fn memory_limit_refuses_writes_with_150_and_keeps_reads_and_deletes() {
+    let server = Server::start(&["--shards", "2", "--max-memory", "200000"]);
+    let mut c = server.client();
+    let tkn = c.new_session("{}");
+    let chunk = "y".repeat(10_000);
+    let mut stored = 0;
+    let refused = loop {
+        let r = c.call(&format!(
+            r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"k{stored}":"{chunk}"}}}}}}"#
+        ));
+        match st(&r) {
+            1 => stored += 1,
+            150 => break r,
+            other => panic!("unexpected status {other}: {r}"),
+        }
+        assert!(stored < 100, "the limit never applied");
+    };
+    assert!(refused["m"].as_str().is_some());
+    assert_eq!(refused["tkn"].as_u64(), Some(tkn));
+    // Nothing of the refused write is there; reads work.
+    let r = c.call(&format!(r#"{{"SH_COUNT":{{"tkn":{tkn}}}}}"#));
+    assert_eq!(r["cnt"].as_u64(), Some(stored));
+    let r = c.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["k0"]}}}}"#));
+    assert_eq!(r["keys"]["k0"].as_str().map(str::len), Some(chunk.len()));
+    let info = c.call(r#"{"SV_INFO":{}}"#);
+    assert_eq!(info["maxMemory"].as_u64(), Some(200_000));
+    assert!(info["memoryUsed"].as_u64().unwrap() <= 200_000);
+    // Deleting makes room again.
+    c.call(&format!(
+        r#"{{"SH_RMV":{{"tkn":{tkn},"keys":["k0","k1"]}}}}"#
+    ));
+    let r = c.call(&format!(
+        r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"again":"{chunk}"}}}}}}"#
+    ));
+    assert_eq!(st(&r), 1);
+    assert_eq!(st(&c.call(&format!(r#"{{"SH_END":{{"tkn":{tkn}}}}}"#))), 1);
+}
