@@ -120,33 +120,33 @@ start_servers() {
     done
 }
 
-CLK_TCK="$(getconf CLK_TCK)"
-# utime + stime of a process, in clock ticks (fields 14 and 15 of
-# /proc/PID/stat; counted after the ")" that ends the command name).
-cpu_ticks() {
-    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
-}
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
-# run TARGET PID WORKLOAD PIPELINE -> appends one JSON line to results
+# run NAME URL PID WORKLOAD PIPELINE -> appends one JSON line to results.
+# The server's CPU time is read by loadtest itself around the timed run
+# (--server-pid), so session set-up and teardown are not counted.
 run() {
     local name="$1" url="$2" pid="$3" workload="$4" pipeline="$5"
-    local before after json
-    before="$(cpu_ticks "$pid")"
+    local json
+    rm -rf "$WORK/report"
     json="$(taskset -c "$CLIENT_CPUS" "$LOADTEST" --url "$url" --workload "$workload" \
         --pipeline "$pipeline" --connections "$CONNECTIONS" --duration "$DURATION" \
-        --sessions "$SESSIONS" --threads "$CLIENT_THREADS" --json | tail -1 || true)"
-    after="$(cpu_ticks "$pid")"
+        --sessions "$SESSIONS" --threads "$CLIENT_THREADS" --server-pid "$pid" \
+        --out "$WORK/report" --json | tail -1 || true)"
     [ -n "$json" ] || json='{}'
-    python3 - "$name" "$workload" "$pipeline" "$((after - before))" "$CLK_TCK" "$json" \
+    python3 - "$name" "$workload" "$pipeline" "$WORK/report/report.json" "$json" \
         >> "$WORK/results.jsonl" <<'EOF'
 import json, sys
-name, workload, pipeline, ticks, tck, raw = sys.argv[1:]
-r = json.loads(raw)
+name, workload, pipeline, report, raw = sys.argv[1:]
+try:
+    rep = json.load(open(report))
+except (OSError, ValueError):
+    rep = {}
 print(json.dumps({"server": name, "workload": workload, "pipeline": int(pipeline),
-                  "cpu_s": int(ticks) / int(tck), "r": r}))
+                  "cpu_s": rep.get("server_cpu_s"), "client_cpu_s": rep.get("client_cpu_s"),
+                  "r": json.loads(raw)}))
 EOF
     echo "  $name $workload pipeline $pipeline: $json" >&2
 }
@@ -203,16 +203,17 @@ for line in open(results):
 def fmt(x, nd=0):
     return "-" if x is None else f"{x:,.{nd}f}"
 
-def cpu_per_m(d):
+def cpu_per_m(d, key="cpu_s"):
     ops = d["r"].get("ops") or 0
-    return d["cpu_s"] / ops * 1e6 if ops else None
+    return d[key] / ops * 1e6 if ops and d.get(key) is not None else None
 
 print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {scpus}, "
       f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {sessions} sessions.")
 print()
 print("| workload | pipeline | ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
-      "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | errors ours/Redis |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | loadtest CPU s/M ops ours/Redis "
+      "| errors ours/Redis |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (w, p), d in rows.items():
     o, r = d.get("ours"), d.get("redis")
     oo, rr = (o or {}).get("r", {}), (r or {}).get("r", {})
@@ -222,6 +223,8 @@ for (w, p), d in rows.items():
           f"| {fmt(oo.get('latency_us', {}).get('p99'), 1)} | {fmt(rr.get('ops_per_sec'))} "
           f"| {fmt(rr.get('latency_us', {}).get('p50'), 1)} | {fmt(rr.get('latency_us', {}).get('p99'), 1)} "
           f"| {fmt(ratio, 2)} | {fmt(cpu_per_m(o) if o else None, 2)} | {fmt(cpu_per_m(r) if r else None, 2)} "
+          f"| {fmt(cpu_per_m(o, 'client_cpu_s') if o else None, 2)}/"
+          f"{fmt(cpu_per_m(r, 'client_cpu_s') if r else None, 2)} "
           f"| {oo.get('errors', '-')}/{rr.get('errors', '-')} |")
 print()
 print(f"Memory after `populate` of {int(populate):,} sessions (keys user and cart, 3600 s expiry), "
@@ -238,8 +241,8 @@ for line in open(memory):
 print()
 print("One operation: lifecycle = 4 requests on both; sliding = 1 request on ours (SH_GET with "
       "extendOnGet) and 2 on Redis (HGET + EXPIRE); expiry/populate = SH_NEW then SH_SET on ours, "
-      "HSET + EXPIRE on Redis. Server CPU covers each whole loadtest run, including its untimed "
-      "session set-up.")
+      "HSET + EXPIRE on Redis. CPU columns: utime + stime during the timed run only (loadtest reads "
+      "/proc/PID/stat around it); loadtest CPU shows whether the generator's core was the limit.")
 EOF
 cat "$OUT"
 echo "compare-redis: table written to $OUT" >&2

@@ -118,6 +118,11 @@ struct Flags {
     /// Fail a connection that has waited this many seconds for a response
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+
+    /// Also report this (server) process's CPU time during the timed run
+    /// (from /proc/PID/stat), in the summary table and report.json
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// Where the load goes, and which protocol it speaks.
@@ -167,6 +172,8 @@ pub struct Config {
     pub out: Option<PathBuf>,
     pub seed: u64,
     pub timeout: Duration,
+    /// A process whose CPU time the timed run reports.
+    pub server_pid: Option<u32>,
 }
 
 impl Config {
@@ -227,6 +234,7 @@ impl Config {
             out: f.out,
             seed: f.seed,
             timeout: Duration::from_secs_f64(f.timeout),
+            server_pid: f.server_pid,
         })
     }
 }

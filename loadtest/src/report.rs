@@ -20,6 +20,10 @@ struct Report<'a> {
     /// Open-loop rate, `null` for closed loop.
     rate: Option<f64>,
     seed: u64,
+    /// CPU seconds this generator used during the timed run.
+    client_cpu_s: Option<f64>,
+    /// CPU seconds the `--server-pid` process used during the timed run.
+    server_cpu_s: Option<f64>,
     failed_connections: u64,
     /// Latency at each percentile, for plotting a distribution.
     percentiles: Vec<Percentile>,
@@ -59,6 +63,8 @@ pub struct Meta {
     pub threads: usize,
     pub rate: Option<f64>,
     pub seed: u64,
+    pub client_cpu_s: Option<f64>,
+    pub server_cpu_s: Option<f64>,
 }
 
 pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome, meta: &Meta) -> Result<(), String> {
@@ -69,6 +75,8 @@ pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome, meta: &Meta) -> R
         threads: meta.threads,
         rate: meta.rate,
         seed: meta.seed,
+        client_cpu_s: meta.client_cpu_s,
+        server_cpu_s: meta.server_cpu_s,
         failed_connections: outcome.failed_connections,
         percentiles: pct.clone(),
         series: &outcome.series,

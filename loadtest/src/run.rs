@@ -76,6 +76,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         eprintln!("loadtest: set-up: {setup_errors} errors creating sessions");
     }
 
+    let cpu_before = Cpu::now(cfg.server_pid);
     let start = Instant::now();
     let (requests, deadline, goal) = match cfg.stop {
         Stop::Requests(n) => (Some(n), None, Goal::Requests(n)),
@@ -100,6 +101,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         progress: bar.as_ref().map(|_| Arc::clone(&progress)),
     };
     let (groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
+    let cpu = Cpu::now(cfg.server_pid).since(&cpu_before);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -131,6 +133,8 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             threads: cfg.threads,
             rate: cfg.rate,
             seed: cfg.seed,
+            client_cpu_s: cpu.client,
+            server_cpu_s: cpu.server,
         };
         report::write(dir, &summary, &outcome, &meta)?;
     }
@@ -139,6 +143,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else {
         stats::print_table(&summary, cfg.threads, cfg.rate, outcome.failed_connections);
+        print_cpu(&cpu, summary.ops);
     }
     Ok(summary)
 }
@@ -187,4 +192,54 @@ fn run_phase(
         .map(|h| h.join().unwrap_or_default())
         .collect();
     (groups, outcome)
+}
+
+/// CPU seconds used so far by this process and, if asked, by the server.
+struct Cpu {
+    client: Option<f64>,
+    server: Option<f64>,
+}
+
+impl Cpu {
+    fn now(server_pid: Option<u32>) -> Cpu {
+        Cpu {
+            client: proc_cpu_seconds("self"),
+            server: server_pid.and_then(|p| proc_cpu_seconds(&p.to_string())),
+        }
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        let d = |a: Option<f64>, b: Option<f64>| Some(((a? - b?) * 100.0).round() / 100.0);
+        Cpu {
+            client: d(self.client, before.client),
+            server: d(self.server, before.server),
+        }
+    }
+}
+
+/// utime + stime of a process from `/proc/<pid>/stat` (fields 14 and 15,
+/// counted after the `)` that ends the command name, which may hold spaces).
+fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+fn print_cpu(cpu: &Cpu, ops: u64) {
+    let per_m = |s: f64| if ops > 0 { s / ops as f64 * 1e6 } else { 0.0 };
+    if let Some(c) = cpu.client {
+        println!(
+            "  loadtest CPU  {c:.2} s ({:.2} s per million ops)",
+            per_m(c)
+        );
+    }
+    if let Some(s) = cpu.server {
+        println!(
+            "  server CPU    {s:.2} s ({:.2} s per million ops)",
+            per_m(s)
+        );
+    }
 }
