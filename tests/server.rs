@@ -53,14 +53,14 @@ fn every_command(shards: &str) {
     ));
     assert_eq!(r.as_object().unwrap().len(), 2);
     assert_eq!((st(&r), r["tkn"].as_u64()), (1, Some(tkn)));
-    // Values come back byte for byte as stored (compact JSON).
+    // Values come back exactly as sent, escapes and all (compact JSON).
     c.send_text(&format!(
         r#"{{"SH_GET":{{"tkn":{tkn},"keys":["big","f","n","obj","esc","user","missing"]}}}}"#
     ));
     assert_eq!(
         c.recv_text(),
         format!(
-            r#"{{"SH_GET_RSP":{{"st":1,"tkn":{tkn},"keys":{{"big":18446744073709551615,"f":2.5,"n":-5,"obj":{{"a":null,"b":true}},"esc":"q\"\\\né","user":"ann"}}}}}}"#
+            r#"{{"SH_GET_RSP":{{"st":1,"tkn":{tkn},"keys":{{"big":18446744073709551615,"f":2.5,"n":-5,"obj":{{"a":null,"b":true}},"esc":"q\"\\\n\u00e9","user":"ann"}}}}}}"#
         )
     );
     let r = c.call(&format!(

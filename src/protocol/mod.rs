@@ -1,6 +1,7 @@
 //! The wire format, and nothing else: request decoding, response encoding,
 //! the status table. Depends on nothing server-side (no shard, no store).
 
+mod raw;
 pub mod request;
 pub mod response;
 mod status;

@@ -11,6 +11,7 @@ use simd_json::prelude::*;
 use simd_json::{BorrowedValue, StaticNode};
 
 use super::Status;
+use super::raw;
 
 /// Session token: never 0 when minted, chosen by the server.
 pub type Token = u64;
@@ -187,13 +188,17 @@ pub fn reject_not_utf8() -> Rejection {
     Rejection::frame(Status::JsonInvalid, "message is not valid UTF-8")
 }
 
-/// Decodes one request. `text` is parsed in place (simd-json overwrites it).
+/// Decodes one request. `text` is copied into `scratch`, which simd-json
+/// parses in place; stored values are then taken from `text` as written.
 pub fn parse_request(
-    text: &mut [u8],
+    text: &[u8],
+    scratch: &mut Vec<u8>,
     buffers: &mut simd_json::Buffers,
 ) -> Result<Command, Rejection> {
-    let root = simd_json::to_borrowed_value_with_buffers(text, buffers)
-        .map_err(|_| Rejection::frame(Status::JsonInvalid, "request is not valid JSON"))?;
+    scratch.clear();
+    scratch.extend_from_slice(text);
+    let root = simd_json::to_borrowed_value_with_buffers(scratch, buffers)
+        .map_err(|e| Rejection::frame(Status::JsonInvalid, json_error_message(&e)))?;
     let Some(object) = root.as_object() else {
         return Err(Rejection::frame(
             Status::CommandSyntax,
@@ -224,7 +229,7 @@ pub fn parse_request(
             tkn: None,
         });
     };
-    let p = Params { name, params };
+    let p = Params { name, params, text };
     match name.as_ref() {
         "SH_NEW" => p.new_session(),
         "SH_OPEN" => Ok(Command::Open {
@@ -321,10 +326,29 @@ fn parse_decimal_token(s: &str) -> Option<Token> {
     s.parse().ok()
 }
 
+/// Why simd-json refused the text, in a client's words.
+fn json_error_message(error: &simd_json::Error) -> &'static str {
+    use simd_json::ErrorType;
+    match error.error() {
+        ErrorType::DepthLimitExceeded => "request is not valid JSON: nested too deeply",
+        ErrorType::InvalidNumber | ErrorType::InvalidExponent => {
+            "request is not valid JSON here: integers must fit in 64 bits, other numbers in a double"
+        }
+        ErrorType::InvalidEscape
+        | ErrorType::InvalidUnicodeEscape
+        | ErrorType::InvalidUnicodeCodepoint => {
+            "request is not valid JSON: invalid escape in a string"
+        }
+        _ => "request is not valid JSON",
+    }
+}
+
 /// A command's parameter object, with the validators every command shares.
 struct Params<'a, 'v> {
     name: &'a Cow<'v, str>,
     params: &'a simd_json::borrowed::Object<'v>,
+    /// The request as it arrived, for values exactly as written.
+    text: &'a [u8],
 }
 
 impl Params<'_, '_> {
@@ -482,15 +506,26 @@ impl Params<'_, '_> {
     fn key_values(&self, tkn: Token) -> Result<Vec<KeyValue>, Rejection> {
         match self.params.get("keys") {
             None => Err(self.reject(Status::ParamMissing, "keys is required", Some(tkn))),
-            Some(BorrowedValue::Object(keys)) => Ok(keys
-                .iter()
-                .map(|(key, value)| {
-                    let mut encoded = Vec::new();
-                    // Writing into a Vec cannot fail.
-                    let _ = value.write(&mut encoded);
-                    (Box::from(key.as_ref()), encoded.into_boxed_slice())
-                })
-                .collect()),
+            Some(BorrowedValue::Object(keys)) => {
+                let exact = raw::keys_members(self.text).and_then(|members| {
+                    members
+                        .into_iter()
+                        .map(|(key, value)| Some((raw::unescape_name(key)?, raw::compact(value))))
+                        .collect::<Option<Vec<KeyValue>>>()
+                });
+                Ok(exact.unwrap_or_else(|| {
+                    // Not expected after simd-json accepted the text; the
+                    // parsed values, re-encoded, are the next best thing.
+                    keys.iter()
+                        .map(|(key, value)| {
+                            let mut encoded = Vec::new();
+                            // Writing into a Vec cannot fail.
+                            let _ = value.write(&mut encoded);
+                            (Box::from(key.as_ref()), encoded.into_boxed_slice())
+                        })
+                        .collect()
+                }))
+            }
             Some(_) => Err(self.reject(
                 Status::ValueTypeInvalid,
                 "keys must be an object",
@@ -520,8 +555,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Command, Rejection> {
-        let mut bytes = text.as_bytes().to_vec();
-        parse_request(&mut bytes, &mut simd_json::Buffers::default())
+        parse_request(
+            text.as_bytes(),
+            &mut Vec::new(),
+            &mut simd_json::Buffers::default(),
+        )
     }
 
     fn status(text: &str) -> Status {
@@ -660,7 +698,8 @@ mod tests {
                 .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
         };
         assert_eq!(get("a").as_deref(), Some("[1,2.5,-3,18446744073709551615]"));
-        assert_eq!(get("b").as_deref(), Some("{\"x\":\"q\\\"é\"}"));
+        // Exactly as sent: the escape stays an escape.
+        assert_eq!(get("b").as_deref(), Some("{\"x\":\"q\\\"\\u00e9\"}"));
     }
 
     #[test]

@@ -119,9 +119,12 @@ mod tests {
     use crate::shared_names::SharedNames;
 
     fn run_text(store: &mut SessionStore, request: &str, now: Millis) -> String {
-        let mut bytes = request.as_bytes().to_vec();
-        let command =
-            crate::protocol::parse_request(&mut bytes, &mut simd_json::Buffers::default()).unwrap();
+        let command = crate::protocol::parse_request(
+            request.as_bytes(),
+            &mut Vec::new(),
+            &mut simd_json::Buffers::default(),
+        )
+        .unwrap();
         let mut out = Vec::new();
         run(store, command, now, &mut out);
         String::from_utf8(out).unwrap()

@@ -348,9 +348,7 @@ impl Shard {
         };
         let parsed = match incoming {
             Incoming::Text(text) => {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(text.as_bytes());
-                parse_request(&mut self.scratch, &mut self.json_buffers)
+                parse_request(text.as_bytes(), &mut self.scratch, &mut self.json_buffers)
             }
             Incoming::Binary => Err(reject_binary()),
             Incoming::InvalidUtf8 => Err(reject_not_utf8()),
