@@ -13,7 +13,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use nemesisdb::config::{Config, Pinning};
+use nemesisdb::config::{Config, Flags};
 use nemesisdb::server::Server;
 use tungstenite::{Message, WebSocket};
 
@@ -60,12 +60,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let config = Config {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        shards: 1,
-        pinning: Pinning::None,
-        max_payload: 1 << 20,
+    let flags = Flags {
+        port: Some(0),
+        shards: Some(1),
+        ..Flags::default()
     };
+    let config = Config::resolve(flags, &[0]).expect("config");
     let server = Server::start(&config).expect("start server");
     let addr = server.local_addr();
     let rss_start = rss_mib();
