@@ -4,8 +4,81 @@
 
 use ahash::AHashSet;
 
-use crate::protocol::{Command, Response, Status, encode_status};
+use crate::protocol::{Command, ExpirySettings, Response, Status, Token, encode_status};
+use crate::shared_names::SharedNames;
 use crate::store::{Millis, Refusal, SessionStore};
+
+const MEMORY_FULL: &str = "the server is at its memory limit; nothing was changed";
+
+/// What `SH_NEW` asked for.
+pub struct NewSession {
+    pub name: Option<Box<str>>,
+    pub shared: bool,
+    pub expiry: Option<ExpirySettings>,
+}
+
+/// `SH_NEW`. `mint` draws candidate tokens from a CSPRNG (only tokens this
+/// shard owns); 0 and tokens in use are skipped here.
+pub fn new_session(
+    store: &mut SessionStore,
+    names: &SharedNames,
+    mut mint: impl FnMut() -> Token,
+    new: NewSession,
+    now: Millis,
+    out: &mut Vec<u8>,
+) -> Status {
+    if !store.can_create(new.name.as_deref().map_or(0, str::len)) {
+        encode_status(out, "SH_NEW", Status::MemoryLimit, None, Some(MEMORY_FULL));
+        return Status::MemoryLimit;
+    }
+    let tkn = loop {
+        let tkn = mint();
+        if tkn != 0 && !store.contains_token(tkn) {
+            break tkn;
+        }
+    };
+    if new.shared {
+        let registered = new
+            .name
+            .as_deref()
+            .is_some_and(|name| names.register(name, tkn));
+        if !registered {
+            let m = "a shared session with this name exists";
+            encode_status(out, "SH_NEW", Status::SessionNewFail, None, Some(m));
+            return Status::SessionNewFail;
+        }
+    }
+    Response::new(out, "SH_NEW", Status::Ok)
+        .u64("tkn", tkn)
+        .opt_str("name", new.name.as_deref())
+        .finish();
+    store.create(tkn, new.name, new.shared, new.expiry, now);
+    Status::Ok
+}
+
+/// `SH_OPEN`, on the shard that owns the named session: checked here so
+/// an expired session is never handed out even before its name is released.
+pub fn open_session(
+    store: &mut SessionStore,
+    names: &SharedNames,
+    name: &str,
+    now: Millis,
+    out: &mut Vec<u8>,
+) -> Status {
+    match names.lookup(name) {
+        Some(tkn) if store.exists(tkn, now) => {
+            Response::new(out, "SH_OPEN", Status::Ok)
+                .u64("tkn", tkn)
+                .str("name", name)
+                .finish();
+            Status::Ok
+        }
+        _ => {
+            encode_status(out, "SH_OPEN", Status::SessionOpenFail, None, None);
+            Status::SessionOpenFail
+        }
+    }
+}
 
 /// Runs `command`, appends its response to `out`, and returns its status.
 pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Vec<u8>) -> Status {
@@ -95,8 +168,7 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
             Status::SessionNotExist
         }
         Err(Refusal::MemoryLimit) => {
-            let m = "the server is at its memory limit; nothing was changed";
-            encode_status(out, name, Status::MemoryLimit, Some(tkn), Some(m));
+            encode_status(out, name, Status::MemoryLimit, Some(tkn), Some(MEMORY_FULL));
             Status::MemoryLimit
         }
     }

@@ -8,6 +8,9 @@
 
 mod exec;
 mod gather;
+mod local;
+
+pub use local::LocalDispatcher;
 
 use std::io;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, shard_of};
 use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
-use crate::protocol::{Command, Response, Status, encode_rejection, encode_status, parse_request};
+use crate::protocol::{Command, Status, encode_rejection, encode_status, parse_request};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use gather::{Gather, GatherKind};
@@ -445,21 +448,13 @@ impl Shard {
     /// Runs a command whose session this shard owns.
     fn run_owned(&mut self, command: Command) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
-        if let Command::Open { name } = &command {
-            // Checked here, on the owner, so an expired session is never
-            // handed out even if its name is not released yet.
-            match self.ctx.names.lookup(name) {
-                Some(tkn) if self.store.exists(tkn, self.now) => {
-                    Response::new(&mut out, "SH_OPEN", Status::Ok)
-                        .u64("tkn", tkn)
-                        .str("name", name)
-                        .finish()
-                }
-                _ => encode_status(&mut out, "SH_OPEN", Status::SessionOpenFail, None, None),
+        let status = match command {
+            Command::Open { name } => {
+                exec::open_session(&mut self.store, &self.ctx.names, &name, self.now, &mut out)
             }
-            return out;
-        }
-        if exec::run(&mut self.store, command, self.now, &mut out) == Status::SessionNotExist {
+            command => exec::run(&mut self.store, command, self.now, &mut out),
+        };
+        if status == Status::SessionNotExist {
             self.session_not_exist += 1;
         }
         out
@@ -472,40 +467,29 @@ impl Shard {
         expiry: Option<crate::protocol::ExpirySettings>,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
-        if !self.store.can_create(name.as_deref().map_or(0, str::len)) {
-            let m = "the server is at its memory limit; nothing was changed";
-            encode_status(&mut out, "SH_NEW", Status::MemoryLimit, None, Some(m));
-            return out;
-        }
+        let (id, shards) = (self.ctx.id, self.ctx.shards);
+        let rng = &mut self.rng;
         // Draw until the token lands on this shard: the creator's later
         // requests then never cross shards.
-        let tkn = loop {
-            let tkn = self.rng.next_u64();
-            if tkn != 0
-                && shard_of(tkn, self.ctx.shards) == self.ctx.id
-                && !self.store.contains_token(tkn)
-            {
+        let mint = || loop {
+            let tkn = rng.next_u64();
+            if shard_of(tkn, shards) == id {
                 break tkn;
             }
         };
-        if shared {
-            let registered = name
-                .as_deref()
-                .is_some_and(|name| self.ctx.names.register(name, tkn));
-            if !registered {
-                encode_status(
-                    &mut out,
-                    "SH_NEW",
-                    Status::SessionNewFail,
-                    None,
-                    Some("a shared session with this name exists"),
-                );
-                return out;
-            }
-        }
-        let response = Response::new(&mut out, "SH_NEW", Status::Ok).u64("tkn", tkn);
-        response.opt_str("name", name.as_deref()).finish();
-        self.store.create(tkn, name, shared, expiry, self.now);
+        let new = exec::NewSession {
+            name,
+            shared,
+            expiry,
+        };
+        exec::new_session(
+            &mut self.store,
+            &self.ctx.names,
+            mint,
+            new,
+            self.now,
+            &mut out,
+        );
         out
     }
 
