@@ -213,3 +213,82 @@ fn every_workload_against_redis_if_installed() {
     }
     every_workload(&format!("redis://127.0.0.1:{port}"));
 }
+
+/// A fake Redis on a free port: `reply` maps each command's first bytes to
+/// the reply it gets; `close_after` closes each connection after that many
+/// commands. Lives until the test process ends.
+fn fake_redis(reply: &'static [u8], close_after: Option<usize>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("bound").port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 65536];
+                let mut seen = 0usize;
+                let mut at_line_start = true;
+                loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    // Our commands' arguments never start with '*', so each
+                    // '*' at a line start begins a command.
+                    let mut out = Vec::new();
+                    for &b in &buf[..n] {
+                        if at_line_start && b == b'*' {
+                            seen += 1;
+                            if close_after.is_some_and(|c| seen > c) {
+                                return;
+                            }
+                            out.extend_from_slice(reply);
+                        }
+                        at_line_start = b == b'\n';
+                    }
+                    if stream.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A bad reply is an error count, not a crash; a dead server ends the run.
+#[test]
+fn failures_are_counted_and_the_run_ends() {
+    let port = fake_redis(b"-ERR nope\r\n", None);
+    let url = format!("redis://127.0.0.1:{port}");
+    let args = [
+        "--url",
+        &url,
+        "--workload",
+        "lifecycle",
+        "--requests",
+        "100",
+    ];
+    let v = loadtest(&[&args[..], &["--connections", "2", "--threads", "1"]].concat());
+    assert_eq!(v["ops"], 100, "{v}");
+    assert_eq!(
+        v["errors"], 400,
+        "every request of every operation failed: {v}"
+    );
+
+    let port = fake_redis(b":1\r\n", Some(10));
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = Instant::now();
+    let v = loadtest(&[
+        "--url",
+        &url,
+        "--workload",
+        "expiry",
+        "--duration",
+        "30",
+        "--connections",
+        "3",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(20), "{v}");
+    assert!(v["errors"].as_u64().unwrap_or(0) >= 3, "{v}");
+}
