@@ -11,12 +11,15 @@
 mod keymap;
 #[cfg(test)]
 mod model_test;
+mod snapshot;
 
 use std::sync::Arc;
 
 use ahash::AHashMap;
 
 pub use keymap::KeyMap;
+pub use snapshot::Chunk;
+use snapshot::Snapshot;
 
 use crate::expiry::{TimerKey, TimingWheel};
 use crate::protocol::{ExpirySettings, KeyValue, Token};
@@ -32,6 +35,8 @@ pub struct Session {
     pub name: Option<Box<str>>,
     pub shared: bool,
     pub expiry: Option<Expiry>,
+    /// The last snapshot epoch that holds this session (see `snapshot.rs`).
+    saved_epoch: u32,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -121,7 +126,15 @@ pub struct SessionStore {
     wheel: TimingWheel,
     /// Reused buffer for the timers one background pass fires.
     fired: Vec<(u64, u64)>,
+    /// The snapshot being taken, if any; one at a time.
+    snapshot: Option<Snapshot>,
+    /// Epoch of the latest snapshot begun.
+    snapshot_epoch: u32,
 }
+
+/// A snapshot is already being taken on this shard.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotBusy;
 
 impl SessionStore {
     pub fn new(names: Arc<SharedNames>) -> Self {
@@ -133,6 +146,94 @@ impl SessionStore {
             names,
             wheel: TimingWheel::new(0),
             fired: Vec::new(),
+            snapshot: None,
+            snapshot_epoch: 0,
+        }
+    }
+
+    /// Begins a point-in-time snapshot: of every session, or (`only`) of
+    /// the listed ones that exist, which are encoded at once.
+    pub fn begin_snapshot(
+        &mut self,
+        now: Millis,
+        only: Option<&[Token]>,
+    ) -> Result<(), SnapshotBusy> {
+        if self.snapshot.is_some() {
+            return Err(SnapshotBusy);
+        }
+        self.snapshot_epoch = match self.snapshot_epoch.checked_add(1) {
+            Some(epoch) => epoch,
+            None => {
+                // Once in 4 billion saves: forget the old marks.
+                for session in self.sessions.values_mut() {
+                    session.saved_epoch = 0;
+                }
+                1
+            }
+        };
+        let epoch = self.snapshot_epoch;
+        let snapshot = match only {
+            None => Snapshot::new(epoch, self.sessions.keys().copied().collect(), true, now),
+            Some(tkns) => {
+                let mut snapshot = Snapshot::new(epoch, Vec::new(), false, now);
+                for &tkn in tkns {
+                    if let Some(session) = self.sessions.get_mut(&tkn)
+                        && session.saved_epoch != epoch
+                    {
+                        snapshot.save(tkn, session);
+                    }
+                }
+                snapshot
+            }
+        };
+        self.snapshot = Some(snapshot);
+        Ok(())
+    }
+
+    /// Encodes up to `budget` more sessions of the snapshot and hands out
+    /// everything encoded so far; None when no snapshot is being taken.
+    /// The chunk with `done` set ends the snapshot.
+    pub fn snapshot_step(&mut self, budget: usize) -> Option<Chunk> {
+        let snapshot = self.snapshot.as_mut()?;
+        let mut visited = 0;
+        while visited < budget {
+            let Some(tkn) = snapshot.next_listed() else {
+                break;
+            };
+            visited += 1;
+            if let Some(session) = self.sessions.get_mut(&tkn)
+                && session.saved_epoch != snapshot.epoch
+            {
+                snapshot.save(tkn, session);
+            }
+        }
+        let chunk = snapshot.take();
+        if chunk.done {
+            self.snapshot = None;
+        }
+        Some(chunk)
+    }
+
+    /// Stops the snapshot being taken (its file is abandoned).
+    pub fn abort_snapshot(&mut self) {
+        self.snapshot = None;
+    }
+
+    /// Bytes encoded by copy-on-write and not yet handed out: the shard
+    /// takes them out early when they pile up.
+    pub fn snapshot_backlog(&self) -> usize {
+        self.snapshot.as_ref().map_or(0, Snapshot::pending_bytes)
+    }
+
+    /// Called before a session changes: a snapshot that has not reached it
+    /// yet saves it as it still is.
+    fn preserve(&mut self, tkn: Token) {
+        if let Some(snapshot) = &mut self.snapshot
+            && snapshot.copy_on_write
+            && let Some(session) = self.sessions.get_mut(&tkn)
+            && session.saved_epoch != snapshot.epoch
+        {
+            snapshot.save(tkn, session);
         }
     }
 
@@ -175,6 +276,14 @@ impl SessionStore {
     /// A session's timer fired: expire it, or file it again if its
     /// deadline slid meanwhile.
     fn settle_fired(&mut self, tkn: Token, now: Millis) {
+        if self
+            .sessions
+            .get(&tkn)
+            .and_then(|s| s.expiry)
+            .is_some_and(|e| now >= e.deadline)
+        {
+            self.preserve(tkn);
+        }
         let Some(session) = self.sessions.get_mut(&tkn) else {
             return;
         };
@@ -241,6 +350,8 @@ impl SessionStore {
             name,
             shared,
             expiry,
+            // Not part of a snapshot already under way.
+            saved_epoch: self.snapshot_epoch,
         };
         self.sessions.insert(tkn, session);
     }
@@ -252,6 +363,7 @@ impl SessionStore {
             _ => None,
         };
         if let Some(settings) = expired {
+            self.preserve(tkn);
             if settings.delete_session {
                 self.remove(tkn);
                 return None;
@@ -315,6 +427,7 @@ impl SessionStore {
 
     pub fn end(&mut self, tkn: Token, now: Millis) -> Result<(), Refusal> {
         self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        self.preserve(tkn);
         self.remove(tkn);
         Ok(())
     }
@@ -322,6 +435,18 @@ impl SessionStore {
     /// Ends every session here; returns how many were live.
     /// One pass over every session: an admin command, not a hot path.
     pub fn end_all(&mut self, now: Millis) -> u64 {
+        // A snapshot under way keeps what it has not reached yet.
+        if let Some(snapshot) = &mut self.snapshot
+            && snapshot.copy_on_write
+        {
+            while let Some(tkn) = snapshot.next_listed() {
+                if let Some(session) = self.sessions.get_mut(&tkn)
+                    && session.saved_epoch != snapshot.epoch
+                {
+                    snapshot.save(tkn, session);
+                }
+            }
+        }
         let live = self
             .sessions
             .values()
@@ -361,6 +486,7 @@ impl SessionStore {
         if !self.fits(growth) {
             return Err(Refusal::MemoryLimit);
         }
+        self.preserve(tkn);
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let (mut added, mut bytes) = (0u64, 0i64);
@@ -390,6 +516,7 @@ impl SessionStore {
         if !self.fits(growth as i64) {
             return Err(Refusal::MemoryLimit);
         }
+        self.preserve(tkn);
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let (mut added, mut bytes) = (0, 0);
@@ -418,6 +545,7 @@ impl SessionStore {
         if !self.fits(after as i64 - before as i64) {
             return Err(Refusal::MemoryLimit);
         }
+        self.preserve(tkn);
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let removed = session.keys.clear();
@@ -437,6 +565,8 @@ impl SessionStore {
         keys: &[Box<str>],
         now: Millis,
     ) -> Result<(), Refusal> {
+        self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        self.preserve(tkn);
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let (mut removed, mut bytes) = (0, 0);
         for key in keys {
@@ -452,6 +582,8 @@ impl SessionStore {
 
     /// `SH_CLEAR`: returns how many keys were removed.
     pub fn clear(&mut self, tkn: Token, now: Millis) -> Result<usize, Refusal> {
+        self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        self.preserve(tkn);
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let bytes = keys_cost(&session.keys);
         let removed = session.keys.clear();
@@ -538,6 +670,90 @@ mod tests {
         };
         assert_eq!(counts, (1, 0));
         assert!(turns >= 4, "bounded work per call: {turns}");
+    }
+
+    /// Writes a snapshot's chunks to a real shard file and reads it back.
+    fn snapshot_records(
+        s: &mut SessionStore,
+        budget: usize,
+        mut between_steps: impl FnMut(&mut SessionStore),
+    ) -> Vec<crate::persist::SessionRecord> {
+        let dir =
+            std::env::temp_dir().join(format!("ndb-store-snap-{}-{}", std::process::id(), budget));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = crate::persist::ShardFileWriter::start(
+            &dir,
+            0,
+            Box::new(move |result| tx.send(result).unwrap()),
+        )
+        .unwrap();
+        loop {
+            let chunk = s.snapshot_step(budget).expect("a snapshot is under way");
+            writer.write_chunk(chunk.bytes, chunk.records, chunk.keys);
+            if chunk.done {
+                break;
+            }
+            between_steps(s);
+        }
+        writer.finish();
+        let summary = rx.recv().unwrap().unwrap();
+        let path = dir.join(&summary.file_name);
+        let file = crate::persist::read_shard_file(&path, summary.bytes).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut records = file.records;
+        records.sort_by_key(|r| r.tkn);
+        records
+    }
+
+    #[test]
+    fn snapshots_are_point_in_time_while_sessions_change() {
+        let mut s = store();
+        for tkn in 1..=50 {
+            s.create(tkn, None, false, None, 0);
+            s.set(tkn, vec![kv("v", &tkn.to_string())], 0).unwrap();
+        }
+        s.create(
+            51,
+            Some("exp".into()),
+            false,
+            Some(expiry(1, true, false, false)),
+            0,
+        );
+        s.begin_snapshot(0, None).unwrap();
+        assert_eq!(s.begin_snapshot(0, None), Err(SnapshotBusy));
+        let mut step = 0;
+        let records = snapshot_records(&mut s, 7, |s| {
+            step += 1;
+            // Every kind of change, to sessions reached and not yet reached.
+            let t = step * 6;
+            s.set(t, vec![kv("v", "changed"), kv("new", "1")], 0)
+                .unwrap();
+            let _ = s.end(t + 1, 0);
+            let _ = s.clear(t + 2, 0);
+            let _ = s.remove_keys(t + 3, &["v".into()], 0);
+            s.create(1000 + t, None, false, None, 0);
+        });
+        assert_eq!(records.len(), 51, "exactly the sessions of the start");
+        for (i, r) in records.iter().take(50).enumerate() {
+            let tkn = i as u64 + 1;
+            assert_eq!(r.tkn, tkn);
+            assert_eq!(
+                r.keys,
+                vec![("v".into(), tkn.to_string().into_bytes().into())]
+            );
+        }
+        assert_eq!(records[50].name.as_deref(), Some("exp"));
+        assert!(s.snapshot_step(10).is_none(), "finished");
+        // A session past its deadline when the snapshot starts is not saved.
+        s.begin_snapshot(5000, None).unwrap();
+        let records = snapshot_records(&mut s, 1000, |_| {});
+        assert!(records.iter().all(|r| r.tkn != 51));
+        // A list: only those, at once.
+        s.begin_snapshot(5000, Some(&[2, 3, 999])).unwrap();
+        let records = snapshot_records(&mut s, 1, |_| {});
+        assert_eq!(records.iter().map(|r| r.tkn).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]

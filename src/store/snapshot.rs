@@ -1,0 +1,103 @@
+//! Point-in-time snapshots of one shard's sessions, encoded a chunk per
+//! event-loop turn so a save never freezes the shard.
+//!
+//! The snapshot is the sessions as they were when it began. Sessions are
+//! encoded in the order they were listed then; a session about to change
+//! before its turn is encoded first, as it still is (copy-on-write, as in
+//! Dragonfly's versioned snapshots). Each session carries the epoch of the
+//! last snapshot that holds it, so "already saved" costs no lookup.
+
+use super::{Millis, Session};
+use crate::persist::encode_record;
+use crate::protocol::Token;
+
+/// A snapshot in progress.
+pub struct Snapshot {
+    pub(super) epoch: u32,
+    /// Sessions to save, as listed at the start; those before `next` are
+    /// done (or were saved early, or have gone).
+    order: Vec<Token>,
+    next: usize,
+    /// Whether sessions not yet reached must be saved before they change:
+    /// false when the snapshot is an explicit list encoded up front.
+    pub(super) copy_on_write: bool,
+    /// When the snapshot began: what had expired by then is not saved.
+    started: Millis,
+    /// Encoded records not yet handed out.
+    out: Vec<u8>,
+    records: u64,
+    keys: u64,
+}
+
+/// Encoded records for the snapshot file.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub bytes: Vec<u8>,
+    pub records: u64,
+    pub keys: u64,
+    /// The snapshot is complete: this is the last chunk.
+    pub done: bool,
+}
+
+impl Snapshot {
+    pub(super) fn new(epoch: u32, order: Vec<Token>, copy_on_write: bool, started: Millis) -> Self {
+        Snapshot {
+            epoch,
+            order,
+            next: 0,
+            copy_on_write,
+            started,
+            out: Vec::new(),
+            records: 0,
+            keys: 0,
+        }
+    }
+
+    /// Encodes `session` as it was at the start (unless it had expired by
+    /// then) and marks it saved.
+    pub(super) fn save(&mut self, tkn: Token, session: &mut Session) {
+        session.saved_epoch = self.epoch;
+        let expired = session.expiry.is_some_and(|e| self.started >= e.deadline);
+        let settings = session.expiry.map(|e| e.settings);
+        if expired && settings.is_some_and(|s| s.delete_session) {
+            return;
+        }
+        // Keys-only expiry had emptied it by the start.
+        let keys = if expired { 0 } else { session.keys.len() };
+        encode_record(
+            &mut self.out,
+            tkn,
+            session.name.as_deref(),
+            session.shared,
+            settings,
+            session.keys.iter().take(keys),
+        );
+        self.records += 1;
+        self.keys += keys as u64;
+    }
+
+    /// The next token to visit in list order, if any remain.
+    pub(super) fn next_listed(&mut self) -> Option<Token> {
+        let tkn = self.order.get(self.next).copied()?;
+        self.next += 1;
+        Some(tkn)
+    }
+
+    pub(super) fn pending_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Hands out what is encoded so far.
+    pub(super) fn take(&mut self) -> Chunk {
+        let chunk = Chunk {
+            bytes: std::mem::take(&mut self.out),
+            records: std::mem::take(&mut self.records),
+            keys: std::mem::take(&mut self.keys),
+            done: self.next >= self.order.len(),
+        };
+        if chunk.done {
+            self.order = Vec::new();
+        }
+        chunk
+    }
+}
