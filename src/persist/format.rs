@@ -96,18 +96,26 @@ pub fn encode_record<'a>(
     if let Some(e) = expiry {
         out.extend_from_slice(&e.duration_s.to_le_bytes());
     }
-    // The key count precedes the keys but the iterator's length is not known up
-    // front, so the keys go to a scratch tail first and the count is spliced in.
+    // The key count precedes the keys. Store iterators know their length, so
+    // the count is written from the size hint; should the iterator yield a
+    // different number, the count is rewritten in place (a shift of this
+    // record's key bytes only).
+    let (low, high) = keys.size_hint();
+    let hinted = if high == Some(low) { low as u64 } else { 0 };
+    let mut varint = [0u8; 10];
+    let hinted_len = varint_encode(hinted, &mut varint);
     let count_at = out.len();
+    out.extend_from_slice(&varint[..hinted_len]);
     let mut count = 0u64;
     for (k, v) in keys {
         put_bytes(out, k.as_bytes());
         put_bytes(out, v);
         count += 1;
     }
-    let mut varint = [0u8; 10];
-    let n = varint_encode(count, &mut varint);
-    out.splice(count_at..count_at, varint[..n].iter().copied());
+    if count != hinted {
+        let n = varint_encode(count, &mut varint);
+        out.splice(count_at..count_at + hinted_len, varint[..n].iter().copied());
+    }
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -599,6 +607,73 @@ pub(crate) mod tests {
             keys.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
         );
         assert_eq!(a, b);
+    }
+
+    /// An iterator whose size hint is wrong (or absent) still gives the right count.
+    #[test]
+    fn key_count_does_not_trust_the_size_hint() {
+        let records = sample_records();
+        let r = &records[10];
+        assert_eq!(r.keys.len(), 1000);
+        let mut expected = Vec::new();
+        r.encode(&mut expected);
+        let filtered = r.keys.iter().filter(|_| true).map(|(k, v)| (&**k, &**v));
+        let mut a = Vec::new();
+        encode_record(
+            &mut a,
+            r.tkn,
+            r.name.as_deref(),
+            r.shared,
+            r.expiry,
+            filtered,
+        );
+        assert_eq!(a, expected);
+
+        struct Liar<I>(I, usize);
+        impl<'a, I: Iterator<Item = (&'a str, &'a [u8])>> Iterator for Liar<I> {
+            type Item = (&'a str, &'a [u8]);
+            fn next(&mut self) -> Option<Self::Item> {
+                self.0.next()
+            }
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                (self.1, Some(self.1))
+            }
+        }
+        for claimed in [0, 1, 999, 1001, 100_000] {
+            let liar = Liar(r.keys.iter().map(|(k, v)| (&**k, &**v)), claimed);
+            let mut b = Vec::new();
+            encode_record(&mut b, r.tkn, r.name.as_deref(), r.shared, r.expiry, liar);
+            assert_eq!(b, expected, "claimed {claimed}");
+        }
+    }
+
+    /// The worked example in docs/PERSISTENCE.md.
+    #[test]
+    fn bytes_match_the_documented_example() {
+        let mut out = Vec::new();
+        encode_record(
+            &mut out,
+            5,
+            None,
+            false,
+            None,
+            [("a", b"1".as_slice())].into_iter(),
+        );
+        assert_eq!(out, [5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'a', 1, b'1']);
+        assert_eq!(header(7), *b"NDBSNAP\0\x01\0\0\0\x07\0\0\0");
+        let mut out = Vec::new();
+        let e = ExpirySettings {
+            duration_s: 300,
+            delete_session: true,
+            extend_on_set_add: false,
+            extend_on_get: true,
+        };
+        encode_record(&mut out, 1, Some("n"), true, Some(e), std::iter::empty());
+        let flags = 0b10_1111;
+        assert_eq!(
+            out,
+            [1, 0, 0, 0, 0, 0, 0, 0, flags, 1, b'n', 44, 1, 0, 0, 0]
+        );
     }
 
     #[test]
