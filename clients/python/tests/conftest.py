@@ -168,6 +168,21 @@ def fresh_server() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
+def make_server() -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers of the test's own with extra flags; all are killed after it."""
+    started: List[ServerProcess] = []
+
+    def make(*extra_args: str) -> ServerProcess:
+        proc = start_server(*extra_args)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
 def persist_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of the test's own with persistence on, saving under tmp_path."""
     try:

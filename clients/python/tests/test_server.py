@@ -18,6 +18,9 @@ async def test_server_info(fresh_server: Any) -> None:
     async with SessionClient(fresh_server.uri) as c:
         s = await c.create_session()
         await c.set({"a": 1, "b": 2}, s.tkn)
+        for _ in range(3):
+            with pytest.raises(ResponseError):
+                await c.count(0)  # SessionNotExist, counted by the server
         info = await c.server_info()
     assert set(info) == {
         "serverVersion",
@@ -27,6 +30,9 @@ async def test_server_info(fresh_server: Any) -> None:
         "keys",
         "connections",
         "uptimeSeconds",
+        "memoryUsed",
+        "maxMemory",
+        "sessionNotExist",
     }
     assert isinstance(info["serverVersion"], str) and info["serverVersion"]
     assert info["persistEnabled"] is False
@@ -34,6 +40,44 @@ async def test_server_info(fresh_server: Any) -> None:
     assert (info["sessions"], info["keys"]) == (1, 2)
     assert info["connections"] >= 1
     assert isinstance(info["uptimeSeconds"], int) and info["uptimeSeconds"] >= 0
+    assert isinstance(info["memoryUsed"], int) and info["memoryUsed"] > 0
+    assert info["maxMemory"] == 0
+    assert info["sessionNotExist"] == 3
+
+
+async def test_memory_limit(make_server: Any) -> None:
+    srv = make_server("--max-memory", "200000")
+    async with SessionClient(srv.uri) as c:
+        assert (await c.server_info())["maxMemory"] == 200000
+        s = await c.create_session()
+        with pytest.raises(ResponseError) as e:
+            for i in range(1000):
+                await c.set({f"k{i}": "x" * 1000}, s.tkn)
+        assert e.value.st == Status.MemoryLimit and e.value.st_name == "MemoryLimit"
+        stored = await c.count(s.tkn)
+        assert 0 < stored < 1000
+        assert f"k{stored}" not in await c.keys(s.tkn)  # the refused write changed nothing
+        with pytest.raises(ResponseError) as e:  # top up with small keys to the brim
+            for i in range(10000):
+                await c.set({f"s{i}": 1}, s.tkn)
+        assert e.value.st == Status.MemoryLimit
+        stored = await c.count(s.tkn)
+        with pytest.raises(ResponseError) as e:
+            await c.create_session(name="n" * 256)
+        assert e.value.st == Status.MemoryLimit
+        for call in (
+            lambda: c.add({"new": "x" * 1000}, s.tkn),
+            lambda: c.clear_set({f"c{i}": "y" * 1000 for i in range(400)}, s.tkn),
+        ):
+            with pytest.raises(ResponseError) as e:
+                await call()
+            assert e.value.st == Status.MemoryLimit
+        assert await c.count(s.tkn) == stored
+        # Reads and deletes keep working, and deleting makes room again.
+        assert len(await c.get(await c.keys(s.tkn), s.tkn)) == stored
+        assert await c.clear(s.tkn) == stored
+        await c.set({"fits": "again"}, s.tkn)
+        assert c.is_open
 
 
 async def test_save_and_load_disabled(client: SessionClient) -> None:

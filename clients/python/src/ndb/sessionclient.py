@@ -27,7 +27,8 @@ clear_set              int: keys removed before setting
 save                   dict: ``name``, ``duration`` (ms), ``sessions``, ``keys``
 load                   dict: ``name``, ``sessions``, ``keys``
 server_info            dict: ``serverVersion``, ``persistEnabled``, ``shards``,
-                       ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``
+                       ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``,
+                       ``memoryUsed``, ``maxMemory``, ``sessionNotExist``
 =====================  ==========================================================
 """
 
@@ -393,7 +394,8 @@ class SessionClient:
 
     async def server_info(self) -> Dict[str, Any]:
         """Server facts (SV_INFO): ``serverVersion``, ``persistEnabled``, ``shards``,
-        ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``."""
+        ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``, ``memoryUsed``,
+        ``maxMemory``, ``sessionNotExist``."""
         return _without_st(await self._conn.request("SV_INFO", {}))
 
 
