@@ -28,7 +28,7 @@ use crate::config::{Protocol, Target};
 use crate::resp;
 use crate::rng::Rng;
 use crate::timer::Timer;
-use crate::workload::{Check, Encoder, Lifetime, Op};
+use crate::workload::{Check, Encoder, Expect, Lifetime, Op};
 use crate::ws;
 
 /// Where a phase's operations come from.
@@ -78,6 +78,9 @@ pub enum Msg {
     Done {
         at: Instant,
         failed_connections: u64,
+        /// Replies that answered another request than the one they should
+        /// have (a server that broke response order).
+        mismatched: u64,
     },
 }
 
@@ -100,7 +103,7 @@ struct Slot {
 
 struct Pending {
     slot: u16,
-    check: Check,
+    expect: Expect,
 }
 
 /// One connection and its operations. Lives across phases; a failed one is
@@ -168,6 +171,23 @@ impl Conn {
 
     pub fn alive(&self) -> bool {
         self.stream.is_some()
+    }
+
+    /// Ends the connection politely: a WebSocket close frame (1000, normal
+    /// closure) so the server sees a clean goodbye rather than a reset.
+    /// Best effort: the run is over either way.
+    pub fn close(mut self, protocol: Protocol) {
+        if let (Protocol::Ws, Some(stream)) = (protocol, self.stream.as_mut()) {
+            self.wbuf.clear();
+            ws::write_frame(
+                &mut self.wbuf,
+                ws::OP_CLOSE,
+                &[&1000u16.to_be_bytes()],
+                &mut self.rng,
+            );
+            let _ = stream.write(&self.wbuf);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
     }
 
     /// Tokens collected by the last set-up phase.
@@ -261,8 +281,8 @@ impl Conn {
             .encode(s.op, s.phase, s.token, &mut self.wbuf, &mut self.rng);
         s.more = ph.more;
         s.outstanding = ph.len() as u8;
-        for check in ph.checks.into_iter().flatten() {
-            self.pending.push_back(Pending { slot, check });
+        for expect in ph.checks.into_iter().flatten() {
+            self.pending.push_back(Pending { slot, expect });
         }
         if s.outstanding == 0 {
             // Nothing to wait for (cannot happen with our workloads).
@@ -342,17 +362,23 @@ impl Conn {
                             ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONTINUATION => {
                                 // Only a whole text frame can be a good reply.
                                 let whole_text = f.opcode == ws::OP_TEXT && f.fin;
-                                let st = c.scanner.status(body);
-                                let want_token = self
-                                    .pending
-                                    .front()
-                                    .is_some_and(|p| p.check == Check::Token);
-                                let token = if want_token {
-                                    c.scanner.token(body)
-                                } else {
-                                    None
-                                };
-                                (f.total_len(), whole_text && st == Some(1), token)
+                                let mut ok = whole_text && c.scanner.status(body) == Some(1);
+                                let mut token = None;
+                                if let Some(e) = self.pending.front().map(|p| p.expect) {
+                                    if ok && (e.check == Check::Token || e.tkn.is_some()) {
+                                        token = c.scanner.token(body);
+                                    }
+                                    // The reply must name the request in front of
+                                    // the queue and echo its token: anything else
+                                    // means replies came back out of order.
+                                    let in_step = ws::reply_name(body) == Some(e.reply)
+                                        && (e.tkn.is_none() || !ok || token == e.tkn);
+                                    if !in_step {
+                                        c.mismatched += 1;
+                                        ok = false;
+                                    }
+                                }
+                                (f.total_len(), ok, token)
                             }
                             ws::OP_PING => {
                                 let payload = body.to_vec();
@@ -381,7 +407,7 @@ impl Conn {
                         let want_positive = self
                             .pending
                             .front()
-                            .is_some_and(|p| p.check == Check::Positive);
+                            .is_some_and(|p| p.expect.check == Check::Positive);
                         let ok = match reply {
                             resp::Reply::Error => false,
                             resp::Reply::Integer(n) => !want_positive || n >= 1,
@@ -399,7 +425,7 @@ impl Conn {
             let Some(s) = self.slots[p.slot as usize].as_mut() else {
                 return self.fail(c);
             };
-            if p.check == Check::Token {
+            if p.expect.check == Check::Token {
                 match (ok, token) {
                     (true, Some(t)) => s.token = t,
                     _ => s.errors += 1,
@@ -486,6 +512,7 @@ struct Collector {
     /// Completions not yet added to the shared progress counter.
     unpublished: u64,
     failed_connections: u64,
+    mismatched: u64,
     last_completion: Instant,
 }
 
@@ -534,6 +561,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         tx,
         unpublished: 0,
         failed_connections: 0,
+        mismatched: 0,
         last_completion: plan.start,
     };
     let mut poll = match Poll::new() {
@@ -546,6 +574,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
             let _ = c.tx.send(Msg::Done {
                 at: Instant::now(),
                 failed_connections: c.failed_connections,
+                mismatched: c.mismatched,
             });
             return conns;
         }
@@ -669,6 +698,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
     let _ = c.tx.send(Msg::Done {
         at: c.last_completion,
         failed_connections: c.failed_connections,
+        mismatched: c.mismatched,
     });
     conns
 }

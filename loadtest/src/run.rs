@@ -100,7 +100,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         connections: cfg.connections,
         progress: bar.as_ref().map(|_| Arc::clone(&progress)),
     };
-    let (groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
+    let (mut groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
     let cpu = Cpu::now(cfg.server_pid).since(&cpu_before);
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -121,12 +121,17 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             connections: cfg.connections,
             progress: None,
         };
-        teardown_errors = run_phase(groups, plan, None).1.errors;
+        let (g, o) = run_phase(groups, plan, None);
+        groups = g;
+        teardown_errors = o.errors;
         if teardown_errors > 0 {
             eprintln!("loadtest: teardown: {teardown_errors} errors ending sessions");
         }
     }
 
+    for conn in groups.into_iter().flatten() {
+        conn.close(protocol);
+    }
     let summary = summarize(cfg, &outcome, setup_errors + teardown_errors);
     if let Some(dir) = &cfg.out {
         let meta = report::Meta {
@@ -186,6 +191,13 @@ fn run_phase(
         .collect();
     drop(tx);
     let outcome = stats::collect(rx, threads, plan.start, bar);
+    if outcome.mismatched > 0 {
+        eprintln!(
+            "loadtest: {} replies did not name the request they answer or echo its token: \
+             the server sent replies out of order",
+            outcome.mismatched
+        );
+    }
     // A thread that panicked lost its connections; the run goes on without.
     let groups = handles
         .into_iter()

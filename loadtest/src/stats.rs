@@ -36,6 +36,8 @@ pub struct Outcome {
     /// From the start to the last completed operation.
     pub elapsed: Duration,
     pub failed_connections: u64,
+    /// Replies out of step with the requests (see `Msg::Done`).
+    pub mismatched: u64,
 }
 
 /// A second still open for late ticks from slower threads.
@@ -59,7 +61,7 @@ pub fn collect(
     bar: Option<(&ProgressBar, &Arc<AtomicU64>, Goal)>,
 ) -> Outcome {
     let mut hist = new_histogram();
-    let (mut ops, mut errors, mut failed) = (0u64, 0u64, 0u64);
+    let (mut ops, mut errors, mut failed, mut mismatched) = (0u64, 0u64, 0u64, 0u64);
     let mut open: BTreeMap<u64, Open> = BTreeMap::new();
     let mut closed: BTreeMap<u64, SecondStat> = BTreeMap::new();
     let mut done = 0;
@@ -96,9 +98,11 @@ pub fn collect(
             Ok(Msg::Done {
                 at,
                 failed_connections,
+                mismatched: m,
             }) => {
                 done += 1;
                 failed += failed_connections;
+                mismatched += m;
                 last = last.max(at);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -152,6 +156,7 @@ pub fn collect(
         series: closed.into_values().collect(),
         elapsed,
         failed_connections: failed,
+        mismatched,
     }
 }
 

@@ -88,16 +88,36 @@ pub enum Check {
     Positive,
 }
 
+/// What one request's reply must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub check: Check,
+    /// nemesisdb: the reply's member name (`SH_GET_RSP`); empty for Redis.
+    pub reply: &'static [u8],
+    /// nemesisdb: the token a successful reply must echo.
+    pub tkn: Option<u64>,
+}
+
+impl Expect {
+    fn redis(check: Check) -> Expect {
+        Expect {
+            check,
+            reply: b"",
+            tkn: None,
+        }
+    }
+}
+
 /// The requests of one phase, in the order they were written.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Phase {
-    pub checks: [Option<Check>; 4],
+    pub checks: [Option<Expect>; 4],
     /// False when this is the operation's last phase.
     pub more: bool,
 }
 
 impl Phase {
-    fn push(&mut self, c: Check) {
+    fn push(&mut self, c: Expect) {
         if let Some(slot) = self.checks.iter_mut().find(|s| s.is_none()) {
             *slot = Some(c);
         }
@@ -115,6 +135,8 @@ impl Phase {
 pub struct Sessions {
     arena: Vec<u8>,
     ends: Vec<usize>,
+    /// nemesisdb: the tokens as numbers, to check replies echo them.
+    tokens: Vec<u64>,
 }
 
 impl Sessions {
@@ -127,6 +149,11 @@ impl Sessions {
         &self.arena[start..self.ends[i]]
     }
 
+    /// The token of nemesisdb session `i`.
+    pub fn token(&self, i: usize) -> Option<u64> {
+        self.tokens.get(i).copied()
+    }
+
     fn push(&mut self, item: &[u8]) {
         self.arena.extend_from_slice(item);
         self.ends.push(self.arena.len());
@@ -137,6 +164,7 @@ impl Sessions {
         let mut s = Sessions::default();
         let mut b = itoa::Buffer::new();
         for t in tokens {
+            s.tokens.push(t);
             s.push(b.format(t).as_bytes());
         }
         s
@@ -344,10 +372,14 @@ impl Encoder {
     fn encode_ws(&self, op: Op, phase: u8, token: u64, out: &mut Vec<u8>, rng: &mut Rng) -> Phase {
         let p = &self.p;
         let mut ph = Phase::default();
-        let mut text = |parts: &[&[u8]], check: Check, ph: &mut Phase| {
+        let mut text = |parts: &[&[u8]], check: Check, reply, tkn, ph: &mut Phase| {
             ws::write_frame(out, ws::OP_TEXT, parts, rng);
-            ph.push(check);
+            ph.push(Expect { check, reply, tkn });
         };
+        const GET: &[u8] = b"SH_GET_RSP";
+        const SET: &[u8] = b"SH_SET_RSP";
+        const END: &[u8] = b"SH_END_RSP";
+        const NEW: &[u8] = b"SH_NEW_RSP";
         match op {
             Op::Get { session, key } | Op::Sliding { session, key } => {
                 let tail = if key == Key::User {
@@ -355,8 +387,11 @@ impl Encoder {
                 } else {
                     &p.get_cart
                 };
-                let t = self.sessions.get(session as usize);
-                text(&[&p.get_open, t, tail], Check::Ok, &mut ph);
+                let (t, tkn) = (
+                    self.sessions.get(session as usize),
+                    self.sessions.token(session as usize),
+                );
+                text(&[&p.get_open, t, tail], Check::Ok, GET, tkn, &mut ph);
             }
             Op::Set { session, key } => {
                 let tail = if key == Key::User {
@@ -364,12 +399,18 @@ impl Encoder {
                 } else {
                     &p.set_cart
                 };
-                let t = self.sessions.get(session as usize);
-                text(&[&p.set_open, t, tail], Check::Ok, &mut ph);
+                let (t, tkn) = (
+                    self.sessions.get(session as usize),
+                    self.sessions.token(session as usize),
+                );
+                text(&[&p.set_open, t, tail], Check::Ok, SET, tkn, &mut ph);
             }
             Op::End { session } => {
-                let t = self.sessions.get(session as usize);
-                text(&[&p.end_open, t, &p.close2], Check::Ok, &mut ph);
+                let (t, tkn) = (
+                    self.sessions.get(session as usize),
+                    self.sessions.token(session as usize),
+                );
+                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn, &mut ph);
             }
             Op::Lifecycle { .. } | Op::Create { .. } if phase == 0 => {
                 let new = match op {
@@ -382,20 +423,27 @@ impl Encoder {
                     },
                     _ => unreachable!("guarded by the match arm"),
                 };
-                text(&[new], Check::Token, &mut ph);
+                text(&[new], Check::Token, NEW, None, &mut ph);
                 ph.more = true;
             }
             Op::Lifecycle { .. } => {
                 let mut b = itoa::Buffer::new();
                 let t = b.format(token).as_bytes();
-                text(&[&p.set_open, t, &p.set_both], Check::Ok, &mut ph);
-                text(&[&p.get_open, t, &p.get_both], Check::Ok, &mut ph);
-                text(&[&p.end_open, t, &p.close2], Check::Ok, &mut ph);
+                let tkn = Some(token);
+                text(&[&p.set_open, t, &p.set_both], Check::Ok, SET, tkn, &mut ph);
+                text(&[&p.get_open, t, &p.get_both], Check::Ok, GET, tkn, &mut ph);
+                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn, &mut ph);
             }
             Op::Create { .. } => {
                 let mut b = itoa::Buffer::new();
                 let t = b.format(token).as_bytes();
-                text(&[&p.set_open, t, &p.set_both], Check::Ok, &mut ph);
+                text(
+                    &[&p.set_open, t, &p.set_both],
+                    Check::Ok,
+                    SET,
+                    Some(token),
+                    &mut ph,
+                );
             }
         }
         ph
@@ -417,29 +465,29 @@ impl Encoder {
                 for part in [&p.hget[..], k, field(key)] {
                     out.extend_from_slice(part);
                 }
-                ph.push(Check::Ok);
+                ph.push(Expect::redis(Check::Ok));
             }
             Op::Set { session, key } => {
                 let k = self.sessions.get(session as usize);
                 for part in [&p.hset1[..], k, field(key), &p.value] {
                     out.extend_from_slice(part);
                 }
-                ph.push(Check::Ok);
+                ph.push(Expect::redis(Check::Ok));
             }
             Op::Sliding { session, key } => {
                 let k = self.sessions.get(session as usize);
                 for part in [&p.hget[..], k, field(key), &p.expire, k, &p.secs_3600] {
                     out.extend_from_slice(part);
                 }
-                ph.push(Check::Ok);
-                ph.push(Check::Positive);
+                ph.push(Expect::redis(Check::Ok));
+                ph.push(Expect::redis(Check::Positive));
             }
             Op::End { session } => {
                 let k = self.sessions.get(session as usize);
                 for part in [&p.del[..], k] {
                     out.extend_from_slice(part);
                 }
-                ph.push(Check::Positive);
+                ph.push(Expect::redis(Check::Positive));
             }
             Op::Lifecycle { id } => {
                 let mut k = Vec::with_capacity(32);
@@ -453,10 +501,10 @@ impl Encoder {
                 for part in [&p.hgetall[..], &k, &p.del, &k] {
                     out.extend_from_slice(part);
                 }
-                ph.push(Check::Ok);
-                ph.push(Check::Positive);
-                ph.push(Check::Ok);
-                ph.push(Check::Positive);
+                ph.push(Expect::redis(Check::Ok));
+                ph.push(Expect::redis(Check::Positive));
+                ph.push(Expect::redis(Check::Ok));
+                ph.push(Expect::redis(Check::Positive));
             }
             Op::Create { index, lifetime } => {
                 let mut k = Vec::with_capacity(32);
@@ -469,7 +517,7 @@ impl Encoder {
                 for part in [&p.hset2[..], &k, &p.both_fields] {
                     out.extend_from_slice(part);
                 }
-                ph.push(Check::Ok);
+                ph.push(Expect::redis(Check::Ok));
                 let secs = match lifetime {
                     Lifetime::Forever => None,
                     Lifetime::Sliding | Lifetime::Hour => Some(&p.secs_3600),
@@ -479,7 +527,7 @@ impl Encoder {
                     for part in [&p.expire[..], &k, secs] {
                         out.extend_from_slice(part);
                     }
-                    ph.push(Check::Positive);
+                    ph.push(Expect::redis(Check::Positive));
                 }
             }
         }
@@ -584,7 +632,10 @@ mod tests {
         out.clear();
         let ph = e.encode(Op::Lifecycle { id: 1 }, 0, 0, &mut out, &mut rng);
         assert!(ph.more);
-        assert_eq!(ph.checks[0], Some(Check::Token));
+        assert_eq!(
+            ph.checks[0].map(|e| (e.check, e.reply)),
+            Some((Check::Token, &b"SH_NEW_RSP"[..]))
+        );
         assert_eq!(
             ws_json(&out),
             vec![serde_json::json!({"SH_NEW":{"expiry":{"duration":60,"deleteSession":true}}})]

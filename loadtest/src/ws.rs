@@ -229,6 +229,17 @@ impl Scanner {
     }
 }
 
+/// The name of a reply's one member (`SH_GET_RSP` in `{"SH_GET_RSP":{...}}`).
+pub fn reply_name(body: &[u8]) -> Option<&[u8]> {
+    let mut i = 0;
+    while i < body.len() && (body[i].is_ascii_whitespace() || body[i] == b'{') {
+        i += 1;
+    }
+    let rest = body.get(i..)?.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
 /// Parses `\s*:\s*"?DIGITS` into a u64.
 fn number_after_colon(s: &[u8]) -> Option<u64> {
     let mut i = 0;
@@ -338,5 +349,11 @@ mod tests {
             None
         );
         assert_eq!(s.token(br#"{"SH_NEW_RSP":{"tkn":null}}"#), None);
+        assert_eq!(
+            reply_name(br#"{"SH_GET_RSP":{"st":1}}"#),
+            Some(&b"SH_GET_RSP"[..])
+        );
+        assert_eq!(reply_name(br#" { "ERR":{}}"#), Some(&b"ERR"[..]));
+        assert_eq!(reply_name(b"[1]"), None);
     }
 }
