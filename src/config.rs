@@ -65,6 +65,10 @@ pub struct Flags {
     /// Where --load-name looks [default: the persist path].
     #[arg(long, value_name = "DIR")]
     pub load_path: Option<PathBuf>,
+    /// Save every session as dataset NAME when stopping on SIGINT/SIGTERM
+    /// (needs persistence).
+    #[arg(long, value_name = "NAME")]
+    pub save_on_shutdown: Option<String>,
 }
 
 /// Which cores the shards run on.
@@ -98,6 +102,19 @@ pub struct Config {
     pub max_output_buffer: usize,
     /// 0 means no limit.
     pub max_memory: u64,
+    /// Snapshot directory; None: persistence is off.
+    pub persist: Option<PathBuf>,
+    /// Dataset to load at start-up, and where it is.
+    pub load: Option<Load>,
+    /// Dataset to save when stopping.
+    pub save_on_shutdown: Option<String>,
+}
+
+/// A dataset to load at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Load {
+    pub name: String,
+    pub root: PathBuf,
 }
 
 /// Why the configuration cannot be used.
@@ -185,18 +202,45 @@ impl Config {
             None => Pinning::None,
             Some(spec) => parse_pinning(&spec, shards, available_cores)?,
         };
-        let persist = flags.persist_path.is_some()
-            || file.persist_enabled
-            || flags.load_name.is_some()
-            || flags.load_path.is_some();
-        if persist {
-            // Snapshots (SH_SAVE / SH_LOAD, --load-name) are not built yet:
-            // refusing beats starting without the durability asked for.
-            return Err(invalid(
-                "persistence (--persist-path, persist.enabled, --load-name) is not available in this build",
-            ));
-        }
-        let _ = file.persist_path;
+        let persist = match (flags.persist_path, file.persist_enabled, file.persist_path) {
+            (Some(path), _, _) => Some(path),
+            (None, true, Some(path)) => Some(path),
+            (None, true, None) => {
+                return Err(invalid("persist.enabled needs persist.path"));
+            }
+            (None, false, _) => None,
+        };
+        let dataset = |flag: &str, name: String| {
+            if crate::persist::validate_dataset_name(&name) {
+                Ok(name)
+            } else {
+                Err(invalid(format!(
+                    "{flag}: \"{name}\" is not a dataset name (1 to 128 of [A-Za-z0-9_.-], not . or ..)"
+                )))
+            }
+        };
+        let load = match flags.load_name {
+            None if flags.load_path.is_some() => {
+                return Err(invalid("--load-path goes with --load-name"));
+            }
+            None => None,
+            Some(name) => {
+                let name = dataset("--load-name", name)?;
+                let root = flags.load_path.or_else(|| persist.clone()).ok_or_else(|| {
+                    invalid("--load-name needs --load-path or persistence (--persist-path)")
+                })?;
+                Some(Load { name, root })
+            }
+        };
+        let save_on_shutdown = match flags.save_on_shutdown {
+            None => None,
+            Some(_) if persist.is_none() => {
+                return Err(invalid(
+                    "--save-on-shutdown needs persistence (--persist-path)",
+                ));
+            }
+            Some(name) => Some(dataset("--save-on-shutdown", name)?),
+        };
         Ok(Config {
             addr: SocketAddr::new(ip, port),
             shards,
@@ -205,6 +249,9 @@ impl Config {
             max_connections,
             max_output_buffer,
             max_memory,
+            persist,
+            load,
+            save_on_shutdown,
         })
     }
 }
@@ -404,12 +451,51 @@ mod tests {
     }
 
     #[test]
+    fn persistence_settings() {
+        let config =
+            Config::resolve(flags(&["--persist-path", "/p", "--load-name", "a"]), &[0]).unwrap();
+        assert_eq!(config.persist, Some("/p".into()));
+        assert_eq!(
+            config.load,
+            Some(Load {
+                name: "a".into(),
+                root: "/p".into()
+            })
+        );
+        let config = Config::resolve(
+            flags(&[
+                "--load-name",
+                "a",
+                "--load-path",
+                "/q",
+                "--persist-path",
+                "/p",
+                "--save-on-shutdown",
+                "b",
+            ]),
+            &[0],
+        )
+        .unwrap();
+        assert_eq!(config.load.unwrap().root, PathBuf::from("/q"));
+        assert_eq!(config.save_on_shutdown.as_deref(), Some("b"));
+    }
+
+    #[test]
     fn rejects_nonsense() {
         assert!(Config::resolve(flags(&["--shards", "0"]), &[0]).is_err());
         assert!(Config::resolve(flags(&["--max-payload", "1"]), &[0]).is_err());
         assert!(Config::resolve(flags(&["--max-connections", "0"]), &[0]).is_err());
         assert!(Config::resolve(flags(&["--max-output-buffer", "10"]), &[0]).is_err());
-        assert!(Config::resolve(flags(&["--persist-path", "/tmp/x"]), &[0]).is_err());
+        assert!(Config::resolve(flags(&["--load-name", "x"]), &[0]).is_err());
+        assert!(Config::resolve(flags(&["--save-on-shutdown", "x"]), &[0]).is_err());
+        assert!(
+            Config::resolve(
+                flags(&["--persist-path", "/p", "--load-name", "../x"]),
+                &[0]
+            )
+            .is_err()
+        );
+        assert!(Config::resolve(flags(&["--load-path", "/p"]), &[0]).is_err());
         assert!(Flags::try_parse_from(["nemesisdb", "--ip", "nope"]).is_err());
     }
 }

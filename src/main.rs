@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let server = match Server::start(&config) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("nemesisdb: cannot listen on {}: {e}", config.addr);
+            eprintln!("nemesisdb: {e}");
             return ExitCode::from(1);
         }
     };
@@ -52,6 +52,19 @@ fn main() -> ExitCode {
             ""
         },
     );
+    if let Some(load) = server.loaded() {
+        println!(
+            "loaded {} sessions, {} keys of dataset {} ({}) in {} ms",
+            load.sessions,
+            load.keys,
+            load.name,
+            load.version.display(),
+            load.took.as_millis()
+        );
+    }
+    if let Some(path) = &config.persist {
+        println!("snapshots: {}", path.display());
+    }
     let stopper = server.stopper();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
@@ -60,7 +73,16 @@ fn main() -> ExitCode {
         }
     });
     match server.wait() {
-        Ok(()) => {
+        Ok(saved) => {
+            if let Some(save) = saved {
+                eprintln!(
+                    "nemesisdb: saved {} sessions, {} keys to {} in {} ms",
+                    save.sessions,
+                    save.keys,
+                    save.version.display(),
+                    save.took.as_millis()
+                );
+            }
             eprintln!("nemesisdb: stopped");
             ExitCode::SUCCESS
         }

@@ -4,18 +4,21 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::{Config, Pinning};
+use crate::config::{Config, Load, Pinning};
 use crate::mesh::{self, Address, ShardId};
 use crate::net::connection::Limits;
 use crate::net::listener::bind_shared;
+use crate::persist::{self, SessionRecord, ShardFileWriter};
 use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
+use crate::store::SessionStore;
 
 /// File descriptors kept for everything but client connections: listeners,
 /// pollers, wakers, snapshot files, stdio.
@@ -53,8 +56,13 @@ pub struct Server {
     /// if the open-file limit allows fewer.
     capacity: usize,
     stopper: Stopper,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Option<SessionStore>>>,
     exits: Receiver<ShardExit>,
+    loaded: Option<LoadReport>,
+    /// The shard clocks' epoch.
+    started: Instant,
+    /// Where and as what to save when stopping.
+    save_on_shutdown: Option<(PathBuf, String)>,
 }
 
 /// Asks every shard to stop; cheap to clone into a signal handler thread.
@@ -117,13 +125,107 @@ impl fmt::Display for ShardFailure {
     }
 }
 
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Listen(SocketAddr, io::Error),
+    PersistPath(PathBuf, io::Error),
+    Load(String),
+    Io(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Listen(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::PersistPath(path, e) => {
+                write!(f, "cannot use {} for snapshots: {e}", path.display())
+            }
+            StartError::Load(reason) => write!(f, "cannot load the start-up dataset: {reason}"),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+/// What the start-up load added.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub name: String,
+    pub version: PathBuf,
+    pub sessions: u64,
+    pub keys: u64,
+    pub took: Duration,
+}
+
+/// What the save on shutdown wrote.
+#[derive(Clone, Debug)]
+pub struct SaveReport {
+    pub version: PathBuf,
+    pub sessions: u64,
+    pub keys: u64,
+    pub took: Duration,
+}
+
+/// Creates the snapshot directory and checks it takes files.
+fn prepare_persist_path(path: &Path) -> Result<(), StartError> {
+    let fail = |e| StartError::PersistPath(path.to_path_buf(), e);
+    std::fs::create_dir_all(path).map_err(fail)?;
+    let probe = path.join(format!(".nemesisdb-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
+/// Reads the newest complete version of the start-up dataset, split by shard.
+fn read_startup_load(
+    load: &Load,
+    shards: usize,
+) -> Result<(Vec<Vec<SessionRecord>>, PathBuf), StartError> {
+    let version = persist::newest_complete(&load.root, &load.name)
+        .map_err(|e| StartError::Load(e.to_string()))?
+        .ok_or_else(|| {
+            StartError::Load(format!(
+                "no complete saved version of dataset {} under {}",
+                load.name,
+                load.root.display()
+            ))
+        })?;
+    let records = version
+        .read_all()
+        .map_err(|e| StartError::Load(e.to_string()))?;
+    let mut per_shard: Vec<Vec<SessionRecord>> = (0..shards).map(|_| Vec::new()).collect();
+    for record in records {
+        per_shard[mesh::shard_of(record.tkn, shards)].push(record);
+    }
+    Ok((per_shard, version.path))
+}
+
 impl Server {
-    /// Binds and starts every shard; returns once they are all serving.
-    pub fn start(config: &Config) -> io::Result<Server> {
+    /// Binds, loads the start-up dataset if any, and starts every shard.
+    pub fn start(config: &Config) -> Result<Server, StartError> {
         let open_files = raise_open_file_limit();
         let fd_room = open_files.saturating_sub(RESERVED_FDS + 4 * config.shards as u64);
         let capacity = config.max_connections.min(fd_room as usize).max(1);
-        let listeners = bind_shared(config.addr, config.shards)?;
+        if let Some(path) = &config.persist {
+            prepare_persist_path(path)?;
+        }
+        let load_started = Instant::now();
+        let (mut restore, loaded_version) = match &config.load {
+            Some(load) => {
+                let (per_shard, version) = read_startup_load(load, config.shards)?;
+                (per_shard, Some(version))
+            }
+            None => ((0..config.shards).map(|_| Vec::new()).collect(), None),
+        };
+        let listeners = bind_shared(config.addr, config.shards)
+            .map_err(|e| StartError::Listen(config.addr, e))?;
         let addr = listeners[0].local_addr()?;
         let mut polls = Vec::with_capacity(config.shards);
         let mut wakers = Vec::with_capacity(config.shards);
@@ -140,6 +242,7 @@ impl Server {
         let started = Instant::now();
         let (exit_sender, exits) = channel();
         let mut threads = Vec::with_capacity(config.shards);
+        let (mut loaded_sessions, mut loaded_keys) = (0, 0);
         let parts = polls.into_iter().zip(listeners).zip(inboxes).enumerate();
         for (id, ((poll, listener), inbox)) in parts {
             let ctx = ShardContext {
@@ -152,13 +255,17 @@ impl Server {
                 connections: connections.clone(),
                 max_connections: capacity,
                 max_memory: config.max_memory,
-                persist_enabled: false,
+                persist: config.persist.clone(),
                 started,
                 names: names.clone(),
                 mesh: mesh.clone(),
                 stop: stop.clone(),
                 draining: draining.clone(),
             };
+            let records = std::mem::take(&mut restore[id]);
+            let (shard, sessions, keys) = Shard::new(ctx, poll, listener, inbox, records)?;
+            loaded_sessions += sessions;
+            loaded_keys += keys;
             let core = match &config.pinning {
                 Pinning::None => None,
                 Pinning::Cores(cores) => cores.get(id).copied(),
@@ -177,17 +284,36 @@ impl Server {
                     {
                         eprintln!("warning: could not pin shard {id} to core {core}");
                     }
-                    let result = Shard::new(ctx, poll, listener, inbox).and_then(Shard::run);
-                    reporter.error = result.err().map(|e| e.to_string());
+                    match shard.run() {
+                        Ok(store) => Some(store),
+                        Err(e) => {
+                            reporter.error = Some(e.to_string());
+                            None
+                        }
+                    }
                 })?;
             threads.push(thread);
         }
+        let loaded = config
+            .load
+            .as_ref()
+            .zip(loaded_version)
+            .map(|(load, version)| LoadReport {
+                name: load.name.clone(),
+                version,
+                sessions: loaded_sessions,
+                keys: loaded_keys,
+                took: load_started.elapsed(),
+            });
         Ok(Server {
             addr,
             capacity,
             stopper: Stopper { stop, mesh },
             threads,
             exits,
+            loaded,
+            started,
+            save_on_shutdown: config.persist.clone().zip(config.save_on_shutdown.clone()),
         })
     }
 
@@ -199,41 +325,105 @@ impl Server {
         self.capacity
     }
 
+    /// What the start-up load added, if there was one.
+    pub fn loaded(&self) -> Option<&LoadReport> {
+        self.loaded.as_ref()
+    }
+
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
 
-    /// Blocks until every shard has stopped. A shard that ends before a
-    /// stop was requested, or with an error, fails the server: the others
-    /// are stopped too, so it never runs half alive.
-    pub fn wait(self) -> Result<(), ShardFailure> {
-        let mut failure = None;
+    /// Blocks until every shard has stopped, then saves them if asked to.
+    /// A shard that ends before a stop was requested, or with an error,
+    /// fails the server at once: it never runs half alive.
+    pub fn wait(self) -> Result<Option<SaveReport>, ShardFailure> {
         for _ in 0..self.threads.len() {
             let Ok(exit) = self.exits.recv() else {
                 break;
             };
             let reason = match exit.error {
-                Some(error) => Some(error),
-                None if !self.stopper.requested() => Some("exited unexpectedly".to_string()),
-                None => None,
+                Some(error) => error,
+                None if !self.stopper.requested() => "exited unexpectedly".to_string(),
+                None => continue,
             };
-            if let Some(reason) = reason {
-                if failure.is_none() {
-                    failure = Some(ShardFailure {
-                        shard: exit.shard,
-                        reason,
+            return Err(ShardFailure {
+                shard: exit.shard,
+                reason,
+            });
+        }
+        let mut stores = Vec::with_capacity(self.threads.len());
+        for (shard, thread) in self.threads.into_iter().enumerate() {
+            match thread.join() {
+                Ok(Some(store)) => stores.push(store),
+                _ => {
+                    return Err(ShardFailure {
+                        shard,
+                        reason: "ended without its sessions".to_string(),
                     });
                 }
-                // Nobody can rely on a server missing a shard.
-                return Err(failure.unwrap_or_else(|| unreachable!()));
             }
         }
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-        match failure {
-            Some(f) => Err(f),
-            None => Ok(()),
-        }
+        let Some((root, name)) = self.save_on_shutdown else {
+            return Ok(None);
+        };
+        let now = self.started.elapsed().as_millis() as u64;
+        save_stores(&root, &name, stores, now)
+            .map(Some)
+            .map_err(|reason| ShardFailure {
+                shard: 0,
+                reason: format!("the save on shutdown failed: {reason}"),
+            })
     }
+}
+
+/// Writes every shard's sessions as a new version of dataset `name`.
+fn save_stores(
+    root: &Path,
+    name: &str,
+    stores: Vec<SessionStore>,
+    now: u64,
+) -> Result<SaveReport, String> {
+    let began = Instant::now();
+    let version = persist::begin_version(root, name).map_err(|e| e.to_string())?;
+    let (done_tx, done_rx) = channel();
+    let count = stores.len();
+    for (shard, mut store) in stores.into_iter().enumerate() {
+        store
+            .begin_snapshot(now, None)
+            .map_err(|_| "a snapshot was still under way".to_string())?;
+        let done_tx = done_tx.clone();
+        let writer = ShardFileWriter::start(
+            &version.path,
+            shard,
+            Box::new(move |result| {
+                let _ = done_tx.send(result);
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+        while let Some(chunk) = store.snapshot_step(64 * 1024) {
+            writer.write_chunk(chunk.bytes, chunk.records, chunk.keys);
+            if chunk.done {
+                break;
+            }
+        }
+        writer.finish();
+    }
+    drop(done_tx);
+    let mut files = Vec::with_capacity(count);
+    for _ in 0..count {
+        let file = done_rx
+            .recv()
+            .map_err(|_| "a writer ended without a word".to_string())?
+            .map_err(|e| e.to_string())?;
+        files.push(file);
+    }
+    files.sort_by_key(|f| f.shard);
+    version.commit(&files).map_err(|e| e.to_string())?;
+    Ok(SaveReport {
+        version: version.path.clone(),
+        sessions: files.iter().map(|f| f.sessions).sum(),
+        keys: files.iter().map(|f| f.keys).sum(),
+        took: began.elapsed(),
+    })
 }

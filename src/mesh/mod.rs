@@ -13,6 +13,9 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use mio::Waker;
 
+use std::path::PathBuf;
+
+use crate::persist::{SessionRecord, ShardFileSummary};
 use crate::protocol::{Command, Token};
 
 pub type ShardId = usize;
@@ -36,6 +39,13 @@ pub enum Part {
     Counts,
     /// Which of these tokens exist; each with its index in the request.
     Exists(Vec<(u32, Token)>),
+    /// Write this shard's sessions (all, or only these) into `dir`.
+    Save {
+        dir: PathBuf,
+        only: Option<Vec<Token>>,
+    },
+    /// Add these saved sessions (all owned by the receiving shard).
+    Load(Vec<SessionRecord>),
 }
 
 /// One shard's answer to a [`Part`].
@@ -51,6 +61,13 @@ pub enum PartResult {
     },
     /// Indexes (from the request) of the tokens that exist.
     Exists(Vec<u32>),
+    /// The shard's file is written (and fsynced), or why not.
+    Saved(Result<ShardFileSummary, String>),
+    /// Sessions and keys actually added.
+    Loaded {
+        sessions: u64,
+        keys: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -76,6 +93,11 @@ pub enum Envelope {
     PartDone {
         gather: usize,
         result: PartResult,
+    },
+    /// A dataset was read from disk for `SH_LOAD` (by a reader thread).
+    LoadRead {
+        gather: usize,
+        result: Result<Vec<SessionRecord>, String>,
     },
 }
 

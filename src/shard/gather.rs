@@ -1,7 +1,10 @@
 //! Fan-out commands in progress: what each shard answered so far, and the
 //! response once every part is in.
 
+use std::time::Instant;
+
 use crate::mesh::{PartResult, Ticket};
+use crate::persist::{ShardFileSummary, VersionDir};
 use crate::protocol::{Response, Status, Token};
 
 /// What `SV_INFO` sums over the shards.
@@ -27,6 +30,29 @@ pub enum GatherKind {
     InfoAll { sessions: u64, keys: u64 },
     ServerInfo(ServerTotals),
     Exists { tkns: Vec<Token>, found: Vec<bool> },
+    Save(SaveProgress),
+    Load(LoadProgress),
+}
+
+/// An `SH_SAVE` in progress: every shard writes its file into `version`.
+pub struct SaveProgress {
+    name: Box<str>,
+    /// Taken when the save is committed or discarded.
+    version: Option<VersionDir>,
+    started: Instant,
+    files: Vec<ShardFileSummary>,
+    /// The first failure, if any; the version is then discarded.
+    error: Option<String>,
+    /// Set once `commit` has run: the save is final.
+    committed: bool,
+}
+
+/// An `SH_LOAD` in progress: the read, then every shard adding its part.
+pub struct LoadProgress {
+    name: Box<str>,
+    sessions: u64,
+    keys: u64,
+    error: Option<String>,
 }
 
 impl GatherKind {
@@ -49,6 +75,26 @@ impl GatherKind {
         let found = vec![false; tkns.len()];
         GatherKind::Exists { tkns, found }
     }
+
+    pub fn save(name: Box<str>, version: VersionDir) -> Self {
+        GatherKind::Save(SaveProgress {
+            name,
+            version: Some(version),
+            started: Instant::now(),
+            files: Vec::new(),
+            error: None,
+            committed: false,
+        })
+    }
+
+    pub fn load(name: Box<str>) -> Self {
+        GatherKind::Load(LoadProgress {
+            name,
+            sessions: 0,
+            keys: 0,
+            error: None,
+        })
+    }
 }
 
 pub struct Gather {
@@ -69,6 +115,40 @@ impl Gather {
 
     pub fn is_complete(&self) -> bool {
         self.remaining == 0
+    }
+
+    /// Waits for `parts` more answers (a load, once its data is read).
+    pub fn expect_parts(&mut self, parts: usize) {
+        self.remaining += parts;
+    }
+
+    /// A load whose data could not be read: nothing more will come.
+    pub fn fail_load(&mut self, reason: String) {
+        if let GatherKind::Load(load) = &mut self.kind {
+            load.error = Some(reason);
+        }
+        self.remaining = 0;
+    }
+
+    /// With every shard file written, makes the save version loadable (or
+    /// removes it after a failure). Disk I/O: done once, by the gatherer.
+    pub fn settle_save(&mut self) {
+        let GatherKind::Save(save) = &mut self.kind else {
+            return;
+        };
+        let Some(version) = save.version.take() else {
+            return;
+        };
+        if save.error.is_none() {
+            save.files.sort_by_key(|f| f.shard);
+            match version.commit(&save.files) {
+                Ok(()) => save.committed = true,
+                Err(e) => save.error = Some(e.to_string()),
+            }
+        } else {
+            // A partial version is never loaded; removing it is tidiness.
+            let _ = version.discard();
+        }
     }
 
     pub fn merge(&mut self, result: PartResult) {
@@ -101,6 +181,16 @@ impl Gather {
                 totals.connections += connections;
                 totals.memory_used += memory_used;
                 totals.session_not_exist += session_not_exist;
+            }
+            (GatherKind::Save(save), PartResult::Saved(result)) => match result {
+                Ok(file) => save.files.push(file),
+                Err(e) => {
+                    save.error.get_or_insert(e);
+                }
+            },
+            (GatherKind::Load(load), PartResult::Loaded { sessions, keys }) => {
+                load.sessions += sessions;
+                load.keys += keys;
             }
             (GatherKind::Exists { found, .. }, PartResult::Exists(indexes)) => {
                 for i in indexes {
@@ -139,6 +229,36 @@ impl Gather {
                 .u64("maxMemory", server.max_memory)
                 .u64("sessionNotExist", totals.session_not_exist)
                 .finish(),
+            GatherKind::Save(save) => {
+                let sessions = save.files.iter().map(|f| f.sessions).sum();
+                let keys = save.files.iter().map(|f| f.keys).sum();
+                match (&save.error, save.committed) {
+                    (None, true) => Response::new(&mut out, "SH_SAVE", Status::SaveComplete)
+                        .str("name", &save.name)
+                        .u64("duration", save.started.elapsed().as_millis() as u64)
+                        .u64("sessions", sessions)
+                        .u64("keys", keys)
+                        .finish(),
+                    (error, _) => Response::new(&mut out, "SH_SAVE", Status::SaveError)
+                        .str("name", &save.name)
+                        .str(
+                            "m",
+                            error.as_deref().unwrap_or("the save was not committed"),
+                        )
+                        .finish(),
+                }
+            }
+            GatherKind::Load(load) => match &load.error {
+                None => Response::new(&mut out, "SH_LOAD", Status::LoadComplete)
+                    .str("name", &load.name)
+                    .u64("sessions", load.sessions)
+                    .u64("keys", load.keys)
+                    .finish(),
+                Some(error) => Response::new(&mut out, "SH_LOAD", Status::LoadError)
+                    .str("name", &load.name)
+                    .str("m", error)
+                    .finish(),
+            },
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns
                     .into_iter()

@@ -9,10 +9,13 @@
 mod exec;
 mod gather;
 mod local;
+mod persistence;
 
 pub use local::LocalDispatcher;
 
+use std::collections::VecDeque;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +29,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, shard_of};
 use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
+use crate::persist::{SessionRecord, ShardFileWriter};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
 use crate::protocol::{Command, Status, encode_rejection, encode_status, parse_request};
 use crate::shared_names::SharedNames;
@@ -63,7 +67,8 @@ pub struct ShardContext {
     /// Server-wide memory limit in bytes (0 = none); each shard enforces
     /// its equal share, so the data path needs no shared counter.
     pub max_memory: u64,
-    pub persist_enabled: bool,
+    /// Where snapshots live; None: persistence is off (`SH_SAVE` -> 14).
+    pub persist: Option<PathBuf>,
     /// Process start: the epoch of the shard clocks and of `uptimeSeconds`.
     pub started: Instant,
     pub names: Arc<SharedNames>,
@@ -129,17 +134,24 @@ pub struct Shard {
     /// Count requests waiting for background expiry to catch up, so they
     /// neither count expired sessions nor stall the shard to settle them.
     deferred_counts: Vec<PartReply>,
+    /// This shard's file of a save in progress.
+    save: Option<ShardFileWriter>,
+    /// Saved sessions waiting to be added, a batch per turn.
+    loading: VecDeque<persistence::LoadJob>,
     last_housekeeping: Instant,
     phase: Phase,
 }
 
 impl Shard {
+    /// A shard, with `restore`: sessions loaded at start-up that it owns;
+    /// also returns how many sessions and keys of those it added.
     pub fn new(
         ctx: ShardContext,
         poll: Poll,
         mut listener: TcpListener,
         inbox: Inbox,
-    ) -> io::Result<Self> {
+        restore: Vec<SessionRecord>,
+    ) -> io::Result<(Self, u64, u64)> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let shards = ctx.shards;
@@ -147,7 +159,7 @@ impl Shard {
         if ctx.max_memory > 0 {
             store.set_memory_limit((ctx.max_memory / shards as u64).max(1));
         }
-        Ok(Shard {
+        let mut shard = Shard {
             store,
             ctx,
             poll,
@@ -166,20 +178,32 @@ impl Shard {
             session_not_exist: 0,
             expiry_pending: false,
             deferred_counts: Vec::new(),
+            save: None,
+            loading: VecDeque::new(),
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
-        })
+        };
+        shard.now = shard.clock();
+        let (sessions, keys) = shard.restore_now(restore);
+        Ok((shard, sessions, keys))
     }
 
-    /// Runs the event loop until the server stops.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Runs the event loop until the server stops; hands back the sessions
+    /// (for a save on shutdown).
+    pub fn run(mut self) -> io::Result<SessionStore> {
         let mut events = Events::with_capacity(1024);
         loop {
             if self.ctx.stop.load(Ordering::Acquire) && self.phase == Phase::Serving {
                 self.begin_stopping()?;
             }
-            if self.phase == Phase::Drained && self.ctx.draining.load(Ordering::Acquire) == 0 {
-                return Ok(());
+            if self.phase == Phase::Drained
+                && self.ctx.draining.load(Ordering::Acquire) == 0
+                && !self.persistence_busy()
+            {
+                if let Some(writer) = self.save.take() {
+                    writer.abort();
+                }
+                return Ok(self.store);
             }
             let mut timeout = self.poll_timeout();
             if timeout != Some(Duration::ZERO)
@@ -221,6 +245,7 @@ impl Shard {
             }
             self.read_connections();
             self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
+            self.persistence_step();
             if !self.expiry_pending {
                 for reply in std::mem::take(&mut self.deferred_counts) {
                     self.answer_part(reply, Part::Counts);
@@ -237,7 +262,7 @@ impl Shard {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.expiry_pending {
+        if !self.ready.is_empty() || self.expiry_pending || self.persistence_busy() {
             return Some(Duration::ZERO);
         }
         let housekeeping = match self.phase {
@@ -408,17 +433,14 @@ impl Shard {
                         }),
                 );
             }
-            Command::Save { .. } | Command::Load { .. } => {
-                let mut out = Vec::with_capacity(96);
-                encode_status(
-                    &mut out,
-                    command.name(),
-                    Status::CommandDisabled,
-                    None,
-                    Some("persistence is disabled"),
-                );
-                self.deliver(ticket, out);
-            }
+            Command::Save { name, tkns } => match self.ctx.persist.clone() {
+                Some(root) => self.start_save(ticket, &root, name, tkns),
+                None => self.persistence_disabled(ticket, "SH_SAVE"),
+            },
+            Command::Load { name } => match self.ctx.persist.clone() {
+                Some(root) => self.start_load(ticket, &root, name),
+                None => self.persistence_disabled(ticket, "SH_LOAD"),
+            },
             _ => match command.token() {
                 Some(tkn) => self.route(shard_of(tkn, self.ctx.shards), ticket, command),
                 None => {
@@ -553,6 +575,16 @@ impl Shard {
                     .map(|(i, _)| i)
                     .collect(),
             ),
+            Part::Save { dir, only } => {
+                // Answered by the file writer when the file is on disk.
+                self.begin_shard_save(reply, &dir, only);
+                return;
+            }
+            Part::Load(records) => {
+                // Answered once every record is added, a batch per turn.
+                self.queue_load(reply, records);
+                return;
+            }
         };
         match reply {
             PartReply::Local { gather } => self.merge_part(gather, result),
@@ -573,12 +605,13 @@ impl Shard {
     }
 
     fn finish_gather(&mut self, gather: usize) {
-        let g = self.gathers.remove(gather);
+        let mut g = self.gathers.remove(gather);
+        g.settle_save();
         let ticket = g.ticket;
         let uptime = self.ctx.started.elapsed().as_secs();
         let server = gather::ServerFacts {
             shards: self.ctx.shards,
-            persist_enabled: self.ctx.persist_enabled,
+            persist_enabled: self.ctx.persist.is_some(),
             uptime_s: uptime,
             max_memory: self.ctx.max_memory,
         };
@@ -603,6 +636,7 @@ impl Shard {
                     self.answer_part(PartReply::Remote { from, gather }, part);
                 }
                 Envelope::PartDone { gather, result } => self.merge_part(gather, result),
+                Envelope::LoadRead { gather, result } => self.loaded_from_disk(gather, result),
             }
         }
     }

@@ -22,6 +22,7 @@ pub use snapshot::Chunk;
 use snapshot::Snapshot;
 
 use crate::expiry::{TimerKey, TimingWheel};
+use crate::persist::SessionRecord;
 use crate::protocol::{ExpirySettings, KeyValue, Token};
 use crate::shared_names::SharedNames;
 
@@ -212,6 +213,35 @@ impl SessionStore {
             self.snapshot = None;
         }
         Some(chunk)
+    }
+
+    /// Adds a saved session with a fresh deadline (now + duration). Returns
+    /// its key count, or None when it is not added: its token exists (that
+    /// session is left as it is), its shared name belongs to another
+    /// session, or it would pass the memory limit.
+    pub fn restore(&mut self, record: SessionRecord, now: Millis) -> Option<u64> {
+        if record.tkn == 0 || self.sessions.contains_key(&record.tkn) {
+            return None;
+        }
+        let cost = session_cost(record.name.as_deref(), &KeyMap::default())
+            + record
+                .keys
+                .iter()
+                .map(|(k, v)| entry_cost(k, v))
+                .sum::<u64>();
+        if !self.fits(cost as i64) {
+            return None;
+        }
+        if record.shared {
+            let name = record.name.as_deref()?;
+            if !self.names.register(name, record.tkn) {
+                return None;
+            }
+        }
+        self.create(record.tkn, record.name, record.shared, record.expiry, now);
+        let keys = record.keys.len() as u64;
+        self.set(record.tkn, record.keys, now).ok()?;
+        Some(keys)
     }
 
     /// Stops the snapshot being taken (its file is abandoned).
