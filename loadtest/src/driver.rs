@@ -631,7 +631,13 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         }
         if plan.interval.is_some() {
             for conn in &conns {
-                if conn.alive() && conn.quota > 0 && !conn.free.is_empty() {
+                // Only sends that will happen: a send due after the deadline
+                // never does, and must not keep the thread spinning.
+                if conn.alive()
+                    && conn.quota > 0
+                    && !conn.free.is_empty()
+                    && plan.deadline.is_none_or(|d| conn.next_send < d)
+                {
                     wake = wake.min(conn.next_send);
                 }
             }
