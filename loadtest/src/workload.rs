@@ -412,16 +412,16 @@ impl Encoder {
                 );
                 text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn, &mut ph);
             }
-            Op::Lifecycle { .. } | Op::Create { .. } if phase == 0 => {
-                let new = match op {
-                    Op::Lifecycle { .. } => &p.new_minute,
-                    Op::Create { lifetime, .. } => match lifetime {
-                        Lifetime::Forever => &p.new_forever,
-                        Lifetime::Sliding => &p.new_sliding,
-                        Lifetime::Hour => &p.new_hour,
-                        Lifetime::Seconds(s) => &p.new_seconds[(s.clamp(1, 3) - 1) as usize],
-                    },
-                    _ => unreachable!("guarded by the match arm"),
+            Op::Lifecycle { .. } if phase == 0 => {
+                text(&[&p.new_minute], Check::Token, NEW, None, &mut ph);
+                ph.more = true;
+            }
+            Op::Create { lifetime, .. } if phase == 0 => {
+                let new = match lifetime {
+                    Lifetime::Forever => &p.new_forever,
+                    Lifetime::Sliding => &p.new_sliding,
+                    Lifetime::Hour => &p.new_hour,
+                    Lifetime::Seconds(s) => &p.new_seconds[(s.clamp(1, 3) - 1) as usize],
                 };
                 text(&[new], Check::Token, NEW, None, &mut ph);
                 ph.more = true;
