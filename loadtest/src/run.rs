@@ -1,5 +1,6 @@
 //! The phases of a run: connect, set up sessions (untimed), run the workload
-//! on `--threads` threads, then print and write the results.
+//! on `--threads` threads, end the sessions (untimed), then print and write
+//! the results.
 //!
 //! Owns: the order of phases, spreading connections over threads, and turning
 //! an [`Outcome`] into the [`Summary`]. The per-connection work is `driver`'s.
@@ -26,55 +27,11 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let value = value_text(cfg.value_size, cfg.seed);
     let protocol = cfg.target.protocol;
 
-    let mut setup_errors = 0;
-    let sessions = if cfg.workload.needs_sessions() {
-        let lifetime = if cfg.workload == Workload::Sliding {
-            Lifetime::Sliding
-        } else {
-            Lifetime::Forever
-        };
-        let plan = Plan {
-            encoder: Arc::new(Encoder::new(
-                protocol,
-                cfg.workload,
-                &value,
-                Sessions::default(),
-            )),
-            source: Source::Setup(lifetime),
-            pipeline: cfg.pipeline.max(32),
-            requests: Some(cfg.sessions),
-            deadline: None,
-            interval: None,
-            timeout: cfg.timeout,
-            start: Instant::now(),
-            connections: cfg.connections,
-            progress: None,
-        };
-        let (g, outcome) = run_phase(groups, plan, None);
-        groups = g;
-        setup_errors = outcome.errors;
-        match protocol {
-            Protocol::Redis => Sessions::redis_keys(cfg.sessions),
-            Protocol::Ws => {
-                let mut tokens: Vec<(u64, u64)> = groups
-                    .iter_mut()
-                    .flat_map(|g| g.iter_mut().flat_map(|c| c.take_tokens()))
-                    .collect();
-                tokens.sort_unstable();
-                if tokens.is_empty() {
-                    return Err(format!(
-                        "set-up created no sessions ({setup_errors} errors)"
-                    ));
-                }
-                Sessions::from_tokens(tokens.into_iter().map(|(_, t)| t))
-            }
-        }
+    let (groups, sessions, setup_errors) = if cfg.workload.needs_sessions() {
+        set_up(cfg, groups, &value)?
     } else {
-        Sessions::default()
+        (groups, Sessions::default(), 0)
     };
-    if setup_errors > 0 {
-        eprintln!("loadtest: set-up: {setup_errors} errors creating sessions");
-    }
 
     let cpu_before = Cpu::now(cfg.server_pid);
     let start = Instant::now();
@@ -109,18 +66,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     // Untimed: end the sessions set-up made, so runs do not pile them up.
     let mut teardown_errors = 0;
     if created > 0 {
-        let plan = Plan {
-            encoder,
-            source: Source::Teardown,
-            pipeline: cfg.pipeline.max(32),
-            requests: Some(created),
-            deadline: None,
-            interval: None,
-            timeout: cfg.timeout,
-            start: Instant::now(),
-            connections: cfg.connections,
-            progress: None,
-        };
+        let plan = untimed_plan(cfg, encoder, Source::Teardown, created);
         let (g, o) = run_phase(groups, plan, None);
         groups = g;
         teardown_errors = o.errors;
@@ -128,10 +74,10 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             eprintln!("loadtest: teardown: {teardown_errors} errors ending sessions");
         }
     }
-
     for conn in groups.into_iter().flatten() {
         conn.close(protocol);
     }
+
     let summary = summarize(cfg, &outcome, setup_errors + teardown_errors);
     if let Some(dir) = &cfg.out {
         let meta = report::Meta {
@@ -151,6 +97,63 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         print_cpu(&cpu, summary.ops);
     }
     Ok(summary)
+}
+
+type Groups = Vec<Vec<Conn>>;
+
+/// Creates `--sessions` sessions with keys `user` and `cart` (untimed) and
+/// returns what the workload picks from, with the number of errors.
+fn set_up(cfg: &Config, groups: Groups, value: &str) -> Result<(Groups, Sessions, u64), String> {
+    let protocol = cfg.target.protocol;
+    let lifetime = if cfg.workload == Workload::Sliding {
+        Lifetime::Sliding
+    } else {
+        Lifetime::Forever
+    };
+    let encoder = Encoder::new(protocol, cfg.workload, value, Sessions::default());
+    let plan = untimed_plan(
+        cfg,
+        Arc::new(encoder),
+        Source::Setup(lifetime),
+        cfg.sessions,
+    );
+    let (mut groups, outcome) = run_phase(groups, plan, None);
+    let errors = outcome.errors;
+    if errors > 0 {
+        eprintln!("loadtest: set-up: {errors} errors creating sessions");
+    }
+    let sessions = match protocol {
+        Protocol::Redis => Sessions::redis_keys(cfg.sessions),
+        Protocol::Ws => {
+            // Ordered by operation id, so a seed picks the same sessions.
+            let mut tokens: Vec<(u64, u64)> = groups
+                .iter_mut()
+                .flat_map(|g| g.iter_mut().flat_map(|c| c.take_tokens()))
+                .collect();
+            tokens.sort_unstable();
+            if tokens.is_empty() {
+                return Err(format!("set-up created no sessions ({errors} errors)"));
+            }
+            Sessions::from_tokens(tokens.into_iter().map(|(_, t)| t))
+        }
+    };
+    Ok((groups, sessions, errors))
+}
+
+/// Set-up and teardown: closed loop, deep pipelines, exactly `requests`.
+fn untimed_plan(cfg: &Config, encoder: Arc<Encoder>, source: Source, requests: u64) -> Plan {
+    Plan {
+        encoder,
+        source,
+        pipeline: cfg.pipeline.max(32),
+        requests: Some(requests),
+        deadline: None,
+        interval: None,
+        timeout: cfg.timeout,
+        start: Instant::now(),
+        connections: cfg.connections,
+        progress: None,
+    }
 }
 
 /// `untimed_errors`: from set-up and teardown, which a run must pass too.
@@ -175,10 +178,10 @@ fn summarize(cfg: &Config, o: &Outcome, untimed_errors: u64) -> Summary {
 
 /// Runs one phase with each group of connections on its own thread.
 fn run_phase(
-    groups: Vec<Vec<Conn>>,
+    groups: Groups,
     plan: Plan,
     bar: Option<(&indicatif::ProgressBar, &Arc<AtomicU64>, Goal)>,
-) -> (Vec<Vec<Conn>>, Outcome) {
+) -> (Groups, Outcome) {
     let plan = Arc::new(plan);
     let (tx, rx) = mpsc::channel();
     let threads = groups.len();
