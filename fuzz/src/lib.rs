@@ -1,0 +1,800 @@
+//! What the `dispatch` fuzz target and `tests/dispatch_props.rs` both check:
+//! a [`Harness`] feeds WebSocket messages to a `LocalDispatcher` (decoding
+//! and commands exactly as a one-shard server runs them) and, after every
+//! message, asserts what docs/PROTOCOL.md promises for any request however
+//! malformed:
+//!
+//! - the response is valid JSON: an object with one member, `ERR` or the
+//!   request's command name plus `_RSP`, whose body is an object;
+//! - its `st` is in the status table, never 1000, and one the command can
+//!   answer with; the frame table's rows get exactly their status;
+//! - an Ok body holds exactly its command's fields; an error body only
+//!   `st`, `tkn` and `m`; a `tkn` echoes the one the request gave;
+//! - a response that is not Ok changed nothing: the totals and what the
+//!   seeded sessions hold are the same before and after;
+//! - `SH_SET`/`SH_CLEAR_SET` values come back from `SH_GET` as the same JSON.
+//!
+//! [`Harness::finish`] then ends every session it saw created and checks the
+//! store's accounting returns to zero and every name is released.
+//!
+//! Every broken promise is a panic, which is how libFuzzer and proptest both
+//! learn of it. This file is also compiled into the property test (by
+//! `#[path]`), so it uses nothing but `nemesisdb` and `simd_json`.
+
+use std::collections::HashSet;
+
+use nemesisdb::shard::LocalDispatcher;
+use simd_json::OwnedValue;
+use simd_json::prelude::*;
+
+/// The status table of docs/PROTOCOL.md, without Unknown (1000).
+pub const STATUSES: [u64; 21] = [
+    1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 100, 101, 102, 103, 121, 122, 123, 141, 142, 150,
+];
+
+/// Every command, for generators; see [`allowed_statuses`].
+pub const COMMANDS: [&str; 19] = [
+    "SH_NEW",
+    "SH_OPEN",
+    "SH_END",
+    "SH_END_ALL",
+    "SH_EXISTS",
+    "SH_INFO",
+    "SH_INFO_ALL",
+    "SH_SAVE",
+    "SH_LOAD",
+    "SH_SET",
+    "SH_ADD",
+    "SH_GET",
+    "SH_RMV",
+    "SH_CONTAINS",
+    "SH_COUNT",
+    "SH_KEYS",
+    "SH_CLEAR",
+    "SH_CLEAR_SET",
+    "SV_INFO",
+];
+
+/// The dispatcher's seed: fixed, so the tokens it mints (and `$N` in a
+/// corpus file) are the same on every run.
+pub const SEED: u64 = 0x6e65_6d65;
+
+/// Requests that create the seeded sessions. Session 0 is shared (name
+/// "alpha"), session 1 expires (keys only, 30 s, never extended by a read,
+/// so probing it changes nothing).
+const SEED_SESSIONS: [&str; 2] = [
+    r#"{"SH_NEW":{"name":"alpha","shared":true}}"#,
+    r#"{"SH_NEW":{"name":"beta","expiry":{"duration":30,"extendOnSetAdd":true}}}"#,
+];
+
+/// Keys each seeded session holds, as SH_SET's `keys` object.
+const SEED_KEYS: &str = r#"{"k":"v","n":1E2,"z":-0,"o":{"x":[1.0,"\u00e9",null,true]}}"#;
+
+/// Names of [`SEED_KEYS`], for the probe.
+const SEED_KEY_NAMES: &str = r#"["k","n","z","o","absent"]"#;
+
+/// Valid requests of every command; `$0` is the shared seeded session,
+/// `$1` the expiring one, `$2` and on are sessions the case created.
+pub const VALID: &[&str] = &[
+    r#"{"SH_NEW":{}}"#,
+    r#"{"SH_NEW":{"name":"n","shared":true,"expiry":{"duration":5,"deleteSession":true,"extendOnSetAdd":true,"extendOnGet":true}}}"#,
+    r#"{"SH_OPEN":{"name":"alpha"}}"#,
+    r#"{"SH_END":{"tkn":$1}}"#,
+    r#"{"SH_END_ALL":{}}"#,
+    r#"{"SH_EXISTS":{"tkns":[$0,"$1",3]}}"#,
+    r#"{"SH_INFO":{"tkn":"$1"}}"#,
+    r#"{"SH_INFO_ALL":{}}"#,
+    r#"{"SH_SAVE":{"name":"snap","tkns":[$0]}}"#,
+    r#"{"SH_LOAD":{"name":"snap"}}"#,
+    r#"{"SH_SET":{"tkn":$0,"keys":{"a":1E2,"b":[-0, {"c" : "\u00e9\"\\"}],"k":null}}}"#,
+    r#"{"SH_ADD":{"tkn":$1,"keys":{"k":true,"x":18446744073709551615}}}"#,
+    r#"{"SH_GET":{"tkn":$0,"keys":["k","n","o","a"]}}"#,
+    r#"{"SH_RMV":{"tkn":$1,"keys":["k","z"]}}"#,
+    r#"{"SH_CONTAINS":{"tkn":$0,"keys":["k","nope"]}}"#,
+    r#"{"SH_COUNT":{"tkn":$0}}"#,
+    r#"{"SH_KEYS":{"tkn":$1}}"#,
+    r#"{"SH_CLEAR":{"tkn":$0}}"#,
+    r#"{"SH_CLEAR_SET":{"tkn":$1,"keys":{"q":-1.5e-3}}}"#,
+    r#"{"SV_INFO":{}}"#,
+];
+
+/// Every parameter (and nested expiry field) of every command, with `@`
+/// where a hostile value goes. Extra parameters are ignored by the
+/// protocol, so commands without parameters get one.
+pub const SLOTS: &[&str] = &[
+    r#"@"#,
+    r#"{@:{}}"#,
+    r#"{"SH_NEW":@}"#,
+    r#"{"SH_NEW":{"name":@}}"#,
+    r#"{"SH_NEW":{"name":@,"shared":true}}"#,
+    r#"{"SH_NEW":{"name":"s","shared":@}}"#,
+    r#"{"SH_NEW":{"expiry":@}}"#,
+    r#"{"SH_NEW":{"expiry":{"duration":@}}}"#,
+    r#"{"SH_NEW":{"expiry":{"duration":5,"deleteSession":@}}}"#,
+    r#"{"SH_NEW":{"expiry":{"duration":5,"extendOnSetAdd":@}}}"#,
+    r#"{"SH_NEW":{"expiry":{"duration":5,"extendOnGet":@}}}"#,
+    r#"{"SH_NEW":{"name":"alpha","shared":true,"expiry":{"duration":@}}}"#,
+    r#"{"SH_OPEN":@}"#,
+    r#"{"SH_OPEN":{"name":@}}"#,
+    r#"{"SH_END":{"tkn":@}}"#,
+    r#"{"SH_END_ALL":{"x":@}}"#,
+    r#"{"SH_END_ALL":@}"#,
+    r#"{"SH_EXISTS":{"tkns":@}}"#,
+    r#"{"SH_EXISTS":{"tkns":[$0,@,"$1"]}}"#,
+    r#"{"SH_INFO":{"tkn":@}}"#,
+    r#"{"SH_INFO_ALL":{"x":@}}"#,
+    r#"{"SH_SAVE":{"name":@}}"#,
+    r#"{"SH_SAVE":{"name":"snap","tkns":@}}"#,
+    r#"{"SH_LOAD":{"name":@}}"#,
+    r#"{"SH_SET":{"tkn":@,"keys":{"a":1}}}"#,
+    r#"{"SH_SET":{"tkn":$0,"keys":@}}"#,
+    r#"{"SH_SET":{"tkn":$0,"keys":{"a":@,"b":2}}}"#,
+    r#"{"SH_SET":{"tkn":$1,"keys":{@:1}}}"#,
+    r#"{"SH_SET":{"keys":{"a":1},"tkn":$0,"x":@}}"#,
+    r#"{"SH_ADD":{"tkn":@,"keys":{"a":1}}}"#,
+    r#"{"SH_ADD":{"tkn":$1,"keys":@}}"#,
+    r#"{"SH_ADD":{"tkn":$0,"keys":{"k":@,"new":@}}}"#,
+    r#"{"SH_GET":{"tkn":@,"keys":["k"]}}"#,
+    r#"{"SH_GET":{"tkn":$0,"keys":@}}"#,
+    r#"{"SH_GET":{"tkn":$1,"keys":["k",@,"n"]}}"#,
+    r#"{"SH_RMV":{"tkn":@,"keys":["k"]}}"#,
+    r#"{"SH_RMV":{"tkn":$0,"keys":@}}"#,
+    r#"{"SH_RMV":{"tkn":$0,"keys":[@]}}"#,
+    r#"{"SH_CONTAINS":{"tkn":@,"keys":["k"]}}"#,
+    r#"{"SH_CONTAINS":{"tkn":$1,"keys":@}}"#,
+    r#"{"SH_CONTAINS":{"tkn":$1,"keys":[@,"k"]}}"#,
+    r#"{"SH_COUNT":{"tkn":@}}"#,
+    r#"{"SH_KEYS":{"tkn":@}}"#,
+    r#"{"SH_CLEAR":{"tkn":@}}"#,
+    r#"{"SH_CLEAR_SET":{"tkn":@,"keys":{}}}"#,
+    r#"{"SH_CLEAR_SET":{"tkn":$1,"keys":@}}"#,
+    r#"{"SH_CLEAR_SET":{"tkn":$0,"keys":{"a":@}}}"#,
+    r#"{"SV_INFO":{"x":@}}"#,
+    r#"{"SV_INFO":@}"#,
+];
+
+/// Scalars that are hostile somewhere: every JSON type, numbers at and
+/// past every limit, and things that look like JSON but are not.
+pub const LITERALS: &[&str] = &[
+    "null",
+    "true",
+    "false",
+    "0",
+    "-0",
+    "1",
+    "-1",
+    "1.0",
+    "-0.0",
+    "1E2",
+    "1e-2",
+    "1E+2",
+    "0.5",
+    "1.5",
+    "4294967295",
+    "4294967296",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775808",
+    "-9223372036854775809",
+    "18446744073709551615",
+    "18446744073709551616",
+    "99999999999999999999999999999999999999",
+    "1e308",
+    "1e309",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "2.2250738585072014e-308",
+    "\"\"",
+    "\"0\"",
+    "\"5\"",
+    "\"18446744073709551615\"",
+    "\"18446744073709551616\"",
+    "\"-1\"",
+    "\" 5\"",
+    "\"+5\"",
+    "\"$0\"",
+    "$1",
+    "\"alpha\"",
+    "\"keys\"",
+    "[]",
+    "{}",
+    "[null]",
+    "{\"duration\":5}",
+    // Not JSON.
+    "01",
+    "-",
+    "+1",
+    ".5",
+    "1.",
+    "1e",
+    "NaN",
+    "Infinity",
+    "0x10",
+    "nul",
+    "tru",
+    "'a'",
+    "",
+    "\"unterminated",
+    "[1,]",
+    "{\"a\"}",
+    "{\"a\":1,}",
+];
+
+/// Pieces of string bodies: escapes valid and not, lone surrogates, raw
+/// control characters (invalid inside a JSON string), multi-byte UTF-8.
+pub const STRING_PIECES: &[&str] = &[
+    "a",
+    " ",
+    "é",
+    "😀",
+    "\\u0000",
+    "\\u001f",
+    "\\u00e9",
+    "\\ud83d\\ude00",
+    "\\ud800",
+    "\\udbff",
+    "\\udc00",
+    "\\ud800\\u0041",
+    "\\ud800\\ud800",
+    "\\\"",
+    "\\\\",
+    "\\/",
+    "\\b\\f\\n\\r\\t",
+    "\\x",
+    "\\u12",
+    "\\uZZZZ",
+    "\\U0041",
+    "\\",
+    "\t",
+    "\u{1}",
+    "\u{7f}",
+    "}",
+    "]",
+    ",",
+    ":",
+];
+
+/// Member names chosen so that duplicates are common.
+pub const NAMES: &[&str] = &[
+    "\"a\"",
+    "\"a\"",
+    "\"tkn\"",
+    "\"keys\"",
+    "\"name\"",
+    "\"\\u0061\"",
+    "\"\"",
+];
+
+/// The statuses a command may answer with (persistence disabled, as in
+/// `LocalDispatcher`). A command whose value is not an object gets 12.
+pub fn allowed_statuses(command: &str) -> &'static [u64] {
+    match command {
+        "SH_NEW" => &[1, 12, 26, 41, 42, 103, 150],
+        "SH_OPEN" => &[1, 12, 26, 41, 42, 102],
+        "SH_END" | "SH_INFO" | "SH_COUNT" | "SH_KEYS" | "SH_CLEAR" => &[1, 12, 100, 101],
+        "SH_END_ALL" | "SH_INFO_ALL" | "SV_INFO" => &[1, 12],
+        "SH_EXISTS" => &[1, 12, 26, 41],
+        "SH_SAVE" | "SH_LOAD" => &[12, 14, 26, 41, 42],
+        "SH_SET" | "SH_ADD" | "SH_CLEAR_SET" => &[1, 12, 26, 41, 100, 101, 150],
+        "SH_GET" | "SH_RMV" | "SH_CONTAINS" => &[1, 12, 26, 41, 100, 101],
+        _ => &[10, 12],
+    }
+}
+
+/// The fields an Ok body holds besides `st`: (always, sometimes).
+fn ok_fields(command: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match command {
+        "SH_NEW" => (&["tkn"], &["name"]),
+        "SH_OPEN" => (&["tkn", "name"], &[]),
+        "SH_END" | "SH_SET" | "SH_ADD" | "SH_RMV" => (&["tkn"], &[]),
+        "SH_END_ALL" => (&["cnt"], &[]),
+        "SH_EXISTS" => (&["exist"], &[]),
+        "SH_INFO" => (&["tkn", "shared", "keyCnt", "expires"], &["name", "expiry"]),
+        "SH_INFO_ALL" => (&["totalSessions", "totalKeys"], &[]),
+        "SH_GET" | "SH_KEYS" => (&["tkn", "keys"], &[]),
+        "SH_CONTAINS" => (&["tkn", "contains"], &[]),
+        "SH_COUNT" | "SH_CLEAR" | "SH_CLEAR_SET" => (&["tkn", "cnt"], &[]),
+        "SV_INFO" => (
+            &[
+                "serverVersion",
+                "persistEnabled",
+                "shards",
+                "sessions",
+                "keys",
+                "connections",
+                "uptimeSeconds",
+                "memoryUsed",
+                "maxMemory",
+                "sessionNotExist",
+            ],
+            &[],
+        ),
+        _ => (&[], &[]),
+    }
+}
+
+/// Commands that take `tkn` and echo it unless it is invalid (101).
+fn takes_token(command: &str) -> bool {
+    matches!(
+        command,
+        "SH_END"
+            | "SH_INFO"
+            | "SH_SET"
+            | "SH_ADD"
+            | "SH_GET"
+            | "SH_RMV"
+            | "SH_CONTAINS"
+            | "SH_COUNT"
+            | "SH_KEYS"
+            | "SH_CLEAR"
+            | "SH_CLEAR_SET"
+    )
+}
+
+/// A checked response: the command it answered (`ERR` for the frame
+/// rows), its status and its body.
+pub struct Checked {
+    pub command: String,
+    pub status: u64,
+    pub body: OwnedValue,
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn parse(bytes: &[u8]) -> Option<OwnedValue> {
+    simd_json::to_owned_value(&mut bytes.to_vec()).ok()
+}
+
+/// A token as the protocol reads one: a u64 JSON number, or a decimal string
+/// of digits that fits in u64.
+pub fn token_of(value: &OwnedValue) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let s = value.as_str()?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Checks one response against the request it answers (see the module doc
+/// for what is asserted). Panics, naming both, when a promise is broken.
+pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
+    let context = || {
+        format!(
+            "\nrequest ({}): {:?}\nresponse: {:?}",
+            if text { "text" } else { "binary" },
+            show(request),
+            show(response)
+        )
+    };
+    let parsed = parse(response).unwrap_or_else(|| panic!("response is not JSON{}", context()));
+    let object = parsed
+        .as_object()
+        .unwrap_or_else(|| panic!("response is not an object{}", context()));
+    assert_eq!(object.len(), 1, "response has one member{}", context());
+    let (name, body) = object.iter().next().expect("one member");
+    let body_object = body
+        .as_object()
+        .unwrap_or_else(|| panic!("response body is not an object{}", context()));
+    let status = body
+        .get("st")
+        .and_then(OwnedValue::as_u64)
+        .unwrap_or_else(|| panic!("body has no unsigned st{}", context()));
+    assert_ne!(status, 1000, "status Unknown{}", context());
+    assert!(
+        STATUSES.contains(&status),
+        "status not in the table{}",
+        context()
+    );
+
+    // What the request was, read independently of the server's decoder.
+    let frame_status = if !text {
+        Some(2)
+    } else if std::str::from_utf8(request).is_err() {
+        Some(3)
+    } else {
+        match parse(request) {
+            None => Some(3),
+            Some(value) => match value.as_object() {
+                None => Some(13),
+                Some(o) if o.is_empty() => Some(13),
+                Some(o) if o.len() > 1 => Some(11),
+                Some(_) => None,
+            },
+        }
+    };
+    if let Some(expected) = frame_status {
+        assert_eq!(name.as_str(), "ERR", "frame rows answer ERR{}", context());
+        assert_eq!(status, expected, "frame row status{}", context());
+        only_fields(body_object, &["st", "m"], &context);
+        return Checked {
+            command: "ERR".into(),
+            status,
+            body: body.clone(),
+        };
+    }
+    let value = parse(request).expect("parsed above");
+    let (command, params) = value
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .expect("one member");
+    assert_eq!(
+        name.as_str(),
+        format!("{command}_RSP"),
+        "response named after the command{}",
+        context()
+    );
+    let Some(params) = params.as_object() else {
+        assert_eq!(status, 12, "command value not an object{}", context());
+        only_fields(body_object, &["st"], &context);
+        return Checked {
+            command: command.clone(),
+            status,
+            body: body.clone(),
+        };
+    };
+    assert!(
+        allowed_statuses(command).contains(&status),
+        "status {status} is not one {command} answers with{}",
+        context()
+    );
+    if status == 1 {
+        let (always, sometimes) = ok_fields(command);
+        for field in always {
+            assert!(
+                body.get(*field).is_some(),
+                "Ok body lacks {field}{}",
+                context()
+            );
+        }
+        let allowed: Vec<&str> = ["st"]
+            .iter()
+            .chain(always)
+            .chain(sometimes)
+            .copied()
+            .collect();
+        only_fields(body_object, &allowed, &context);
+    } else {
+        only_fields(body_object, &["st", "tkn", "m"], &context);
+    }
+    if takes_token(command) && status != 12 {
+        // With "tkn" given twice, the first counts (as for any lookup).
+        let given = params.get("tkn").and_then(token_of);
+        let echoed = body.get("tkn").map(|t| t.as_u64());
+        match echoed {
+            Some(Some(t)) => assert_eq!(Some(t), given, "tkn echoed{}", context()),
+            Some(None) => panic!("tkn is not a u64{}", context()),
+            None => assert!(
+                status == 101 && given.is_none(),
+                "only an invalid tkn goes unechoed{}",
+                context()
+            ),
+        }
+        if status == 101 {
+            assert_eq!(given, None, "101 for a valid tkn{}", context());
+        }
+    }
+    Checked {
+        command: command.clone(),
+        status,
+        body: body.clone(),
+    }
+}
+
+fn only_fields(body: &simd_json::owned::Object, allowed: &[&str], context: &dyn Fn() -> String) {
+    for (field, _) in body.iter() {
+        assert!(
+            allowed.contains(&field.as_str()),
+            "unexpected field {field}{}",
+            context()
+        );
+    }
+    let distinct: HashSet<&str> = body.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        body.len(),
+        "a field appears twice{}",
+        context()
+    );
+}
+
+/// Equal JSON, duplicate members included: a value sent with a member
+/// twice must come back with it twice (a map comparison would look up the
+/// first one for both). Members are compared as a multiset, since big
+/// objects iterate in hash order.
+fn same_json(a: &OwnedValue, b: &OwnedValue) -> bool {
+    canonical(a) == canonical(b)
+}
+
+fn canonical(v: &OwnedValue) -> String {
+    match v {
+        OwnedValue::Object(o) => {
+            let mut members: Vec<String> = o
+                .iter()
+                .map(|(k, v)| format!("{}:{}", OwnedValue::from(k.clone()).encode(), canonical(v)))
+                .collect();
+            members.sort();
+            format!("{{{}}}", members.join(","))
+        }
+        OwnedValue::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", items.join(","))
+        }
+        scalar => scalar.encode(),
+    }
+}
+
+/// What the seeded sessions look like from outside, and the store's totals.
+#[derive(PartialEq)]
+struct Snapshot {
+    totals: (u64, u64, u64),
+    probes: Vec<Vec<u8>>,
+}
+
+impl Snapshot {
+    fn describe(&self) -> String {
+        let probes: Vec<String> = self.probes.iter().map(|p| show(p)).collect();
+        format!("totals {:?}, probes {}", self.totals, probes.join(" "))
+    }
+}
+
+/// A `LocalDispatcher` with two seeded sessions, checking every response.
+pub struct Harness {
+    dispatcher: LocalDispatcher,
+    /// Every token SH_NEW answered with, seeded sessions first. In a text
+    /// message, `$` and a digit `d` stand for `tokens[d % len]`.
+    tokens: Vec<u64>,
+    /// Every name SH_NEW answered with; all released once all sessions end.
+    names: Vec<String>,
+    /// Taken before a message when None; dropped after an Ok response (or
+    /// a clock move), which may change what it shows.
+    snapshot: Option<Snapshot>,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let mut h = Harness {
+            dispatcher: LocalDispatcher::new(SEED),
+            tokens: Vec::new(),
+            names: Vec::new(),
+            snapshot: None,
+        };
+        for new in SEED_SESSIONS {
+            let response = h.raw(new);
+            let tkn = parse(&response).expect("checked")["SH_NEW_RSP"]["tkn"].as_u64();
+            h.tokens.push(tkn.expect("seeded session"));
+        }
+        h.names.extend(["alpha".to_string(), "beta".to_string()]);
+        for tkn in h.tokens.clone() {
+            let set = format!(r#"{{"SH_SET":{{"tkn":{tkn},"keys":{SEED_KEYS}}}}}"#);
+            assert!(show(&h.raw(&set)).contains(r#""st":1,"#));
+        }
+        h
+    }
+
+    /// Tokens of sessions created so far (seeded first).
+    pub fn tokens(&self) -> &[u64] {
+        &self.tokens
+    }
+
+    /// Moves the clock on (background expiry runs).
+    pub fn advance(&mut self, ms: u64) {
+        self.dispatcher.advance(ms);
+        self.snapshot = None;
+    }
+
+    /// Sets the memory limit to what is used now plus `headroom` bytes
+    /// (None: no limit).
+    pub fn limit_memory(&mut self, headroom: Option<u64>) {
+        let limit = headroom.map_or(0, |h| self.dispatcher.totals().2 + h.max(1));
+        self.dispatcher.set_memory_limit(limit);
+        self.snapshot = None;
+    }
+
+    /// `$d` -> a known token, in decimal.
+    fn substitute(&self, message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(message.len() + 16);
+        let mut i = 0;
+        while i < message.len() {
+            match (message[i], message.get(i + 1)) {
+                (b'$', Some(d)) if d.is_ascii_digit() && !self.tokens.is_empty() => {
+                    let tkn = self.tokens[usize::from(d - b'0') % self.tokens.len()];
+                    out.extend_from_slice(tkn.to_string().as_bytes());
+                    i += 2;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn raw(&mut self, request: &str) -> Vec<u8> {
+        let response = self.dispatcher.handle(request.as_bytes(), true);
+        check(request.as_bytes(), true, &response);
+        response
+    }
+
+    /// Our own requests, answered as any other but not checked again: the
+    /// snapshot runs before and after every message, so it must be cheap.
+    fn take_snapshot(&mut self) -> Snapshot {
+        let totals = self.dispatcher.totals();
+        let mut probes = Vec::new();
+        for i in 0..SEED_SESSIONS.len() {
+            let tkn = self.tokens[i];
+            for request in [
+                format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":{SEED_KEY_NAMES}}}}}"#),
+                format!(r#"{{"SH_INFO":{{"tkn":{tkn}}}}}"#),
+            ] {
+                probes.push(self.dispatcher.handle(request.as_bytes(), true));
+            }
+        }
+        probes.push(
+            self.dispatcher
+                .handle(br#"{"SH_OPEN":{"name":"alpha"}}"#, true),
+        );
+        Snapshot { totals, probes }
+    }
+
+    /// Sends one message (`$d` substituted in text) and checks its response.
+    pub fn run(&mut self, message: &[u8], text: bool) -> Checked {
+        let message = if text {
+            self.substitute(message)
+        } else {
+            message.to_vec()
+        };
+        let before = match self.snapshot.take() {
+            Some(s) => s,
+            None => self.take_snapshot(),
+        };
+        let response = self.dispatcher.handle(&message, text);
+        let checked = check(&message, text, &response);
+        if checked.status == 1 {
+            self.after_ok(&message, &checked);
+        } else {
+            let after = self.take_snapshot();
+            assert!(
+                before == after,
+                "a response that is not Ok changed stored data\nrequest: {:?}\nresponse: {:?}\nbefore: {}\nafter: {}",
+                show(&message),
+                show(&response),
+                before.describe(),
+                after.describe()
+            );
+            self.snapshot = Some(after);
+        }
+        checked
+    }
+
+    fn after_ok(&mut self, message: &[u8], checked: &Checked) {
+        let context = || {
+            format!(
+                "\nrequest: {:?}\nresponse body: {}",
+                show(message),
+                checked.body
+            )
+        };
+        match checked.command.as_str() {
+            "SH_NEW" => {
+                let tkn = checked.body["tkn"].as_u64().expect("checked");
+                assert_ne!(tkn, 0, "token 0{}", context());
+                assert!(!self.tokens.contains(&tkn), "token reused{}", context());
+                self.tokens.push(tkn);
+                if let Some(name) = checked.body.get("name").and_then(|n| n.as_str()) {
+                    self.names.push(name.to_string());
+                }
+            }
+            "SH_SET" | "SH_CLEAR_SET" => self.verify_round_trip(message, checked),
+            _ => {}
+        }
+    }
+
+    /// After an Ok SH_SET / SH_CLEAR_SET: each key sent comes back from
+    /// SH_GET as the same JSON value (when no key was sent twice).
+    fn verify_round_trip(&mut self, message: &[u8], checked: &Checked) {
+        let request = parse(message).expect("it was Ok");
+        let params = request
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .map(|(_, p)| p)
+            .expect("one command");
+        let Some(keys) = params.get("keys").and_then(|k| k.as_object()) else {
+            return;
+        };
+        let names: HashSet<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        if names.len() != keys.len() || params.as_object().is_some_and(|p| p.len() > 16) {
+            return; // Which duplicate wins is not this check's business.
+        }
+        let tkn = checked.body["tkn"].as_u64().expect("checked");
+        let list = OwnedValue::Array(Box::new(
+            keys.iter()
+                .map(|(k, _)| OwnedValue::String(k.clone()))
+                .collect(),
+        ));
+        let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":{}}}}}"#, list.encode());
+        let response = self.raw(&get);
+        let got = parse(&response).expect("checked");
+        let got = &got["SH_GET_RSP"]["keys"];
+        let got = got.as_object().expect("SH_GET returns keys");
+        assert_eq!(
+            got.len(),
+            keys.len(),
+            "SH_GET after SH_SET\nrequest: {:?}\nget: {:?}",
+            show(message),
+            show(&response)
+        );
+        for (k, v) in keys.iter() {
+            assert!(
+                got.get(k.as_str()).is_some_and(|g| same_json(g, v)),
+                "value of {k:?} changed\nrequest: {:?}\nget: {:?}",
+                show(message),
+                show(&response)
+            );
+        }
+        self.snapshot = None;
+    }
+
+    /// Ends every session seen created; the store must then be empty with
+    /// its accounting at zero, and every name free again.
+    pub fn finish(mut self) {
+        for tkn in self.tokens.clone() {
+            let r = show(&self.raw(&format!(r#"{{"SH_END":{{"tkn":{tkn}}}}}"#)));
+            assert!(
+                r.contains(r#""st":1,"#) || r.contains(r#""st":100,"#),
+                "SH_END of a known token: {r}"
+            );
+        }
+        assert_eq!(
+            self.dispatcher.totals(),
+            (0, 0, 0),
+            "sessions, keys and accounted bytes after ending every session"
+        );
+        for name in self.names.clone() {
+            let open = OwnedValue::from(name.clone()).encode();
+            let r = self.raw(&format!(r#"{{"SH_OPEN":{{"name":{open}}}}}"#));
+            assert!(
+                show(&r).contains(r#""st":102"#),
+                "name {name:?} still open after its session ended: {}",
+                show(&r)
+            );
+        }
+    }
+}
+
+/// Runs a fuzz input: messages separated by 0xFF (never valid UTF-8, so no
+/// text message loses anything), each led by a control byte:
+/// `b` binary frame; `0`-`9` advance the clock that many seconds first;
+/// `A`-`Z` advance that many minutes first; `m` limit memory to what is
+/// used plus 300 bytes; `u` lift the limit; anything else: plain text.
+pub fn run_input(data: &[u8]) {
+    let mut h = Harness::new();
+    for chunk in data.split(|&b| b == 0xff).take(64) {
+        let Some((&control, message)) = chunk.split_first() else {
+            continue;
+        };
+        let mut text = true;
+        match control {
+            b'b' => text = false,
+            b'0'..=b'9' => h.advance(u64::from(control - b'0') * 1000),
+            b'A'..=b'Z' => h.advance(u64::from(control - b'A' + 1) * 60_000),
+            b'm' => h.limit_memory(Some(300)),
+            b'u' => h.limit_memory(None),
+            _ => {}
+        }
+        h.run(message, text);
+    }
+    h.finish();
+}
