@@ -518,3 +518,107 @@ fn protocol_violations_close_only_their_connection() {
     let mut c = server.client();
     assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
 }
+
+/// A directory of its own under the system temp dir, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("nemesisdb-{label}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// With persistence on, hostile dataset names and token lists in `SH_SAVE`
+/// and `SH_LOAD` get statuses from the table, never write outside the
+/// persist path, and never change stored data (loading over sessions that
+/// exist leaves them as they are).
+#[test]
+fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
+    let scratch = Scratch::new("hostile-persist");
+    let data = scratch.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let data_arg = data.to_str().expect("UTF-8 temp path");
+    let server = Server::start(&["--shards", "2", "--persist-path", data_arg]);
+    let owners = one_session_per_shard(&server);
+    let tokens: Vec<u64> = owners.iter().map(|(_, t)| *t).collect();
+    let mut c = server.client();
+    let before = state(&mut c, &tokens);
+
+    let mut names: Vec<String> = harness::LITERALS.iter().map(|l| l.to_string()).collect();
+    names.extend(harness::STRING_PIECES.iter().map(|p| format!("\"{p}\"")));
+    for name in [
+        ".",
+        "..",
+        "...",
+        "../x",
+        "..\\\\x",
+        "/tmp",
+        "a/b",
+        "a\\u002fb",
+        "a\\u0000b",
+        "%2e%2e",
+        "~",
+        "-",
+        ".hidden",
+        "ok_1.2-3",
+        "é",
+    ] {
+        names.push(format!("\"{name}\""));
+    }
+    names.push(format!("\"{}\"", "n".repeat(128)));
+    names.push(format!("\"{}\"", "n".repeat(129)));
+    let mut saved = 0;
+    for name in &names {
+        let tkn = tokens[0];
+        for request in [
+            format!(r#"{{"SH_SAVE":{{"name":{name}}}}}"#),
+            format!(r#"{{"SH_SAVE":{{"name":"subset","tkns":[{tkn},{name}]}}}}"#),
+            format!(r#"{{"SH_SAVE":{{"name":"subset","tkns":{name}}}}}"#),
+            format!(r#"{{"SH_LOAD":{{"name":{name}}}}}"#),
+        ] {
+            let status = send_checked(&mut c, &request);
+            saved += usize::from(status == 121);
+            assert_eq!(
+                state(&mut c, &tokens),
+                before,
+                "{request} (status {status})"
+            );
+        }
+    }
+    assert!(saved > 0, "some names are valid");
+    let r = c.call(r#"{"SH_LOAD":{"name":"ok_1.2-3"}}"#);
+    assert_eq!(st(&r), 141, "{r}");
+    assert_eq!(
+        entries(&scratch.0),
+        ["data"],
+        "nothing written beside the persist path"
+    );
+    for dataset in entries(&data) {
+        assert!(
+            !dataset.is_empty() && dataset != "." && dataset != "..",
+            "{dataset}"
+        );
+    }
+    assert_eq!(state(&mut c, &tokens), before);
+}
