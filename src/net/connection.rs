@@ -26,7 +26,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Requests a connection may have unanswered (or answered but not yet
 /// written) before we stop reading it. With the output limit this bounds
 /// what one client can make us hold: the limit plus this many responses.
-const MAX_IN_FLIGHT: usize = 256;
+const MAX_IN_FLIGHT: usize = 128;
 
 /// Per-connection WebSocket limits and buffer sizes.
 #[derive(Copy, Clone, Debug)]

@@ -96,7 +96,7 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
         Command::End { .. } => store.end(tkn, now).map(|()| ok(out, name, tkn).finish()),
         Command::Info { .. } => store.read(tkn, now).map(|session| {
             let mut r = ok(out, name, tkn)
-                .opt_str("name", session.name.as_deref())
+                .opt_str("name", session.name())
                 .bool("shared", session.shared)
                 .u64("keyCnt", session.keys.len() as u64)
                 .bool("expires", session.expiry.is_some());

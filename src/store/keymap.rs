@@ -1,31 +1,125 @@
-//! The keys of one session. Most sessions hold a handful of keys, so they
-//! start as a small vector scanned linearly (no hash table, one allocation
-//! per key and value) and become a hash map only when they grow.
+//! The name and keys of one session, in as few bytes as will do.
+//!
+//! Most sessions hold a handful of small keys, so they live packed in one
+//! allocation: the name, then each key and value, length-prefixed. Reads
+//! scan it (no hashing at this size), writes rebuild it. A session that
+//! grows past `PACKED_MAX_KEYS` keys or `PACKED_MAX_BYTES` bytes moves to a
+//! hash map, where each write is O(1) again.
 
 use ahash::AHashMap;
 
-/// Above this many keys a session switches to a hash map.
-const SMALL_MAX: usize = 12;
+/// Keys a packed session may hold before it becomes a map.
+const PACKED_MAX_KEYS: usize = 16;
+/// Bytes a packed session may hold before it becomes a map: rebuilding it
+/// on every write must stay cheap.
+const PACKED_MAX_BYTES: usize = 2048;
 
 #[derive(Debug)]
 pub enum KeyMap {
-    /// Insertion-ordered pairs; linear search beats hashing at this size.
-    Small(Vec<(Box<str>, Box<[u8]>)>),
-    /// Boxed so the small case keeps `Session` compact.
-    Large(Box<AHashMap<Box<str>, Box<[u8]>>>),
+    /// `[name len][name]` then `[key len][key][value len][value]` per key,
+    /// lengths as LEB128; a name length of 0 means no name.
+    Packed(Box<[u8]>),
+    /// Boxed so the packed case keeps `Session` small.
+    Large(Box<Large>),
 }
 
-impl Default for KeyMap {
-    fn default() -> Self {
-        KeyMap::Small(Vec::new())
+#[derive(Debug, Default)]
+pub struct Large {
+    name: Option<Box<str>>,
+    keys: AHashMap<Box<str>, Box<[u8]>>,
+}
+
+fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
     }
 }
 
+/// Reads a length at `at`; returns it and the position after it.
+fn get_len(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut n = 0usize;
+    let mut shift = 0;
+    loop {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        n |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((n, at));
+        }
+        shift += 7;
+        if shift > 35 {
+            return None;
+        }
+    }
+}
+
+/// The bytes `[len][bytes]` at `at`, and the position after them.
+fn get_field(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let (len, at) = get_len(bytes, at)?;
+    let end = at.checked_add(len)?;
+    Some((bytes.get(at..end)?, end))
+}
+
+/// The entries of a packed buffer, in order.
+struct Entries<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, at) = get_field(self.bytes, self.at)?;
+        let (value, at) = get_field(self.bytes, at)?;
+        self.at = at;
+        // Keys are written from `&str` only, so this always holds.
+        Some((std::str::from_utf8(key).ok()?, value))
+    }
+}
+
+fn put_entry(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    put_len(out, key.len());
+    out.extend_from_slice(key.as_bytes());
+    put_len(out, value.len());
+    out.extend_from_slice(value);
+}
+
 impl KeyMap {
+    pub fn new(name: Option<&str>) -> Self {
+        let mut out = Vec::with_capacity(name.map_or(1, |n| n.len() + 2));
+        put_len(&mut out, name.map_or(0, str::len));
+        out.extend_from_slice(name.unwrap_or("").as_bytes());
+        KeyMap::Packed(out.into_boxed_slice())
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            KeyMap::Packed(bytes) => {
+                let (name, _) = get_field(bytes, 0)?;
+                (!name.is_empty())
+                    .then(|| std::str::from_utf8(name).ok())
+                    .flatten()
+            }
+            KeyMap::Large(large) => large.name.as_deref(),
+        }
+    }
+
+    /// Where the entries of a packed buffer begin.
+    fn entries_start(bytes: &[u8]) -> usize {
+        get_field(bytes, 0).map_or(bytes.len(), |(_, at)| at)
+    }
+
     pub fn len(&self) -> usize {
         match self {
-            KeyMap::Small(v) => v.len(),
-            KeyMap::Large(m) => m.len(),
+            KeyMap::Packed(_) => self.iter().count(),
+            KeyMap::Large(large) => large.keys.len(),
         }
     }
 
@@ -35,8 +129,8 @@ impl KeyMap {
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         match self {
-            KeyMap::Small(v) => v.iter().find(|(k, _)| k.as_ref() == key).map(|(_, v)| &**v),
-            KeyMap::Large(m) => m.get(key).map(|v| &**v),
+            KeyMap::Packed(_) => self.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+            KeyMap::Large(large) => large.keys.get(key).map(|v| &**v),
         }
     }
 
@@ -44,24 +138,48 @@ impl KeyMap {
         self.get(key).is_some()
     }
 
-    /// Sets `key`; returns the value it replaces, if any.
-    pub fn set(&mut self, key: Box<str>, value: Box<[u8]>) -> Option<Box<[u8]>> {
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &[u8])> + '_> {
         match self {
-            KeyMap::Small(v) => {
-                if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
-                    return Some(std::mem::replace(&mut slot.1, value));
-                }
-                if v.len() < SMALL_MAX {
-                    v.push((key, value));
-                    return None;
-                }
-                let mut map: AHashMap<Box<str>, Box<[u8]>> = v.drain(..).collect();
-                map.insert(key, value);
-                *self = KeyMap::Large(Box::new(map));
-                None
+            KeyMap::Packed(bytes) => Box::new(Entries {
+                bytes,
+                at: Self::entries_start(bytes),
+            }),
+            KeyMap::Large(large) => {
+                Box::new(large.keys.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
             }
-            KeyMap::Large(m) => m.insert(key, value),
         }
+    }
+
+    /// Sets `key`; returns the length of the value it replaces, if any.
+    pub fn set(&mut self, key: Box<str>, value: Box<[u8]>) -> Option<usize> {
+        let bytes = match self {
+            KeyMap::Large(large) => return large.keys.insert(key, value).map(|old| old.len()),
+            KeyMap::Packed(bytes) => bytes,
+        };
+        let start = Self::entries_start(bytes);
+        let mut out = Vec::with_capacity(bytes.len() + key.len() + value.len() + 4);
+        out.extend_from_slice(&bytes[..start]);
+        let (mut old, mut count) = (None, 0);
+        for (k, v) in (Entries { bytes, at: start }) {
+            count += 1;
+            let v = if k == &*key {
+                old = Some(v.len());
+                &*value
+            } else {
+                v
+            };
+            put_entry(&mut out, k, v);
+        }
+        if old.is_none() {
+            count += 1;
+            put_entry(&mut out, &key, &value);
+        }
+        if count > PACKED_MAX_KEYS || out.len() > PACKED_MAX_BYTES {
+            self.make_large();
+            return self.set(key, value);
+        }
+        *bytes = out.into_boxed_slice();
+        old
     }
 
     /// Sets `key` only if absent; returns true when it was added.
@@ -73,29 +191,46 @@ impl KeyMap {
         true
     }
 
-    /// Removes `key`; returns its value if it existed.
-    pub fn remove(&mut self, key: &str) -> Option<Box<[u8]>> {
-        match self {
-            KeyMap::Small(v) => {
-                let i = v.iter().position(|(k, _)| k.as_ref() == key)?;
-                Some(v.remove(i).1)
+    /// Removes `key`; returns the length of its value if it existed.
+    pub fn remove(&mut self, key: &str) -> Option<usize> {
+        let bytes = match self {
+            KeyMap::Large(large) => return large.keys.remove(key).map(|old| old.len()),
+            KeyMap::Packed(bytes) => bytes,
+        };
+        let start = Self::entries_start(bytes);
+        let mut out = Vec::with_capacity(bytes.len());
+        out.extend_from_slice(&bytes[..start]);
+        let mut old = None;
+        for (k, v) in (Entries { bytes, at: start }) {
+            if k == key {
+                old = Some(v.len());
+            } else {
+                put_entry(&mut out, k, v);
             }
-            KeyMap::Large(m) => m.remove(key),
         }
+        if old.is_some() {
+            *bytes = out.into_boxed_slice();
+        }
+        old
     }
 
-    /// Removes every key; returns how many there were.
+    /// Removes every key (the name stays); returns how many there were.
     pub fn clear(&mut self) -> usize {
         let n = self.len();
-        *self = KeyMap::default();
+        let name = self.name().map(Box::<str>::from);
+        *self = KeyMap::new(name.as_deref());
         n
     }
 
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &[u8])> + '_> {
-        match self {
-            KeyMap::Small(v) => Box::new(v.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
-            KeyMap::Large(m) => Box::new(m.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
-        }
+    fn make_large(&mut self) {
+        let large = Large {
+            name: self.name().map(Box::from),
+            keys: self
+                .iter()
+                .map(|(k, v)| (Box::from(k), Box::from(v)))
+                .collect(),
+        };
+        *self = KeyMap::Large(Box::new(large));
     }
 }
 
@@ -108,36 +243,57 @@ mod tests {
     }
 
     #[test]
-    fn set_add_remove_across_the_small_to_large_switch() {
-        let mut keys = KeyMap::default();
+    fn set_add_remove_across_the_packed_to_map_switch() {
+        let mut keys = KeyMap::new(Some("basket"));
         for i in 0..40 {
             assert!(
                 keys.set(format!("k{i}").into(), v(&i.to_string()))
                     .is_none()
             );
             assert_eq!(keys.len(), i + 1);
+            assert_eq!(keys.name(), Some("basket"));
         }
         assert!(matches!(keys, KeyMap::Large(_)));
-        assert_eq!(keys.set("k3".into(), v("\"x\"")), Some(v("3")));
+        assert_eq!(keys.set("k3".into(), v("\"x\"")), Some(1));
         assert_eq!(keys.get("k3"), Some(&b"\"x\""[..]));
         assert!(!keys.add("k4".into(), v("9")));
         assert_eq!(keys.get("k4"), Some(&b"4"[..]));
-        assert_eq!(keys.remove("k4"), Some(v("4")));
+        assert_eq!(keys.remove("k4"), Some(1));
         assert_eq!(keys.remove("k4"), None);
         assert_eq!(keys.iter().count(), 39);
         assert_eq!(keys.clear(), 39);
         assert!(keys.is_empty());
-        assert!(matches!(keys, KeyMap::Small(_)));
+        assert_eq!(keys.name(), Some("basket"));
+        assert!(matches!(keys, KeyMap::Packed(_)));
     }
 
     #[test]
-    fn small_maps_keep_insertion_order() {
-        let mut keys = KeyMap::default();
+    fn packed_sessions_keep_order_and_values_of_any_size() {
+        let mut keys = KeyMap::new(None);
+        assert_eq!(keys.name(), None);
         for k in ["b", "a", "c"] {
             keys.set(k.into(), v("1"));
         }
-        keys.set("a".into(), v("2"));
+        assert_eq!(keys.set("a".into(), v(&"x".repeat(300))), Some(1));
         let names: Vec<_> = keys.iter().map(|(k, _)| k).collect();
         assert_eq!(names, ["b", "a", "c"]);
+        assert_eq!(keys.get("a").map(<[u8]>::len), Some(300));
+        assert_eq!(keys.remove("b"), Some(1));
+        assert_eq!(keys.remove("zz"), None);
+        assert_eq!(keys.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "c"]);
+        // A big value moves the session to a map.
+        keys.set("big".into(), v(&"y".repeat(5000)));
+        assert!(matches!(keys, KeyMap::Large(_)));
+        assert_eq!(keys.len(), 3);
+    }
+
+    #[test]
+    fn lengths_round_trip() {
+        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, 1 << 28] {
+            let mut out = Vec::new();
+            put_len(&mut out, n);
+            assert_eq!(get_len(&out, 0), Some((n, out.len())));
+        }
+        assert_eq!(get_len(&[0x80, 0x80], 0), None);
     }
 }

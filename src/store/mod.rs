@@ -12,14 +12,14 @@ mod keymap;
 #[cfg(test)]
 mod model_test;
 mod snapshot;
+mod table;
 
 use std::sync::Arc;
-
-use ahash::AHashMap;
 
 pub use keymap::KeyMap;
 pub use snapshot::Chunk;
 use snapshot::Snapshot;
+use table::Sessions;
 
 use crate::expiry::{TimerKey, TimingWheel};
 use crate::persist::SessionRecord;
@@ -31,9 +31,10 @@ pub type Millis = u64;
 
 #[derive(Debug)]
 pub struct Session {
+    pub tkn: Token,
+    /// The keys, and the name given at creation (registered server-wide
+    /// when `shared`), packed together.
     pub keys: KeyMap,
-    /// Given at creation; registered server-wide when `shared`.
-    pub name: Option<Box<str>>,
     pub shared: bool,
     pub expiry: Option<Expiry>,
     /// The last snapshot epoch that holds this session (see `snapshot.rs`).
@@ -49,6 +50,12 @@ pub struct Expiry {
     /// The session's one live wheel timer. It may be due before `deadline`
     /// (the deadline slid since); when it fires, it is filed again.
     timer: TimerKey,
+}
+
+impl Session {
+    pub fn name(&self) -> Option<&str> {
+        self.keys.name()
+    }
 }
 
 impl Expiry {
@@ -115,7 +122,7 @@ enum Access {
 }
 
 pub struct SessionStore {
-    sessions: AHashMap<Token, Session>,
+    sessions: Sessions,
     /// Keys over all sessions here, kept so totals cost O(1).
     key_count: u64,
     /// Accounted bytes held (see `SESSION_OVERHEAD`).
@@ -140,7 +147,7 @@ pub struct SnapshotBusy;
 impl SessionStore {
     pub fn new(names: Arc<SharedNames>) -> Self {
         SessionStore {
-            sessions: AHashMap::new(),
+            sessions: Sessions::new(),
             key_count: 0,
             used_bytes: 0,
             max_bytes: 0,
@@ -166,7 +173,7 @@ impl SessionStore {
             Some(epoch) => epoch,
             None => {
                 // Once in 4 billion saves: forget the old marks.
-                for session in self.sessions.values_mut() {
+                for session in self.sessions.iter_mut() {
                     session.saved_epoch = 0;
                 }
                 1
@@ -174,11 +181,11 @@ impl SessionStore {
         };
         let epoch = self.snapshot_epoch;
         let snapshot = match only {
-            None => Snapshot::new(epoch, self.sessions.keys().copied().collect(), true, now),
+            None => Snapshot::new(epoch, self.sessions.tokens().collect(), true, now),
             Some(tkns) => {
                 let mut snapshot = Snapshot::new(epoch, Vec::new(), false, now);
                 for &tkn in tkns {
-                    if let Some(session) = self.sessions.get_mut(&tkn)
+                    if let Some(session) = self.sessions.get_mut(tkn)
                         && session.saved_epoch != epoch
                     {
                         snapshot.save(tkn, session);
@@ -202,7 +209,7 @@ impl SessionStore {
                 break;
             };
             visited += 1;
-            if let Some(session) = self.sessions.get_mut(&tkn)
+            if let Some(session) = self.sessions.get_mut(tkn)
                 && session.saved_epoch != snapshot.epoch
             {
                 snapshot.save(tkn, session);
@@ -220,10 +227,10 @@ impl SessionStore {
     /// session is left as it is), its shared name belongs to another
     /// session, or it would pass the memory limit.
     pub fn restore(&mut self, record: SessionRecord, now: Millis) -> Option<u64> {
-        if record.tkn == 0 || self.sessions.contains_key(&record.tkn) {
+        if record.tkn == 0 || self.sessions.contains(record.tkn) {
             return None;
         }
-        let cost = session_cost(record.name.as_deref(), &KeyMap::default())
+        let cost = session_cost(record.name.as_deref(), &KeyMap::new(None))
             + record
                 .keys
                 .iter()
@@ -260,7 +267,7 @@ impl SessionStore {
     fn preserve(&mut self, tkn: Token) {
         if let Some(snapshot) = &mut self.snapshot
             && snapshot.copy_on_write
-            && let Some(session) = self.sessions.get_mut(&tkn)
+            && let Some(session) = self.sessions.get_mut(tkn)
             && session.saved_epoch != snapshot.epoch
         {
             snapshot.save(tkn, session);
@@ -308,13 +315,13 @@ impl SessionStore {
     fn settle_fired(&mut self, tkn: Token, now: Millis) {
         if self
             .sessions
-            .get(&tkn)
+            .get(tkn)
             .and_then(|s| s.expiry)
             .is_some_and(|e| now >= e.deadline)
         {
             self.preserve(tkn);
         }
-        let Some(session) = self.sessions.get_mut(&tkn) else {
+        let Some(session) = self.sessions.get_mut(tkn) else {
             return;
         };
         let Some(expiry) = &mut session.expiry else {
@@ -345,7 +352,7 @@ impl SessionStore {
     }
 
     pub fn contains_token(&self, tkn: Token) -> bool {
-        self.sessions.contains_key(&tkn)
+        self.sessions.contains(tkn)
     }
 
     /// Whether a new session with a name of `name_len` bytes fits in memory.
@@ -366,7 +373,8 @@ impl SessionStore {
     ) {
         // Callers check for collisions first; keep everything right regardless.
         self.remove(tkn);
-        self.used_bytes += session_cost(name.as_deref(), &KeyMap::default());
+        let keys = KeyMap::new(name.as_deref());
+        self.used_bytes += session_cost(name.as_deref(), &keys);
         let expiry = expiry.map(|settings| {
             let deadline = deadline_after(settings, now);
             Expiry {
@@ -376,19 +384,19 @@ impl SessionStore {
             }
         });
         let session = Session {
-            keys: KeyMap::default(),
-            name,
+            tkn,
+            keys,
             shared,
             expiry,
             // Not part of a snapshot already under way.
             saved_epoch: self.snapshot_epoch,
         };
-        self.sessions.insert(tkn, session);
+        self.sessions.insert(session);
     }
 
     /// Applies an overdue expiry, then returns the session if it still lives.
     fn live(&mut self, tkn: Token, now: Millis, access: Access) -> Option<&mut Session> {
-        let expired = match self.sessions.get(&tkn)?.expiry {
+        let expired = match self.sessions.get(tkn)?.expiry {
             Some(e) if now >= e.deadline => Some(e.settings),
             _ => None,
         };
@@ -398,7 +406,7 @@ impl SessionStore {
                 self.remove(tkn);
                 return None;
             }
-            let session = self.sessions.get_mut(&tkn)?;
+            let session = self.sessions.get_mut(tkn)?;
             self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
             if let Some(e) = &mut session.expiry {
@@ -406,7 +414,7 @@ impl SessionStore {
                 self.wheel.reschedule(e.timer, e.deadline);
             }
         }
-        let session = self.sessions.get_mut(&tkn)?;
+        let session = self.sessions.get_mut(tkn)?;
         if let Some(e) = &mut session.expiry {
             let extend = match access {
                 Access::Read => false,
@@ -423,14 +431,14 @@ impl SessionStore {
 
     /// Removes a session, its timer, and its shared name.
     fn remove(&mut self, tkn: Token) -> Option<Session> {
-        let session = self.sessions.remove(&tkn)?;
+        let session = self.sessions.remove(tkn)?;
         self.key_count -= session.keys.len() as u64;
-        self.used_bytes -= session_cost(session.name.as_deref(), &session.keys);
+        self.used_bytes -= session_cost(session.name(), &session.keys);
         if let Some(e) = &session.expiry {
             self.wheel.remove(e.timer);
         }
         if session.shared
-            && let Some(name) = &session.name
+            && let Some(name) = session.name()
         {
             self.names.release(name, tkn);
         }
@@ -470,7 +478,7 @@ impl SessionStore {
             && snapshot.copy_on_write
         {
             while let Some(tkn) = snapshot.next_listed() {
-                if let Some(session) = self.sessions.get_mut(&tkn)
+                if let Some(session) = self.sessions.get_mut(tkn)
                     && session.saved_epoch != snapshot.epoch
                 {
                     snapshot.save(tkn, session);
@@ -479,18 +487,18 @@ impl SessionStore {
         }
         let live = self
             .sessions
-            .values()
+            .iter()
             // Past its deadline, only a deleteSession session is gone.
             .filter(|s| {
                 s.expiry
                     .is_none_or(|e| now < e.deadline || !e.settings.delete_session)
             })
             .count();
-        for (tkn, session) in self.sessions.drain() {
+        for session in self.sessions.drain() {
             if session.shared
-                && let Some(name) = &session.name
+                && let Some(name) = session.keys.name()
             {
-                self.names.release(name, tkn);
+                self.names.release(name, session.tkn);
             }
         }
         self.key_count = 0;
@@ -523,7 +531,7 @@ impl SessionStore {
         for (key, value) in keys {
             let (len, cost) = (value.len() as i64, entry_cost(&key, &value) as i64);
             match session.keys.set(key, value) {
-                Some(old) => bytes += len - old.len() as i64,
+                Some(old) => bytes += len - old as i64,
                 None => {
                     added += 1;
                     bytes += cost;
@@ -600,9 +608,9 @@ impl SessionStore {
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let (mut removed, mut bytes) = (0, 0);
         for key in keys {
-            if let Some(value) = session.keys.remove(key) {
+            if let Some(value_len) = session.keys.remove(key) {
                 removed += 1;
-                bytes += entry_cost(key, &value);
+                bytes += KEY_OVERHEAD + (key.len() + value_len) as u64;
             }
         }
         self.key_count -= removed;

@@ -67,7 +67,7 @@ impl Snapshot {
         encode_record(
             &mut self.out,
             tkn,
-            session.name.as_deref(),
+            session.name(),
             session.shared,
             settings,
             session.keys.iter().take(keys),
