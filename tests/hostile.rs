@@ -622,3 +622,50 @@ fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
     }
     assert_eq!(state(&mut c, &tokens), before);
 }
+
+/// A frame header claiming an enormous payload (up to 2^63 bytes, and the
+/// 2^64 - 1 the RFC forbids) is refused at once with 1009, before any of
+/// it is buffered; other clients carry on.
+#[test]
+fn frame_headers_claiming_huge_payloads_close_with_1009() {
+    let server = two_shards();
+    let mut other = server.client();
+    for length in [
+        [0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        [0xff; 8],
+        [0, 0, 0, 1, 0, 0, 0, 0],
+    ] {
+        let mut c = server.client();
+        let mut header = vec![0x81, 0xff];
+        header.extend_from_slice(&length);
+        header.extend_from_slice(&[0, 0, 0, 0]); // mask key
+        c.ws.get_mut().write_all(&header).unwrap();
+        match c.ws.read() {
+            Ok(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::Size, "{length:x?}"),
+            other => panic!("{length:x?}: expected close 1009, got {other:?}"),
+        }
+        assert_eq!(st(&other.call(r#"{"SV_INFO":{}}"#)), 1);
+    }
+}
+
+/// A request trickling in a byte at a time (mid-frame for a while) is
+/// answered once complete, and nobody waits for it meanwhile.
+#[test]
+fn a_request_sent_byte_by_byte_is_answered_and_blocks_nobody() {
+    let server = two_shards();
+    let mut slow = server.client();
+    let mut other = server.client();
+    let payload = br#"{"SH_NEW":{"name":"trickle"}}"#;
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0x12, 0x34, 0x56, 0x78];
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for (i, byte) in frame.iter().enumerate() {
+        slow.ws.get_mut().write_all(&[*byte]).unwrap();
+        if i % 8 == 0 {
+            // Served while the slow frame is incomplete.
+            assert_eq!(st(&other.call(r#"{"SH_INFO_ALL":{}}"#)), 1);
+        }
+    }
+    let r = body(&slow.recv_json(), "SH_NEW_RSP");
+    assert_eq!((st(&r), r["name"].as_str()), (1, Some("trickle")));
+}
