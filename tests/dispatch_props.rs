@@ -203,6 +203,127 @@ proptest! {
     }
 }
 
+/// Whitespace JSON allows between tokens.
+const WHITESPACE: &[&str] = &["", "", " ", "\t", "\n", "\r\n", "  "];
+
+/// Number spellings that a parse and re-encode would change.
+const NUMBERS: &[&str] = &[
+    "0",
+    "-0",
+    "1E2",
+    "1e-2",
+    "-1.5E+3",
+    "0.10",
+    "1.0",
+    "-0.0",
+    "18446744073709551615",
+    "-9223372036854775808",
+    "123456789012345678",
+    "1.7976931348623157e308",
+    "5e-324",
+];
+
+/// Valid pieces of string bodies, escapes kept as written.
+const VALID_STRING_PIECES: &[&str] = &[
+    "a",
+    " ",
+    "é",
+    "😀",
+    "\\u0000",
+    "\\u00e9",
+    "\\u00E9",
+    "\\ud83d\\ude00",
+    "\\\"",
+    "\\\\",
+    "\\/",
+    "\\b\\f\\n\\r\\t",
+    "}",
+    "]",
+    ",",
+    ":",
+];
+
+/// A valid JSON value as (text with whitespace between tokens, the same
+/// text without it).
+fn spaced_value() -> impl Strategy<Value = (String, String)> {
+    let string = prop::collection::vec(select(VALID_STRING_PIECES), 0..5)
+        .prop_map(|pieces| format!("\"{}\"", pieces.concat()));
+    let leaf = prop_oneof![
+        select(NUMBERS).prop_map(str::to_string),
+        select(&["true", "false", "null"][..]).prop_map(str::to_string),
+        string.clone(),
+    ]
+    .prop_map(|t| (t.clone(), t));
+    leaf.prop_recursive(4, 24, 4, move |inner| {
+        let ws = || select(WHITESPACE);
+        let member = (ws(), string.clone(), ws(), ws(), inner.clone(), ws());
+        prop_oneof![
+            (prop::collection::vec((ws(), inner, ws()), 0..4), ws()).prop_map(|(items, empty)| {
+                let spaced: Vec<String> = items
+                    .iter()
+                    .map(|(a, (t, _), b)| format!("{a}{t}{b}"))
+                    .collect();
+                let compact: Vec<String> = items.iter().map(|(_, (_, c), _)| c.clone()).collect();
+                let inside = if items.is_empty() {
+                    empty.to_string()
+                } else {
+                    spaced.join(",")
+                };
+                (format!("[{inside}]"), format!("[{}]", compact.join(",")))
+            }),
+            (prop::collection::vec(member, 0..4), ws()).prop_map(|(members, empty)| {
+                let spaced: Vec<String> = members
+                    .iter()
+                    .map(|(a, k, b, c, (t, _), d)| format!("{a}{k}{b}:{c}{t}{d}"))
+                    .collect();
+                let compact: Vec<String> = members
+                    .iter()
+                    .map(|(_, k, _, _, (_, v), _)| format!("{k}:{v}"))
+                    .collect();
+                let inside = if members.is_empty() {
+                    empty.to_string()
+                } else {
+                    spaced.join(",")
+                };
+                (
+                    format!("{{{inside}}}"),
+                    format!("{{{}}}", compact.join(",")),
+                )
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// A value comes back from SH_GET exactly as sent, minus the whitespace
+    /// between tokens: number spellings, escapes, duplicate members and all.
+    #[test]
+    fn values_come_back_exactly_as_sent(
+        (spaced, compact) in spaced_value(),
+        ws in prop::collection::vec(select(WHITESPACE), 4),
+        command in select(&["SH_SET", "SH_ADD", "SH_CLEAR_SET"][..]),
+    ) {
+        let mut h = Harness::new();
+        let tkn = h.tokens()[0];
+        let request = format!(
+            r#"{{"{command}":{{"tkn":{tkn},"keys":{{{}"n\u0065w"{}:{}{spaced}{}}}}}}}"#,
+            ws[0], ws[1], ws[2], ws[3]
+        );
+        prop_assert_eq!(h.run(request.as_bytes(), true).status, 1, "{}", request);
+        let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["new"]}}}}"#);
+        let got = String::from_utf8(h.run(get.as_bytes(), true).response).expect("UTF-8");
+        let expected = format!(r#"{{"SH_GET_RSP":{{"st":1,"tkn":{tkn},"keys":{{"new":{compact}}}}}}}"#);
+        prop_assert_eq!(got, expected, "{}", request);
+        h.finish();
+    }
+}
+
 /// Every slot with every literal, no randomness: each type in each
 /// parameter of each command is tried at least once on every run.
 #[test]

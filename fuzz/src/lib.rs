@@ -342,6 +342,8 @@ pub struct Checked {
     pub command: String,
     pub status: u64,
     pub body: OwnedValue,
+    /// The response exactly as sent.
+    pub response: Vec<u8>,
 }
 
 fn show(bytes: &[u8]) -> String {
@@ -420,6 +422,7 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
             command: "ERR".into(),
             status,
             body: body.clone(),
+            response: response.to_vec(),
         };
     }
     let value = parse(request).expect("parsed above");
@@ -440,6 +443,7 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
             command: command.clone(),
             status,
             body: body.clone(),
+            response: response.to_vec(),
         };
     };
     assert!(
@@ -491,6 +495,7 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
         command: command.clone(),
         status,
         body: body.clone(),
+        response: response.to_vec(),
     }
 }
 
