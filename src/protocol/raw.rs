@@ -153,6 +153,87 @@ pub fn compact(value: &[u8]) -> Box<[u8]> {
     out.into_boxed_slice()
 }
 
+/// Whether `text` is a number as JSON spells it:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(text: &[u8]) -> bool {
+    let digits = |at: &mut usize| {
+        let start = *at;
+        while text.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at > start
+    };
+    let mut at = usize::from(text.first() == Some(&b'-'));
+    if text.get(at) == Some(&b'0') {
+        at += 1;
+    } else if !digits(&mut at) {
+        return false;
+    }
+    if text.get(at) == Some(&b'.') {
+        at += 1;
+        if !digits(&mut at) {
+            return false;
+        }
+    }
+    if matches!(text.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(text.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if !digits(&mut at) {
+            return false;
+        }
+    }
+    at == text.len()
+}
+
+/// Whether a JSON number's text fits what simd-json represents: an i64 or
+/// u64 integer, or a finite double.
+fn number_fits(text: &str) -> bool {
+    if text.contains(['.', 'e', 'E']) {
+        text.parse::<f64>().is_ok_and(f64::is_finite)
+    } else {
+        text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok()
+    }
+}
+
+/// A copy of `text` where every number simd-json cannot hold (beyond 64
+/// bits, or overflowing a double) is overwritten by `1.0` and spaces, or
+/// None if there is none. Such numbers are valid JSON: with them out of
+/// the way simd-json can check the rest, a parameter holding one is then
+/// simply of the wrong type (a float), and stored values are still taken
+/// from the original text, exactly as sent.
+pub fn neutralize_big_numbers(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut at = 0;
+    while at < text.len() {
+        match text[at] {
+            b'"' => {
+                let mut walker = Walker { text, at };
+                walker.string()?;
+                at = walker.at;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while at < text.len()
+                    && matches!(text[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    at += 1;
+                }
+                let number = std::str::from_utf8(&text[start..at]).ok()?;
+                // Malformed numbers stay: the request is invalid JSON.
+                if is_json_number(number.as_bytes()) && !number_fits(number) && number.len() >= 3 {
+                    let copy = out.get_or_insert_with(|| text.to_vec());
+                    copy[start..at].fill(b' ');
+                    copy[start..start + 3].copy_from_slice(b"1.0");
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    out
+}
+
 /// The raw members of `{"CMD":{..., "keys":{...}}}`: each key's literal and
 /// its value's text, in document order. With several `keys` members the
 /// first one counts, as it does for the parsed request's lookup.
@@ -225,6 +306,32 @@ mod tests {
         );
         assert_eq!(got, [("first".to_string(), "\"v\"".to_string())]);
         assert_eq!(members(r#"{"SH_SET":{"keys":{}}}"#), []);
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_are_neutralized_outside_strings_only() {
+        let text = br#"{"A":{"tkn":18446744073709551616,"s":"99999999999999999999999","f":1e400,"ok":[-5,18446744073709551615,2.5e10]}}"#;
+        let clean = String::from_utf8(neutralize_big_numbers(text).unwrap()).unwrap();
+        assert_eq!(
+            clean,
+            r#"{"A":{"tkn":1.0                 ,"s":"99999999999999999999999","f":1.0  ,"ok":[-5,18446744073709551615,2.5e10]}}"#
+        );
+        assert!(neutralize_big_numbers(br#"{"A":{"x":[1,-2,3.5]}}"#).is_none());
+        for malformed in [
+            "1e+",
+            "01",
+            "1.",
+            "-",
+            "--1",
+            "1e5.5",
+            "99999999999999999999e",
+        ] {
+            let text = format!(r#"{{"A":{{"x":{malformed}}}}}"#);
+            assert!(
+                neutralize_big_numbers(text.as_bytes()).is_none(),
+                "{malformed}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use simd_json::prelude::*;
-use simd_json::{BorrowedValue, StaticNode};
+use simd_json::{BorrowedValue, ErrorType, StaticNode};
 
 use super::Status;
 use super::raw;
@@ -197,8 +197,24 @@ pub fn parse_request(
 ) -> Result<Command, Rejection> {
     scratch.clear();
     scratch.extend_from_slice(text);
-    let root = simd_json::to_borrowed_value_with_buffers(scratch, buffers)
-        .map_err(|e| Rejection::frame(Status::JsonInvalid, json_error_message(&e)))?;
+    let invalid =
+        |e: &simd_json::Error| Rejection::frame(Status::JsonInvalid, json_error_message(e));
+    // Only for the rare request holding a number beyond 64 bits.
+    let mut neutralized: Vec<u8>;
+    let root = match simd_json::to_borrowed_value_with_buffers(scratch, buffers) {
+        Ok(root) => root,
+        Err(e)
+            if matches!(
+                e.error(),
+                ErrorType::InvalidNumber | ErrorType::InvalidExponent
+            ) =>
+        {
+            neutralized = raw::neutralize_big_numbers(text).ok_or_else(|| invalid(&e))?;
+            simd_json::to_borrowed_value_with_buffers(&mut neutralized, buffers)
+                .map_err(|e| invalid(&e))?
+        }
+        Err(e) => return Err(invalid(&e)),
+    };
     let Some(object) = root.as_object() else {
         return Err(Rejection::frame(
             Status::CommandSyntax,
@@ -328,11 +344,10 @@ fn parse_decimal_token(s: &str) -> Option<Token> {
 
 /// Why simd-json refused the text, in a client's words.
 fn json_error_message(error: &simd_json::Error) -> &'static str {
-    use simd_json::ErrorType;
     match error.error() {
         ErrorType::DepthLimitExceeded => "request is not valid JSON: nested too deeply",
         ErrorType::InvalidNumber | ErrorType::InvalidExponent => {
-            "request is not valid JSON here: integers must fit in 64 bits, other numbers in a double"
+            "request is not valid JSON: a number is malformed"
         }
         ErrorType::InvalidEscape
         | ErrorType::InvalidUnicodeEscape
@@ -700,6 +715,33 @@ mod tests {
         assert_eq!(get("a").as_deref(), Some("[1,2.5,-3,18446744073709551615]"));
         // Exactly as sent: the escape stays an escape.
         assert_eq!(get("b").as_deref(), Some("{\"x\":\"q\\\"\\u00e9\"}"));
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_are_valid_json_of_the_wrong_type() {
+        assert_eq!(
+            status(r#"{"SH_END":{"tkn":18446744073709551616}}"#),
+            Status::SessionTokenInvalid
+        );
+        assert_eq!(
+            parse(r#"{"SH_EXISTS":{"tkns":[1e400,7,-99999999999999999999]}}"#),
+            Ok(Command::Exists { tkns: vec![7] })
+        );
+        let Ok(Command::Set { keys, .. }) = parse(
+            r#"{"SH_SET":{"tkn":1,"keys":{"big":123456789012345678901234567890,"f":-1e999}}}"#,
+        ) else {
+            panic!("SH_SET with big numbers did not parse")
+        };
+        assert_eq!(&*keys[0].1, b"123456789012345678901234567890");
+        assert_eq!(&*keys[1].1, b"-1e999");
+        assert_eq!(
+            status(r#"{"SH_SET":{"tkn":1,"keys":{"a":01}}}"#),
+            Status::JsonInvalid
+        );
+        assert_eq!(
+            status(r#"{"SH_SET":{"tkn":1,"keys":{"a":1.}}}"#),
+            Status::JsonInvalid
+        );
     }
 
     #[test]
