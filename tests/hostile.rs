@@ -669,3 +669,67 @@ fn a_request_sent_byte_by_byte_is_answered_and_blocks_nobody() {
     let r = body(&slow.recv_json(), "SH_NEW_RSP");
     assert_eq!((st(&r), r["name"].as_str()), (1, Some("trickle")));
 }
+
+/// Opening handshakes that are HTTP but not an acceptable upgrade get 400
+/// and a close (the server.rs test covers a plain GET and non-HTTP bytes).
+#[test]
+fn bad_upgrade_requests_get_400_and_a_close() {
+    let server = two_shards();
+    let upgrade = |extra: &str, skip: &str| {
+        let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for line in [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ] {
+            if !line.starts_with(skip) || skip.is_empty() {
+                head.push_str(line);
+                head.push_str("\r\n");
+            }
+        }
+        head.push_str(extra);
+        head.push_str("\r\n");
+        head.into_bytes()
+    };
+    let many_headers: String = (0..70).map(|i| format!("X-{i}: y\r\n")).collect();
+    let big_header = format!("X-Big: {}\r\n", "y".repeat(9000));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no key", upgrade("", "Sec-WebSocket-Key")),
+        ("no version", upgrade("", "Sec-WebSocket-Version")),
+        ("no Upgrade header", upgrade("", "Upgrade")),
+        ("no Connection header", upgrade("", "Connection")),
+        ("version 8", {
+            let mut h = upgrade("", "Sec-WebSocket-Version");
+            h.truncate(h.len() - 2);
+            h.extend_from_slice(b"Sec-WebSocket-Version: 8\r\n\r\n");
+            h
+        }),
+        ("POST", {
+            let mut h = upgrade("", "");
+            h.splice(0..3, b"POST".iter().copied());
+            h
+        }),
+        ("HTTP/1.0", {
+            let h = String::from_utf8(upgrade("", "")).unwrap();
+            h.replacen("HTTP/1.1", "HTTP/1.0", 1).into_bytes()
+        }),
+        ("70 headers", upgrade(&many_headers, "")),
+        ("9 KB head", upgrade(&big_header, "")),
+        ("key not UTF-8", {
+            let mut h = upgrade("", "Sec-WebSocket-Key");
+            h.truncate(h.len() - 2);
+            h.extend_from_slice(b"Sec-WebSocket-Key: \xff\xfe\r\n\r\n");
+            h
+        }),
+    ];
+    for (what, head) in cases {
+        let mut s = support::raw(server.addr);
+        // A 9 KB head may be refused before it is all sent.
+        let _ = s.write_all(&head);
+        let reply = String::from_utf8_lossy(&support::read_to_close(&mut s)).to_string();
+        assert!(reply.starts_with("HTTP/1.1 400"), "{what}: {reply:?}");
+    }
+    let mut c = server.client();
+    assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
+}
