@@ -1,25 +1,30 @@
-//! What the `dispatch` fuzz target and `tests/dispatch_props.rs` both check:
-//! a [`Harness`] feeds WebSocket messages to a `LocalDispatcher` (decoding
-//! and commands exactly as a one-shard server runs them) and, after every
-//! message, asserts what docs/PROTOCOL.md promises for any request however
-//! malformed:
+//! What the `dispatch` fuzz target, `tests/dispatch_props.rs` and
+//! `tests/hostile.rs` all check. [`check`] holds one response against the
+//! request it answers, whatever the transport; a [`Harness`] feeds messages
+//! to a `LocalDispatcher` (decoding and commands exactly as a one-shard
+//! server runs them) and checks, after every message, what docs/PROTOCOL.md
+//! promises for any request however malformed:
 //!
 //! - the response is valid JSON: an object with one member, `ERR` or the
 //!   request's command name plus `_RSP`, whose body is an object;
 //! - its `st` is in the status table, never 1000, and one the command can
 //!   answer with; the frame table's rows get exactly their status;
-//! - an Ok body holds exactly its command's fields; an error body only
-//!   `st`, `tkn` and `m`; a `tkn` echoes the one the request gave;
+//! - a successful body holds exactly its command's fields; any other body
+//!   only `st`, `tkn` and `m`; a `tkn` echoes the one the request gave;
 //! - a response that is not Ok changed nothing: the totals and what the
 //!   seeded sessions hold are the same before and after;
-//! - `SH_SET`/`SH_CLEAR_SET` values come back from `SH_GET` as the same JSON.
+//! - `SH_SET`/`SH_CLEAR_SET` values come back from `SH_GET` as the same
+//!   JSON; `SH_INFO_ALL`/`SV_INFO` counts match the store's totals;
+//!   `SH_EXISTS` lists found tokens in request order.
 //!
 //! [`Harness::finish`] then ends every session it saw created and checks the
 //! store's accounting returns to zero and every name is released.
 //!
-//! Every broken promise is a panic, which is how libFuzzer and proptest both
-//! learn of it. This file is also compiled into the property test (by
-//! `#[path]`), so it uses nothing but `nemesisdb` and `simd_json`.
+//! The hostile inputs the tests share ([`VALID`], [`SLOTS`], [`LITERALS`],
+//! [`STRING_PIECES`]) live here too. Every broken promise is a panic, which
+//! is how libFuzzer, proptest and the integration tests all learn of it.
+//! The tests compile this file in by `#[path]`, so it uses nothing but
+//! `nemesisdb` and `simd_json`.
 
 use std::collections::HashSet;
 
@@ -711,6 +716,40 @@ impl Harness {
                 }
             }
             "SH_SET" | "SH_CLEAR_SET" => self.verify_round_trip(message, checked),
+            "SH_INFO_ALL" | "SV_INFO" => {
+                // Counts come from the same settled store as `totals`.
+                let (sessions, keys, bytes) = self.dispatcher.totals();
+                let b = &checked.body;
+                let (s, k) = if checked.command == "SV_INFO" {
+                    assert_eq!(b["memoryUsed"].as_u64(), Some(bytes), "{}", context());
+                    ("sessions", "keys")
+                } else {
+                    ("totalSessions", "totalKeys")
+                };
+                assert_eq!(b[s].as_u64(), Some(sessions), "{}", context());
+                assert_eq!(b[k].as_u64(), Some(keys), "{}", context());
+            }
+            "SH_EXISTS" => {
+                // Tokens found, in request order: a subsequence of those given.
+                let request = parse(message).expect("it was Ok");
+                let given: Vec<u64> = request
+                    .as_object()
+                    .and_then(|o| o.iter().next())
+                    .and_then(|(_, p)| p.get("tkns"))
+                    .and_then(|t| t.as_array())
+                    .map(|a| a.iter().filter_map(token_of).collect())
+                    .unwrap_or_default();
+                let mut rest = given.iter();
+                let exist = checked.body["exist"].as_array().expect("checked");
+                for t in exist.iter() {
+                    let t = t.as_u64().expect("tokens are numbers");
+                    assert!(
+                        rest.any(|g| *g == t),
+                        "exist is not in request order{}",
+                        context()
+                    );
+                }
+            }
             _ => {}
         }
     }
