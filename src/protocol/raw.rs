@@ -234,6 +234,24 @@ pub fn neutralize_big_numbers(text: &[u8]) -> Option<Vec<u8>> {
     out
 }
 
+/// Whether the parameter object of `{"CMD":{...}}` names a member twice.
+/// (Used only for objects too large for simd-json to keep duplicates.)
+pub fn params_have_duplicates(request: &[u8]) -> bool {
+    let mut walker = Walker {
+        text: request,
+        at: 0,
+    };
+    let mut seen = ahash::AHashSet::new();
+    let mut duplicate = false;
+    let walked = walker.object(|_command, w| {
+        w.object(|name, w| {
+            duplicate |= !seen.insert(unescape_name(name)?);
+            w.value().map(|_| ())
+        })
+    });
+    walked.is_some() && duplicate
+}
+
 /// The raw members of `{"CMD":{..., "keys":{...}}}`: each key's literal and
 /// its value's text, in document order. With several `keys` members the
 /// first one counts, as it does for the parsed request's lookup.

@@ -245,6 +245,14 @@ pub fn parse_request(
             tkn: None,
         });
     };
+    if has_duplicate_names(params, || raw::params_have_duplicates(text)) {
+        return Err(Rejection {
+            to: RejectTo::Command(name.to_string()),
+            status: Status::CommandSyntax,
+            message: Some("a parameter is given more than once"),
+            tkn: None,
+        });
+    }
     let p = Params { name, params, text };
     match name.as_ref() {
         "SH_NEW" => p.new_session(),
@@ -322,6 +330,20 @@ pub fn parse_request(
             tkn: None,
         }),
     }
+}
+
+/// simd-json keeps every member of a small object, duplicates included, but
+/// a large one (past 32 members) keeps only one of each name; `large`
+/// checks the original text then.
+fn has_duplicate_names(object: &simd_json::borrowed::Object, large: impl FnOnce() -> bool) -> bool {
+    if object.len() > 32 {
+        return large();
+    }
+    let names: Vec<&str> = object.keys().map(|k| k.as_ref()).collect();
+    names
+        .iter()
+        .enumerate()
+        .any(|(i, name)| names[..i].contains(name))
 }
 
 /// Reads a token given as a JSON number or a decimal string.
@@ -454,6 +476,13 @@ impl Params<'_, '_> {
         }
         let expiry = match self.params.get("expiry") {
             None => None,
+            Some(BorrowedValue::Object(expiry)) if has_duplicate_names(expiry, || false) => {
+                return Err(self.reject(
+                    Status::CommandSyntax,
+                    "an expiry setting is given more than once",
+                    None,
+                ));
+            }
             Some(BorrowedValue::Object(expiry)) => Some(self.expiry(expiry)?),
             Some(_) => {
                 return Err(self.reject(
@@ -741,6 +770,21 @@ mod tests {
         assert_eq!(
             status(r#"{"SH_SET":{"tkn":1,"keys":{"a":1.}}}"#),
             Status::JsonInvalid
+        );
+    }
+
+    #[test]
+    fn duplicated_parameters_are_a_syntax_error_at_any_size() {
+        let pad: String = (0..40).map(|i| format!(r#","p{i}":0"#)).collect();
+        for pad in ["", pad.as_str()] {
+            let set = format!(r#"{{"SH_SET":{{"tkn":1,"keys":{{"a":1}},"keys":5{pad}}}}}"#);
+            assert_eq!(status(&set), Status::CommandSyntax, "{set}");
+            let ok = format!(r#"{{"SH_SET":{{"tkn":1,"keys":{{"a":1,"a":2}}{pad}}}}}"#);
+            assert_eq!(status(&ok), Status::Ok, "{ok}");
+        }
+        assert_eq!(
+            status(r#"{"SH_NEW":{"expiry":{"duration":1,"duration":2}}}"#),
+            Status::CommandSyntax
         );
     }
 

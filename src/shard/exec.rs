@@ -38,10 +38,10 @@ pub fn new_session(
         }
     };
     if new.shared {
-        let registered = new
-            .name
-            .as_deref()
-            .is_some_and(|name| names.register(name, tkn));
+        let registered = new.name.as_deref().is_some_and(|name| {
+            names.register(name, tkn)
+                || release_if_expired(store, names, name, now) && names.register(name, tkn)
+        });
         if !registered {
             let m = "a shared session with this name exists";
             encode_status(out, "SH_NEW", Status::SessionNewFail, None, Some(m));
@@ -54,6 +54,21 @@ pub fn new_session(
         .finish();
     store.create(tkn, new.name, new.shared, new.expiry, now);
     Status::Ok
+}
+
+/// A shared name whose session (on this shard) is past its deadline but not
+/// collected yet is free: settle that session and say whether it went.
+/// (On another shard, background expiry releases it within a turn.)
+fn release_if_expired(
+    store: &mut SessionStore,
+    names: &SharedNames,
+    name: &str,
+    now: Millis,
+) -> bool {
+    match names.lookup(name) {
+        Some(holder) if store.contains_token(holder) => !store.exists(holder, now),
+        _ => false,
+    }
 }
 
 /// `SH_OPEN`, on the shard that owns the named session: checked here so
