@@ -190,12 +190,20 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
 }
 
 /// The names in `keys` without repeats, first occurrence first: a response
-/// object must not hold the same member twice.
+/// object must not hold the same member twice. Requests name a few keys:
+/// up to `SCAN_MAX` a scan of the earlier names beats hashing (and needs
+/// no allocation on every `SH_GET`).
 fn distinct(keys: &[Box<str>]) -> impl Iterator<Item = &str> {
-    let mut seen: AHashSet<&str> = AHashSet::with_capacity(keys.len());
-    keys.iter()
-        .map(|k| k.as_ref())
-        .filter(move |k| seen.insert(k))
+    const SCAN_MAX: usize = 16;
+    let mut seen: Option<AHashSet<&str>> =
+        (keys.len() > SCAN_MAX).then(|| AHashSet::with_capacity(keys.len()));
+    keys.iter().enumerate().filter_map(move |(i, k)| {
+        let first = match &mut seen {
+            Some(seen) => seen.insert(k.as_ref()),
+            None => !keys[..i].contains(k),
+        };
+        first.then_some(k.as_ref())
+    })
 }
 
 #[cfg(test)]
@@ -279,6 +287,15 @@ mod tests {
             r(&mut store, r#"{"SH_GET":{"tkn":9,"keys":["a"]}}"#),
             r#"{"SH_GET_RSP":{"st":100,"tkn":9}}"#
         );
+    }
+
+    #[test]
+    fn distinct_keeps_first_occurrences_at_any_size() {
+        let few: Vec<Box<str>> = ["a", "b", "a", "c", "b"].map(Box::from).to_vec();
+        assert_eq!(distinct(&few).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let many: Vec<Box<str>> = (0..40).map(|i| format!("k{}", i % 20).into()).collect();
+        let expected: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        assert_eq!(distinct(&many).collect::<Vec<_>>(), expected);
     }
 
     #[test]
