@@ -43,7 +43,7 @@ impl Limits {
         // Small read buffers keep thousands of idle connections cheap; the
         // write buffer only fills between our once-per-turn flushes.
         WebSocketConfig::default()
-            .read_buffer_size(16 * 1024)
+            .read_buffer_size(4 * 1024)
             .write_buffer_size(256 * 1024)
             .max_message_size(Some(self.max_payload))
             .max_frame_size(Some(self.max_payload))
