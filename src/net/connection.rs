@@ -20,6 +20,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use super::handshake::{self, MAX_REQUEST_BYTES, Outcome};
+use super::socket::Socket;
 
 /// How long a closing connection may take to let us read its last bytes.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -92,14 +93,14 @@ pub enum ReadOutcome {
 
 enum State {
     Handshake {
-        stream: TcpStream,
+        stream: Socket,
         received: Vec<u8>,
     },
-    Open(Box<WebSocket<TcpStream>>),
+    Open(Box<WebSocket<Socket>>),
     /// Our close frame is queued or sent; input is read and discarded until
     /// the peer closes or the linger time runs out.
     Closing {
-        ws: Box<WebSocket<TcpStream>>,
+        ws: Box<WebSocket<Socket>>,
         since: Instant,
         write_shut: bool,
     },
@@ -138,7 +139,7 @@ impl Connection {
             id,
             accepted_at: Instant::now(),
             state: State::Handshake {
-                stream,
+                stream: Socket::new(stream),
                 received: Vec::new(),
             },
             limits,
@@ -169,8 +170,8 @@ impl Connection {
 
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.state {
-            State::Handshake { stream, .. } => Some(stream),
-            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut()),
+            State::Handshake { stream, .. } => Some(stream.stream_mut()),
+            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut().stream_mut()),
             State::Closed => None,
         }
     }
