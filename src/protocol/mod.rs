@@ -6,6 +6,8 @@ pub mod request;
 pub mod response;
 mod status;
 
-pub use request::{Command, ExpirySettings, KeyValue, Rejection, Token, parse_request};
+pub use request::{
+    Command, ExpirySettings, KeyValue, Rejection, RequestParser, Token, parse_request,
+};
 pub use response::{Response, encode_rejection, encode_status};
 pub use status::Status;

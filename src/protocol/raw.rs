@@ -1,6 +1,6 @@
 //! Values exactly as the client wrote them.
 //!
-//! simd-json validates a request and gives us its structure, but a parsed
+//! simd-json validates a request and gives us its structure (a tape), but a parsed
 //! value re-encoded is not always the value that came (`1E2` would come back
 //! as `100.0`, `-0` as `0`). So once simd-json has accepted the text, the
 //! members of the `keys` object are located again in the original bytes and
@@ -232,24 +232,6 @@ pub fn neutralize_big_numbers(text: &[u8]) -> Option<Vec<u8>> {
         }
     }
     out
-}
-
-/// Whether the parameter object of `{"CMD":{...}}` names a member twice.
-/// (Used only for objects too large for simd-json to keep duplicates.)
-pub fn params_have_duplicates(request: &[u8]) -> bool {
-    let mut walker = Walker {
-        text: request,
-        at: 0,
-    };
-    let mut seen = ahash::AHashSet::new();
-    let mut duplicate = false;
-    let walked = walker.object(|_command, w| {
-        w.object(|name, w| {
-            duplicate |= !seen.insert(unescape_name(name)?);
-            w.value().map(|_| ())
-        })
-    });
-    walked.is_some() && duplicate
 }
 
 /// The raw members of `{"CMD":{..., "keys":{...}}}`: each key's literal and

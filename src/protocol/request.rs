@@ -5,10 +5,9 @@
 //! well-formed and only the session's existence is left to check there.
 //! Values are kept as compact JSON bytes; they are never held as a parsed tree.
 
-use std::borrow::Cow;
-
 use simd_json::prelude::*;
-use simd_json::{BorrowedValue, ErrorType, StaticNode};
+use simd_json::value::tape::{Object, Value};
+use simd_json::{ErrorType, Tape};
 
 use super::Status;
 use super::raw;
@@ -188,33 +187,61 @@ pub fn reject_not_utf8() -> Rejection {
     Rejection::frame(Status::JsonInvalid, "message is not valid UTF-8")
 }
 
-/// Decodes one request. `text` is copied into `scratch`, which simd-json
-/// parses in place; stored values are then taken from `text` as written.
-pub fn parse_request(
+/// Decodes requests, reusing its buffers: the copy simd-json parses in
+/// place, simd-json's own buffers and the tape of the last request. No
+/// value tree is built: parameters are read off the tape.
+#[derive(Default)]
+pub struct RequestParser {
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
+    /// Kept empty between requests (a tape holds no borrow then).
+    tape: Option<Tape<'static>>,
+}
+
+impl RequestParser {
+    /// Decodes one request; stored values are taken from `text` as written.
+    pub fn parse(&mut self, text: &[u8]) -> Result<Command, Rejection> {
+        let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
+        let result = decode(text, &mut self.scratch, &mut self.buffers, &mut tape);
+        self.tape = Some(tape.reset());
+        result
+    }
+}
+
+/// Decodes one request with throwaway buffers (tests, one-off use).
+pub fn parse_request(text: &[u8]) -> Result<Command, Rejection> {
+    RequestParser::default().parse(text)
+}
+
+fn decode<'s>(
     text: &[u8],
-    scratch: &mut Vec<u8>,
+    scratch: &'s mut Vec<u8>,
     buffers: &mut simd_json::Buffers,
+    tape: &mut Tape<'s>,
 ) -> Result<Command, Rejection> {
     scratch.clear();
     scratch.extend_from_slice(text);
     let invalid =
         |e: &simd_json::Error| Rejection::frame(Status::JsonInvalid, json_error_message(e));
-    // Only for the rare request holding a number beyond 64 bits.
-    let mut neutralized: Vec<u8>;
-    let root = match simd_json::to_borrowed_value_with_buffers(scratch, buffers) {
-        Ok(root) => root,
+    match simd_json::fill_tape(scratch, buffers, tape) {
+        Ok(()) => command_of(tape.as_value(), text),
         Err(e)
             if matches!(
                 e.error(),
                 ErrorType::InvalidNumber | ErrorType::InvalidExponent
             ) =>
         {
-            neutralized = raw::neutralize_big_numbers(text).ok_or_else(|| invalid(&e))?;
-            simd_json::to_borrowed_value_with_buffers(&mut neutralized, buffers)
-                .map_err(|e| invalid(&e))?
+            // Only for the rare request holding a number beyond 64 bits.
+            let mut neutralized = raw::neutralize_big_numbers(text).ok_or_else(|| invalid(&e))?;
+            let tape = simd_json::to_tape_with_buffers(&mut neutralized, buffers)
+                .map_err(|e| invalid(&e))?;
+            command_of(tape.as_value(), text)
         }
-        Err(e) => return Err(invalid(&e)),
-    };
+        Err(e) => Err(invalid(&e)),
+    }
+}
+
+fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
     let Some(object) = root.as_object() else {
         return Err(Rejection::frame(
             Status::CommandSyntax,
@@ -245,7 +272,7 @@ pub fn parse_request(
             tkn: None,
         });
     };
-    if has_duplicate_names(params, || raw::params_have_duplicates(text)) {
+    if has_duplicate_names(&params) {
         return Err(Rejection {
             to: RejectTo::Command(name.to_string()),
             status: Status::CommandSyntax,
@@ -254,7 +281,7 @@ pub fn parse_request(
         });
     }
     let p = Params { name, params, text };
-    match name.as_ref() {
+    match name {
         "SH_NEW" => p.new_session(),
         "SH_OPEN" => Ok(Command::Open {
             name: p.session_name("name")?,
@@ -332,28 +359,43 @@ pub fn parse_request(
     }
 }
 
-/// simd-json keeps every member of a small object, duplicates included, but
-/// a large one (past 32 members) keeps only one of each name; `large`
-/// checks the original text then.
-fn has_duplicate_names(object: &simd_json::borrowed::Object, large: impl FnOnce() -> bool) -> bool {
-    if object.len() > 32 {
-        return large();
+/// Whether an object names a member twice (the tape keeps every member in
+/// document order, duplicates included).
+fn has_duplicate_names(object: &Object<'_, '_>) -> bool {
+    const SCAN_MAX: usize = 16;
+    if object.len() <= SCAN_MAX {
+        let names: Vec<&str> = object.keys().collect();
+        return names
+            .iter()
+            .enumerate()
+            .any(|(i, name)| names[..i].contains(name));
     }
-    let names: Vec<&str> = object.keys().map(|k| k.as_ref()).collect();
-    names
-        .iter()
-        .enumerate()
-        .any(|(i, name)| names[..i].contains(name))
+    let mut seen = ahash::AHashSet::with_capacity(object.len());
+    object.keys().any(|name| !seen.insert(name))
 }
 
 /// Reads a token given as a JSON number or a decimal string.
-pub fn token_of(value: &BorrowedValue) -> Option<Token> {
-    match value {
-        BorrowedValue::Static(StaticNode::U64(n)) => Some(*n),
-        BorrowedValue::Static(StaticNode::I64(n)) => u64::try_from(*n).ok(),
-        BorrowedValue::String(s) => parse_decimal_token(s),
+fn token_of(value: Value<'_, '_>) -> Option<Token> {
+    match value.value_type() {
+        ValueType::U64 => value.as_u64(),
+        ValueType::I64 => value.as_i64().and_then(|n| u64::try_from(n).ok()),
+        ValueType::String => value.as_str().and_then(parse_decimal_token),
         _ => None,
     }
+}
+
+fn string_of<'i>(value: Value<'_, 'i>) -> Option<&'i str> {
+    if value.value_type() == ValueType::String {
+        value.into_string()
+    } else {
+        None
+    }
+}
+
+fn bool_of(value: Value<'_, '_>) -> Option<bool> {
+    (value.value_type() == ValueType::Bool)
+        .then(|| value.as_bool())
+        .flatten()
 }
 
 /// Digits only: no sign, no spaces, no exponent; must fit in u64.
@@ -381,14 +423,14 @@ fn json_error_message(error: &simd_json::Error) -> &'static str {
 }
 
 /// A command's parameter object, with the validators every command shares.
-struct Params<'a, 'v> {
-    name: &'a Cow<'v, str>,
-    params: &'a simd_json::borrowed::Object<'v>,
+struct Params<'a, 't, 'i> {
+    name: &'i str,
+    params: Object<'t, 'i>,
     /// The request as it arrived, for values exactly as written.
     text: &'a [u8],
 }
 
-impl Params<'_, '_> {
+impl Params<'_, '_, '_> {
     fn reject(&self, status: Status, message: &'static str, tkn: Option<Token>) -> Rejection {
         Rejection {
             to: RejectTo::Command(self.name.to_string()),
@@ -411,46 +453,51 @@ impl Params<'_, '_> {
     fn token_list(&self, field: &'static str) -> Result<Vec<Token>, Rejection> {
         match self.params.get(field) {
             None => Err(self.reject(Status::ParamMissing, "tkns is required", None)),
-            Some(BorrowedValue::Array(items)) => Ok(items.iter().filter_map(token_of).collect()),
-            Some(_) => Err(self.reject(
-                Status::ValueTypeInvalid,
-                "tkns must be an array of tokens",
-                None,
-            )),
+            Some(value) => match value.as_array() {
+                Some(items) => Ok(items.iter().filter_map(token_of).collect()),
+                None => Err(self.reject(
+                    Status::ValueTypeInvalid,
+                    "tkns must be an array of tokens",
+                    None,
+                )),
+            },
         }
     }
 
     fn optional_bool(&self, field: &str, message: &'static str) -> Result<Option<bool>, Rejection> {
         match self.params.get(field) {
             None => Ok(None),
-            Some(BorrowedValue::Static(StaticNode::Bool(b))) => Ok(Some(*b)),
-            Some(_) => Err(self.reject(Status::ValueTypeInvalid, message, None)),
+            Some(value) => bool_of(value)
+                .map(Some)
+                .ok_or_else(|| self.reject(Status::ValueTypeInvalid, message, None)),
         }
     }
 
     fn session_name(&self, field: &str) -> Result<Box<str>, Rejection> {
-        match self.params.get(field) {
+        match self.params.get(field).map(|v| (v, string_of(v))) {
             None => Err(self.reject(Status::ParamMissing, "name is required", None)),
-            Some(BorrowedValue::String(s)) if s.is_empty() || s.len() > MAX_NAME_LEN => {
+            Some((_, Some(s))) if s.is_empty() || s.len() > MAX_NAME_LEN => {
                 Err(self.reject(Status::ValueSize, "name must be 1 to 256 bytes", None))
             }
-            Some(BorrowedValue::String(s)) => Ok(s.as_ref().into()),
-            Some(_) => Err(self.reject(Status::ValueTypeInvalid, "name must be a string", None)),
+            Some((_, Some(s))) => Ok(s.into()),
+            Some((_, None)) => {
+                Err(self.reject(Status::ValueTypeInvalid, "name must be a string", None))
+            }
         }
     }
 
     fn dataset_name(&self) -> Result<Box<str>, Rejection> {
-        match self.params.get("name") {
+        match self.params.get("name").map(|v| (v, string_of(v))) {
             None => Err(self.reject(Status::ParamMissing, "name is required", None)),
-            Some(BorrowedValue::String(s)) => {
+            Some((_, Some(s))) => {
                 let valid = !s.is_empty()
                     && s.len() <= MAX_DATASET_NAME_LEN
-                    && s.as_ref() != "."
-                    && s.as_ref() != ".."
+                    && s != "."
+                    && s != ".."
                     && s.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
                 if valid {
-                    Ok(s.as_ref().into())
+                    Ok(s.into())
                 } else {
                     Err(self.reject(
                         Status::ValueSize,
@@ -459,7 +506,9 @@ impl Params<'_, '_> {
                     ))
                 }
             }
-            Some(_) => Err(self.reject(Status::ValueTypeInvalid, "name must be a string", None)),
+            Some((_, None)) => {
+                Err(self.reject(Status::ValueTypeInvalid, "name must be a string", None))
+            }
         }
     }
 
@@ -474,17 +523,17 @@ impl Params<'_, '_> {
         if shared && name.is_none() {
             return Err(self.reject(Status::ParamMissing, "a shared session needs a name", None));
         }
-        let expiry = match self.params.get("expiry") {
+        let expiry = match self.params.get("expiry").map(|v| v.as_object()) {
             None => None,
-            Some(BorrowedValue::Object(expiry)) if has_duplicate_names(expiry, || false) => {
+            Some(Some(expiry)) if has_duplicate_names(&expiry) => {
                 return Err(self.reject(
                     Status::CommandSyntax,
                     "an expiry setting is given more than once",
                     None,
                 ));
             }
-            Some(BorrowedValue::Object(expiry)) => Some(self.expiry(expiry)?),
-            Some(_) => {
+            Some(Some(expiry)) => Some(self.expiry(&expiry)?),
+            Some(None) => {
                 return Err(self.reject(
                     Status::ValueTypeInvalid,
                     "expiry must be an object",
@@ -499,21 +548,23 @@ impl Params<'_, '_> {
         })
     }
 
-    fn expiry(&self, expiry: &simd_json::borrowed::Object) -> Result<ExpirySettings, Rejection> {
+    fn expiry(&self, expiry: &Object<'_, '_>) -> Result<ExpirySettings, Rejection> {
         let duration = match expiry.get("duration") {
             None => {
                 return Err(self.reject(Status::ParamMissing, "expiry.duration is required", None));
             }
-            Some(BorrowedValue::Static(StaticNode::U64(n))) => Some(*n),
-            Some(BorrowedValue::Static(StaticNode::I64(n))) => {
-                if *n < 0 {
-                    return Err(self.reject(
-                        Status::ValueSize,
-                        "expiry.duration must be at least 1 second",
-                        None,
-                    ));
+            Some(value) if value.value_type() == ValueType::U64 => value.as_u64(),
+            Some(value) if value.value_type() == ValueType::I64 => {
+                match value.as_i64().map(u64::try_from) {
+                    Some(Ok(n)) => Some(n),
+                    _ => {
+                        return Err(self.reject(
+                            Status::ValueSize,
+                            "expiry.duration must be at least 1 second",
+                            None,
+                        ));
+                    }
                 }
-                Some(*n as u64)
             }
             Some(_) => None,
         };
@@ -536,8 +587,9 @@ impl Params<'_, '_> {
         };
         let flag = |field: &str, message: &'static str| match expiry.get(field) {
             None => Ok(false),
-            Some(BorrowedValue::Static(StaticNode::Bool(b))) => Ok(*b),
-            Some(_) => Err(self.reject(Status::ValueTypeInvalid, message, None)),
+            Some(value) => {
+                bool_of(value).ok_or_else(|| self.reject(Status::ValueTypeInvalid, message, None))
+            }
         };
         Ok(ExpirySettings {
             duration_s,
@@ -550,26 +602,17 @@ impl Params<'_, '_> {
     fn key_values(&self, tkn: Token) -> Result<Vec<KeyValue>, Rejection> {
         match self.params.get("keys") {
             None => Err(self.reject(Status::ParamMissing, "keys is required", Some(tkn))),
-            Some(BorrowedValue::Object(keys)) => {
-                let exact = raw::keys_members(self.text).and_then(|members| {
+            Some(keys) if keys.is_object() => raw::keys_members(self.text)
+                .and_then(|members| {
                     members
                         .into_iter()
                         .map(|(key, value)| Some((raw::unescape_name(key)?, raw::compact(value))))
                         .collect::<Option<Vec<KeyValue>>>()
-                });
-                Ok(exact.unwrap_or_else(|| {
-                    // Not expected after simd-json accepted the text; the
-                    // parsed values, re-encoded, are the next best thing.
-                    keys.iter()
-                        .map(|(key, value)| {
-                            let mut encoded = Vec::new();
-                            // Writing into a Vec cannot fail.
-                            let _ = value.write(&mut encoded);
-                            (Box::from(key.as_ref()), encoded.into_boxed_slice())
-                        })
-                        .collect()
-                }))
-            }
+                })
+                // Not expected once simd-json has accepted the text.
+                .ok_or_else(|| {
+                    self.reject(Status::JsonInvalid, "keys could not be read", Some(tkn))
+                }),
             Some(_) => Err(self.reject(
                 Status::ValueTypeInvalid,
                 "keys must be an object",
@@ -581,9 +624,11 @@ impl Params<'_, '_> {
     fn key_names(&self, tkn: Token) -> Result<Vec<Box<str>>, Rejection> {
         match self.params.get("keys") {
             None => Err(self.reject(Status::ParamMissing, "keys is required", Some(tkn))),
-            Some(BorrowedValue::Array(keys)) => Ok(keys
+            Some(keys) if keys.is_array() => Ok(keys
+                .as_array()
                 .iter()
-                .filter_map(|k| k.as_str().map(Box::from))
+                .flat_map(|keys| keys.iter())
+                .filter_map(|k| string_of(k).map(Box::from))
                 .collect()),
             Some(_) => Err(self.reject(
                 Status::ValueTypeInvalid,
@@ -599,11 +644,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Command, Rejection> {
-        parse_request(
-            text.as_bytes(),
-            &mut Vec::new(),
-            &mut simd_json::Buffers::default(),
-        )
+        parse_request(text.as_bytes())
     }
 
     fn status(text: &str) -> Status {

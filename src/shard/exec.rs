@@ -214,12 +214,7 @@ mod tests {
     use crate::shared_names::SharedNames;
 
     fn run_text(store: &mut SessionStore, request: &str, now: Millis) -> String {
-        let command = crate::protocol::parse_request(
-            request.as_bytes(),
-            &mut Vec::new(),
-            &mut simd_json::Buffers::default(),
-        )
-        .unwrap();
+        let command = crate::protocol::parse_request(request.as_bytes()).unwrap();
         let mut out = Vec::new();
         run(store, command, now, &mut out);
         String::from_utf8(out).unwrap()

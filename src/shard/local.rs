@@ -14,7 +14,7 @@ use super::exec::{self, NewSession};
 use super::gather::{Gather, GatherKind, ServerFacts};
 use crate::mesh::{PartResult, Ticket};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
-use crate::protocol::{Command, Status, encode_rejection, encode_status, parse_request};
+use crate::protocol::{Command, RequestParser, Status, encode_rejection, encode_status};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 
@@ -23,8 +23,7 @@ pub struct LocalDispatcher {
     names: Arc<SharedNames>,
     /// Seeded, so a failing input replays the same tokens.
     rng: StdRng,
-    scratch: Vec<u8>,
-    json_buffers: simd_json::Buffers,
+    parser: RequestParser,
     now: Millis,
     max_memory: u64,
 }
@@ -36,8 +35,7 @@ impl LocalDispatcher {
             store: SessionStore::new(names.clone()),
             names,
             rng: StdRng::seed_from_u64(seed),
-            scratch: Vec::new(),
-            json_buffers: simd_json::Buffers::default(),
+            parser: RequestParser::default(),
             now: 0,
             max_memory: 0,
         }
@@ -76,7 +74,7 @@ impl LocalDispatcher {
         } else if std::str::from_utf8(message).is_err() {
             Err(reject_not_utf8())
         } else {
-            parse_request(message, &mut self.scratch, &mut self.json_buffers)
+            self.parser.parse(message)
         };
         let command = match parsed {
             Ok(command) => command,

@@ -31,7 +31,7 @@ use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, s
 use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
 use crate::persist::{SessionRecord, ShardFileWriter};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
-use crate::protocol::{Command, Status, encode_rejection, encode_status, parse_request};
+use crate::protocol::{Command, RequestParser, Status, encode_rejection, encode_status};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use gather::{Gather, GatherKind};
@@ -118,9 +118,8 @@ pub struct Shard {
     gathers: Slab<Gather>,
     /// Token source: a CSPRNG seeded by the OS.
     rng: StdRng,
-    /// Reused for every request: simd-json parses in place and scratch.
-    scratch: Vec<u8>,
-    json_buffers: simd_json::Buffers,
+    /// Decodes requests, reusing its buffers from one to the next.
+    parser: RequestParser,
     /// Connections that may have input left to read.
     ready: Vec<usize>,
     /// Connections touched this turn: to flush, or to drop when closed.
@@ -170,8 +169,7 @@ impl Shard {
             outbox: (0..shards).map(|_| Vec::new()).collect(),
             gathers: Slab::new(),
             rng: rand::make_rng(),
-            scratch: Vec::new(),
-            json_buffers: simd_json::Buffers::default(),
+            parser: RequestParser::default(),
             ready: Vec::new(),
             touched: Vec::new(),
             now: 0,
@@ -375,9 +373,7 @@ impl Shard {
             seq: conn.next_request(),
         };
         let parsed = match incoming {
-            Incoming::Text(text) => {
-                parse_request(text.as_bytes(), &mut self.scratch, &mut self.json_buffers)
-            }
+            Incoming::Text(text) => self.parser.parse(text.as_bytes()),
             Incoming::Binary => Err(reject_binary()),
             Incoming::InvalidUtf8 => Err(reject_not_utf8()),
         };
