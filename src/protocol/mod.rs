@@ -7,7 +7,7 @@ pub mod response;
 mod status;
 
 pub use request::{
-    Command, ExpirySettings, KeyValue, Rejection, RequestParser, Token, parse_request,
+    Command, ExpirySettings, KeyValue, NewSession, Rejection, RequestParser, Token, parse_request,
 };
 pub use response::{Response, encode_rejection, encode_status};
 pub use status::Status;

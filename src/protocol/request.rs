@@ -31,17 +31,21 @@ pub struct ExpirySettings {
     pub extend_on_get: bool,
 }
 
+/// What `SH_NEW` asks for.
+#[derive(Debug, PartialEq)]
+pub struct NewSession {
+    pub name: Option<Box<str>>,
+    pub shared: bool,
+    pub expiry: Option<ExpirySettings>,
+}
+
 /// A key name and its value as compact JSON text.
 pub type KeyValue = (Box<str>, Box<[u8]>);
 
 /// A decoded, validated request. Owned, so it can be sent to another shard.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    New {
-        name: Option<Box<str>>,
-        shared: bool,
-        expiry: Option<ExpirySettings>,
-    },
+    New(NewSession),
     Open {
         name: Box<str>,
     },
@@ -121,7 +125,7 @@ impl Command {
     /// The wire name of the command, used to name its response.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::New { .. } => "SH_NEW",
+            Command::New(_) => "SH_NEW",
             Command::Open { .. } => "SH_OPEN",
             Command::End { .. } => "SH_END",
             Command::EndAll => "SH_END_ALL",
@@ -541,11 +545,11 @@ impl Params<'_, '_, '_> {
                 ));
             }
         };
-        Ok(Command::New {
+        Ok(Command::New(NewSession {
             name,
             shared,
             expiry,
-        })
+        }))
     }
 
     fn expiry(&self, expiry: &Object<'_, '_>) -> Result<ExpirySettings, Rejection> {
@@ -703,11 +707,11 @@ mod tests {
     fn new_validates_every_parameter() {
         assert_eq!(
             parse(r#"{"SH_NEW":{}}"#),
-            Ok(Command::New {
+            Ok(Command::New(NewSession {
                 name: None,
                 shared: false,
                 expiry: None
-            })
+            }))
         );
         assert_eq!(status(r#"{"SH_NEW":{"name":""}}"#), Status::ValueSize);
         let long = format!(r#"{{"SH_NEW":{{"name":"{}"}}}}"#, "x".repeat(257));
@@ -756,7 +760,7 @@ mod tests {
             parse(
                 r#"{"SH_NEW":{"name":"n","shared":true,"expiry":{"duration":5,"deleteSession":true,"extendOnGet":true}}}"#
             ),
-            Ok(Command::New {
+            Ok(Command::New(NewSession {
                 name: Some("n".into()),
                 shared: true,
                 expiry: Some(ExpirySettings {
@@ -765,7 +769,7 @@ mod tests {
                     extend_on_set_add: false,
                     extend_on_get: true
                 })
-            })
+            }))
         );
     }
 

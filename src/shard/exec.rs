@@ -4,18 +4,11 @@
 
 use ahash::AHashSet;
 
-use crate::protocol::{Command, ExpirySettings, Response, Status, Token, encode_status};
+use crate::protocol::{Command, NewSession, Response, Status, Token, encode_status};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, Refusal, SessionStore};
 
 const MEMORY_FULL: &str = "the server is at its memory limit; nothing was changed";
-
-/// What `SH_NEW` asked for.
-pub struct NewSession {
-    pub name: Option<Box<str>>,
-    pub shared: bool,
-    pub expiry: Option<ExpirySettings>,
-}
 
 /// `SH_NEW`. `mint` draws candidate tokens from a CSPRNG (only tokens this
 /// shard owns); 0 and tokens in use are skipped here.

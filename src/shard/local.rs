@@ -10,7 +10,7 @@ use rand::Rng as _;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::exec::{self, NewSession};
+use super::exec;
 use super::gather::{Gather, GatherKind, ServerFacts};
 use crate::mesh::{PartResult, Ticket};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
@@ -85,17 +85,8 @@ impl LocalDispatcher {
         };
         let now = self.now;
         match command {
-            Command::New {
-                name,
-                shared,
-                expiry,
-            } => {
+            Command::New(new) => {
                 let rng = &mut self.rng;
-                let new = NewSession {
-                    name,
-                    shared,
-                    expiry,
-                };
                 exec::new_session(
                     &mut self.store,
                     &self.names,

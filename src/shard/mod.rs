@@ -31,7 +31,9 @@ use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, s
 use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
 use crate::persist::{SessionRecord, ShardFileWriter};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
-use crate::protocol::{Command, RequestParser, Status, encode_rejection, encode_status};
+use crate::protocol::{
+    Command, NewSession, RequestParser, Status, encode_rejection, encode_status,
+};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use gather::{Gather, GatherKind};
@@ -390,12 +392,8 @@ impl Shard {
     /// Runs a command here, or sends it (or its parts) where it must run.
     fn dispatch(&mut self, ticket: Ticket, command: Command) {
         match command {
-            Command::New {
-                name,
-                shared,
-                expiry,
-            } => {
-                let out = self.create_session(name, shared, expiry);
+            Command::New(new) => {
+                let out = self.create_session(new);
                 self.deliver(ticket, out);
             }
             Command::Open { ref name } => match self.ctx.names.lookup(name) {
@@ -478,12 +476,7 @@ impl Shard {
         out
     }
 
-    fn create_session(
-        &mut self,
-        name: Option<Box<str>>,
-        shared: bool,
-        expiry: Option<crate::protocol::ExpirySettings>,
-    ) -> Vec<u8> {
+    fn create_session(&mut self, new: NewSession) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
         let (id, shards) = (self.ctx.id, self.ctx.shards);
         let rng = &mut self.rng;
@@ -495,11 +488,7 @@ impl Shard {
                 break tkn;
             }
         };
-        let new = exec::NewSession {
-            name,
-            shared,
-            expiry,
-        };
+
         exec::new_session(
             &mut self.store,
             &self.ctx.names,
