@@ -29,8 +29,9 @@
 use std::collections::HashSet;
 
 use nemesisdb::shard::LocalDispatcher;
-use simd_json::OwnedValue;
 use simd_json::prelude::*;
+use simd_json::value::tape::Node;
+use simd_json::{OwnedValue, StaticNode};
 
 /// The status table of docs/PROTOCOL.md, without Unknown (1000).
 pub const STATUSES: [u64; 21] = [
@@ -190,6 +191,16 @@ pub const LITERALS: &[&str] = &[
     "-1e400",
     "1e-400",
     "2.2250738585072014e-308",
+    "4.9e-324",
+    "1e-99999",
+    "1e99999",
+    "-0e0",
+    "0e+1",
+    "1E-0",
+    "0.12345678901234567890123456789",
+    "123456789012345678901234567890e-10",
+    "12345678901234567890.5",
+    "-12345678901234567890123",
     "\"\"",
     "\"0\"",
     "\"5\"",
@@ -346,7 +357,7 @@ fn takes_token(command: &str) -> bool {
 pub struct Checked {
     pub command: String,
     pub status: u64,
-    pub body: OwnedValue,
+    pub body: Json,
     /// The response exactly as sent.
     pub response: Vec<u8>,
 }
@@ -355,13 +366,219 @@ fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn parse(bytes: &[u8]) -> Option<OwnedValue> {
-    simd_json::to_owned_value(&mut bytes.to_vec()).ok()
+/// A JSON document as the protocol sees it: members in order with
+/// duplicates kept, numbers of any size. Floats carry no value: a number
+/// simd-json cannot hold is checked by its spelling, not its value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    /// An integer that fits i64 or u64.
+    Int(i128),
+    /// Any other number: a fraction, an exponent, or beyond 64 bits.
+    Float,
+    Str(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
 }
 
-/// A token as the protocol reads one: a u64 JSON number, or a decimal string
-/// of digits that fits in u64.
-pub fn token_of(value: &OwnedValue) -> Option<u64> {
+static NULL: Json = Json::Null;
+
+impl Json {
+    /// The first member named `key`.
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        self.as_object()?
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Json]> {
+        match self {
+            Json::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&[(String, Json)]> {
+        match self {
+            Json::Object(members) => Some(members),
+            _ => None,
+        }
+    }
+
+    /// Whether an object holds some member name twice.
+    pub fn has_duplicate_members(&self) -> bool {
+        self.as_object().is_some_and(|members| {
+            let names: HashSet<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+            names.len() != members.len()
+        })
+    }
+
+    /// Compact text; floats print as `0.5` (their value is not kept).
+    pub fn encode(&self) -> String {
+        match self {
+            Json::Null => "null".into(),
+            Json::Bool(b) => b.to_string(),
+            Json::Int(n) => n.to_string(),
+            Json::Float => "0.5".into(),
+            Json::Str(s) => OwnedValue::from(s.clone()).encode(),
+            Json::Array(items) => {
+                let items: Vec<String> = items.iter().map(Json::encode).collect();
+                format!("[{}]", items.join(","))
+            }
+            Json::Object(members) => {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", Json::Str(k.clone()).encode(), v.encode()))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+}
+
+impl std::ops::Index<&str> for Json {
+    type Output = Json;
+
+    fn index(&self, key: &str) -> &Json {
+        self.get(key).unwrap_or(&NULL)
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.encode())
+    }
+}
+
+/// Whether `n` is a JSON number by RFC 8259's grammar:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(n: &[u8]) -> bool {
+    let digits = |s: &[u8], at: &mut usize| {
+        let start = *at;
+        while s.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at > start
+    };
+    let mut at = usize::from(n.first() == Some(&b'-'));
+    match n.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => {
+            digits(n, &mut at);
+        }
+        _ => return false,
+    }
+    if n.get(at) == Some(&b'.') {
+        at += 1;
+        if !digits(n, &mut at) {
+            return false;
+        }
+    }
+    if matches!(n.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(n.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if !digits(n, &mut at) {
+            return false;
+        }
+    }
+    at == n.len()
+}
+
+/// `text` with every number that is not a 64-bit integer (by the grammar;
+/// malformed ones stay for the parser to refuse) overwritten by `0.5` and
+/// spaces: the protocol takes numbers of any size, simd-json does not, and
+/// the checks only need to know such a number is a float.
+fn floats_blanked(text: &[u8]) -> Vec<u8> {
+    let mut out = text.to_vec();
+    let mut at = 0;
+    while at < text.len() {
+        match text[at] {
+            b'"' => {
+                at += 1;
+                while at < text.len() && text[at] != b'"' {
+                    at += if text[at] == b'\\' { 2 } else { 1 };
+                }
+                at += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while at < text.len()
+                    && matches!(text[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    at += 1;
+                }
+                let n = &text[start..at];
+                let int = std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|s| s.parse::<i128>().ok())
+                    .is_some_and(|v| v >= i128::from(i64::MIN) && v <= i128::from(u64::MAX));
+                if is_json_number(n) && !int {
+                    out[start..at].fill(b' ');
+                    out[start..start + 3].copy_from_slice(b"0.5");
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    out
+}
+
+/// Parses JSON as the protocol defines it (simd-json's syntax, depth limit
+/// and string rules; numbers of any size). None when it is not JSON.
+pub fn parse(bytes: &[u8]) -> Option<Json> {
+    let mut blanked = floats_blanked(bytes);
+    let tape = simd_json::to_tape(&mut blanked).ok()?;
+    let mut at = 0;
+    Some(from_tape(&tape.0, &mut at))
+}
+
+fn from_tape(nodes: &[Node<'_>], at: &mut usize) -> Json {
+    let node = nodes[*at];
+    *at += 1;
+    match node {
+        Node::String(s) => Json::Str(s.to_string()),
+        Node::Static(StaticNode::Null) => Json::Null,
+        Node::Static(StaticNode::Bool(b)) => Json::Bool(b),
+        Node::Static(StaticNode::I64(n)) => Json::Int(i128::from(n)),
+        Node::Static(StaticNode::U64(n)) => Json::Int(i128::from(n)),
+        Node::Static(_) => Json::Float,
+        Node::Array { len, .. } => Json::Array((0..len).map(|_| from_tape(nodes, at)).collect()),
+        Node::Object { len, .. } => Json::Object(
+            (0..len)
+                .map(|_| {
+                    let key = match nodes[*at] {
+                        Node::String(k) => k.to_string(),
+                        other => panic!("object key is not a string on the tape: {other:?}"),
+                    };
+                    *at += 1;
+                    (key, from_tape(nodes, at))
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A token as the protocol reads one: an integer JSON number in u64, or a
+/// decimal string of digits that fits in u64.
+pub fn token_of(value: &Json) -> Option<u64> {
     if let Some(n) = value.as_u64() {
         return Some(n);
     }
@@ -388,13 +605,13 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
         .as_object()
         .unwrap_or_else(|| panic!("response is not an object{}", context()));
     assert_eq!(object.len(), 1, "response has one member{}", context());
-    let (name, body) = object.iter().next().expect("one member");
+    let (name, body) = &object[0];
     let body_object = body
         .as_object()
         .unwrap_or_else(|| panic!("response body is not an object{}", context()));
     let status = body
         .get("st")
-        .and_then(OwnedValue::as_u64)
+        .and_then(Json::as_u64)
         .unwrap_or_else(|| panic!("body has no unsigned st{}", context()));
     assert_ne!(status, 1000, "status Unknown{}", context());
     assert!(
@@ -413,7 +630,7 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
             None => Some(3),
             Some(value) => match value.as_object() {
                 None => Some(13),
-                Some(o) if o.is_empty() => Some(13),
+                Some([]) => Some(13),
                 Some(o) if o.len() > 1 => Some(11),
                 Some(_) => None,
             },
@@ -431,17 +648,14 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
         };
     }
     let value = parse(request).expect("parsed above");
-    let (command, params) = value
-        .as_object()
-        .and_then(|o| o.iter().next())
-        .expect("one member");
+    let (command, params) = &value.as_object().expect("one member")[0];
     assert_eq!(
         name.as_str(),
         format!("{command}_RSP"),
         "response named after the command{}",
         context()
     );
-    let Some(params) = params.as_object() else {
+    if params.as_object().is_none() {
         assert_eq!(status, 12, "command value not an object{}", context());
         only_fields(body_object, &["st"], &context);
         return Checked {
@@ -450,12 +664,30 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
             body: body.clone(),
             response: response.to_vec(),
         };
-    };
-    assert!(
-        allowed_statuses(command).contains(&status),
-        "status {status} is not one {command} answers with{}",
-        context()
-    );
+    }
+    let known = COMMANDS.contains(&command.as_str());
+    if known && params.has_duplicate_members() {
+        // A parameter given twice: ambiguous, status 13.
+        assert_eq!(status, 13, "a parameter given twice{}", context());
+    } else if command == "SH_NEW"
+        && params
+            .get("expiry")
+            .is_some_and(Json::has_duplicate_members)
+    {
+        // An expiry setting given twice: 13, unless another parameter
+        // was found wrong first.
+        assert!(
+            status != 1 && (status == 13 || allowed_statuses(command).contains(&status)),
+            "an expiry setting given twice{}",
+            context()
+        );
+    } else {
+        assert!(
+            allowed_statuses(command).contains(&status),
+            "status {status} is not one {command} answers with{}",
+            context()
+        );
+    }
     let success = matches!(
         (command.as_str(), status),
         (_, 1) | ("SH_SAVE", 121) | ("SH_LOAD", 141)
@@ -464,7 +696,7 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
         let (always, sometimes) = ok_fields(command);
         for field in always {
             assert!(
-                body.get(*field).is_some(),
+                body.get(field).is_some(),
                 "Ok body lacks {field}{}",
                 context()
             );
@@ -479,8 +711,7 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
     } else {
         only_fields(body_object, &["st", "tkn", "m"], &context);
     }
-    if takes_token(command) && status != 12 {
-        // With "tkn" given twice, the first counts (as for any lookup).
+    if takes_token(command) && status != 13 {
         let given = params.get("tkn").and_then(token_of);
         let echoed = body.get("tkn").map(|t| t.as_u64());
         match echoed {
@@ -504,8 +735,8 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
     }
 }
 
-fn only_fields(body: &simd_json::owned::Object, allowed: &[&str], context: &dyn Fn() -> String) {
-    for (field, _) in body.iter() {
+fn only_fields(body: &[(String, Json)], allowed: &[&str], context: &dyn Fn() -> String) {
+    for (field, _) in body {
         assert!(
             allowed.contains(&field.as_str()),
             "unexpected field {field}{}",
@@ -521,30 +752,10 @@ fn only_fields(body: &simd_json::owned::Object, allowed: &[&str], context: &dyn 
     );
 }
 
-/// Equal JSON, duplicate members included: a value sent with a member
-/// twice must come back with it twice (a map comparison would look up the
-/// first one for both). Members are compared as a multiset, since big
-/// objects iterate in hash order.
-fn same_json(a: &OwnedValue, b: &OwnedValue) -> bool {
-    canonical(a) == canonical(b)
-}
-
-fn canonical(v: &OwnedValue) -> String {
-    match v {
-        OwnedValue::Object(o) => {
-            let mut members: Vec<String> = o
-                .iter()
-                .map(|(k, v)| format!("{}:{}", OwnedValue::from(k.clone()).encode(), canonical(v)))
-                .collect();
-            members.sort();
-            format!("{{{}}}", members.join(","))
-        }
-        OwnedValue::Array(items) => {
-            let items: Vec<String> = items.iter().map(canonical).collect();
-            format!("[{}]", items.join(","))
-        }
-        scalar => scalar.encode(),
-    }
+/// Equal JSON, duplicate members and their order included (a stored value
+/// is its text: it comes back with every member as sent).
+fn same_json(a: &Json, b: &Json) -> bool {
+    a == b
 }
 
 /// What the seeded sessions look like from outside, and the store's totals.
@@ -734,7 +945,7 @@ impl Harness {
                 let request = parse(message).expect("it was Ok");
                 let given: Vec<u64> = request
                     .as_object()
-                    .and_then(|o| o.iter().next())
+                    .and_then(|o| o.first())
                     .and_then(|(_, p)| p.get("tkns"))
                     .and_then(|t| t.as_array())
                     .map(|a| a.iter().filter_map(token_of).collect())
@@ -755,47 +966,38 @@ impl Harness {
     }
 
     /// After an Ok SH_SET / SH_CLEAR_SET: each key sent comes back from
-    /// SH_GET as the same JSON value (when no key was sent twice).
+    /// SH_GET as the same JSON value; a key sent twice has its last value.
     fn verify_round_trip(&mut self, message: &[u8], checked: &Checked) {
         let request = parse(message).expect("it was Ok");
-        let params = request
-            .as_object()
-            .and_then(|o| o.iter().next())
-            .map(|(_, p)| p)
-            .expect("one command");
-        let Some(keys) = params.get("keys").and_then(|k| k.as_object()) else {
+        let params = &request.as_object().expect("one command")[0].1;
+        let Some(keys) = params.get("keys").and_then(Json::as_object) else {
             return;
         };
-        let names: HashSet<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-        if names.len() != keys.len() || params.as_object().is_some_and(|p| p.len() > 16) {
-            return; // Which duplicate wins is not this check's business.
+        let mut expected: Vec<(String, Json)> = Vec::new();
+        for (k, v) in keys {
+            match expected.iter_mut().find(|(e, _)| e == k) {
+                Some(entry) => entry.1 = v.clone(),
+                None => expected.push((k.clone(), v.clone())),
+            }
         }
         let tkn = checked.body["tkn"].as_u64().expect("checked");
-        let list = OwnedValue::Array(Box::new(
-            keys.iter()
-                .map(|(k, _)| OwnedValue::String(k.clone()))
-                .collect(),
-        ));
-        let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":{}}}}}"#, list.encode());
+        let names = Json::Array(expected.iter().map(|(k, _)| Json::Str(k.clone())).collect());
+        let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":{names}}}}}"#);
         let response = self.raw(&get);
         let got = parse(&response).expect("checked");
-        let got = &got["SH_GET_RSP"]["keys"];
-        let got = got.as_object().expect("SH_GET returns keys");
-        assert_eq!(
-            got.len(),
-            keys.len(),
-            "SH_GET after SH_SET\nrequest: {:?}\nget: {:?}",
+        let got = Json::Object(
+            got["SH_GET_RSP"]["keys"]
+                .as_object()
+                .expect("SH_GET returns keys")
+                .to_vec(),
+        );
+        assert!(
+            same_json(&got, &Json::Object(expected)),
+            "SH_GET after {}\nrequest: {:?}\nget: {:?}",
+            checked.command,
             show(message),
             show(&response)
         );
-        for (k, v) in keys.iter() {
-            assert!(
-                got.get(k.as_str()).is_some_and(|g| same_json(g, v)),
-                "value of {k:?} changed\nrequest: {:?}\nget: {:?}",
-                show(message),
-                show(&response)
-            );
-        }
         self.snapshot = None;
     }
 
@@ -815,7 +1017,7 @@ impl Harness {
             "sessions, keys and accounted bytes after ending every session"
         );
         for name in self.names.clone() {
-            let open = OwnedValue::from(name.clone()).encode();
+            let open = Json::Str(name.clone());
             let r = self.raw(&format!(r#"{{"SH_OPEN":{{"name":{open}}}}}"#));
             assert!(
                 show(&r).contains(r#""st":102"#),
