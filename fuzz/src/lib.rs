@@ -669,6 +669,10 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
     if known && params.has_duplicate_members() {
         // A parameter given twice: ambiguous, status 13.
         assert_eq!(status, 13, "a parameter given twice{}", context());
+    } else if !known && params.has_duplicate_members() {
+        // Unknown command (10) whose parameters repeat one (13): the
+        // protocol does not say which is checked first.
+        assert!(matches!(status, 10 | 13), "unknown command{}", context());
     } else if command == "SH_NEW"
         && params
             .get("expiry")
