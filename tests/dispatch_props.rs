@@ -505,7 +505,6 @@ fn a_duplicated_parameter_is_13_however_many_members() {
 /// protocol's expiry guarantee), `SH_NEW` claiming its name included, even
 /// while background expiry is behind on a mass expiry.
 #[test]
-#[ignore = "server bug: SH_NEW gets 103 for a name whose session expired but is not yet collected"]
 fn a_shared_name_is_free_once_its_session_is_past_its_deadline() {
     let mut d = LocalDispatcher::new(1);
     // More sessions due at once than one background pass settles (4096),
