@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use simd_json::OwnedValue;
@@ -13,6 +14,7 @@ pub const DEFAULT_PORT: u16 = 1987;
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_OUTPUT_BUFFER: usize = 32 * 1024 * 1024;
+pub const DEFAULT_OUTPUT_STALL_TIMEOUT_S: u64 = 30;
 
 /// Raw command-line flags.
 #[derive(Parser, Debug, Default)]
@@ -48,10 +50,13 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// Responses a client has not read, in bytes, before the server stops
-    /// reading its requests (it is closed if it stays so for 30 s)
-    /// [default: 33554432].
+    /// reading its requests [default: 33554432].
     #[arg(long, value_name = "BYTES")]
     pub max_output_buffer: Option<usize>,
+    /// Seconds a client may stay over --max-output-buffer before it is
+    /// disconnected [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub output_stall_timeout: Option<u64>,
     /// Memory the stored sessions may use, in bytes (0 = no limit); a write
     /// past it is refused with status 150 [default: 0].
     #[arg(long, value_name = "BYTES")]
@@ -100,6 +105,7 @@ pub struct Config {
     pub max_payload: usize,
     pub max_connections: usize,
     pub max_output_buffer: usize,
+    pub output_stall_timeout: Duration,
     /// 0 means no limit.
     pub max_memory: u64,
     /// Snapshot directory; None: persistence is off.
@@ -149,6 +155,7 @@ struct FileSettings {
     max_payload: Option<usize>,
     max_connections: Option<usize>,
     max_output_buffer: Option<usize>,
+    output_stall_timeout: Option<u64>,
     max_memory: Option<u64>,
     shards: Option<usize>,
     pin_cores: Option<String>,
@@ -196,6 +203,15 @@ impl Config {
             .unwrap_or(DEFAULT_MAX_OUTPUT_BUFFER);
         if max_output_buffer < 4096 {
             return Err(invalid("max output buffer must be at least 4096 bytes"));
+        }
+        let stall_s = flags
+            .output_stall_timeout
+            .or(file.output_stall_timeout)
+            .unwrap_or(DEFAULT_OUTPUT_STALL_TIMEOUT_S);
+        if stall_s == 0 {
+            return Err(invalid(
+                "the output stall timeout must be at least 1 second",
+            ));
         }
         let max_memory = flags.max_memory.or(file.max_memory).unwrap_or(0);
         let pinning = match flags.pin_cores.or(file.pin_cores) {
@@ -248,6 +264,7 @@ impl Config {
             max_payload,
             max_connections,
             max_output_buffer,
+            output_stall_timeout: Duration::from_secs(stall_s),
             max_memory,
             persist,
             load,
@@ -350,6 +367,9 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
     }
     if let Some(v) = root.get("maxOutputBuffer") {
         settings.max_output_buffer = Some(uint("maxOutputBuffer", v)? as usize);
+    }
+    if let Some(v) = root.get("outputStallTimeout") {
+        settings.output_stall_timeout = Some(uint("outputStallTimeout", v)?);
     }
     if let Some(v) = root.get("maxMemory") {
         settings.max_memory = Some(uint("maxMemory", v)?);

@@ -251,6 +251,7 @@ impl Server {
                 limits: Limits {
                     max_payload: config.max_payload,
                     max_output_buffer: config.max_output_buffer,
+                    output_stall_timeout: config.output_stall_timeout,
                 },
                 connections: connections.clone(),
                 max_connections: capacity,

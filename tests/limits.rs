@@ -171,3 +171,40 @@ fn unknown_tokens_are_counted_for_operators() {
     let r = c.call(r#"{"SV_INFO":{}}"#);
     assert_eq!(r["sessionNotExist"].as_u64(), Some(5));
 }
+
+#[test]
+fn a_client_stuck_over_the_output_limit_is_disconnected() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--max-output-buffer",
+        "65536",
+        "--output-stall-timeout",
+        "2",
+    ]);
+    let mut setup = server.client();
+    let tkn = setup.new_session("{}");
+    let value = "x".repeat(100 * 1024);
+    setup.call(&format!(
+        r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"v":"{value}"}}}}}}"#
+    ));
+    let mut greedy = server.client();
+    let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["v"]}}}}"#);
+    for _ in 0..500 {
+        greedy.ws.write(Message::text(get.clone())).unwrap();
+    }
+    greedy.flush();
+    std::thread::sleep(Duration::from_secs(5));
+    // It reads what was sent before the cut, then the connection ends.
+    let mut answered = 0;
+    while let Ok(message) = greedy.ws.read() {
+        if message.is_text() {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered < 500,
+        "a stuck client was kept: {answered} answers"
+    );
+    assert_eq!(st(&setup.call(r#"{"SV_INFO":{}}"#)), 1);
+}

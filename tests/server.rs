@@ -557,6 +557,23 @@ fn sigterm_answers_what_was_read_then_exits_zero() {
 }
 
 #[test]
+fn sigint_stops_like_sigterm() {
+    let mut server = two_shards();
+    let mut c = server.client();
+    assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
+    let pid = server.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(server.wait_exit().success());
+    match c.ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+}
+
+#[test]
 fn bad_flags_exit_with_status_2() {
     for args in [
         &["--pin-cores", "banana"][..],

@@ -37,6 +37,8 @@ pub struct Limits {
     /// Response bytes a client may leave unread before we stop reading
     /// its requests (backpressure instead of unbounded buffering).
     pub max_output_buffer: usize,
+    /// How long a client may stay over that limit before it is dropped.
+    pub output_stall_timeout: Duration,
 }
 
 impl Limits {

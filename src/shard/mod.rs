@@ -48,8 +48,6 @@ const WAKER: PollToken = PollToken(usize::MAX - 2);
 const READ_BUDGET: usize = 256;
 /// A WebSocket handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that leaves its responses unread this long is disconnected.
-const OUTPUT_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Longest a shutdown waits for clients to take their last responses.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
@@ -718,7 +716,9 @@ impl Shard {
         self.last_housekeeping = Instant::now();
         let mut expired = Vec::new();
         for (slot, conn) in self.conns.iter_mut() {
-            let stalled = conn.blocked_for().is_some_and(|d| d > OUTPUT_STALL_LIMIT);
+            let stalled = conn
+                .blocked_for()
+                .is_some_and(|d| d > self.ctx.limits.output_stall_timeout);
             if stalled || conn.is_handshaking() && conn.accepted_at.elapsed() > HANDSHAKE_TIMEOUT {
                 expired.push(slot);
             } else if !conn.is_open() {
