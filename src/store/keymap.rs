@@ -99,6 +99,37 @@ impl KeyMap {
         KeyMap::Packed(out.into_boxed_slice())
     }
 
+    /// A session's name and keys at once (a snapshot load): packed in one
+    /// go when they fit, a map otherwise. Keys repeated keep the last value.
+    pub fn with_entries(name: Option<&str>, entries: Vec<(Box<str>, Box<[u8]>)>) -> Self {
+        let mut keys = KeyMap::new(name);
+        let KeyMap::Packed(bytes) = &mut keys else {
+            return keys;
+        };
+        let size: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let fits = entries.len() <= PACKED_MAX_KEYS && bytes.len() + size <= PACKED_MAX_BYTES;
+        // At most PACKED_MAX_KEYS names to compare, so the scan is short.
+        let distinct = || {
+            entries
+                .iter()
+                .enumerate()
+                .all(|(i, (k, _))| entries[..i].iter().all(|(other, _)| other != k))
+        };
+        if fits && distinct() {
+            let mut out = Vec::with_capacity(bytes.len() + size);
+            out.extend_from_slice(bytes);
+            for (k, v) in &entries {
+                put_entry(&mut out, k, v);
+            }
+            *bytes = out.into_boxed_slice();
+        } else {
+            for (k, v) in entries {
+                keys.set(k, v);
+            }
+        }
+        keys
+    }
+
     pub fn name(&self) -> Option<&str> {
         match self {
             KeyMap::Packed(bytes) => {
@@ -285,6 +316,24 @@ mod tests {
         keys.set("big".into(), v(&"y".repeat(5000)));
         assert!(matches!(keys, KeyMap::Large(_)));
         assert_eq!(keys.len(), 3);
+    }
+
+    #[test]
+    fn with_entries_packs_or_maps_like_sets_would() {
+        let few = vec![("a".into(), v("1")), ("b".into(), v("2"))];
+        let keys = KeyMap::with_entries(Some("n"), few);
+        assert!(matches!(keys, KeyMap::Packed(_)));
+        assert_eq!(
+            (keys.name(), keys.len(), keys.get("b")),
+            (Some("n"), 2, Some(&b"2"[..]))
+        );
+        let repeated = vec![("a".into(), v("1")), ("a".into(), v("2"))];
+        let keys = KeyMap::with_entries(None, repeated);
+        assert_eq!((keys.len(), keys.get("a")), (1, Some(&b"2"[..])));
+        let many: Vec<_> = (0..30).map(|i| (format!("k{i}").into(), v("x"))).collect();
+        let keys = KeyMap::with_entries(None, many);
+        assert!(matches!(keys, KeyMap::Large(_)));
+        assert_eq!(keys.len(), 30);
     }
 
     #[test]

@@ -245,10 +245,10 @@ impl SessionStore {
                 return None;
             }
         }
-        self.create(record.tkn, record.name, record.shared, record.expiry, now);
-        let keys = record.keys.len() as u64;
-        self.set(record.tkn, record.keys, now).ok()?;
-        Some(keys)
+        let keys = KeyMap::with_entries(record.name.as_deref(), record.keys);
+        let count = keys.len() as u64;
+        self.insert(record.tkn, keys, record.shared, record.expiry, now);
+        Some(count)
     }
 
     /// Stops the snapshot being taken (its file is abandoned).
@@ -371,10 +371,21 @@ impl SessionStore {
         expiry: Option<ExpirySettings>,
         now: Millis,
     ) {
+        self.insert(tkn, KeyMap::new(name.as_deref()), shared, expiry, now);
+    }
+
+    fn insert(
+        &mut self,
+        tkn: Token,
+        keys: KeyMap,
+        shared: bool,
+        expiry: Option<ExpirySettings>,
+        now: Millis,
+    ) {
         // Callers check for collisions first; keep everything right regardless.
         self.remove(tkn);
-        let keys = KeyMap::new(name.as_deref());
-        self.used_bytes += session_cost(name.as_deref(), &keys);
+        self.used_bytes += session_cost(keys.name(), &keys);
+        self.key_count += keys.len() as u64;
         let expiry = expiry.map(|settings| {
             let deadline = deadline_after(settings, now);
             Expiry {
