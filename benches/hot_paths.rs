@@ -26,8 +26,12 @@ fn decoding(c: &mut Criterion) {
     let get = GET.replace("TKN", "16351792548006066062");
     let set = SET.replace("TKN", "16351792548006066062");
     let mut parser = nemesisdb::protocol::RequestParser::default();
-    group.bench_function("SH_GET", |b| b.iter(|| black_box(parser.parse(get.as_bytes()))));
-    group.bench_function("SH_SET", |b| b.iter(|| black_box(parser.parse(set.as_bytes()))));
+    group.bench_function("SH_GET", |b| {
+        b.iter(|| black_box(parser.parse(get.as_bytes())))
+    });
+    group.bench_function("SH_SET", |b| {
+        b.iter(|| black_box(parser.parse(set.as_bytes())))
+    });
     group.bench_function("SH_GET, fresh buffers", |b| {
         b.iter(|| black_box(parse_request(get.as_bytes())))
     });
@@ -80,7 +84,10 @@ fn store(c: &mut Criterion) {
     for tkn in 1..=n {
         store.create(tkn, None, false, None, 0);
         let keys = vec![
-            ("user".into(), b"\"u1234567890abcde\"".to_vec().into_boxed_slice()),
+            (
+                "user".into(),
+                b"\"u1234567890abcde\"".to_vec().into_boxed_slice(),
+            ),
             ("cart".into(), b"[1,2,3]".to_vec().into_boxed_slice()),
         ];
         let _ = store.set(tkn, keys, 0);
