@@ -132,6 +132,8 @@ pub struct Connection {
     held: usize,
     /// When the client stopped taking our responses (output over the limit).
     blocked_since: Option<Instant>,
+    /// A fragmented text message had invalid UTF-8: answer it, then close.
+    fragmented_bad_utf8: bool,
     _permit: Permit,
 }
 
@@ -153,6 +155,7 @@ impl Connection {
             unflushed: 0,
             held: 0,
             blocked_since: None,
+            fragmented_bad_utf8: false,
             _permit: permit,
         }
     }
@@ -207,6 +210,14 @@ impl Connection {
                         return ReadOutcome::Closed;
                     }
                 },
+                State::Open(_) if self.fragmented_bad_utf8 => {
+                    // Its ERR 3 is answered; tungstenite cannot find the
+                    // next message after a broken fragmented one, so the
+                    // connection ends as RFC 6455 asks.
+                    self.fragmented_bad_utf8 = false;
+                    self.close(CloseCode::Invalid, "invalid UTF-8 in a text message");
+                    continue;
+                }
                 State::Open(ws) => {
                     return match ws.read() {
                         Ok(Message::Text(text)) => ReadOutcome::Message(Incoming::Text(text)),
@@ -220,9 +231,22 @@ impl Connection {
                         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                             ReadOutcome::WouldBlock
                         }
-                        Err(WsError::Utf8(_)) => ReadOutcome::Message(Incoming::InvalidUtf8),
+                        Err(WsError::Utf8(detail)) => {
+                            // A single frame is checked whole (std's
+                            // Utf8Error); fragments by a collector whose
+                            // errors read differently.
+                            self.fragmented_bad_utf8 = !detail.starts_with("invalid utf-8")
+                                && !detail.starts_with("incomplete utf-8");
+                            ReadOutcome::Message(Incoming::InvalidUtf8)
+                        }
                         Err(WsError::Capacity(_)) => {
                             self.close(CloseCode::Size, "message too big");
+                            continue;
+                        }
+                        // A breach of RFC 6455 ends the connection, with a
+                        // close frame after the answers already given.
+                        Err(WsError::Protocol(_)) => {
+                            self.close(CloseCode::Protocol, "WebSocket protocol error");
                             continue;
                         }
                         Err(_) => {

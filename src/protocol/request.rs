@@ -276,6 +276,14 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             tkn: None,
         });
     };
+    if !COMMANDS.contains(&name) {
+        return Err(Rejection {
+            to: RejectTo::Command(name.to_string()),
+            status: Status::CommandNotExist,
+            message: None,
+            tkn: None,
+        });
+    }
     if has_duplicate_names(&params) {
         return Err(Rejection {
             to: RejectTo::Command(name.to_string()),
@@ -362,6 +370,29 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         }),
     }
 }
+
+/// Every command the server knows.
+const COMMANDS: [&str; 19] = [
+    "SH_NEW",
+    "SH_OPEN",
+    "SH_END",
+    "SH_END_ALL",
+    "SH_EXISTS",
+    "SH_INFO",
+    "SH_INFO_ALL",
+    "SH_SAVE",
+    "SH_LOAD",
+    "SH_SET",
+    "SH_ADD",
+    "SH_CLEAR_SET",
+    "SH_GET",
+    "SH_RMV",
+    "SH_CONTAINS",
+    "SH_COUNT",
+    "SH_KEYS",
+    "SH_CLEAR",
+    "SV_INFO",
+];
 
 /// Whether an object names a member twice (the tape keeps every member in
 /// document order, duplicates included).
@@ -816,6 +847,15 @@ mod tests {
             status(r#"{"SH_SET":{"tkn":1,"keys":{"a":1.}}}"#),
             Status::JsonInvalid
         );
+    }
+
+    #[test]
+    fn an_unknown_command_is_10_whatever_its_parameters() {
+        assert_eq!(
+            status(r#"{"RH_SET":{"tkn":1,"tkn":5}}"#),
+            Status::CommandNotExist
+        );
+        assert_eq!(status(r#"{"RH_SET":[]}"#), Status::CommandType);
     }
 
     #[test]
