@@ -173,14 +173,6 @@ impl Connection {
         self.blocked_since.map(|since| since.elapsed())
     }
 
-    pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
-        match &mut self.state {
-            State::Handshake { stream, .. } => Some(stream.stream_mut()),
-            State::Open(ws) | State::Closing { ws, .. } => Some(ws.get_mut().stream_mut()),
-            State::Closed => None,
-        }
-    }
-
     pub fn is_handshaking(&self) -> bool {
         matches!(self.state, State::Handshake { .. })
     }
@@ -403,10 +395,11 @@ impl Connection {
         let State::Open(ws) = &mut self.state else {
             return;
         };
-        // Responses are built from valid UTF-8 pieces only.
+        // Responses are built from valid UTF-8 pieces only; were one not,
+        // the client still gets an answer in its place.
         let text = match String::from_utf8(response) {
             Ok(text) => text,
-            Err(_) => return,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
         match ws.write(Message::text(text)) {
             Ok(()) => {}

@@ -25,11 +25,6 @@ impl Socket {
         }
     }
 
-    /// The stream, for registering with the poller.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
-    }
-
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.stream.shutdown(how)
     }
