@@ -206,6 +206,11 @@ impl Shard {
 
     /// One turn's share of save and load work.
     pub(super) fn persistence_step(&mut self) {
+        // A writer that failed has reported it; encoding more is waste.
+        if self.save.as_ref().is_some_and(ShardFileWriter::failed) {
+            self.store.abort_snapshot();
+            self.save = None;
+        }
         if let Some(chunk) = self.store.snapshot_step(PERSIST_BUDGET) {
             if let Some(writer) = &self.save {
                 writer.write_chunk(chunk.bytes, chunk.records, chunk.keys);
