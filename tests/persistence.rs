@@ -7,6 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use nemesisdb::mesh::shard_of;
 use simd_json::prelude::*;
 use support::{Client, Server, st};
 
@@ -329,4 +330,34 @@ fn sigkill_during_a_large_save_leaves_the_previous_version_loadable() {
         saved,
         "a complete version was loaded"
     );
+}
+
+#[test]
+fn saves_started_together_on_different_shards_both_complete() {
+    let dir = TempDir::new("together");
+    let server = persistent(&dir, "2", &[]);
+    // One client served by each shard, each with a session on its shard.
+    let mut by_shard: Vec<Option<Client>> = vec![None, None];
+    while by_shard.iter().any(Option::is_none) {
+        let mut c = server.client();
+        let tkn = c.new_session("{}");
+        c.call(&format!(
+            r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"v":"{}"}}}}}}"#,
+            "x".repeat(200)
+        ));
+        let slot = &mut by_shard[shard_of(tkn, 2)];
+        if slot.is_none() {
+            *slot = Some(c);
+        }
+    }
+    let mut clients: Vec<Client> = by_shard.into_iter().map(Option::unwrap).collect();
+    for round in 0..5 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send_text(&format!(r#"{{"SH_SAVE":{{"name":"s{i}-{round}"}}}}"#));
+        }
+        for c in &mut clients {
+            let r = support::body(&c.recv_json(), "SH_SAVE_RSP");
+            assert_eq!(st(&r), 121, "round {round}: {r}");
+        }
+    }
 }

@@ -597,3 +597,49 @@ fn pinned_shards_serve() {
     let mut c = server.client();
     assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
 }
+
+#[test]
+fn a_protocol_breach_closes_after_the_answers_already_due() {
+    let server = Server::start(&["--shards", "4"]);
+    for _ in 0..5 {
+        let mut c = server.client();
+        c.queue_text(r#"{"SV_INFO":{}}"#.to_string());
+        c.queue_text(r#"{"SH_INFO_ALL":{}}"#.to_string());
+        c.flush();
+        // A masked, empty frame with reserved opcode 0x3.
+        std::io::Write::write_all(c.ws.get_mut(), b"\x83\x80\x00\x00\x00\x00").unwrap();
+        assert_eq!(st(&body(&c.recv_json(), "SV_INFO_RSP")), 1);
+        assert_eq!(st(&body(&c.recv_json(), "SH_INFO_ALL_RSP")), 1);
+        match c.ws.read() {
+            Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Protocol),
+            other => panic!("expected a 1002 close, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn clients_that_send_and_hang_up_at_once_are_not_kept() {
+    let server = two_shards();
+    for _ in 0..30 {
+        let mut c = server.client();
+        c.queue_text(r#"{"SV_INFO":{}}"#.to_string());
+        c.flush();
+        // Data and end of stream arrive together. A WebSocket peer that
+        // hangs up without a close frame gets no more answers (the
+        // WebSocket is over); what matters is that it is let go.
+        c.ws.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = c.ws.read();
+    }
+    let mut watcher = server.client();
+    let mut connections = u64::MAX;
+    for _ in 0..100 {
+        connections = watcher.call(r#"{"SV_INFO":{}}"#)["connections"]
+            .as_u64()
+            .unwrap();
+        if connections == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(connections, 1, "closed clients are still held");
+}

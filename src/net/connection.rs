@@ -132,8 +132,9 @@ pub struct Connection {
     held: usize,
     /// When the client stopped taking our responses (output over the limit).
     blocked_since: Option<Instant>,
-    /// A fragmented text message had invalid UTF-8: answer it, then close.
-    fragmented_bad_utf8: bool,
+    /// The connection must end (a protocol breach, a message too big):
+    /// nothing more is read, and the close frame follows the answers due.
+    close_when_answered: Option<(CloseCode, &'static str)>,
     _permit: Permit,
 }
 
@@ -155,7 +156,7 @@ impl Connection {
             unflushed: 0,
             held: 0,
             blocked_since: None,
-            fragmented_bad_utf8: false,
+            close_when_answered: None,
             _permit: permit,
         }
     }
@@ -164,6 +165,7 @@ impl Connection {
     /// unanswered, nor while the client is not reading its responses.
     pub fn wants_input(&self) -> bool {
         self.pending.len() < MAX_IN_FLIGHT
+            && self.close_when_answered.is_none()
             && self.blocked_since.is_none()
             && self.unflushed + self.held < self.limits.max_output_buffer
     }
@@ -202,13 +204,9 @@ impl Connection {
                         return ReadOutcome::Closed;
                     }
                 },
-                State::Open(_) if self.fragmented_bad_utf8 => {
-                    // Its ERR 3 is answered; tungstenite cannot find the
-                    // next message after a broken fragmented one, so the
-                    // connection ends as RFC 6455 asks.
-                    self.fragmented_bad_utf8 = false;
-                    self.close(CloseCode::Invalid, "invalid UTF-8 in a text message");
-                    continue;
+                // Ending: read nothing more, the close follows the answers.
+                State::Open(_) if self.close_when_answered.is_some() => {
+                    return ReadOutcome::WouldBlock;
                 }
                 State::Open(ws) => {
                     return match ws.read() {
@@ -226,19 +224,26 @@ impl Connection {
                         Err(WsError::Utf8(detail)) => {
                             // A single frame is checked whole (std's
                             // Utf8Error); fragments by a collector whose
-                            // errors read differently.
-                            self.fragmented_bad_utf8 = !detail.starts_with("invalid utf-8")
+                            // errors read differently. After a broken
+                            // fragmented message tungstenite cannot find the
+                            // next one: the connection ends as RFC 6455 asks,
+                            // once this message's ERR 3 is answered.
+                            let fragmented = !detail.starts_with("invalid utf-8")
                                 && !detail.starts_with("incomplete utf-8");
+                            if fragmented {
+                                self.close_when_answered =
+                                    Some((CloseCode::Invalid, "invalid UTF-8 in a text message"));
+                            }
                             ReadOutcome::Message(Incoming::InvalidUtf8)
                         }
                         Err(WsError::Capacity(_)) => {
-                            self.close(CloseCode::Size, "message too big");
+                            self.end_after_answers(CloseCode::Size, "message too big");
                             continue;
                         }
                         // A breach of RFC 6455 ends the connection, with a
-                        // close frame after the answers already given.
+                        // close frame after the answers already due.
                         Err(WsError::Protocol(_)) => {
-                            self.close(CloseCode::Protocol, "WebSocket protocol error");
+                            self.end_after_answers(CloseCode::Protocol, "WebSocket protocol error");
                             continue;
                         }
                         Err(_) => {
@@ -324,7 +329,34 @@ impl Connection {
         }
     }
 
-    /// Queues a close frame; input is then discarded until the peer goes.
+    /// Ends the connection once every request read so far is answered.
+    fn end_after_answers(&mut self, code: CloseCode, reason: &'static str) {
+        self.close_when_answered = Some((code, reason));
+        self.close_if_answered();
+    }
+
+    fn close_if_answered(&mut self) {
+        if self.pending.is_empty()
+            && let Some((code, reason)) = self.close_when_answered.take()
+        {
+            self.close(code, reason);
+        }
+    }
+
+    /// The peer has shut its side (or the socket failed): read to the end
+    /// instead of trusting a short read.
+    pub fn peer_closed(&mut self) {
+        let socket = match &mut self.state {
+            State::Handshake { stream, .. } => stream,
+            State::Open(ws) | State::Closing { ws, .. } => ws.get_mut(),
+            State::Closed => return,
+        };
+        socket.peer_closed();
+    }
+
+    /// Queues a close frame at once, dropping answers not yet written (a
+    /// shutdown past its grace, a client stuck over its limit); input is
+    /// then discarded until the peer goes.
     pub fn close(&mut self, code: CloseCode, reason: &'static str) {
         let state = std::mem::replace(&mut self.state, State::Closed);
         if let State::Open(mut ws) = state {
@@ -388,6 +420,7 @@ impl Connection {
         if self.unflushed >= self.limits.max_output_buffer {
             self.blocked_since.get_or_insert_with(Instant::now);
         }
+        self.close_if_answered();
         wrote
     }
 

@@ -15,6 +15,9 @@ pub struct Socket {
     stream: TcpStream,
     /// The last read was short: the kernel buffer was empty after it.
     drained: bool,
+    /// The peer shut its side: its end of stream may already be queued
+    /// behind the data, with no further edge to come, so every read asks.
+    peer_closed: bool,
 }
 
 impl Socket {
@@ -22,7 +25,13 @@ impl Socket {
         Socket {
             stream,
             drained: false,
+            peer_closed: false,
         }
+    }
+
+    pub fn peer_closed(&mut self) {
+        self.peer_closed = true;
+        self.drained = false;
     }
 
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
@@ -37,7 +46,7 @@ impl Read for Socket {
         }
         let n = self.stream.read(buf)?;
         // 0 is end of stream, not a short read: let it through as it is.
-        self.drained = n > 0 && n < buf.len();
+        self.drained = !self.peer_closed && n > 0 && n < buf.len();
         Ok(n)
     }
 }

@@ -135,6 +135,8 @@ pub struct Shard {
     deferred_counts: Vec<PartReply>,
     /// This shard's file of a save in progress.
     save: Option<ShardFileWriter>,
+    /// Saves asked of this shard while another ran: they start in turn.
+    save_queue: VecDeque<(PartReply, PathBuf, Option<Vec<crate::protocol::Token>>)>,
     /// Saved sessions waiting to be added, a batch per turn.
     loading: VecDeque<persistence::LoadJob>,
     last_housekeeping: Instant,
@@ -177,6 +179,7 @@ impl Shard {
             expiry_pending: false,
             deferred_counts: Vec::new(),
             save: None,
+            save_queue: VecDeque::new(),
             loading: VecDeque::new(),
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
@@ -223,6 +226,9 @@ impl Shard {
                     WAKER => {}
                     PollToken(slot) => {
                         if let Some(conn) = self.conns.get_mut(slot) {
+                            if event.is_read_closed() || event.is_error() {
+                                conn.peer_closed();
+                            }
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 conn.readable = true;
                                 self.ready.push(slot);

@@ -88,11 +88,15 @@ impl Shard {
                 }
             }
         };
-        if self.save.is_some()
-            || self
-                .store
-                .begin_snapshot(self.now, only.as_deref())
-                .is_err()
+        if self.save.is_some() {
+            // One snapshot at a time per shard; this one starts after it.
+            self.save_queue.push_back((reply, dir.to_path_buf(), only));
+            return;
+        }
+        if self
+            .store
+            .begin_snapshot(self.now, only.as_deref())
+            .is_err()
         {
             let id = self.ctx.id;
             refuse(self, format!("shard {id} is already saving"));
@@ -221,6 +225,11 @@ impl Shard {
                 writer.finish();
             }
         }
+        if self.save.is_none()
+            && let Some((reply, dir, only)) = self.save_queue.pop_front()
+        {
+            self.begin_shard_save(reply, &dir, only);
+        }
         let mut budget = PERSIST_BUDGET;
         while budget > 0 {
             let Some(job) = self.loading.front_mut() else {
@@ -254,7 +263,7 @@ impl Shard {
 
     /// Whether save or load work is waiting for the next turn.
     pub(super) fn persistence_busy(&self) -> bool {
-        self.save.is_some() || !self.loading.is_empty()
+        self.save.is_some() || !self.save_queue.is_empty() || !self.loading.is_empty()
     }
 
     /// Answers `SH_SAVE` / `SH_LOAD` when persistence is off.
