@@ -141,6 +141,8 @@ pub struct Shard {
     loading: VecDeque<persistence::LoadJob>,
     last_housekeeping: Instant,
     phase: Phase,
+    /// An accept failed (out of file descriptors?): retry without an edge.
+    accept_again: bool,
 }
 
 impl Shard {
@@ -183,6 +185,7 @@ impl Shard {
             loading: VecDeque::new(),
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
+            accept_again: false,
         };
         shard.now = shard.clock();
         let (sessions, keys) = shard.restore_now(restore);
@@ -270,7 +273,7 @@ impl Shard {
             return Some(Duration::ZERO);
         }
         let housekeeping = match self.phase {
-            Phase::Serving if self.conns.is_empty() => None,
+            Phase::Serving if self.conns.is_empty() && !self.accept_again => None,
             Phase::Serving => Some(HOUSEKEEPING_EVERY),
             Phase::Stopping { .. } | Phase::Drained => Some(Duration::from_millis(10)),
         };
@@ -286,6 +289,7 @@ impl Shard {
     }
 
     fn accept(&mut self) {
+        self.accept_again = false;
         let Some(listener) = &self.listener else {
             return;
         };
@@ -294,9 +298,12 @@ impl Shard {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ECONNABORTED, EMFILE and friends: skip this one; a full
-                // fd table clears as connections close.
-                Err(_) => return,
+                // EMFILE and friends: connections wait in the backlog, and
+                // no new edge may come for them; housekeeping tries again.
+                Err(_) => {
+                    self.accept_again = true;
+                    return;
+                }
             };
             let Some(permit) = Permit::acquire(&self.ctx.connections, self.ctx.max_connections)
             else {
@@ -720,6 +727,9 @@ impl Shard {
             return;
         }
         self.last_housekeeping = Instant::now();
+        if self.accept_again {
+            self.accept();
+        }
         let mut expired = Vec::new();
         for (slot, conn) in self.conns.iter_mut() {
             let stalled = conn
