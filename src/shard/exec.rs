@@ -130,9 +130,7 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
             .clear_set(tkn, keys, now)
             .map(|removed| ok(out, name, tkn).u64("cnt", removed as u64).finish()),
         Command::Get { keys, .. } => store.get(tkn, now).map(|session| {
-            let found = distinct(&keys)
-                .filter_map(|k| session.keys.get(k).map(|v| (k, v)))
-                .collect::<Vec<_>>();
+            let found = distinct(&keys).filter_map(|k| session.keys.get(k).map(|v| (k, v)));
             ok(out, name, tkn).raw_object("keys", found).finish()
         }),
         Command::Rmv { keys, .. } => store
