@@ -643,3 +643,23 @@ fn clients_that_send_and_hang_up_at_once_are_not_kept() {
     }
     assert_eq!(connections, 1, "closed clients are still held");
 }
+
+#[test]
+fn shared_names_held_on_another_shard() {
+    let server = two_shards();
+    let mut clients = one_client_per_shard(&server, 2);
+    let (mut b, _) = clients.pop().unwrap();
+    let (mut a, _) = clients.pop().unwrap();
+    // Held by a live session on b's shard: a cannot take it.
+    let held = b.new_session(r#"{"name":"live","shared":true}"#);
+    let r = a.call(r#"{"SH_NEW":{"name":"live","shared":true}}"#);
+    assert_eq!(st(&r), 103, "{r}");
+    assert_eq!(st(&a.call(&format!(r#"{{"SH_END":{{"tkn":{held}}}}}"#))), 1);
+    let r = a.call(r#"{"SH_NEW":{"name":"live","shared":true}}"#);
+    assert_eq!(st(&r), 1, "{r}");
+    // Held by a session past its deadline: free for a.
+    b.new_session(r#"{"name":"brief","shared":true,"expiry":{"duration":1,"deleteSession":true}}"#);
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = a.call(r#"{"SH_NEW":{"name":"brief","shared":true}}"#);
+    assert_eq!(st(&r), 1, "{r}");
+}

@@ -46,6 +46,9 @@ pub enum Part {
     },
     /// Add these saved sessions (all owned by the receiving shard).
     Load(Vec<SessionRecord>),
+    /// Apply any overdue expiry to this session (so a shared name held by
+    /// a session past its deadline is released before it is claimed).
+    Settle(Token),
 }
 
 /// One shard's answer to a [`Part`].
@@ -68,6 +71,7 @@ pub enum PartResult {
         sessions: u64,
         keys: u64,
     },
+    Settled,
 }
 
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::mesh::{PartResult, Ticket};
 use crate::persist::{ShardFileSummary, VersionDir};
-use crate::protocol::{Response, Status, Token};
+use crate::protocol::{NewSession, Response, Status, Token};
 
 /// What `SV_INFO` sums over the shards.
 #[derive(Default)]
@@ -26,12 +26,23 @@ pub struct ServerFacts {
 }
 
 pub enum GatherKind {
-    EndAll { ended: u64 },
-    InfoAll { sessions: u64, keys: u64 },
+    EndAll {
+        ended: u64,
+    },
+    InfoAll {
+        sessions: u64,
+        keys: u64,
+    },
     ServerInfo(ServerTotals),
-    Exists { tkns: Vec<Token>, found: Vec<bool> },
+    Exists {
+        tkns: Vec<Token>,
+        found: Vec<bool>,
+    },
     Save(SaveProgress),
     Load(LoadProgress),
+    /// `SH_NEW` of a shared name held by a session on another shard: that
+    /// shard settles the holder's expiry first, then the name is claimed.
+    NewShared(NewSession),
 }
 
 /// An `SH_SAVE` in progress: every shard writes its file into `version`.
@@ -205,6 +216,17 @@ impl Gather {
         }
     }
 
+    /// A gathered `SH_NEW`, to be run now that its name's holder is settled.
+    pub fn take_new_session(&mut self) -> Option<NewSession> {
+        if !matches!(self.kind, GatherKind::NewShared(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.kind, GatherKind::end_all()) {
+            GatherKind::NewShared(new) => Some(new),
+            _ => None,
+        }
+    }
+
     pub fn encode(self, server: &ServerFacts) -> Vec<u8> {
         let mut out = Vec::with_capacity(200);
         match self.kind {
@@ -259,6 +281,10 @@ impl Gather {
                     .str("m", error)
                     .finish(),
             },
+            GatherKind::NewShared(_) => {
+                // Run by the shard through `take_new_session`, never encoded.
+                Response::new(&mut out, "SH_NEW", Status::Unknown).finish()
+            }
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns
                     .into_iter()

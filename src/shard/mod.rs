@@ -404,8 +404,26 @@ impl Shard {
     fn dispatch(&mut self, ticket: Ticket, command: Command) {
         match command {
             Command::New(new) => {
-                let out = self.create_session(new);
-                self.deliver(ticket, out);
+                let holder = new
+                    .name
+                    .as_deref()
+                    .filter(|_| new.shared)
+                    .and_then(|name| self.ctx.names.lookup(name))
+                    .map(|tkn| (tkn, shard_of(tkn, self.ctx.shards)))
+                    .filter(|&(_, owner)| owner != self.ctx.id);
+                match holder {
+                    // The name may be free once its holder's expiry is
+                    // applied there: ask, then claim.
+                    Some((tkn, owner)) => self.fan_out_to(
+                        ticket,
+                        GatherKind::NewShared(new),
+                        std::iter::once((owner, Part::Settle(tkn))),
+                    ),
+                    None => {
+                        let out = self.create_session(new);
+                        self.deliver(ticket, out);
+                    }
+                }
             }
             Command::Open { ref name } => match self.ctx.names.lookup(name) {
                 Some(tkn) => self.route(shard_of(tkn, self.ctx.shards), ticket, command),
@@ -581,6 +599,10 @@ impl Shard {
                 self.queue_load(reply, records);
                 return;
             }
+            Part::Settle(tkn) => {
+                self.store.exists(tkn, self.now);
+                PartResult::Settled
+            }
         };
         match reply {
             PartReply::Local { gather } => self.merge_part(gather, result),
@@ -602,8 +624,13 @@ impl Shard {
 
     fn finish_gather(&mut self, gather: usize) {
         let mut g = self.gathers.remove(gather);
-        g.settle_save();
         let ticket = g.ticket;
+        if let Some(new) = g.take_new_session() {
+            let out = self.create_session(new);
+            self.deliver(ticket, out);
+            return;
+        }
+        g.settle_save();
         let uptime = self.ctx.started.elapsed().as_secs();
         let server = gather::ServerFacts {
             shards: self.ctx.shards,
