@@ -98,6 +98,11 @@ pub enum Envelope {
         gather: usize,
         result: PartResult,
     },
+    /// A save's version was committed (or removed) by a helper thread.
+    SaveSettled {
+        gather: usize,
+        result: Result<(), String>,
+    },
     /// A dataset was read from disk for `SH_LOAD` (by a reader thread).
     LoadRead {
         gather: usize,

@@ -58,6 +58,26 @@ pub struct SaveProgress {
     committed: bool,
 }
 
+/// The last step of a save: fsyncs and renames, so not on an event loop.
+pub struct SaveSettlement {
+    version: VersionDir,
+    /// The files to commit; None: a part failed, remove the version.
+    files: Option<Vec<ShardFileSummary>>,
+}
+
+impl SaveSettlement {
+    pub fn run(self) -> Result<(), String> {
+        match self.files {
+            Some(files) => self.version.commit(&files).map_err(|e| e.to_string()),
+            None => {
+                // A partial version is never loaded; removing it is tidiness.
+                let _ = self.version.discard();
+                Ok(())
+            }
+        }
+    }
+}
+
 /// An `SH_LOAD` in progress: the read, then every shard adding its part.
 pub struct LoadProgress {
     name: Box<str>,
@@ -141,24 +161,29 @@ impl Gather {
         self.remaining = 0;
     }
 
-    /// With every shard file written, makes the save version loadable (or
-    /// removes it after a failure). Disk I/O: done once, by the gatherer.
-    pub fn settle_save(&mut self) {
+    /// With every shard file written, what remains of a save: committing
+    /// the version (or removing it after a failure). Taken once; the disk
+    /// work is done off the event loop and reported to `save_settled`.
+    pub fn take_save_settlement(&mut self) -> Option<SaveSettlement> {
         let GatherKind::Save(save) = &mut self.kind else {
-            return;
+            return None;
         };
-        let Some(version) = save.version.take() else {
-            return;
-        };
-        if save.error.is_none() {
-            save.files.sort_by_key(|f| f.shard);
-            match version.commit(&save.files) {
-                Ok(()) => save.committed = true,
-                Err(e) => save.error = Some(e.to_string()),
+        let version = save.version.take()?;
+        save.files.sort_by_key(|f| f.shard);
+        Some(SaveSettlement {
+            version,
+            files: save.error.is_none().then(|| save.files.clone()),
+        })
+    }
+
+    pub fn save_settled(&mut self, result: Result<(), String>) {
+        if let GatherKind::Save(save) = &mut self.kind {
+            match result {
+                Ok(()) => save.committed = save.error.is_none(),
+                Err(e) => {
+                    save.error.get_or_insert(e);
+                }
             }
-        } else {
-            // A partial version is never loaded; removing it is tidiness.
-            let _ = version.discard();
         }
     }
 

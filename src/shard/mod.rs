@@ -139,6 +139,8 @@ pub struct Shard {
     save_queue: VecDeque<(PartReply, PathBuf, Option<Vec<crate::protocol::Token>>)>,
     /// Saved sessions waiting to be added, a batch per turn.
     loading: VecDeque<persistence::LoadJob>,
+    /// Save versions being committed by helper threads.
+    commits_in_flight: usize,
     last_housekeeping: Instant,
     phase: Phase,
     /// An accept failed (out of file descriptors?): retry without an edge.
@@ -183,6 +185,7 @@ impl Shard {
             save: None,
             save_queue: VecDeque::new(),
             loading: VecDeque::new(),
+            commits_in_flight: 0,
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
             accept_again: false,
@@ -200,9 +203,11 @@ impl Shard {
             if self.ctx.stop.load(Ordering::Acquire) && self.phase == Phase::Serving {
                 self.begin_stopping()?;
             }
+            // A save under way (or being committed) finishes first.
             if self.phase == Phase::Drained
                 && self.ctx.draining.load(Ordering::Acquire) == 0
                 && !self.persistence_busy()
+                && self.commits_in_flight == 0
             {
                 if let Some(writer) = self.save.take() {
                     writer.abort();
@@ -630,7 +635,12 @@ impl Shard {
             self.deliver(ticket, out);
             return;
         }
-        g.settle_save();
+        if let Some(settlement) = g.take_save_settlement() {
+            // Back in the slab until the commit reports.
+            let gather = self.gathers.insert(g);
+            self.settle_save(gather, settlement);
+            return;
+        }
         let uptime = self.ctx.started.elapsed().as_secs();
         let server = gather::ServerFacts {
             shards: self.ctx.shards,
@@ -660,6 +670,13 @@ impl Shard {
                 }
                 Envelope::PartDone { gather, result } => self.merge_part(gather, result),
                 Envelope::LoadRead { gather, result } => self.loaded_from_disk(gather, result),
+                Envelope::SaveSettled { gather, result } => {
+                    self.commits_in_flight = self.commits_in_flight.saturating_sub(1);
+                    if let Some(g) = self.gathers.get_mut(gather) {
+                        g.save_settled(result);
+                        self.finish_gather(gather);
+                    }
+                }
             }
         }
     }

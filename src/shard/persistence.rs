@@ -117,6 +117,28 @@ impl Shard {
         }
     }
 
+    /// Commits (or removes) a finished save's version on a helper thread:
+    /// its fsyncs must not hold up this shard's requests.
+    pub(super) fn settle_save(&mut self, gather: usize, settlement: super::gather::SaveSettlement) {
+        let (mesh, me) = (self.ctx.mesh.clone(), self.ctx.id);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-commit".into())
+            .spawn(move || {
+                let result = settlement.run();
+                let _ = mesh[me].send(vec![Envelope::SaveSettled { gather, result }]);
+            });
+        match spawned {
+            Ok(_) => self.commits_in_flight += 1,
+            Err(e) => {
+                // The version stays uncommitted: never loaded, so say so.
+                if let Some(g) = self.gathers.get_mut(gather) {
+                    g.save_settled(Err(format!("cannot start the commit thread: {e}")));
+                }
+                self.finish_gather(gather);
+            }
+        }
+    }
+
     /// `SH_LOAD` arrived here: read the dataset on a reader thread.
     pub(super) fn start_load(&mut self, ticket: Ticket, root: &Path, name: Box<str>) {
         let gather = self.gathers.insert(super::gather::Gather::new(
