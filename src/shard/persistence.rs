@@ -3,8 +3,10 @@
 //! Saving: the shard that got the request creates the version directory and
 //! fans out a part to every shard; each snapshots its store a chunk per turn
 //! (copy-on-write keeps it point-in-time) into a background file writer,
-//! whose completion comes back through the mesh; the gatherer commits the
-//! version once every file is in. Loading: a reader thread reads and
+//! whose completion comes back through the mesh; once every file is in,
+//! a helper thread commits the version (its fsyncs stay off the event
+//! loop) and the gatherer answers. Saves asked of a shard that is already
+//! saving wait their turn there. Loading: a reader thread reads and
 //! verifies the whole dataset off the event loop, then the records go to
 //! their owning shards, which add them a batch per turn.
 
