@@ -14,13 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
-use tungstenite::{Message, Utf8Bytes};
 
 use super::handshake::{self, MAX_REQUEST_BYTES, Outcome};
 use super::socket::Socket;
+use super::websocket::{Event, WebSocket};
 
 /// How long a closing connection may take to let us read its last bytes.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -39,18 +37,6 @@ pub struct Limits {
     pub max_output_buffer: usize,
     /// How long a client may stay over that limit before it is dropped.
     pub output_stall_timeout: Duration,
-}
-
-impl Limits {
-    fn websocket_config(self) -> WebSocketConfig {
-        // Small read buffers keep thousands of idle connections cheap; the
-        // write buffer only fills between our once-per-turn flushes.
-        WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
-            .write_buffer_size(256 * 1024)
-            .max_message_size(Some(self.max_payload))
-            .max_frame_size(Some(self.max_payload))
-    }
 }
 
 /// A place in the server-wide connection limit, given back on drop.
@@ -77,7 +63,8 @@ impl Drop for Permit {
 /// A message from the client, as far as this layer understands it.
 #[derive(Debug)]
 pub enum Incoming {
-    Text(Utf8Bytes),
+    /// Its bytes are [`Connection::message`].
+    Text,
     Binary,
     /// A text message whose bytes were not UTF-8.
     InvalidUtf8,
@@ -98,11 +85,11 @@ enum State {
         stream: Socket,
         received: Vec<u8>,
     },
-    Open(Box<WebSocket<Socket>>),
+    Open(Box<WebSocket>),
     /// Our close frame is queued or sent; input is read and discarded until
     /// the peer closes or the linger time runs out.
     Closing {
-        ws: Box<WebSocket<Socket>>,
+        ws: Box<WebSocket>,
         since: Instant,
         write_shut: bool,
     },
@@ -125,9 +112,6 @@ pub struct Connection {
     pub readable: bool,
     /// Something was written since the last flush.
     needs_flush: bool,
-    /// Bytes handed to the WebSocket since it last flushed completely: an
-    /// upper bound on what sits unsent in its buffer.
-    unflushed: usize,
     /// Bytes of responses computed but still waiting in `pending`.
     held: usize,
     /// When the client stopped taking our responses (output over the limit).
@@ -153,7 +137,6 @@ impl Connection {
             next_seq: 0,
             readable: true,
             needs_flush: false,
-            unflushed: 0,
             held: 0,
             blocked_since: None,
             close_when_answered: None,
@@ -167,7 +150,23 @@ impl Connection {
         self.pending.len() < MAX_IN_FLIGHT
             && self.close_when_answered.is_none()
             && self.blocked_since.is_none()
-            && self.unflushed + self.held < self.limits.max_output_buffer
+            && self.unsent() + self.held < self.limits.max_output_buffer
+    }
+
+    /// Framed response bytes not yet taken by the socket.
+    fn unsent(&self) -> usize {
+        match &self.state {
+            State::Open(ws) | State::Closing { ws, .. } => ws.unsent(),
+            State::Handshake { .. } | State::Closed => 0,
+        }
+    }
+
+    /// The text message the last [`Incoming::Text`] announced.
+    pub fn message(&self) -> &[u8] {
+        match &self.state {
+            State::Open(ws) => ws.message(),
+            _ => &[],
+        }
     }
 
     /// How long the client has left its responses unread, if it has.
@@ -209,57 +208,48 @@ impl Connection {
                     return ReadOutcome::WouldBlock;
                 }
                 State::Open(ws) => {
-                    return match ws.read() {
-                        Ok(Message::Text(text)) => ReadOutcome::Message(Incoming::Text(text)),
-                        Ok(Message::Binary(_)) => ReadOutcome::Message(Incoming::Binary),
-                        // Pings are answered by tungstenite (queued, sent on
-                        // flush); a peer's close is echoed the same way.
-                        Ok(_) => {
-                            self.needs_flush = true;
-                            continue;
-                        }
-                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ReadOutcome::WouldBlock
-                        }
-                        Err(WsError::Utf8(detail)) => {
-                            // A single frame is checked whole (std's
-                            // Utf8Error); fragments by a collector whose
-                            // errors read differently. After a broken
-                            // fragmented message tungstenite cannot find the
-                            // next one: the connection ends as RFC 6455 asks,
-                            // once this message's ERR 3 is answered.
-                            let fragmented = !detail.starts_with("invalid utf-8")
-                                && !detail.starts_with("incomplete utf-8");
+                    let event = ws.read();
+                    // A pong may be queued.
+                    self.needs_flush |= ws.unsent() > 0;
+                    return match event {
+                        Event::Text => ReadOutcome::Message(Incoming::Text),
+                        Event::Binary => ReadOutcome::Message(Incoming::Binary),
+                        Event::InvalidUtf8 { fragmented } => {
+                            // After a broken fragmented message RFC 6455
+                            // §8.1 has the connection fail: it ends once
+                            // this message's ERR 3 is answered.
                             if fragmented {
                                 self.close_when_answered =
                                     Some((CloseCode::Invalid, "invalid UTF-8 in a text message"));
                             }
                             ReadOutcome::Message(Incoming::InvalidUtf8)
                         }
-                        Err(WsError::Capacity(_)) => {
-                            self.end_after_answers(CloseCode::Size, "message too big");
+                        Event::WouldBlock => ReadOutcome::WouldBlock,
+                        // The peer is done: our close follows the answers
+                        // to what it sent before.
+                        Event::PeerClosed(code) => {
+                            self.end_after_answers(code, "");
                             continue;
                         }
-                        // A breach of RFC 6455 ends the connection, with a
-                        // close frame after the answers already due.
-                        Err(WsError::Protocol(_)) => {
-                            self.end_after_answers(CloseCode::Protocol, "WebSocket protocol error");
+                        // A breach of RFC 6455 or of a limit ends the
+                        // connection, with a close frame after the answers
+                        // already due.
+                        Event::Fail(code, reason) => {
+                            self.end_after_answers(code, reason);
                             continue;
                         }
-                        Err(_) => {
+                        Event::Eof => {
                             self.state = State::Closed;
                             ReadOutcome::Closed
                         }
                     };
                 }
                 State::Closing { ws, since, .. } => {
-                    let mut sink = [0u8; 4096];
-                    return match ws.get_mut().read(&mut sink) {
-                        Ok(0) => {
+                    return match ws.discard_input() {
+                        Ok(_) => {
                             self.state = State::Closed;
                             ReadOutcome::Closed
                         }
-                        Ok(_) => continue,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             if since.elapsed() > CLOSE_LINGER {
                                 self.state = State::Closed;
@@ -267,7 +257,6 @@ impl Connection {
                             }
                             ReadOutcome::WouldBlock
                         }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => {
                             self.state = State::Closed;
                             ReadOutcome::Closed
@@ -310,18 +299,12 @@ impl Connection {
                     // 101 responses are ~130 bytes: a fresh socket never
                     // blocks on them; if it does, the peer is not reading.
                     stream.write_all(&response)?;
-                    let rest = received[head_len..].to_vec();
-                    let State::Handshake { stream, .. } =
+                    let State::Handshake { stream, received } =
                         std::mem::replace(&mut self.state, State::Closed)
                     else {
                         unreachable!("matched above");
                     };
-                    let ws = WebSocket::from_partially_read(
-                        stream,
-                        rest,
-                        Role::Server,
-                        Some(self.limits.websocket_config()),
-                    );
+                    let ws = WebSocket::new(stream, &received[head_len..], self.limits.max_payload);
                     self.state = State::Open(Box::new(ws));
                     return Ok(true);
                 }
@@ -348,7 +331,7 @@ impl Connection {
     pub fn peer_closed(&mut self) {
         let socket = match &mut self.state {
             State::Handshake { stream, .. } => stream,
-            State::Open(ws) | State::Closing { ws, .. } => ws.get_mut(),
+            State::Open(ws) | State::Closing { ws, .. } => ws.socket(),
             State::Closed => return,
         };
         socket.peer_closed();
@@ -360,12 +343,7 @@ impl Connection {
     pub fn close(&mut self, code: CloseCode, reason: &'static str) {
         let state = std::mem::replace(&mut self.state, State::Closed);
         if let State::Open(mut ws) = state {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            // The frame is queued even when this reports WouldBlock.
-            let _ = ws.close(Some(frame));
+            ws.queue_close(code, reason);
             self.needs_flush = true;
             self.state = State::Closing {
                 ws,
@@ -388,14 +366,40 @@ impl Connection {
     /// Delivers the response to request `seq` and writes every response
     /// that is now next in line.
     pub fn respond(&mut self, seq: u64, response: Vec<u8>) {
-        let Some(index) = seq.checked_sub(self.pending_base) else {
-            return;
-        };
-        let Some(slot) = self.pending.get_mut(index as usize) else {
-            return;
-        };
+        if let Some(index) = self.write_if_next(seq, &response) {
+            self.hold(index, response);
+        }
+    }
+
+    /// [`Connection::respond`] for a borrowed response: it is copied only
+    /// if it must wait for earlier ones.
+    pub fn respond_slice(&mut self, seq: u64, response: &[u8]) {
+        if let Some(index) = self.write_if_next(seq, response) {
+            self.hold(index, response.to_vec());
+        }
+    }
+
+    /// Writes the response at once when it is next in line and the output
+    /// has room; otherwise says where in `pending` it must wait. None also
+    /// when `seq` is not awaited (its connection closed meanwhile).
+    fn write_if_next(&mut self, seq: u64, response: &[u8]) -> Option<usize> {
+        let index = usize::try_from(seq.checked_sub(self.pending_base)?).ok()?;
+        if index >= self.pending.len() {
+            return None;
+        }
+        if index == 0 && self.unsent() < self.limits.max_output_buffer {
+            self.pending.pop_front();
+            self.pending_base += 1;
+            self.write_message(response);
+            self.write_ready();
+            return None;
+        }
+        Some(index)
+    }
+
+    fn hold(&mut self, index: usize, response: Vec<u8>) {
         self.held += response.len();
-        *slot = Some(response);
+        self.pending[index] = Some(response);
         self.write_ready();
     }
 
@@ -405,7 +409,7 @@ impl Connection {
     fn write_ready(&mut self) -> bool {
         let mut wrote = false;
         while let Some(Some(_)) = self.pending.front() {
-            if self.unflushed >= self.limits.max_output_buffer {
+            if self.unsent() >= self.limits.max_output_buffer {
                 break;
             }
             let Some(Some(response)) = self.pending.pop_front() else {
@@ -413,34 +417,21 @@ impl Connection {
             };
             self.pending_base += 1;
             self.held -= response.len();
-            self.unflushed += response.len();
-            self.write_message(response);
+            self.write_message(&response);
             wrote = true;
         }
-        if self.unflushed >= self.limits.max_output_buffer {
+        if self.unsent() >= self.limits.max_output_buffer {
             self.blocked_since.get_or_insert_with(Instant::now);
         }
         self.close_if_answered();
         wrote
     }
 
-    fn write_message(&mut self, response: Vec<u8>) {
-        let State::Open(ws) = &mut self.state else {
-            return;
-        };
-        // Responses are built from valid UTF-8 pieces only; were one not,
-        // the client still gets an answer in its place.
-        let text = match String::from_utf8(response) {
-            Ok(text) => text,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        };
-        match ws.write(Message::text(text)) {
-            Ok(()) => {}
-            // Buffered; the flush at the end of the turn sends it.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.state = State::Closed,
+    fn write_message(&mut self, response: &[u8]) {
+        if let State::Open(ws) = &mut self.state {
+            ws.queue_text(response);
+            self.needs_flush = true;
         }
-        self.needs_flush = true;
     }
 
     pub fn needs_flush(&self) -> bool {
@@ -453,7 +444,7 @@ impl Connection {
         loop {
             self.flush_once();
             // Everything went out: responses held back by the limit may go.
-            if self.needs_flush || self.unflushed > 0 || !self.write_ready() {
+            if self.needs_flush || self.unsent() > 0 || !self.write_ready() {
                 return;
             }
         }
@@ -464,29 +455,24 @@ impl Connection {
             State::Open(ws) => ws.flush(),
             State::Closing { ws, write_shut, .. } => {
                 let result = ws.flush();
-                if !matches!(&result, Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock)
-                    && !*write_shut
-                {
+                if !matches!(result, Ok(false)) && !*write_shut {
                     // Close frame sent (or the peer is gone): half-close so
                     // the peer sees EOF after it.
-                    let _ = ws.get_mut().shutdown(Shutdown::Write);
+                    let _ = ws.socket().shutdown(Shutdown::Write);
                     *write_shut = true;
                 }
-                match result {
-                    Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => Ok(()),
-                    other => other,
-                }
+                // A peer gone while we close is a close completed.
+                result.or(Ok(true))
             }
-            State::Handshake { .. } | State::Closed => Ok(()),
+            State::Handshake { .. } | State::Closed => Ok(true),
         };
         match result {
-            Ok(()) => {
+            Ok(true) => {
                 self.needs_flush = false;
-                self.unflushed = 0;
                 self.blocked_since = None;
             }
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(WsError::ConnectionClosed) | Err(_) => {
+            Ok(false) => {}
+            Err(_) => {
                 self.needs_flush = false;
                 self.state = State::Closed;
             }

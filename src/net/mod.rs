@@ -5,3 +5,4 @@ pub mod connection;
 pub mod handshake;
 pub mod listener;
 mod socket;
+mod websocket;

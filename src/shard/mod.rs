@@ -120,6 +120,8 @@ pub struct Shard {
     rng: StdRng,
     /// Decodes requests, reusing its buffers from one to the next.
     parser: RequestParser,
+    /// Where responses computed here are built (see `answer_here`).
+    reply: Vec<u8>,
     /// Connections that may have input left to read.
     ready: Vec<usize>,
     /// Connections touched this turn: to flush, or to drop when closed.
@@ -176,6 +178,7 @@ impl Shard {
             gathers: Slab::new(),
             rng: rand::make_rng(),
             parser: RequestParser::default(),
+            reply: Vec::with_capacity(4096),
             ready: Vec::new(),
             touched: Vec::new(),
             now: 0,
@@ -391,16 +394,14 @@ impl Shard {
             seq: conn.next_request(),
         };
         let parsed = match incoming {
-            Incoming::Text(text) => self.parser.parse(text.as_bytes()),
+            Incoming::Text => self.parser.parse(self.conns[slot].message()),
             Incoming::Binary => Err(reject_binary()),
             Incoming::InvalidUtf8 => Err(reject_not_utf8()),
         };
         match parsed {
             Ok(command) => self.dispatch(ticket, command),
             Err(rejection) => {
-                let mut out = Vec::with_capacity(64);
-                encode_rejection(&mut out, &rejection);
-                self.deliver(ticket, out);
+                self.answer_here(ticket, |_, out| encode_rejection(out, &rejection));
             }
         }
     }
@@ -424,10 +425,7 @@ impl Shard {
                         GatherKind::NewShared(new),
                         std::iter::once((owner, Part::Settle(tkn))),
                     ),
-                    None => {
-                        let out = self.create_session(new);
-                        self.deliver(ticket, out);
-                    }
+                    None => self.answer_here(ticket, |shard, out| shard.create_session(new, out)),
                 }
             }
             Command::Open { ref name } => match self.ctx.names.lookup(name) {
@@ -484,8 +482,7 @@ impl Shard {
     /// Runs a single-session command on `owner`: here, or by message.
     fn route(&mut self, owner: ShardId, ticket: Ticket, command: Command) {
         if owner == self.ctx.id {
-            let out = self.run_owned(command);
-            self.deliver(ticket, out);
+            self.answer_here(ticket, |shard, out| shard.run_owned(command, out));
         } else {
             self.outbox[owner].push(Envelope::Call {
                 from: self.ctx.id,
@@ -496,22 +493,19 @@ impl Shard {
     }
 
     /// Runs a command whose session this shard owns.
-    fn run_owned(&mut self, command: Command) -> Vec<u8> {
-        let mut out = Vec::with_capacity(96);
+    fn run_owned(&mut self, command: Command, out: &mut Vec<u8>) {
         let status = match command {
             Command::Open { name } => {
-                exec::open_session(&mut self.store, &self.ctx.names, &name, self.now, &mut out)
+                exec::open_session(&mut self.store, &self.ctx.names, &name, self.now, out)
             }
-            command => exec::run(&mut self.store, command, self.now, &mut out),
+            command => exec::run(&mut self.store, command, self.now, out),
         };
         if status == Status::SessionNotExist {
             self.session_not_exist += 1;
         }
-        out
     }
 
-    fn create_session(&mut self, new: NewSession) -> Vec<u8> {
-        let mut out = Vec::with_capacity(96);
+    fn create_session(&mut self, new: NewSession, out: &mut Vec<u8>) {
         let (id, shards) = (self.ctx.id, self.ctx.shards);
         let rng = &mut self.rng;
         // Draw until the token lands on this shard: the creator's later
@@ -523,15 +517,7 @@ impl Shard {
             }
         };
 
-        exec::new_session(
-            &mut self.store,
-            &self.ctx.names,
-            mint,
-            new,
-            self.now,
-            &mut out,
-        );
-        out
+        exec::new_session(&mut self.store, &self.ctx.names, mint, new, self.now, out);
     }
 
     fn fan_out(&mut self, ticket: Ticket, kind: GatherKind, part: impl Fn(ShardId) -> Part) {
@@ -631,8 +617,7 @@ impl Shard {
         let mut g = self.gathers.remove(gather);
         let ticket = g.ticket;
         if let Some(new) = g.take_new_session() {
-            let out = self.create_session(new);
-            self.deliver(ticket, out);
+            self.answer_here(ticket, |shard, out| shard.create_session(new, out));
             return;
         }
         if let Some(settlement) = g.take_save_settlement() {
@@ -661,7 +646,8 @@ impl Shard {
                     ticket,
                     command,
                 } => {
-                    let response = self.run_owned(command);
+                    let mut response = Vec::with_capacity(96);
+                    self.run_owned(command, &mut response);
                     self.outbox[from].push(Envelope::Reply { ticket, response });
                 }
                 Envelope::Reply { ticket, response } => self.deliver(ticket, response),
@@ -679,6 +665,22 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Builds a response here, in a buffer reused from one to the next,
+    /// and hands it to its connection (which copies it only if it must
+    /// wait for earlier answers).
+    fn answer_here(&mut self, ticket: Ticket, build: impl FnOnce(&mut Self, &mut Vec<u8>)) {
+        let mut out = std::mem::take(&mut self.reply);
+        out.clear();
+        build(self, &mut out);
+        if let Some(conn) = self.conns.get_mut(ticket.conn)
+            && conn.id == ticket.conn_id
+        {
+            conn.respond_slice(ticket.seq, &out);
+            self.touched.push(ticket.conn);
+        }
+        self.reply = out;
     }
 
     /// Hands a response to its connection, which writes it in order.
