@@ -63,7 +63,8 @@ impl Drop for Permit {
 /// A message from the client, as far as this layer understands it.
 #[derive(Debug)]
 pub enum Incoming {
-    /// Its bytes are [`Connection::message`].
+    /// Its bytes are [`Connection::message`]: UTF-8 if it came in
+    /// fragments, otherwise for the request parser to check.
     Text,
     Binary,
     /// A text message whose bytes were not UTF-8.
@@ -214,14 +215,11 @@ impl Connection {
                     return match event {
                         Event::Text => ReadOutcome::Message(Incoming::Text),
                         Event::Binary => ReadOutcome::Message(Incoming::Binary),
-                        Event::InvalidUtf8 { fragmented } => {
-                            // After a broken fragmented message RFC 6455
-                            // §8.1 has the connection fail: it ends once
-                            // this message's ERR 3 is answered.
-                            if fragmented {
-                                self.close_when_answered =
-                                    Some((CloseCode::Invalid, "invalid UTF-8 in a text message"));
-                            }
+                        Event::InvalidUtf8 => {
+                            // RFC 6455 §8.1 has the connection fail: it
+                            // ends once this message's ERR 3 is answered.
+                            self.close_when_answered =
+                                Some((CloseCode::Invalid, "invalid UTF-8 in a text message"));
                             ReadOutcome::Message(Incoming::InvalidUtf8)
                         }
                         Event::WouldBlock => ReadOutcome::WouldBlock,

@@ -32,13 +32,14 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 /// What one call to [`WebSocket::read`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A whole text message, valid UTF-8: its bytes are [`WebSocket::message`].
+    /// A whole text message: its bytes are [`WebSocket::message`]. Valid
+    /// UTF-8 if it came in fragments; a single frame is not checked here.
     Text,
     /// A whole binary message (its bytes are not kept).
     Binary,
-    /// A whole text message that is not UTF-8. `fragmented`: it came in
-    /// several frames (RFC 6455 §8.1 then asks for the connection to fail).
-    InvalidUtf8 { fragmented: bool },
+    /// A fragmented text message that is not UTF-8 (RFC 6455 §8.1 then
+    /// asks for the connection to fail).
+    InvalidUtf8,
     /// The peer sent a close frame: answer with ours, echoing its code
     /// (1000 when it gave none), after the answers already due.
     PeerClosed(CloseCode),
@@ -221,9 +222,13 @@ impl WebSocket {
             self.held = Held::None;
             return Event::Binary;
         }
-        if std::str::from_utf8(self.message()).is_err() {
+        // A one-frame message is left to the request parser, whose first
+        // pass checks every byte anyway and answers a bad one with the
+        // same status 3. A fragmented one is checked here: it must also
+        // end the connection (RFC 6455 §8.1).
+        if fragmented && std::str::from_utf8(self.message()).is_err() {
             self.held = Held::None;
-            return Event::InvalidUtf8 { fragmented };
+            return Event::InvalidUtf8;
         }
         Event::Text
     }

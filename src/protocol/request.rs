@@ -399,11 +399,14 @@ const COMMANDS: [&str; 19] = [
 fn has_duplicate_names(object: &Object<'_, '_>) -> bool {
     const SCAN_MAX: usize = 16;
     if object.len() <= SCAN_MAX {
-        let names: Vec<&str> = object.keys().collect();
-        return names
-            .iter()
-            .enumerate()
-            .any(|(i, name)| names[..i].contains(name));
+        let mut names = [""; SCAN_MAX];
+        for (i, name) in object.keys().enumerate() {
+            if names[..i].contains(&name) {
+                return true;
+            }
+            names[i] = name;
+        }
+        return false;
     }
     let mut seen = ahash::AHashSet::with_capacity(object.len());
     object.keys().any(|name| !seen.insert(name))
@@ -453,6 +456,7 @@ fn json_error_message(error: &simd_json::Error) -> &'static str {
         | ErrorType::InvalidUnicodeCodepoint => {
             "request is not valid JSON: invalid escape in a string"
         }
+        ErrorType::InvalidUtf8 => "message is not valid UTF-8",
         _ => "request is not valid JSON",
     }
 }
@@ -684,6 +688,32 @@ mod tests {
 
     fn status(text: &str) -> Status {
         parse(text).err().map(|r| r.status).unwrap_or(Status::Ok)
+    }
+
+    /// The WebSocket layer leaves a one-frame text message's UTF-8 check to
+    /// this parser (simd-json checks every byte in its first pass).
+    #[test]
+    fn text_that_is_not_utf8_is_refused_wherever_the_bad_byte_is() {
+        let good = br#"{"SH_SET":{"tkn":7,"keys":{"k":"v","big":1e999999}}} "#;
+        assert!(RequestParser::default().parse(good).is_ok());
+        for at in 0..good.len() {
+            for bad in [0xff_u8, 0xc3, 0x80] {
+                let mut text = good.to_vec();
+                text[at] = bad;
+                let rejection = RequestParser::default()
+                    .parse(&text)
+                    .expect_err("not UTF-8");
+                assert_eq!(rejection.status, Status::JsonInvalid, "byte {at}");
+            }
+        }
+        // Inside a string, split from its continuation byte, overlong.
+        for text in [
+            &b"{\"SV_INFO\":{\"\xe2\x82\":1}}"[..],
+            b"{\"SV_INFO\":{\"\xc0\xaf\":1}}",
+        ] {
+            let rejection = RequestParser::default().parse(text).expect_err("not UTF-8");
+            assert_eq!(rejection.status, Status::JsonInvalid);
+        }
     }
 
     #[test]

@@ -17,8 +17,24 @@ pub struct Response<'a> {
 }
 
 impl<'a> Response<'a> {
-    /// Starts `{"<command>_RSP":{"st":<status>`.
-    pub fn new(out: &'a mut Vec<u8>, command: &str, status: Status) -> Self {
+    /// Starts `{"<command>_RSP":{"st":<status>` for one of our command
+    /// names (static ASCII identifiers: copied, nothing to escape).
+    pub fn new(out: &'a mut Vec<u8>, command: &'static str, status: Status) -> Self {
+        debug_assert!(
+            command
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        );
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(command.as_bytes());
+        out.extend_from_slice(b"_RSP\":{\"st\":");
+        push_u64(out, u64::from(status.code()));
+        Response { out, first: false }
+    }
+
+    /// [`Response::new`] for a command name the client wrote (one we do
+    /// not know): escaped.
+    pub fn for_unknown(out: &'a mut Vec<u8>, command: &str, status: Status) -> Self {
         out.extend_from_slice(b"{");
         write_json_str(out, &[command, "_RSP"]);
         out.extend_from_slice(b":{\"st\":");
@@ -141,6 +157,15 @@ pub fn write_json_str(out: &mut Vec<u8>, parts: &[&str]) {
     out.push(b'"');
     for part in parts {
         let bytes = part.as_bytes();
+        // Usually nothing needs escaping: one copy. (A fold, not an early
+        // exit, so the compiler can check many bytes at a time.)
+        let needs_escape = bytes.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if !needs_escape {
+            out.extend_from_slice(bytes);
+            continue;
+        }
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             let escape: &[u8] = match b {
@@ -176,7 +201,7 @@ fn push_u64(out: &mut Vec<u8>, value: u64) {
 pub fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
     let response = match &rejection.to {
         RejectTo::Frame => Response::error_frame(out, rejection.status),
-        RejectTo::Command(name) => Response::new(out, name, rejection.status),
+        RejectTo::Command(name) => Response::for_unknown(out, name, rejection.status),
     };
     let response = match rejection.tkn {
         Some(tkn) => response.u64("tkn", tkn),
@@ -192,7 +217,7 @@ pub fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
 /// A response carrying only a status, an optional token and a message.
 pub fn encode_status(
     out: &mut Vec<u8>,
-    command: &str,
+    command: &'static str,
     status: Status,
     tkn: Option<Token>,
     message: Option<&str>,

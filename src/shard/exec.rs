@@ -97,7 +97,7 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
         encode_status(out, name, Status::Unknown, None, Some("misrouted command"));
         return Status::Unknown;
     };
-    fn ok<'o>(out: &'o mut Vec<u8>, name: &str, tkn: u64) -> Response<'o> {
+    fn ok<'o>(out: &'o mut Vec<u8>, name: &'static str, tkn: u64) -> Response<'o> {
         Response::new(out, name, Status::Ok).u64("tkn", tkn)
     }
     let result: Result<(), Refusal> = match command {

@@ -67,7 +67,7 @@ fn get_field(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
 }
 
 /// The entries of a packed buffer, in order.
-struct Entries<'a> {
+pub struct Entries<'a> {
     bytes: &'a [u8],
     at: usize,
 }
@@ -81,6 +81,23 @@ impl<'a> Iterator for Entries<'a> {
         self.at = at;
         // Keys are written from `&str` only, so this always holds.
         Some((std::str::from_utf8(key).ok()?, value))
+    }
+}
+
+/// A session's keys and values, in no particular order.
+pub enum Iter<'a> {
+    Packed(Entries<'a>),
+    Large(std::collections::hash_map::Iter<'a, Box<str>, Box<[u8]>>),
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Packed(entries) => entries.next(),
+            Iter::Large(map) => map.next().map(|(k, v)| (&**k, &**v)),
+        }
     }
 }
 
@@ -160,7 +177,18 @@ impl KeyMap {
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         match self {
-            KeyMap::Packed(_) => self.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+            KeyMap::Packed(bytes) => {
+                // Compared as bytes: no UTF-8 check, no iterator object.
+                let mut at = Self::entries_start(bytes);
+                loop {
+                    let (k, after_key) = get_field(bytes, at)?;
+                    let (value, after_value) = get_field(bytes, after_key)?;
+                    if k == key.as_bytes() {
+                        return Some(value);
+                    }
+                    at = after_value;
+                }
+            }
             KeyMap::Large(large) => large.keys.get(key).map(|v| &**v),
         }
     }
@@ -169,15 +197,13 @@ impl KeyMap {
         self.get(key).is_some()
     }
 
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &[u8])> + '_> {
+    pub fn iter(&self) -> Iter<'_> {
         match self {
-            KeyMap::Packed(bytes) => Box::new(Entries {
+            KeyMap::Packed(bytes) => Iter::Packed(Entries {
                 bytes,
                 at: Self::entries_start(bytes),
             }),
-            KeyMap::Large(large) => {
-                Box::new(large.keys.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
-            }
+            KeyMap::Large(large) => Iter::Large(large.keys.iter()),
         }
     }
 

@@ -407,7 +407,9 @@ impl SessionStore {
 
     /// Applies an overdue expiry, then returns the session if it still lives.
     fn live(&mut self, tkn: Token, now: Millis, access: Access) -> Option<&mut Session> {
-        let expired = match self.sessions.get(tkn)?.expiry {
+        // One index lookup on the usual path (no expiry due).
+        let mut position = self.sessions.position(tkn)?;
+        let expired = match self.sessions.at_mut(position).expiry {
             Some(e) if now >= e.deadline => Some(e.settings),
             _ => None,
         };
@@ -424,8 +426,10 @@ impl SessionStore {
                 e.deadline = next_period(e.deadline, settings, now);
                 self.wheel.reschedule(e.timer, e.deadline);
             }
+            // The rare path: look again rather than rely on the position.
+            position = self.sessions.position(tkn)?;
         }
-        let session = self.sessions.get_mut(tkn)?;
+        let session = self.sessions.at_mut(position);
         if let Some(e) = &mut session.expiry {
             let extend = match access {
                 Access::Read => false,

@@ -29,7 +29,8 @@ impl Sessions {
         self.hasher.hash_one(tkn)
     }
 
-    fn position(&self, tkn: Token) -> Option<usize> {
+    /// Where the session is: valid until the next insert or remove.
+    pub fn position(&self, tkn: Token) -> Option<usize> {
         let slots = &self.slots;
         self.index
             .find(self.hash(tkn), |&i| slots[i as usize].tkn == tkn)
@@ -54,6 +55,11 @@ impl Sessions {
 
     pub fn get_mut(&mut self, tkn: Token) -> Option<&mut Session> {
         self.position(tkn).map(|i| &mut self.slots[i])
+    }
+
+    /// The session at a [`Sessions::position`].
+    pub fn at_mut(&mut self, position: usize) -> &mut Session {
+        &mut self.slots[position]
     }
 
     /// Adds a session whose token is not present (the caller checks).
