@@ -132,6 +132,15 @@ pub fn unescape_name(literal: &[u8]) -> Option<Box<str>> {
 
 /// Copies a value's text without the whitespace between tokens.
 pub fn compact(value: &[u8]) -> Box<[u8]> {
+    // Most values (strings, numbers, small flat objects as clients send
+    // them) hold no whitespace at all: one copy. A fold, not an early
+    // exit, so the compiler can check many bytes at a time.
+    let has_space = value.iter().fold(false, |any, &b| {
+        any | (b == b' ') | (b == b'\t') | (b == b'\n') | (b == b'\r')
+    });
+    if !has_space {
+        return Box::from(value);
+    }
     let mut out = Vec::with_capacity(value.len());
     let mut in_string = false;
     let mut escaped = false;
@@ -245,7 +254,10 @@ pub fn keys_members(request: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     let mut found = None;
     walker.object(|_command, w| {
         w.object(|name, w| {
-            if found.is_none() && unescape_name(name)?.as_ref() == "keys" {
+            // The raw name is compared first: unescaping allocates.
+            let is_keys = name == b"\"keys\""
+                || (name.contains(&b'\\') && unescape_name(name)?.as_ref() == "keys");
+            if found.is_none() && is_keys {
                 w.skip_ws();
                 if w.peek()? != b'{' {
                     w.value()?;

@@ -177,19 +177,22 @@ impl KeyMap {
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         match self {
-            KeyMap::Packed(bytes) => {
-                // Compared as bytes: no UTF-8 check, no iterator object.
-                let mut at = Self::entries_start(bytes);
-                loop {
-                    let (k, after_key) = get_field(bytes, at)?;
-                    let (value, after_value) = get_field(bytes, after_key)?;
-                    if k == key.as_bytes() {
-                        return Some(value);
-                    }
-                    at = after_value;
-                }
-            }
+            KeyMap::Packed(bytes) => Self::packed_value(bytes, key).map(|range| &bytes[range]),
             KeyMap::Large(large) => large.keys.get(key).map(|v| &**v),
+        }
+    }
+
+    /// Where `key`'s value is in a packed buffer. Compared as bytes: no
+    /// UTF-8 check, no iterator object.
+    fn packed_value(bytes: &[u8], key: &str) -> Option<std::ops::Range<usize>> {
+        let mut at = Self::entries_start(bytes);
+        loop {
+            let (k, after_key) = get_field(bytes, at)?;
+            let (value, after_value) = get_field(bytes, after_key)?;
+            if k == key.as_bytes() {
+                return Some(after_value - value.len()..after_value);
+            }
+            at = after_value;
         }
     }
 
@@ -213,6 +216,14 @@ impl KeyMap {
             KeyMap::Large(large) => return large.keys.insert(key, value).map(|old| old.len()),
             KeyMap::Packed(bytes) => bytes,
         };
+        // A value replaced by one of the same length (a counter, a flag, an
+        // id) is overwritten in place: no rebuild.
+        if let Some(old) = Self::packed_value(bytes, &key)
+            && old.len() == value.len()
+        {
+            bytes[old].copy_from_slice(&value);
+            return Some(value.len());
+        }
         let start = Self::entries_start(bytes);
         let mut out = Vec::with_capacity(bytes.len() + key.len() + value.len() + 4);
         out.extend_from_slice(&bytes[..start]);
@@ -294,6 +305,31 @@ impl KeyMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_the_same_length_is_replaced_in_place() {
+        let mut keys = KeyMap::new(Some("n"));
+        keys.set("a".into(), b"\"xy\"".as_slice().into());
+        keys.set("b".into(), b"1".as_slice().into());
+        let before = match &keys {
+            KeyMap::Packed(bytes) => bytes.as_ptr(),
+            KeyMap::Large(_) => unreachable!("two small keys stay packed"),
+        };
+        assert_eq!(keys.set("a".into(), b"\"zw\"".as_slice().into()), Some(4));
+        let after = match &keys {
+            KeyMap::Packed(bytes) => bytes.as_ptr(),
+            KeyMap::Large(_) => unreachable!("two small keys stay packed"),
+        };
+        assert_eq!(before, after, "rebuilt for a same-length value");
+        assert_eq!(keys.get("a"), Some(&b"\"zw\""[..]));
+        assert_eq!(keys.get("b"), Some(&b"1"[..]));
+        assert_eq!(keys.name(), Some("n"));
+        // Another length still rebuilds, and nothing else moves.
+        assert_eq!(keys.set("a".into(), b"12345".as_slice().into()), Some(4));
+        assert_eq!(keys.get("a"), Some(&b"12345"[..]));
+        assert_eq!(keys.get("b"), Some(&b"1"[..]));
+        assert_eq!(keys.len(), 2);
+    }
 
     fn v(s: &str) -> Box<[u8]> {
         s.as_bytes().into()
