@@ -45,7 +45,7 @@ const KEEP_CAPACITY: usize = 1024;
 /// After that the index may be handed out again by a later [`TimingWheel::insert`], so a
 /// holder must forget the key when it sees the timer fire (every fire is reported through
 /// `advance_to`) or after removing it; a forgotten-too-late key would address the new timer.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TimerKey(u32);
 
 /// One slab cell: a live timer, or a link in the free list.

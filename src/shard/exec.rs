@@ -105,10 +105,10 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
         Command::Info { .. } => store.read(tkn, now).map(|session| {
             let mut r = ok(out, name, tkn)
                 .opt_str("name", session.name())
-                .bool("shared", session.shared)
+                .bool("shared", session.shared())
                 .u64("keyCnt", session.keys.len() as u64)
-                .bool("expires", session.expiry.is_some());
-            if let Some(e) = session.expiry {
+                .bool("expires", session.expiry().is_some());
+            if let Some(e) = session.expiry() {
                 r = r
                     .begin_object("expiry")
                     .u64("duration", u64::from(e.settings.duration_s))

@@ -32,27 +32,78 @@ pub type Millis = u64;
 #[derive(Debug)]
 pub struct Session {
     pub tkn: Token,
+    /// When the session (or its keys) expire, if `duration_s > 0`; moved by
+    /// sliding expiry without touching the wheel.
+    deadline: Millis,
     /// The keys, and the name given at creation (registered server-wide
-    /// when `shared`), packed together.
+    /// when shared), packed together.
     pub keys: KeyMap,
-    pub shared: bool,
-    pub expiry: Option<Expiry>,
+    /// 0: the session never expires (an expiry lasts at least 1 s).
+    duration_s: u32,
+    /// The session's one live wheel timer, if it expires. It may be due
+    /// before `deadline` (the deadline slid since); when it fires, it is
+    /// filed again.
+    timer: TimerKey,
     /// The last snapshot epoch that holds this session (see `snapshot.rs`).
     saved_epoch: u32,
+    /// `SHARED` and the expiry flags. Expiry is kept flat, not as an
+    /// `Option<Expiry>` (24 bytes with padding), so a session takes 48
+    /// bytes instead of 56.
+    flags: u8,
 }
 
+const SHARED: u8 = 1;
+const DELETE_SESSION: u8 = 2;
+const EXTEND_ON_SET_ADD: u8 = 4;
+const EXTEND_ON_GET: u8 = 8;
+
+/// A session's expiry, as [`Session::expiry`] gives it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Expiry {
     pub settings: ExpirySettings,
-    /// When the session (or its keys) expire; moved by sliding expiry
-    /// without touching the wheel.
     pub deadline: Millis,
-    /// The session's one live wheel timer. It may be due before `deadline`
-    /// (the deadline slid since); when it fires, it is filed again.
     timer: TimerKey,
 }
 
 impl Session {
+    pub fn shared(&self) -> bool {
+        self.flags & SHARED != 0
+    }
+
+    pub fn expiry(&self) -> Option<Expiry> {
+        (self.duration_s > 0).then_some(Expiry {
+            settings: ExpirySettings {
+                duration_s: self.duration_s,
+                delete_session: self.flags & DELETE_SESSION != 0,
+                extend_on_set_add: self.flags & EXTEND_ON_SET_ADD != 0,
+                extend_on_get: self.flags & EXTEND_ON_GET != 0,
+            },
+            deadline: self.deadline,
+            timer: self.timer,
+        })
+    }
+
+    fn set_expiry(&mut self, expiry: Option<Expiry>) {
+        self.flags &= SHARED;
+        let Some(e) = expiry else {
+            self.duration_s = 0;
+            return;
+        };
+        debug_assert!(e.settings.duration_s > 0, "an expiry lasts at least 1 s");
+        self.duration_s = e.settings.duration_s.max(1);
+        self.deadline = e.deadline;
+        self.timer = e.timer;
+        for (on, flag) in [
+            (e.settings.delete_session, DELETE_SESSION),
+            (e.settings.extend_on_set_add, EXTEND_ON_SET_ADD),
+            (e.settings.extend_on_get, EXTEND_ON_GET),
+        ] {
+            if on {
+                self.flags |= flag;
+            }
+        }
+    }
+
     pub fn name(&self) -> Option<&str> {
         self.keys.name()
     }
@@ -316,7 +367,7 @@ impl SessionStore {
         if self
             .sessions
             .get(tkn)
-            .and_then(|s| s.expiry)
+            .and_then(Session::expiry)
             .is_some_and(|e| now >= e.deadline)
         {
             self.preserve(tkn);
@@ -324,20 +375,22 @@ impl SessionStore {
         let Some(session) = self.sessions.get_mut(tkn) else {
             return;
         };
-        let Some(expiry) = &mut session.expiry else {
+        let Some(mut expiry) = session.expiry() else {
             return;
         };
         if now < expiry.deadline {
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
+            session.set_expiry(Some(expiry));
         } else if expiry.settings.delete_session {
             // The timer is spent already; only the session goes.
-            session.expiry = None;
+            session.set_expiry(None);
             self.remove(tkn);
         } else {
             self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
             expiry.deadline = next_period(expiry.deadline, expiry.settings, now);
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
+            session.set_expiry(Some(expiry));
         }
     }
 
@@ -394,14 +447,17 @@ impl SessionStore {
                 timer: self.wheel.insert(deadline, tkn),
             }
         });
-        let session = Session {
+        let mut session = Session {
             tkn,
+            deadline: 0,
             keys,
-            shared,
-            expiry,
+            duration_s: 0,
+            timer: TimerKey::default(),
             // Not part of a snapshot already under way.
             saved_epoch: self.snapshot_epoch,
+            flags: if shared { SHARED } else { 0 },
         };
+        session.set_expiry(expiry);
         self.sessions.insert(session);
     }
 
@@ -409,7 +465,7 @@ impl SessionStore {
     fn live(&mut self, tkn: Token, now: Millis, access: Access) -> Option<&mut Session> {
         // One index lookup on the usual path (no expiry due).
         let mut position = self.sessions.position(tkn)?;
-        let expired = match self.sessions.at_mut(position).expiry {
+        let expired = match self.sessions.at_mut(position).expiry() {
             Some(e) if now >= e.deadline => Some(e.settings),
             _ => None,
         };
@@ -422,24 +478,24 @@ impl SessionStore {
             let session = self.sessions.get_mut(tkn)?;
             self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
-            if let Some(e) = &mut session.expiry {
-                e.deadline = next_period(e.deadline, settings, now);
-                self.wheel.reschedule(e.timer, e.deadline);
+            if let Some(e) = session.expiry() {
+                session.deadline = next_period(e.deadline, settings, now);
+                self.wheel.reschedule(e.timer, session.deadline);
             }
             // The rare path: look again rather than rely on the position.
             position = self.sessions.position(tkn)?;
         }
         let session = self.sessions.at_mut(position);
-        if let Some(e) = &mut session.expiry {
-            let extend = match access {
-                Access::Read => false,
-                Access::Get => e.settings.extend_on_get,
-                Access::SetAdd => e.settings.extend_on_set_add,
-            };
-            if extend {
-                // O(1): the wheel is not touched; the timer re-files on fire.
-                e.deadline = deadline_after(e.settings, now);
-            }
+        let extend = match access {
+            Access::Read => 0,
+            Access::Get => EXTEND_ON_GET,
+            Access::SetAdd => EXTEND_ON_SET_ADD,
+        };
+        if session.flags & extend != 0
+            && let Some(e) = session.expiry()
+        {
+            // O(1): the wheel is not touched; the timer re-files on fire.
+            session.deadline = deadline_after(e.settings, now);
         }
         Some(session)
     }
@@ -449,10 +505,10 @@ impl SessionStore {
         let session = self.sessions.remove(tkn)?;
         self.key_count -= session.keys.len() as u64;
         self.used_bytes -= session_cost(session.name(), &session.keys);
-        if let Some(e) = &session.expiry {
+        if let Some(e) = session.expiry() {
             self.wheel.remove(e.timer);
         }
-        if session.shared
+        if session.shared()
             && let Some(name) = session.name()
         {
             self.names.release(name, tkn);
@@ -505,12 +561,12 @@ impl SessionStore {
             .iter()
             // Past its deadline, only a deleteSession session is gone.
             .filter(|s| {
-                s.expiry
+                s.expiry()
                     .is_none_or(|e| now < e.deadline || !e.settings.delete_session)
             })
             .count();
         for session in self.sessions.drain() {
-            if session.shared
+            if session.shared()
                 && let Some(name) = session.keys.name()
             {
                 self.names.release(name, session.tkn);
@@ -660,6 +716,13 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Memory per session is a product target (see the README's
+    /// performance section): the struct must not grow back unnoticed.
+    #[test]
+    fn a_session_takes_48_bytes() {
+        assert_eq!(std::mem::size_of::<Session>(), 48);
+    }
 
     fn store() -> SessionStore {
         SessionStore::new(Arc::new(SharedNames::default()))
@@ -878,11 +941,11 @@ mod tests {
         s.set(1, vec![kv("a", "1")], 0).unwrap();
         let session = s.read(1, 2500).unwrap();
         assert!(session.keys.is_empty());
-        assert_eq!(session.expiry.unwrap().deadline, 4000);
+        assert_eq!(session.expiry().unwrap().deadline, 4000);
         assert_eq!(s.live_counts(2500, usize::MAX).unwrap(), (1, 0));
         s.set(1, vec![kv("b", "1")], 2500).unwrap();
         // Several periods unobserved: one clear, the deadline rolls past now.
-        assert_eq!(s.read(1, 9100).unwrap().expiry.unwrap().deadline, 10000);
+        assert_eq!(s.read(1, 9100).unwrap().expiry().unwrap().deadline, 10000);
         assert_eq!(s.live_counts(9100, usize::MAX).unwrap(), (1, 0));
     }
 

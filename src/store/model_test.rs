@@ -188,7 +188,7 @@ proptest! {
                     });
                     let got = store
                         .read(tkn, now)
-                        .map(|s| (s.keys.len(), s.expiry.map(|e| e.deadline)));
+                        .map(|s| (s.keys.len(), s.expiry().map(|e| e.deadline)));
                     prop_assert_eq!(got.ok(), expected, "read {} at {}", tkn, now);
                 }
                 Op::End(i) => {

@@ -57,8 +57,8 @@ impl Snapshot {
     /// then) and marks it saved.
     pub(super) fn save(&mut self, tkn: Token, session: &mut Session) {
         session.saved_epoch = self.epoch;
-        let expired = session.expiry.is_some_and(|e| self.started >= e.deadline);
-        let settings = session.expiry.map(|e| e.settings);
+        let expired = session.expiry().is_some_and(|e| self.started >= e.deadline);
+        let settings = session.expiry().map(|e| e.settings);
         if expired && settings.is_some_and(|s| s.delete_session) {
             return;
         }
@@ -68,7 +68,7 @@ impl Snapshot {
             &mut self.out,
             tkn,
             session.name(),
-            session.shared,
+            session.shared(),
             settings,
             session.keys.iter().take(keys),
         );
