@@ -4,5 +4,5 @@
 pub mod connection;
 pub mod handshake;
 pub mod listener;
-mod socket;
-mod websocket;
+pub mod socket;
+pub mod websocket;
