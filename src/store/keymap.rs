@@ -16,8 +16,10 @@ const PACKED_MAX_BYTES: usize = 2048;
 
 #[derive(Debug)]
 pub enum KeyMap {
-    /// `[name len][name]` then `[key len][key][value len][value]` per key,
-    /// lengths as LEB128; a name length of 0 means no name.
+    /// `[key len][key][value len][value]` per key, then `[name len][name]`
+    /// if the session has a name (a field left over after the pairs);
+    /// lengths as LEB128. No name costs no byte, and a session with
+    /// neither name nor keys no allocation.
     Packed(Box<[u8]>),
     /// Boxed so the packed case keeps `Session` small.
     Large(Box<Large>),
@@ -101,6 +103,16 @@ impl<'a> Iterator for Iter<'a> {
     }
 }
 
+/// Bytes `put_len` writes for `n`.
+fn len_size(n: usize) -> usize {
+    (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+/// Bytes `put_entry` writes.
+fn entry_size(key: &str, value: &[u8]) -> usize {
+    len_size(key.len()) + key.len() + len_size(value.len()) + value.len()
+}
+
 fn put_entry(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     put_len(out, key.len());
     out.extend_from_slice(key.as_bytes());
@@ -110,9 +122,12 @@ fn put_entry(out: &mut Vec<u8>, key: &str, value: &[u8]) {
 
 impl KeyMap {
     pub fn new(name: Option<&str>) -> Self {
-        let mut out = Vec::with_capacity(name.map_or(1, |n| n.len() + 2));
-        put_len(&mut out, name.map_or(0, str::len));
-        out.extend_from_slice(name.unwrap_or("").as_bytes());
+        let mut out = Vec::new();
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            out.reserve_exact(len_size(name.len()) + name.len());
+            put_len(&mut out, name.len());
+            out.extend_from_slice(name.as_bytes());
+        }
         KeyMap::Packed(out.into_boxed_slice())
     }
 
@@ -123,7 +138,7 @@ impl KeyMap {
         let KeyMap::Packed(bytes) = &mut keys else {
             return keys;
         };
-        let size: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let size: usize = entries.iter().map(|(k, v)| entry_size(k, v)).sum();
         let fits = entries.len() <= PACKED_MAX_KEYS && bytes.len() + size <= PACKED_MAX_BYTES;
         // At most PACKED_MAX_KEYS names to compare, so the scan is short.
         let distinct = || {
@@ -134,10 +149,11 @@ impl KeyMap {
         };
         if fits && distinct() {
             let mut out = Vec::with_capacity(bytes.len() + size);
-            out.extend_from_slice(bytes);
             for (k, v) in &entries {
                 put_entry(&mut out, k, v);
             }
+            // The name (all there is so far) goes last.
+            out.extend_from_slice(bytes);
             *bytes = out.into_boxed_slice();
         } else {
             for (k, v) in entries {
@@ -150,18 +166,23 @@ impl KeyMap {
     pub fn name(&self) -> Option<&str> {
         match self {
             KeyMap::Packed(bytes) => {
-                let (name, _) = get_field(bytes, 0)?;
-                (!name.is_empty())
-                    .then(|| std::str::from_utf8(name).ok())
-                    .flatten()
+                let (name, _) = get_field(bytes, Self::entries_end(bytes))?;
+                std::str::from_utf8(name).ok()
             }
             KeyMap::Large(large) => large.name.as_deref(),
         }
     }
 
-    /// Where the entries of a packed buffer begin.
-    fn entries_start(bytes: &[u8]) -> usize {
-        get_field(bytes, 0).map_or(bytes.len(), |(_, at)| at)
+    /// Where the key/value pairs of a packed buffer end: the name's field
+    /// starts there, if there is one.
+    fn entries_end(bytes: &[u8]) -> usize {
+        let mut at = 0;
+        while let Some((_, after_key)) = get_field(bytes, at)
+            && let Some((_, after_value)) = get_field(bytes, after_key)
+        {
+            at = after_value;
+        }
+        at
     }
 
     pub fn len(&self) -> usize {
@@ -185,7 +206,7 @@ impl KeyMap {
     /// Where `key`'s value is in a packed buffer. Compared as bytes: no
     /// UTF-8 check, no iterator object.
     fn packed_value(bytes: &[u8], key: &str) -> Option<std::ops::Range<usize>> {
-        let mut at = Self::entries_start(bytes);
+        let mut at = 0;
         loop {
             let (k, after_key) = get_field(bytes, at)?;
             let (value, after_value) = get_field(bytes, after_key)?;
@@ -202,10 +223,8 @@ impl KeyMap {
 
     pub fn iter(&self) -> Iter<'_> {
         match self {
-            KeyMap::Packed(bytes) => Iter::Packed(Entries {
-                bytes,
-                at: Self::entries_start(bytes),
-            }),
+            // The name, a lone field at the end, ends the pairs.
+            KeyMap::Packed(bytes) => Iter::Packed(Entries { bytes, at: 0 }),
             KeyMap::Large(large) => Iter::Large(large.keys.iter()),
         }
     }
@@ -218,17 +237,24 @@ impl KeyMap {
         };
         // A value replaced by one of the same length (a counter, a flag, an
         // id) is overwritten in place: no rebuild.
-        if let Some(old) = Self::packed_value(bytes, &key)
+        let replaced = Self::packed_value(bytes, &key);
+        if let Some(old) = replaced.clone()
             && old.len() == value.len()
         {
             bytes[old].copy_from_slice(&value);
             return Some(value.len());
         }
-        let start = Self::entries_start(bytes);
-        let mut out = Vec::with_capacity(bytes.len() + key.len() + value.len() + 4);
-        out.extend_from_slice(&bytes[..start]);
+        // Sized exactly: an allocation shrunk after the fact keeps its
+        // bigger size class.
+        let size = match &replaced {
+            Some(old) => {
+                bytes.len() - len_size(old.len()) - old.len() + len_size(value.len()) + value.len()
+            }
+            None => bytes.len() + entry_size(&key, &value),
+        };
+        let mut out = Vec::with_capacity(size);
         let (mut old, mut count) = (None, 0);
-        for (k, v) in (Entries { bytes, at: start }) {
+        for (k, v) in (Entries { bytes, at: 0 }) {
             count += 1;
             let v = if k == &*key {
                 old = Some(v.len());
@@ -242,10 +268,12 @@ impl KeyMap {
             count += 1;
             put_entry(&mut out, &key, &value);
         }
+        out.extend_from_slice(&bytes[Self::entries_end(bytes)..]);
         if count > PACKED_MAX_KEYS || out.len() > PACKED_MAX_BYTES {
             self.make_large();
             return self.set(key, value);
         }
+        debug_assert_eq!(out.len(), size);
         *bytes = out.into_boxed_slice();
         old
     }
@@ -265,11 +293,11 @@ impl KeyMap {
             KeyMap::Large(large) => return large.keys.remove(key).map(|old| old.len()),
             KeyMap::Packed(bytes) => bytes,
         };
-        let start = Self::entries_start(bytes);
-        let mut out = Vec::with_capacity(bytes.len());
-        out.extend_from_slice(&bytes[..start]);
+        let removed = Self::packed_value(bytes, key)?;
+        let removed_size = entry_size(key, &bytes[removed.clone()]);
+        let mut out = Vec::with_capacity(bytes.len() - removed_size);
         let mut old = None;
-        for (k, v) in (Entries { bytes, at: start }) {
+        for (k, v) in (Entries { bytes, at: 0 }) {
             if k == key {
                 old = Some(v.len());
             } else {
@@ -277,6 +305,7 @@ impl KeyMap {
             }
         }
         if old.is_some() {
+            out.extend_from_slice(&bytes[Self::entries_end(bytes)..]);
             *bytes = out.into_boxed_slice();
         }
         old
@@ -398,12 +427,47 @@ mod tests {
         assert_eq!(keys.len(), 30);
     }
 
+    /// The name is the lone field after the pairs: every change to the
+    /// keys keeps it, and it is never taken for a key.
+    #[test]
+    fn the_name_survives_every_change_and_is_never_a_key() {
+        let long = "n".repeat(300);
+        for name in [None, Some("user"), Some(long.as_str())] {
+            let mut keys = KeyMap::new(name);
+            assert_eq!((keys.name(), keys.len()), (name, 0));
+            if name.is_none() {
+                assert!(
+                    matches!(&keys, KeyMap::Packed(b) if b.is_empty()),
+                    "no allocation"
+                );
+            }
+            // A key named like the session is a key like any other.
+            keys.set("user".into(), v("1"));
+            keys.set("cart".into(), v("[2]"));
+            keys.set("user".into(), v("33"));
+            assert_eq!(keys.get("user"), Some(&b"33"[..]));
+            assert_eq!(keys.remove("cart"), Some(3));
+            assert_eq!(keys.remove("nope"), None);
+            assert_eq!(keys.iter().collect::<Vec<_>>(), [("user", &b"33"[..])]);
+            assert_eq!(keys.name(), name);
+            assert_eq!(keys.clear(), 1);
+            assert_eq!((keys.name(), keys.len()), (name, 0));
+            let loaded =
+                KeyMap::with_entries(name, vec![("a".into(), v("1")), ("b".into(), v("2"))]);
+            assert_eq!(
+                (loaded.name(), loaded.len(), loaded.get("b")),
+                (name, 2, Some(&b"2"[..]))
+            );
+        }
+    }
+
     #[test]
     fn lengths_round_trip() {
         for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, 1 << 28] {
             let mut out = Vec::new();
             put_len(&mut out, n);
             assert_eq!(get_len(&out, 0), Some((n, out.len())));
+            assert_eq!(len_size(n), out.len(), "{n}");
         }
         assert_eq!(get_len(&[0x80, 0x80], 0), None);
     }
