@@ -284,14 +284,14 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             tkn: None,
         });
     }
-    if has_duplicate_names(&params) {
+    let Some(params) = Members::read(params) else {
         return Err(Rejection {
             to: RejectTo::Command(name.to_string()),
             status: Status::CommandSyntax,
             message: Some("a parameter is given more than once"),
             tkn: None,
         });
-    }
+    };
     let p = Params { name, params, text };
     match name {
         "SH_NEW" => p.new_session(),
@@ -394,6 +394,57 @@ const COMMANDS: [&str; 19] = [
     "SV_INFO",
 ];
 
+/// A parameter object's members, read off the tape once: looking one up
+/// scans this short list instead of walking the tape again. An object with
+/// more members than it holds (never a valid request) is looked up on the
+/// tape.
+struct Members<'t, 'i> {
+    object: Object<'t, 'i>,
+    list: [Option<(&'i str, Value<'t, 'i>)>; MEMBERS_MAX],
+    /// Members in `list`; None when there were too many for it.
+    len: Option<usize>,
+}
+
+const MEMBERS_MAX: usize = 16;
+
+impl<'t, 'i> Members<'t, 'i> {
+    /// Reads an object's members; None when a name is given twice.
+    fn read(object: Object<'t, 'i>) -> Option<Self> {
+        let mut list = [None; MEMBERS_MAX];
+        if object.len() > MEMBERS_MAX {
+            return (!has_duplicate_names(&object)).then_some(Members {
+                object,
+                list,
+                len: None,
+            });
+        }
+        let mut len = 0;
+        for (name, value) in object.iter() {
+            if list[..len].iter().flatten().any(|&(seen, _)| seen == name) {
+                return None;
+            }
+            list[len] = Some((name, value));
+            len += 1;
+        }
+        Some(Members {
+            object,
+            list,
+            len: Some(len),
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<Value<'t, 'i>> {
+        match self.len {
+            Some(len) => self.list[..len]
+                .iter()
+                .flatten()
+                .find(|&&(member, _)| member == name)
+                .map(|&(_, value)| value),
+            None => self.object.get(name),
+        }
+    }
+}
+
 /// Whether an object names a member twice (the tape keeps every member in
 /// document order, duplicates included).
 fn has_duplicate_names(object: &Object<'_, '_>) -> bool {
@@ -464,7 +515,7 @@ fn json_error_message(error: &simd_json::Error) -> &'static str {
 /// A command's parameter object, with the validators every command shares.
 struct Params<'a, 't, 'i> {
     name: &'i str,
-    params: Object<'t, 'i>,
+    params: Members<'t, 'i>,
     /// The request as it arrived, for values exactly as written.
     text: &'a [u8],
 }
