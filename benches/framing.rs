@@ -207,7 +207,7 @@ fn framing(c: &mut Criterion) {
     bench(&mut group, name, &mut before, &mut client, &requests);
 
     let (socket, mut client) = loopback();
-    let mut after = Own(WebSocket::new(socket, &[], DEFAULT_MAX_PAYLOAD));
+    let mut after = Own(WebSocket::new(socket, &[], DEFAULT_MAX_PAYLOAD, 1 << 20));
     let name = "own framing (after)";
     check(&mut after, &mut client, &requests, name);
     bench(&mut group, name, &mut after, &mut client, &requests);

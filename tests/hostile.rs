@@ -757,3 +757,78 @@ fn bad_upgrade_requests_get_400_and_a_close() {
     let mut c = server.client();
     assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
 }
+
+/// A masked client frame (final), as raw bytes.
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Server frames (unmasked, short) as (opcode, payload).
+fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 2 {
+        let (opcode, len) = (bytes[0] & 0x0f, usize::from(bytes[1] & 0x7f));
+        let (len, at) = match len {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            n => (n, 2),
+        };
+        frames.push((opcode, bytes[at..at + len].to_vec()));
+        bytes = &bytes[at + len..];
+    }
+    frames
+}
+
+/// A client that sends its requests and then half-closes (with or without
+/// a close frame first) still gets every answer, from this shard or the
+/// other, and then our close frame, before the connection ends.
+#[test]
+fn a_client_that_half_closes_still_gets_its_answers() {
+    let server = two_shards();
+    let owners = one_session_per_shard(&server);
+    let tokens: Vec<u64> = owners.iter().map(|(_, t)| *t).collect();
+    for with_close_frame in [true, false] {
+        for _ in 0..5 {
+            let mut c = server.client();
+            let stream = c.ws.get_mut();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut bytes = Vec::new();
+            for tkn in &tokens {
+                let request = format!(r#"{{"SH_COUNT":{{"tkn":{tkn}}}}}"#);
+                bytes.extend(masked(0x1, request.as_bytes()));
+            }
+            bytes.extend(masked(0x1, br#"{"SH_NEW":{"name":"half"}}"#));
+            if with_close_frame {
+                bytes.extend(masked(0x8, &1000u16.to_be_bytes()));
+            }
+            stream.write_all(&bytes).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let frames = server_frames(&support::read_to_close(stream));
+            let texts: Vec<String> = frames
+                .iter()
+                .filter(|(op, _)| *op == 0x1)
+                .map(|(_, p)| String::from_utf8(p.clone()).unwrap())
+                .collect();
+            assert_eq!(texts.len(), 3, "{with_close_frame}: {texts:?}");
+            for (text, tkn) in texts.iter().zip(&tokens) {
+                assert!(
+                    text.starts_with(&format!(r#"{{"SH_COUNT_RSP":{{"st":1,"tkn":{tkn},"#)),
+                    "{text}"
+                );
+            }
+            assert!(
+                texts[2].starts_with(r#"{"SH_NEW_RSP":{"st":1,"#),
+                "{}",
+                texts[2]
+            );
+            let last = frames.last().expect("frames");
+            assert_eq!((last.0, &last.1[..2]), (0x8, &1000u16.to_be_bytes()[..]));
+        }
+    }
+}

@@ -77,6 +77,9 @@ pub enum ReadOutcome {
     Message(Incoming),
     /// Nothing more to read until the socket is readable again.
     WouldBlock,
+    /// Input was taken but no message completed, and more may be waiting:
+    /// read again, after other connections had their turn.
+    Busy,
     /// The connection is finished; drop it.
     Closed,
 }
@@ -120,6 +123,9 @@ pub struct Connection {
     /// The connection must end (a protocol breach, a message too big):
     /// nothing more is read, and the close frame follows the answers due.
     close_when_answered: Option<(CloseCode, &'static str)>,
+    /// The peer ended its stream: nothing more to read, and the connection
+    /// ends once our answers and close frame are written.
+    peer_eof: bool,
     _permit: Permit,
 }
 
@@ -141,6 +147,7 @@ impl Connection {
             held: 0,
             blocked_since: None,
             close_when_answered: None,
+            peer_eof: false,
             _permit: permit,
         }
     }
@@ -210,8 +217,13 @@ impl Connection {
                 }
                 State::Open(ws) => {
                     let event = ws.read();
-                    // A pong may be queued.
-                    self.needs_flush |= ws.unsent() > 0;
+                    // A pong may be queued; a client that pings and reads
+                    // nothing is a stalled client like any other.
+                    let unsent = ws.unsent();
+                    self.needs_flush |= unsent > 0;
+                    if unsent >= self.limits.max_output_buffer {
+                        self.blocked_since.get_or_insert_with(Instant::now);
+                    }
                     return match event {
                         Event::Text => ReadOutcome::Message(Incoming::Text),
                         Event::Binary => ReadOutcome::Message(Incoming::Binary),
@@ -223,6 +235,7 @@ impl Connection {
                             ReadOutcome::Message(Incoming::InvalidUtf8)
                         }
                         Event::WouldBlock => ReadOutcome::WouldBlock,
+                        Event::Busy => ReadOutcome::Busy,
                         // The peer is done: our close follows the answers
                         // to what it sent before.
                         Event::PeerClosed(code) => {
@@ -236,25 +249,41 @@ impl Connection {
                             self.end_after_answers(code, reason);
                             continue;
                         }
+                        // Half-closed or gone: what it asked before is still
+                        // answered (if it can still read), then we close.
                         Event::Eof => {
-                            self.state = State::Closed;
-                            ReadOutcome::Closed
+                            self.peer_eof = true;
+                            self.end_after_answers(CloseCode::Normal, "");
+                            continue;
                         }
                     };
                 }
+                // The flush that sends the last bytes ends it (flush_once),
+                // unless the peer stops reading them.
+                State::Closing { since, .. } if self.peer_eof => {
+                    if since.elapsed() > CLOSE_LINGER {
+                        self.state = State::Closed;
+                        return ReadOutcome::Closed;
+                    }
+                    return ReadOutcome::WouldBlock;
+                }
                 State::Closing { ws, since, .. } => {
+                    let lingered = since.elapsed() > CLOSE_LINGER;
                     return match ws.discard_input() {
-                        Ok(_) => {
+                        Ok(true) => {
+                            self.peer_eof = true;
+                            if ws.unsent() > 0 {
+                                continue;
+                            }
                             self.state = State::Closed;
                             ReadOutcome::Closed
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if since.elapsed() > CLOSE_LINGER {
-                                self.state = State::Closed;
-                                return ReadOutcome::Closed;
-                            }
-                            ReadOutcome::WouldBlock
+                        Ok(false) | Err(_) if lingered => {
+                            self.state = State::Closed;
+                            ReadOutcome::Closed
                         }
+                        Ok(false) => ReadOutcome::Busy,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
                         Err(_) => {
                             self.state = State::Closed;
                             ReadOutcome::Closed
@@ -302,7 +331,12 @@ impl Connection {
                     else {
                         unreachable!("matched above");
                     };
-                    let ws = WebSocket::new(stream, &received[head_len..], self.limits.max_payload);
+                    let ws = WebSocket::new(
+                        stream,
+                        &received[head_len..],
+                        self.limits.max_payload,
+                        self.limits.max_output_buffer,
+                    );
                     self.state = State::Open(Box::new(ws));
                     return Ok(true);
                 }
@@ -460,7 +494,12 @@ impl Connection {
                     *write_shut = true;
                 }
                 // A peer gone while we close is a close completed.
-                result.or(Ok(true))
+                let result = result.or(Ok(true));
+                if matches!(result, Ok(true)) && self.peer_eof {
+                    self.state = State::Closed;
+                    return;
+                }
+                result
             }
             State::Handshake { .. } | State::Closed => Ok(true),
         };

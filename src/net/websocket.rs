@@ -28,6 +28,11 @@ const KEEP_AT_MOST: usize = 64 * 1024;
 const MAX_HEADER: usize = 14;
 /// Control frames carry at most this much (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
+/// Frames one `read` takes without completing a message (pings, empty
+/// fragments) before it returns, so a flood of them cannot hold the shard.
+const FRAMES_PER_READ: usize = 32;
+/// Reads one `discard_input` makes before it returns, for the same reason.
+const DISCARDS_PER_CALL: usize = 16;
 
 /// What one call to [`WebSocket::read`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +50,9 @@ pub enum Event {
     PeerClosed(CloseCode),
     /// Nothing more until the socket is readable again.
     WouldBlock,
+    /// Frames were taken but no message is whole yet; more may be waiting:
+    /// call again (after others had their turn).
+    Busy,
     /// The peer ended the stream (or it failed) without a closing handshake.
     Eof,
     /// The peer broke the protocol or a limit: close with this code.
@@ -63,6 +71,10 @@ enum Held {
 pub struct WebSocket {
     socket: Socket,
     max_payload: usize,
+    /// Output beyond which pings go unanswered (RFC 6455 §5.5.3 lets a
+    /// pong answer only the latest ping): a client that floods pings and
+    /// reads nothing cannot grow it.
+    max_output: usize,
     /// `input[start..end]` is received and not yet consumed; the rest of
     /// `input` is zeroed room to read into (kept initialised so reading
     /// never zeroes it again).
@@ -83,12 +95,13 @@ pub struct WebSocket {
 impl WebSocket {
     /// Wraps a socket whose opening handshake is done; `already_read` is
     /// what arrived after the handshake's request head.
-    pub fn new(socket: Socket, already_read: &[u8], max_payload: usize) -> Self {
+    pub fn new(socket: Socket, already_read: &[u8], max_payload: usize, max_output: usize) -> Self {
         let mut input = vec![0u8; READ_BUFFER.max(already_read.len())];
         input[..already_read.len()].copy_from_slice(already_read);
         WebSocket {
             socket,
             max_payload,
+            max_output,
             input,
             start: 0,
             end: already_read.len(),
@@ -119,12 +132,22 @@ impl WebSocket {
     /// Pings are answered (the pong is queued with the output).
     pub fn read(&mut self) -> Event {
         self.held = Held::None;
+        if self.fragments.is_none() && self.assembled.capacity() > KEEP_AT_MOST {
+            self.assembled = Vec::new();
+        }
+        let mut frames = 0;
         loop {
             match self.next_frame() {
                 Ok(Some(event)) => return event,
                 // A frame taken without a message to show (a fragment, a
                 // ping): there may be more in the buffer.
-                Ok(None) => continue,
+                Ok(None) => {
+                    frames += 1;
+                    if frames == FRAMES_PER_READ {
+                        return Event::Busy;
+                    }
+                    continue;
+                }
                 Err(None) => {}
                 Err(Some(event)) => return event,
             }
@@ -203,7 +226,7 @@ impl WebSocket {
                 Ok(None)
             }
             OpCode::Control(Control::Ping) => {
-                if !self.close_sent {
+                if !self.close_sent && self.unsent() < self.max_output {
                     let pong = OpCode::Control(Control::Pong);
                     frame_into(&mut self.output, pong, &self.input[payload]);
                 }
@@ -342,12 +365,13 @@ impl WebSocket {
         Ok(true)
     }
 
-    /// Reads and drops whatever arrives (a closing connection): Ok(true)
-    /// at the peer's end of stream.
+    /// Reads and drops what arrives (a closing connection): Ok(true) at the
+    /// peer's end of stream, Ok(false) when there may be more (call again),
+    /// Err(WouldBlock) when there is none for now.
     pub fn discard_input(&mut self) -> io::Result<bool> {
         self.start = 0;
         self.end = 0;
-        loop {
+        for _ in 0..DISCARDS_PER_CALL {
             match self.socket.read(&mut self.input) {
                 Ok(0) => return Ok(true),
                 Ok(_) => {}
@@ -355,6 +379,7 @@ impl WebSocket {
                 Err(e) => return Err(e),
             }
         }
+        Ok(false)
     }
 }
 
@@ -419,7 +444,7 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         let socket = Socket::new(mio::net::TcpStream::from_std(server));
-        (WebSocket::new(socket, &[], max_payload), client)
+        (WebSocket::new(socket, &[], max_payload, 1 << 20), client)
     }
 
     /// Reads until something other than WouldBlock (the bytes are in flight).
@@ -533,6 +558,58 @@ mod tests {
         let (mut ws, mut client) = pair(16);
         client.write_all(&masked(0x8, true, &[])).unwrap();
         assert_eq!(next(&mut ws), Event::PeerClosed(CloseCode::Normal));
+    }
+
+    /// Pings and empty fragments are frames without a message: a flood of
+    /// them returns control every few frames instead of holding the shard,
+    /// and pongs stop once the output is over its limit.
+    #[test]
+    fn floods_of_frames_without_messages_are_bounded() {
+        use std::io::Write as _;
+        let (mut ws, mut client) = pair(1 << 20);
+        ws.max_output = 100;
+        let mut bytes = masked(0x1, false, b"{");
+        for _ in 0..100 {
+            bytes.extend(masked(0x0, false, b""));
+            bytes.extend(masked(0x9, true, &[b'p'; 20]));
+        }
+        bytes.extend(masked(0x0, true, b"}"));
+        client.write_all(&bytes).unwrap();
+        let mut busy = 0;
+        loop {
+            match next(&mut ws) {
+                Event::Busy => busy += 1,
+                Event::Text => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ws.message(), b"{}");
+        assert!(busy >= 200 / FRAMES_PER_READ, "returned {busy} times");
+        // Pongs stopped at the limit: the last one queued crossed it.
+        assert!(ws.unsent() < 100 + 22, "{} bytes of pongs", ws.unsent());
+    }
+
+    #[test]
+    fn a_big_fragmented_message_does_not_pin_its_buffer() {
+        use std::io::Write as _;
+        let (mut ws, mut client) = pair(1 << 20);
+        let half = vec![b'x'; 100_000];
+        let writer = std::thread::spawn(move || {
+            client.write_all(&masked(0x1, false, &half)).unwrap();
+            client.write_all(&masked(0x0, true, &half)).unwrap();
+            client
+        });
+        loop {
+            match next(&mut ws) {
+                Event::Busy => continue,
+                Event::Text => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ws.message().len(), 200_000);
+        let _client = writer.join().unwrap();
+        assert_eq!(ws.read(), Event::WouldBlock);
+        assert!(ws.assembled.capacity() <= KEEP_AT_MOST);
     }
 
     #[test]

@@ -373,6 +373,8 @@ impl Shard {
                         budget -= 1;
                         self.handle_message(slot, incoming);
                     }
+                    // Frames taken, no message yet: charged like one.
+                    ReadOutcome::Busy => budget -= 1,
                     ReadOutcome::WouldBlock => {
                         conn.readable = false;
                         break;
