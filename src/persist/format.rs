@@ -380,7 +380,14 @@ fn decode_record(cur: &mut Cursor<'_>) -> DecodeResult<SessionRecord> {
         ));
     }
     let name = if flags & FLAG_NAME != 0 {
-        Some(Box::from(cur.utf8("session name")?))
+        let at = cur.pos;
+        let name = cur.utf8("session name")?;
+        // Names are 1 to 256 bytes; an empty one could be registered as a
+        // shared name that nothing ever releases.
+        if name.is_empty() {
+            return Err((at, "empty session name".into()));
+        }
+        Some(Box::from(name))
     } else {
         None
     };
@@ -785,6 +792,22 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_session_name_is_an_error() {
+        let r = SessionRecord {
+            tkn: 9,
+            name: Some("".into()),
+            shared: true,
+            expiry: None,
+            keys: Vec::new(),
+        };
+        let bytes = file_bytes(0, &[r]);
+        let err = decode_file(Path::new("mem"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty session name"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The name and keys of one session, in as few bytes as will do.
 //!
 //! Most sessions hold a handful of small keys, so they live packed in one
-//! allocation: the name, then each key and value, length-prefixed. Reads
+//! allocation: each key and value, then the name, length-prefixed. Reads
 //! scan it (no hashing at this size), writes rebuild it. A session that
 //! grows past `PACKED_MAX_KEYS` keys or `PACKED_MAX_BYTES` bytes moves to a
 //! hash map, where each write is O(1) again.
