@@ -11,7 +11,7 @@
 #
 # Usage: scripts/compare-redis.sh [--server-cpus LIST] [--client-cpus LIST]
 #          [--duration S] [--connections N] [--sessions N] [--populate N]
-#          [--workloads "get set ..."] [--pipelines "1 16"] [--out FILE]
+#          [--workloads "get set ..."] [--pipelines "1 16"] [--repeat N] [--out FILE]
 #   --server-cpus LIST  cores for the servers (default 0); ours runs one shard
 #                       per core listed, Redis is pinned to the same cores
 #   --client-cpus LIST  cores for loadtest (default 1); --threads = their count
@@ -19,6 +19,9 @@
 #   --connections N     connections per run (default 50)
 #   --sessions N        sessions behind get/set/mixed/sliding (default 10000)
 #   --populate N        sessions for the memory measurement (default 1000000)
+#   --repeat N          run the whole matrix N times (default 1); the table
+#                       shows each column's median, and the spread of the
+#                       CPU ratio over the N runs
 #   --out FILE          where the table goes (default target/compare-redis.md)
 set -euo pipefail
 
@@ -30,6 +33,7 @@ SESSIONS=10000
 POPULATE=1000000
 WORKLOADS="get set mixed sliding lifecycle expiry"
 PIPELINES="1 16"
+REPEAT=1
 OUT=""
 
 while [ $# -gt 0 ]; do
@@ -42,8 +46,9 @@ while [ $# -gt 0 ]; do
         --populate) POPULATE="$2"; shift 2 ;;
         --workloads) WORKLOADS="$2"; shift 2 ;;
         --pipelines) PIPELINES="$2"; shift 2 ;;
+        --repeat) REPEAT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -155,10 +160,14 @@ echo "compare-redis: servers on cpus $SERVER_CPUS, loadtest on cpus $CLIENT_CPUS
      "$CONNECTIONS connections, $DURATION s per run" >&2
 : > "$WORK/results.jsonl"
 start_servers
-for w in $WORKLOADS; do
-    for p in $PIPELINES; do
-        run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID" "$w" "$p"
-        run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID" "$w" "$p"
+# The machine's speed drifts over minutes; repeating the whole matrix (not
+# each row back to back) spreads that drift over both servers alike.
+for _ in $(seq "$REPEAT"); do
+    for w in $WORKLOADS; do
+        for p in $PIPELINES; do
+            run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID" "$w" "$p"
+            run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID" "$w" "$p"
+        done
     done
 done
 stop_servers
@@ -192,40 +201,55 @@ mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/results.jsonl" "$WORK/memory.jsonl" "$POPULATE" \
     "$SERVER_CPUS" "$CLIENT_CPUS" "$CONNECTIONS" "$DURATION" "$SESSIONS" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(redis-server --version | awk '{print $3}')" \
-    > "$OUT" <<'EOF'
-import json, sys
-results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver = sys.argv[1:]
+    "$REPEAT" > "$OUT" <<'EOF'
+import json, statistics, sys
+results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver, repeat = sys.argv[1:]
+
+def cpu_per_m(d, key):
+    ops = d["r"].get("ops") or 0
+    return d[key] / ops * 1e6 if ops and d.get(key) is not None else None
+
+# Every run of a row, per server, as the numbers the table shows.
 rows = {}
 for line in open(results):
     d = json.loads(line)
-    rows.setdefault((d["workload"], d["pipeline"]), {})[d["server"]] = d
+    r = d["r"]
+    run = {
+        "ops": r.get("ops_per_sec"),
+        "p50": r.get("latency_us", {}).get("p50"),
+        "p99": r.get("latency_us", {}).get("p99"),
+        "cpu": cpu_per_m(d, "cpu_s"),
+        "client": cpu_per_m(d, "client_cpu_s"),
+        "errors": r.get("errors"),
+    }
+    rows.setdefault((d["workload"], d["pipeline"]), {}).setdefault(d["server"], []).append(run)
+
+def median(runs, key):
+    values = [run[key] for run in runs if run[key] is not None]
+    return statistics.median(values) if values else None
 
 def fmt(x, nd=0):
     return "-" if x is None else f"{x:,.{nd}f}"
 
-def cpu_per_m(d, key="cpu_s"):
-    ops = d["r"].get("ops") or 0
-    return d[key] / ops * 1e6 if ops and d.get(key) is not None else None
-
+runs_note = f"median of {repeat} runs per row, " if int(repeat) > 1 else ""
 print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {scpus}, "
-      f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {sessions} sessions.")
+      f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {runs_note}{sessions} sessions.")
 print()
 print("| workload | pipeline | ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
-      "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | loadtest CPU s/M ops ours/Redis "
-      "| errors ours/Redis |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | CPU ours/Redis per run "
+      "| loadtest CPU s/M ops ours/Redis | errors ours/Redis |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (w, p), d in rows.items():
-    o, r = d.get("ours"), d.get("redis")
-    oo, rr = (o or {}).get("r", {}), (r or {}).get("r", {})
-    ratio = (oo.get("ops_per_sec") / rr.get("ops_per_sec")
-             if oo.get("ops_per_sec") and rr.get("ops_per_sec") else None)
-    print(f"| {w} | {p} | {fmt(oo.get('ops_per_sec'))} | {fmt(oo.get('latency_us', {}).get('p50'), 1)} "
-          f"| {fmt(oo.get('latency_us', {}).get('p99'), 1)} | {fmt(rr.get('ops_per_sec'))} "
-          f"| {fmt(rr.get('latency_us', {}).get('p50'), 1)} | {fmt(rr.get('latency_us', {}).get('p99'), 1)} "
-          f"| {fmt(ratio, 2)} | {fmt(cpu_per_m(o) if o else None, 2)} | {fmt(cpu_per_m(r) if r else None, 2)} "
-          f"| {fmt(cpu_per_m(o, 'client_cpu_s') if o else None, 2)}/"
-          f"{fmt(cpu_per_m(r, 'client_cpu_s') if r else None, 2)} "
-          f"| {oo.get('errors', '-')}/{rr.get('errors', '-')} |")
+    o, r = d.get("ours", []), d.get("redis", [])
+    oo, ro = median(o, "ops"), median(r, "ops")
+    ratio = oo / ro if oo and ro else None
+    per_run = [a["cpu"] / b["cpu"] for a, b in zip(o, r) if a["cpu"] and b["cpu"]]
+    spread = ", ".join(f"{x:.2f}" for x in per_run) or "-"
+    errors = f"{sum(x['errors'] or 0 for x in o)}/{sum(x['errors'] or 0 for x in r)}"
+    print(f"| {w} | {p} | {fmt(oo)} | {fmt(median(o, 'p50'), 1)} | {fmt(median(o, 'p99'), 1)} "
+          f"| {fmt(ro)} | {fmt(median(r, 'p50'), 1)} | {fmt(median(r, 'p99'), 1)} | {fmt(ratio, 2)} "
+          f"| {fmt(median(o, 'cpu'), 2)} | {fmt(median(r, 'cpu'), 2)} | {spread} "
+          f"| {fmt(median(o, 'client'), 2)}/{fmt(median(r, 'client'), 2)} | {errors} |")
 print()
 print(f"Memory after `populate` of {int(populate):,} sessions (keys user and cart, 3600 s expiry), "
       "from each fresh server's resident set:")
