@@ -67,7 +67,8 @@ pub enum Incoming {
     /// fragments, otherwise for the request parser to check.
     Text,
     Binary,
-    /// A text message whose bytes were not UTF-8.
+    /// A fragmented text message whose bytes were not UTF-8 (one-frame
+    /// messages are checked by the request parser).
     InvalidUtf8,
 }
 
