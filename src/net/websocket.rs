@@ -196,14 +196,14 @@ impl WebSocket {
 
         match header.opcode {
             OpCode::Data(Data::Continue) => {
-                let Some((_, bytes)) = self.fragments.as_mut() else {
+                let Some((data, mut bytes)) = self.fragments.take() else {
                     return Err(fail(CloseCode::Protocol, "continuation of nothing"));
                 };
                 bytes.extend_from_slice(&self.input[payload]);
                 if !header.is_final {
+                    self.fragments = Some((data, bytes));
                     return Ok(None);
                 }
-                let (data, bytes) = self.fragments.take().expect("checked above");
                 self.assembled = bytes;
                 self.held = Held::Assembled;
                 Ok(Some(self.whole_message(data, true)))
