@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nemesisdb::mesh::{self, Envelope, PartResult};
-use nemesisdb::protocol::{Response, Status, parse_request};
+use nemesisdb::protocol::{answer, parse_request};
 use nemesisdb::shard::LocalDispatcher;
 use nemesisdb::shared_names::SharedNames;
 use nemesisdb::store::SessionStore;
@@ -117,16 +117,14 @@ fn encoding(c: &mut Criterion) {
     group.bench_function("SH_GET response, two keys", |b| {
         b.iter(|| {
             out.clear();
-            Response::new(&mut out, "SH_GET", Status::Ok)
-                .u64("tkn", 16351792548006066062)
-                .raw_object(
-                    "keys",
-                    [
-                        ("user", &b"\"u1234567890abcde\""[..]),
-                        ("cart", &b"[1,2,3]"[..]),
-                    ],
-                )
-                .finish();
+            answer::values(
+                &mut out,
+                16351792548006066062,
+                [
+                    ("user", &b"\"u1234567890abcde\""[..]),
+                    ("cart", &b"[1,2,3]"[..]),
+                ],
+            );
             black_box(out.len())
         })
     });

@@ -15,11 +15,13 @@
 //! - [`shared_names`]: the server-wide map of shared session names.
 
 pub mod config;
+pub mod domain;
 pub mod expiry;
 pub mod mesh;
 pub mod net;
 pub mod persist;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod shard;
 pub mod shared_names;

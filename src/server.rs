@@ -264,9 +264,10 @@ impl Server {
                 draining: draining.clone(),
             };
             let records = std::mem::take(&mut restore[id]);
-            let (shard, sessions, keys) = Shard::new(ctx, poll, listener, inbox, records)?;
-            loaded_sessions += sessions;
-            loaded_keys += keys;
+            let mut shard = Shard::new(ctx, poll, listener, inbox)?;
+            let restored = shard.restore(records);
+            loaded_sessions += restored.sessions;
+            loaded_keys += restored.keys;
             let core = match &config.pinning {
                 Pinning::None => None,
                 Pinning::Cores(cores) => cores.get(id).copied(),

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ahash::AHashMap;
 
-use crate::protocol::Token;
+use crate::domain::Token;
 
 #[derive(Default)]
 pub struct SharedNames {

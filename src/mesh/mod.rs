@@ -15,8 +15,9 @@ use mio::Waker;
 
 use std::path::PathBuf;
 
-use crate::persist::{SessionRecord, ShardFileSummary};
-use crate::protocol::{Command, Token};
+use crate::domain::Token;
+use crate::persist::{PersistError, SessionRecord, ShardFileSummary};
+use crate::protocol::Command;
 
 pub type ShardId = usize;
 
@@ -51,21 +52,25 @@ pub enum Part {
     Settle(Token),
 }
 
+/// What one shard counts for `SH_INFO_ALL` and `SV_INFO`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShardCounts {
+    pub sessions: u64,
+    pub keys: u64,
+    pub connections: u64,
+    pub memory_used: u64,
+    pub session_not_exist: u64,
+}
+
 /// One shard's answer to a [`Part`].
 #[derive(Debug)]
 pub enum PartResult {
     Ended(u64),
-    Counts {
-        sessions: u64,
-        keys: u64,
-        connections: u64,
-        memory_used: u64,
-        session_not_exist: u64,
-    },
+    Counts(ShardCounts),
     /// Indexes (from the request) of the tokens that exist.
     Exists(Vec<u32>),
     /// The shard's file is written (and fsynced), or why not.
-    Saved(Result<ShardFileSummary, String>),
+    Saved(Result<ShardFileSummary, PersistError>),
     /// Sessions and keys actually added.
     Loaded {
         sessions: u64,
@@ -101,13 +106,33 @@ pub enum Envelope {
     /// A save's version was committed (or removed) by a helper thread.
     SaveSettled {
         gather: usize,
-        result: Result<(), String>,
+        result: Result<(), PersistError>,
     },
     /// A dataset was read from disk for `SH_LOAD` (by a reader thread).
     LoadRead {
         gather: usize,
-        result: Result<Vec<SessionRecord>, String>,
+        result: Result<Vec<SessionRecord>, PersistError>,
     },
+}
+
+/// How a helper thread (a snapshot writer, a dataset reader) hands its
+/// result back to a shard. The server posts through the mesh; an in-process
+/// harness may queue the batch for itself.
+pub trait PostBack: Send + Sync {
+    /// Delivers `batch` to shard `to`; a shard that is gone has stopped
+    /// the server, so there is nothing to do about a failure.
+    fn post(&self, to: ShardId, batch: Vec<Envelope>);
+}
+
+/// The mesh as helper threads see it.
+pub struct MeshPost(pub Arc<[Address]>);
+
+impl PostBack for MeshPost {
+    fn post(&self, to: ShardId, batch: Vec<Envelope>) {
+        if let Some(address) = self.0.get(to) {
+            let _ = address.send(batch);
+        }
+    }
 }
 
 /// The sending side of one shard's mailbox, shared by every shard.

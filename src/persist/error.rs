@@ -37,6 +37,14 @@ pub enum PersistError {
     /// A shard file writer was aborted (or dropped before `finish`); its partial
     /// file was removed. Normal when a save is abandoned.
     Aborted { path: PathBuf },
+    /// `SH_LOAD` of a dataset that has no complete version: normal.
+    NoCompleteVersion { name: String },
+    /// A helper thread (reader, committer) could not be started: the
+    /// process is out of threads or memory.
+    Thread {
+        role: &'static str,
+        source: io::Error,
+    },
 }
 
 impl PersistError {
@@ -103,6 +111,12 @@ impl fmt::Display for PersistError {
                 write!(f, "unusable snapshot metadata {}: {reason}", path.display())
             }
             PersistError::Invalid { path, reason } => write!(f, "{}: {reason}", path.display()),
+            PersistError::NoCompleteVersion { name } => {
+                write!(f, "no complete saved version of dataset {name}")
+            }
+            PersistError::Thread { role, source } => {
+                write!(f, "cannot start the {role} thread: {source}")
+            }
             PersistError::Aborted { path } => {
                 write!(
                     f,
@@ -117,7 +131,7 @@ impl fmt::Display for PersistError {
 impl std::error::Error for PersistError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            PersistError::Io { source, .. } => Some(source),
+            PersistError::Io { source, .. } | PersistError::Thread { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use crate::protocol::{ExpirySettings, Token};
+use crate::domain::{ExpirySettings, Token};
 
 use super::PersistError;
 

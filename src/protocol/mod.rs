@@ -1,13 +1,15 @@
-//! The wire format, and nothing else: request decoding, response encoding,
-//! the status table. Depends on nothing server-side (no shard, no store).
+//! The wire format, and nothing else: the command table, request decoding,
+//! response encoding, the status table. Depends on nothing server-side (no
+//! shard, no store); the session types it speaks come from [`crate::domain`].
 
+pub mod answer;
+mod command;
 mod raw;
 pub mod request;
 pub mod response;
 mod status;
 
-pub use request::{
-    Command, ExpirySettings, KeyValue, NewSession, Rejection, RequestParser, Token, parse_request,
-};
+pub use command::CommandName;
+pub use request::{Command, Rejection, RequestParser, parse_request};
 pub use response::{Response, encode_rejection, encode_status};
 pub use status::Status;

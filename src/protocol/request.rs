@@ -9,38 +9,16 @@ use simd_json::prelude::*;
 use simd_json::value::tape::{Object, Value};
 use simd_json::{ErrorType, Tape};
 
+use super::CommandName;
 use super::Status;
 use super::raw;
-
-/// Session token: never 0 when minted, chosen by the server.
-pub type Token = u64;
+use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
 
 /// Longest session name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
 /// Longest dataset name accepted by `SH_SAVE` / `SH_LOAD`.
 pub const MAX_DATASET_NAME_LEN: usize = 128;
-
-/// Expiry settings given in `SH_NEW`'s `expiry` object.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct ExpirySettings {
-    /// Seconds from now (or from the last extending access) to the deadline; >= 1.
-    pub duration_s: u32,
-    pub delete_session: bool,
-    pub extend_on_set_add: bool,
-    pub extend_on_get: bool,
-}
-
-/// What `SH_NEW` asks for.
-#[derive(Debug, PartialEq)]
-pub struct NewSession {
-    pub name: Option<Box<str>>,
-    pub shared: bool,
-    pub expiry: Option<ExpirySettings>,
-}
-
-/// A key name and its value as compact JSON text.
-pub type KeyValue = (Box<str>, Box<[u8]>);
 
 /// A decoded, validated request. Owned, so it can be sent to another shard.
 #[derive(Debug, PartialEq)]
@@ -122,28 +100,28 @@ impl Command {
         }
     }
 
-    /// The wire name of the command, used to name its response.
-    pub fn name(&self) -> &'static str {
+    /// Which command this is.
+    pub fn kind(&self) -> CommandName {
         match self {
-            Command::New(_) => "SH_NEW",
-            Command::Open { .. } => "SH_OPEN",
-            Command::End { .. } => "SH_END",
-            Command::EndAll => "SH_END_ALL",
-            Command::Exists { .. } => "SH_EXISTS",
-            Command::Info { .. } => "SH_INFO",
-            Command::InfoAll => "SH_INFO_ALL",
-            Command::Save { .. } => "SH_SAVE",
-            Command::Load { .. } => "SH_LOAD",
-            Command::Set { .. } => "SH_SET",
-            Command::Add { .. } => "SH_ADD",
-            Command::Get { .. } => "SH_GET",
-            Command::Rmv { .. } => "SH_RMV",
-            Command::Contains { .. } => "SH_CONTAINS",
-            Command::Count { .. } => "SH_COUNT",
-            Command::Keys { .. } => "SH_KEYS",
-            Command::Clear { .. } => "SH_CLEAR",
-            Command::ClearSet { .. } => "SH_CLEAR_SET",
-            Command::ServerInfo => "SV_INFO",
+            Command::New(_) => CommandName::New,
+            Command::Open { .. } => CommandName::Open,
+            Command::End { .. } => CommandName::End,
+            Command::EndAll => CommandName::EndAll,
+            Command::Exists { .. } => CommandName::Exists,
+            Command::Info { .. } => CommandName::Info,
+            Command::InfoAll => CommandName::InfoAll,
+            Command::Save { .. } => CommandName::Save,
+            Command::Load { .. } => CommandName::Load,
+            Command::Set { .. } => CommandName::Set,
+            Command::Add { .. } => CommandName::Add,
+            Command::Get { .. } => CommandName::Get,
+            Command::Rmv { .. } => CommandName::Rmv,
+            Command::Contains { .. } => CommandName::Contains,
+            Command::Count { .. } => CommandName::Count,
+            Command::Keys { .. } => CommandName::Keys,
+            Command::Clear { .. } => CommandName::Clear,
+            Command::ClearSet { .. } => CommandName::ClearSet,
+            Command::ServerInfo => CommandName::ServerInfo,
         }
     }
 }
@@ -276,14 +254,14 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             tkn: None,
         });
     };
-    if !COMMANDS.contains(&name) {
+    let Some(kind) = CommandName::from_wire(name) else {
         return Err(Rejection {
             to: RejectTo::Command(name.to_string()),
             status: Status::CommandNotExist,
             message: None,
             tkn: None,
         });
-    }
+    };
     let Some(params) = Members::read(params) else {
         return Err(Rejection {
             to: RejectTo::Command(name.to_string()),
@@ -293,19 +271,19 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         });
     };
     let p = Params { name, params, text };
-    match name {
-        "SH_NEW" => p.new_session(),
-        "SH_OPEN" => Ok(Command::Open {
+    match kind {
+        CommandName::New => p.new_session(),
+        CommandName::Open => Ok(Command::Open {
             name: p.session_name("name")?,
         }),
-        "SH_END" => Ok(Command::End { tkn: p.token()? }),
-        "SH_END_ALL" => Ok(Command::EndAll),
-        "SH_EXISTS" => Ok(Command::Exists {
+        CommandName::End => Ok(Command::End { tkn: p.token()? }),
+        CommandName::EndAll => Ok(Command::EndAll),
+        CommandName::Exists => Ok(Command::Exists {
             tkns: p.token_list("tkns")?,
         }),
-        "SH_INFO" => Ok(Command::Info { tkn: p.token()? }),
-        "SH_INFO_ALL" => Ok(Command::InfoAll),
-        "SH_SAVE" => {
+        CommandName::Info => Ok(Command::Info { tkn: p.token()? }),
+        CommandName::InfoAll => Ok(Command::InfoAll),
+        CommandName::Save => {
             let name = p.dataset_name()?;
             let tkns = match p.params.get("tkns") {
                 None => None,
@@ -313,86 +291,57 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             };
             Ok(Command::Save { name, tkns })
         }
-        "SH_LOAD" => Ok(Command::Load {
+        CommandName::Load => Ok(Command::Load {
             name: p.dataset_name()?,
         }),
-        "SH_SET" => {
+        CommandName::Set => {
             let tkn = p.token()?;
             Ok(Command::Set {
                 tkn,
                 keys: p.key_values(tkn)?,
             })
         }
-        "SH_ADD" => {
+        CommandName::Add => {
             let tkn = p.token()?;
             Ok(Command::Add {
                 tkn,
                 keys: p.key_values(tkn)?,
             })
         }
-        "SH_CLEAR_SET" => {
+        CommandName::ClearSet => {
             let tkn = p.token()?;
             Ok(Command::ClearSet {
                 tkn,
                 keys: p.key_values(tkn)?,
             })
         }
-        "SH_GET" => {
+        CommandName::Get => {
             let tkn = p.token()?;
             Ok(Command::Get {
                 tkn,
                 keys: p.key_names(tkn)?,
             })
         }
-        "SH_RMV" => {
+        CommandName::Rmv => {
             let tkn = p.token()?;
             Ok(Command::Rmv {
                 tkn,
                 keys: p.key_names(tkn)?,
             })
         }
-        "SH_CONTAINS" => {
+        CommandName::Contains => {
             let tkn = p.token()?;
             Ok(Command::Contains {
                 tkn,
                 keys: p.key_names(tkn)?,
             })
         }
-        "SH_COUNT" => Ok(Command::Count { tkn: p.token()? }),
-        "SH_KEYS" => Ok(Command::Keys { tkn: p.token()? }),
-        "SH_CLEAR" => Ok(Command::Clear { tkn: p.token()? }),
-        "SV_INFO" => Ok(Command::ServerInfo),
-        _ => Err(Rejection {
-            to: RejectTo::Command(name.to_string()),
-            status: Status::CommandNotExist,
-            message: None,
-            tkn: None,
-        }),
+        CommandName::Count => Ok(Command::Count { tkn: p.token()? }),
+        CommandName::Keys => Ok(Command::Keys { tkn: p.token()? }),
+        CommandName::Clear => Ok(Command::Clear { tkn: p.token()? }),
+        CommandName::ServerInfo => Ok(Command::ServerInfo),
     }
 }
-
-/// Every command the server knows.
-const COMMANDS: [&str; 19] = [
-    "SH_NEW",
-    "SH_OPEN",
-    "SH_END",
-    "SH_END_ALL",
-    "SH_EXISTS",
-    "SH_INFO",
-    "SH_INFO_ALL",
-    "SH_SAVE",
-    "SH_LOAD",
-    "SH_SET",
-    "SH_ADD",
-    "SH_CLEAR_SET",
-    "SH_GET",
-    "SH_RMV",
-    "SH_CONTAINS",
-    "SH_COUNT",
-    "SH_KEYS",
-    "SH_CLEAR",
-    "SV_INFO",
-];
 
 /// A parameter object's members, read off the tape once: looking one up
 /// scans this short list instead of walking the tape again. An object with

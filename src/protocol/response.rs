@@ -6,8 +6,9 @@
 
 use std::io::Write as _;
 
-use super::Status;
-use super::request::{RejectTo, Rejection, Token};
+use super::request::{RejectTo, Rejection};
+use super::{CommandName, Status};
+use crate::domain::Token;
 
 /// Builds one response body field by field into `out`.
 pub struct Response<'a> {
@@ -17,17 +18,12 @@ pub struct Response<'a> {
 }
 
 impl<'a> Response<'a> {
-    /// Starts `{"<command>_RSP":{"st":<status>` for one of our command
-    /// names (static ASCII identifiers: copied, nothing to escape).
-    pub fn new(out: &'a mut Vec<u8>, command: &'static str, status: Status) -> Self {
-        debug_assert!(
-            command
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        );
+    /// Starts `{"<command>_RSP":{"st":<status>` for one of our commands
+    /// (static ASCII identifiers: copied, nothing to escape).
+    pub fn new(out: &'a mut Vec<u8>, command: CommandName, status: Status) -> Self {
         out.extend_from_slice(b"{\"");
-        out.extend_from_slice(command.as_bytes());
-        out.extend_from_slice(b"_RSP\":{\"st\":");
+        out.extend_from_slice(command.response().as_bytes());
+        out.extend_from_slice(b"\":{\"st\":");
         push_u64(out, u64::from(status.code()));
         Response { out, first: false }
     }
@@ -217,7 +213,7 @@ pub fn encode_rejection(out: &mut Vec<u8>, rejection: &Rejection) {
 /// A response carrying only a status, an optional token and a message.
 pub fn encode_status(
     out: &mut Vec<u8>,
-    command: &'static str,
+    command: CommandName,
     status: Status,
     tkn: Option<Token>,
     message: Option<&str>,
@@ -240,7 +236,7 @@ mod tests {
     #[test]
     fn builds_nested_bodies() {
         let mut out = Vec::new();
-        Response::new(&mut out, "SH_INFO", Status::Ok)
+        Response::new(&mut out, CommandName::Info, Status::Ok)
             .u64("tkn", 5)
             .bool("expires", true)
             .begin_object("expiry")

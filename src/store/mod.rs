@@ -21,9 +21,9 @@ pub use snapshot::Chunk;
 use snapshot::Snapshot;
 use table::Sessions;
 
+use crate::domain::{ExpirySettings, KeyValue, Token};
 use crate::expiry::{TimerKey, TimingWheel};
 use crate::persist::SessionRecord;
-use crate::protocol::{ExpirySettings, KeyValue, Token};
 use crate::shared_names::SharedNames;
 
 /// Milliseconds on the server's monotonic clock.

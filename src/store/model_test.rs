@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::{Millis, NoSession, SessionStore};
-use crate::protocol::{ExpirySettings, KeyValue, Token};
+use crate::domain::{ExpirySettings, KeyValue, Token};
 use crate::shared_names::SharedNames;
 
 #[derive(Clone, Debug)]

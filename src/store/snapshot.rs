@@ -8,8 +8,8 @@
 //! last snapshot that holds it, so "already saved" costs no lookup.
 
 use super::{Millis, Session};
+use crate::domain::Token;
 use crate::persist::encode_record;
-use crate::protocol::Token;
 
 /// A snapshot in progress.
 pub struct Snapshot {

@@ -5,7 +5,7 @@
 use hashbrown::HashTable;
 
 use super::Session;
-use crate::protocol::Token;
+use crate::domain::Token;
 
 pub struct Sessions {
     /// Live sessions, in no particular order; removal swaps the last in.

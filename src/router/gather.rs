@@ -1,11 +1,12 @@
 //! Fan-out commands in progress: what each shard answered so far, and the
 //! response once every part is in.
 
-use std::time::Instant;
-
+use crate::domain::{NewSession, Token};
 use crate::mesh::{PartResult, Ticket};
-use crate::persist::{ShardFileSummary, VersionDir};
-use crate::protocol::{NewSession, Response, Status, Token};
+use crate::persist::{PersistError, ShardFileSummary, VersionDir};
+use crate::protocol::answer::{self, ServerInfo};
+use crate::protocol::{CommandName, Status};
+use crate::store::Millis;
 
 /// What `SV_INFO` sums over the shards.
 #[derive(Default)]
@@ -50,10 +51,11 @@ pub struct SaveProgress {
     name: Box<str>,
     /// Taken when the save is committed or discarded.
     version: Option<VersionDir>,
-    started: Instant,
+    /// When the save was asked for, for the `duration` it reports.
+    started: Millis,
     files: Vec<ShardFileSummary>,
     /// The first failure, if any; the version is then discarded.
-    error: Option<String>,
+    error: Option<PersistError>,
     /// Set once `commit` has run: the save is final.
     committed: bool,
 }
@@ -66,9 +68,9 @@ pub struct SaveSettlement {
 }
 
 impl SaveSettlement {
-    pub fn run(self) -> Result<(), String> {
+    pub fn run(self) -> Result<(), PersistError> {
         match self.files {
-            Some(files) => self.version.commit(&files).map_err(|e| e.to_string()),
+            Some(files) => self.version.commit(&files),
             None => {
                 // A partial version is never loaded; removing it is tidiness.
                 let _ = self.version.discard();
@@ -83,7 +85,7 @@ pub struct LoadProgress {
     name: Box<str>,
     sessions: u64,
     keys: u64,
-    error: Option<String>,
+    error: Option<PersistError>,
 }
 
 impl GatherKind {
@@ -107,11 +109,11 @@ impl GatherKind {
         GatherKind::Exists { tkns, found }
     }
 
-    pub fn save(name: Box<str>, version: VersionDir) -> Self {
+    pub fn save(name: Box<str>, version: VersionDir, now: Millis) -> Self {
         GatherKind::Save(SaveProgress {
             name,
             version: Some(version),
-            started: Instant::now(),
+            started: now,
             files: Vec::new(),
             error: None,
             committed: false,
@@ -154,7 +156,7 @@ impl Gather {
     }
 
     /// A load whose data could not be read: nothing more will come.
-    pub fn fail_load(&mut self, reason: String) {
+    pub fn fail_load(&mut self, reason: PersistError) {
         if let GatherKind::Load(load) = &mut self.kind {
             load.error = Some(reason);
         }
@@ -176,7 +178,7 @@ impl Gather {
         })
     }
 
-    pub fn save_settled(&mut self, result: Result<(), String>) {
+    pub fn save_settled(&mut self, result: Result<(), PersistError>) {
         if let GatherKind::Save(save) = &mut self.kind {
             match result {
                 Ok(()) => save.committed = save.error.is_none(),
@@ -191,32 +193,16 @@ impl Gather {
         self.remaining = self.remaining.saturating_sub(1);
         match (&mut self.kind, result) {
             (GatherKind::EndAll { ended }, PartResult::Ended(n)) => *ended += n,
-            (
-                GatherKind::InfoAll { sessions, keys },
-                PartResult::Counts {
-                    sessions: s,
-                    keys: k,
-                    ..
-                },
-            ) => {
-                *sessions += s;
-                *keys += k;
+            (GatherKind::InfoAll { sessions, keys }, PartResult::Counts(counts)) => {
+                *sessions += counts.sessions;
+                *keys += counts.keys;
             }
-            (
-                GatherKind::ServerInfo(totals),
-                PartResult::Counts {
-                    sessions,
-                    keys,
-                    connections,
-                    memory_used,
-                    session_not_exist,
-                },
-            ) => {
-                totals.sessions += sessions;
-                totals.keys += keys;
-                totals.connections += connections;
-                totals.memory_used += memory_used;
-                totals.session_not_exist += session_not_exist;
+            (GatherKind::ServerInfo(totals), PartResult::Counts(counts)) => {
+                totals.sessions += counts.sessions;
+                totals.keys += counts.keys;
+                totals.connections += counts.connections;
+                totals.memory_used += counts.memory_used;
+                totals.session_not_exist += counts.session_not_exist;
             }
             (GatherKind::Save(save), PartResult::Saved(result)) => match result {
                 Ok(file) => save.files.push(file),
@@ -252,72 +238,78 @@ impl Gather {
         }
     }
 
-    pub fn encode(self, server: &ServerFacts) -> Vec<u8> {
+    /// The response, once every part is in.
+    pub fn encode(self, server: &ServerFacts, now: Millis) -> Vec<u8> {
         let mut out = Vec::with_capacity(200);
         match self.kind {
-            GatherKind::EndAll { ended } => Response::new(&mut out, "SH_END_ALL", Status::Ok)
-                .u64("cnt", ended)
-                .finish(),
-            GatherKind::InfoAll { sessions, keys } => {
-                Response::new(&mut out, "SH_INFO_ALL", Status::Ok)
-                    .u64("totalSessions", sessions)
-                    .u64("totalKeys", keys)
-                    .finish()
-            }
-            GatherKind::ServerInfo(totals) => Response::new(&mut out, "SV_INFO", Status::Ok)
-                .str("serverVersion", env!("CARGO_PKG_VERSION"))
-                .bool("persistEnabled", server.persist_enabled)
-                .u64("shards", server.shards as u64)
-                .u64("sessions", totals.sessions)
-                .u64("keys", totals.keys)
-                .u64("connections", totals.connections)
-                .u64("uptimeSeconds", server.uptime_s)
-                .u64("memoryUsed", totals.memory_used)
-                .u64("maxMemory", server.max_memory)
-                .u64("sessionNotExist", totals.session_not_exist)
-                .finish(),
+            GatherKind::EndAll { ended } => answer::ended_all(&mut out, ended),
+            GatherKind::InfoAll { sessions, keys } => answer::totals(&mut out, sessions, keys),
+            GatherKind::ServerInfo(totals) => answer::server_info(
+                &mut out,
+                &ServerInfo {
+                    persist_enabled: server.persist_enabled,
+                    shards: server.shards as u64,
+                    sessions: totals.sessions,
+                    keys: totals.keys,
+                    connections: totals.connections,
+                    uptime_s: server.uptime_s,
+                    memory_used: totals.memory_used,
+                    max_memory: server.max_memory,
+                    session_not_exist: totals.session_not_exist,
+                },
+            ),
             GatherKind::Save(save) => {
                 let sessions = save.files.iter().map(|f| f.sessions).sum();
                 let keys = save.files.iter().map(|f| f.keys).sum();
                 match (&save.error, save.committed) {
-                    (None, true) => Response::new(&mut out, "SH_SAVE", Status::SaveComplete)
-                        .str("name", &save.name)
-                        .u64("duration", save.started.elapsed().as_millis() as u64)
-                        .u64("sessions", sessions)
-                        .u64("keys", keys)
-                        .finish(),
-                    (error, _) => Response::new(&mut out, "SH_SAVE", Status::SaveError)
-                        .str("name", &save.name)
-                        .str(
-                            "m",
-                            error.as_deref().unwrap_or("the save was not committed"),
+                    (None, true) => answer::saved(
+                        &mut out,
+                        &save.name,
+                        now.saturating_sub(save.started),
+                        sessions,
+                        keys,
+                    ),
+                    (error, _) => {
+                        let why = error.as_ref().map_or_else(
+                            || "the save was not committed".to_string(),
+                            ToString::to_string,
+                        );
+                        answer::persist_failed(
+                            &mut out,
+                            CommandName::Save,
+                            Status::SaveError,
+                            &save.name,
+                            &why,
                         )
-                        .finish(),
+                    }
                 }
             }
             GatherKind::Load(load) => match &load.error {
-                None => Response::new(&mut out, "SH_LOAD", Status::LoadComplete)
-                    .str("name", &load.name)
-                    .u64("sessions", load.sessions)
-                    .u64("keys", load.keys)
-                    .finish(),
-                Some(error) => Response::new(&mut out, "SH_LOAD", Status::LoadError)
-                    .str("name", &load.name)
-                    .str("m", error)
-                    .finish(),
+                None => answer::loaded(&mut out, &load.name, load.sessions, load.keys),
+                Some(error) => answer::persist_failed(
+                    &mut out,
+                    CommandName::Load,
+                    Status::LoadError,
+                    &load.name,
+                    &error.to_string(),
+                ),
             },
             GatherKind::NewShared(_) => {
-                // Run by the shard through `take_new_session`, never encoded.
-                Response::new(&mut out, "SH_NEW", Status::Unknown).finish()
+                // Run by the router through `take_new_session`, never encoded.
+                crate::protocol::encode_status(
+                    &mut out,
+                    CommandName::New,
+                    Status::Unknown,
+                    None,
+                    None,
+                )
             }
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns
                     .into_iter()
                     .zip(found)
                     .filter_map(|(tkn, found)| found.then_some(tkn));
-                Response::new(&mut out, "SH_EXISTS", Status::Ok)
-                    .u64_array("exist", exist)
-                    .finish()
+                answer::existing(&mut out, exist);
             }
         }
         out

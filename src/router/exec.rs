@@ -1,10 +1,12 @@
-//! Runs a session command against the shard's own store and encodes its
-//! response. Only commands about one session (by token) come here; they run
-//! on the shard that owns the token.
+//! Runs a session command against the owning shard's store and encodes its
+//! response. Only commands about one session (by token or shared name) come
+//! here; the router has already sent them to the shard that owns it.
 
 use ahash::AHashSet;
 
-use crate::protocol::{Command, NewSession, Response, Status, Token, encode_status};
+use crate::domain::{NewSession, Token};
+use crate::protocol::answer::{self, SessionInfo};
+use crate::protocol::{Command, CommandName, Status, encode_status};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, Refusal, SessionStore};
 
@@ -21,7 +23,13 @@ pub fn new_session(
     out: &mut Vec<u8>,
 ) -> Status {
     if !store.can_create(new.name.as_deref().map_or(0, str::len)) {
-        encode_status(out, "SH_NEW", Status::MemoryLimit, None, Some(MEMORY_FULL));
+        encode_status(
+            out,
+            CommandName::New,
+            Status::MemoryLimit,
+            None,
+            Some(MEMORY_FULL),
+        );
         return Status::MemoryLimit;
     }
     let tkn = loop {
@@ -37,14 +45,11 @@ pub fn new_session(
         });
         if !registered {
             let m = "a shared session with this name exists";
-            encode_status(out, "SH_NEW", Status::SessionNewFail, None, Some(m));
+            encode_status(out, CommandName::New, Status::SessionNewFail, None, Some(m));
             return Status::SessionNewFail;
         }
     }
-    Response::new(out, "SH_NEW", Status::Ok)
-        .u64("tkn", tkn)
-        .opt_str("name", new.name.as_deref())
-        .finish();
+    answer::created(out, tkn, new.name.as_deref());
     store.create(tkn, new.name, new.shared, new.expiry, now);
     Status::Ok
 }
@@ -75,14 +80,11 @@ pub fn open_session(
 ) -> Status {
     match names.lookup(name) {
         Some(tkn) if store.exists(tkn, now) => {
-            Response::new(out, "SH_OPEN", Status::Ok)
-                .u64("tkn", tkn)
-                .str("name", name)
-                .finish();
+            answer::opened(out, tkn, name);
             Status::Ok
         }
         _ => {
-            encode_status(out, "SH_OPEN", Status::SessionOpenFail, None, None);
+            encode_status(out, CommandName::Open, Status::SessionOpenFail, None, None);
             Status::SessionOpenFail
         }
     }
@@ -90,72 +92,56 @@ pub fn open_session(
 
 /// Runs `command`, appends its response to `out`, and returns its status.
 pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Vec<u8>) -> Status {
-    let name = command.name();
+    let name = command.kind();
     let Some(tkn) = command.token() else {
         // Only token commands are routed here; anything else is a bug, and
         // the client still gets an answer in its slot.
         encode_status(out, name, Status::Unknown, None, Some("misrouted command"));
         return Status::Unknown;
     };
-    fn ok<'o>(out: &'o mut Vec<u8>, name: &'static str, tkn: u64) -> Response<'o> {
-        Response::new(out, name, Status::Ok).u64("tkn", tkn)
-    }
     let result: Result<(), Refusal> = match command {
-        Command::End { .. } => store.end(tkn, now).map(|()| ok(out, name, tkn).finish()),
+        Command::End { .. } => store.end(tkn, now).map(|()| answer::done(out, name, tkn)),
         Command::Info { .. } => store.read(tkn, now).map(|session| {
-            let mut r = ok(out, name, tkn)
-                .opt_str("name", session.name())
-                .bool("shared", session.shared())
-                .u64("keyCnt", session.keys.len() as u64)
-                .bool("expires", session.expiry().is_some());
-            if let Some(e) = session.expiry() {
-                r = r
-                    .begin_object("expiry")
-                    .u64("duration", u64::from(e.settings.duration_s))
-                    .u64("remaining", e.remaining_s(now))
-                    .bool("deleteSession", e.settings.delete_session)
-                    .bool("extendOnSetAdd", e.settings.extend_on_set_add)
-                    .bool("extendOnGet", e.settings.extend_on_get)
-                    .end_object();
-            }
-            r.finish()
+            let info = SessionInfo {
+                name: session.name(),
+                shared: session.shared(),
+                key_count: session.keys.len() as u64,
+                expiry: session.expiry().map(|e| (e.settings, e.remaining_s(now))),
+            };
+            answer::session_info(out, tkn, &info);
         }),
         Command::Set { keys, .. } => store
             .set(tkn, keys, now)
-            .map(|()| ok(out, name, tkn).finish()),
+            .map(|()| answer::done(out, name, tkn)),
         Command::Add { keys, .. } => store
             .add(tkn, keys, now)
-            .map(|()| ok(out, name, tkn).finish()),
+            .map(|()| answer::done(out, name, tkn)),
         Command::ClearSet { keys, .. } => store
             .clear_set(tkn, keys, now)
-            .map(|removed| ok(out, name, tkn).u64("cnt", removed as u64).finish()),
+            .map(|removed| answer::counted(out, name, tkn, removed as u64)),
         Command::Get { keys, .. } => store.get(tkn, now).map(|session| {
             let found = distinct(&keys).filter_map(|k| session.keys.get(k).map(|v| (k, v)));
-            ok(out, name, tkn).raw_object("keys", found).finish()
+            answer::values(out, tkn, found);
         }),
         Command::Rmv { keys, .. } => store
             .remove_keys(tkn, &keys, now)
-            .map(|()| ok(out, name, tkn).finish()),
+            .map(|()| answer::done(out, name, tkn)),
         Command::Contains { keys, .. } => store.read(tkn, now).map(|session| {
             let found = keys
                 .iter()
                 .map(|k| k.as_ref())
                 .filter(|k| session.keys.contains(k));
-            ok(out, name, tkn).str_array("contains", found).finish()
+            answer::contained(out, tkn, found);
         }),
-        Command::Count { .. } => store.read(tkn, now).map(|session| {
-            ok(out, name, tkn)
-                .u64("cnt", session.keys.len() as u64)
-                .finish()
-        }),
-        Command::Keys { .. } => store.read(tkn, now).map(|session| {
-            ok(out, name, tkn)
-                .str_array("keys", session.keys.iter().map(|(k, _)| k))
-                .finish()
-        }),
+        Command::Count { .. } => store
+            .read(tkn, now)
+            .map(|session| answer::counted(out, name, tkn, session.keys.len() as u64)),
+        Command::Keys { .. } => store
+            .read(tkn, now)
+            .map(|session| answer::key_names(out, tkn, session.keys.iter().map(|(k, _)| k))),
         Command::Clear { .. } => store
             .clear(tkn, now)
-            .map(|removed| ok(out, name, tkn).u64("cnt", removed as u64).finish()),
+            .map(|removed| answer::counted(out, name, tkn, removed as u64)),
         _ => {
             encode_status(
                 out,
@@ -287,7 +273,7 @@ mod tests {
     #[test]
     fn info_reports_expiry() {
         let mut store = SessionStore::new(Arc::new(SharedNames::default()));
-        let settings = crate::protocol::ExpirySettings {
+        let settings = crate::domain::ExpirySettings {
             duration_s: 10,
             delete_session: true,
             extend_on_set_add: false,

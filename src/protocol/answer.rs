@@ -1,0 +1,177 @@
+//! Every response body the server sends, one function each: the field
+//! names of docs/PROTOCOL.md live here and nowhere else. Callers pass plain
+//! facts (counts, tokens, names); the functions append one response to `out`.
+
+use super::{CommandName, Response, Status};
+use crate::domain::{ExpirySettings, Token};
+
+/// `{"<CMD>_RSP":{"st":1,"tkn":T}}`: a write that has nothing else to say.
+pub fn done(out: &mut Vec<u8>, command: CommandName, tkn: Token) {
+    Response::new(out, command, Status::Ok)
+        .u64("tkn", tkn)
+        .finish();
+}
+
+/// A success that reports how many keys it counted or removed (`cnt`).
+pub fn counted(out: &mut Vec<u8>, command: CommandName, tkn: Token, cnt: u64) {
+    Response::new(out, command, Status::Ok)
+        .u64("tkn", tkn)
+        .u64("cnt", cnt)
+        .finish();
+}
+
+/// `SH_NEW`: the new session's token, and its name if it has one.
+pub fn created(out: &mut Vec<u8>, tkn: Token, name: Option<&str>) {
+    Response::new(out, CommandName::New, Status::Ok)
+        .u64("tkn", tkn)
+        .opt_str("name", name)
+        .finish();
+}
+
+/// `SH_OPEN`: the token of the shared session `name`.
+pub fn opened(out: &mut Vec<u8>, tkn: Token, name: &str) {
+    Response::new(out, CommandName::Open, Status::Ok)
+        .u64("tkn", tkn)
+        .str("name", name)
+        .finish();
+}
+
+/// What `SH_INFO` reports about one session.
+pub struct SessionInfo<'a> {
+    pub name: Option<&'a str>,
+    pub shared: bool,
+    pub key_count: u64,
+    /// The settings, and whole seconds left until the deadline.
+    pub expiry: Option<(ExpirySettings, u64)>,
+}
+
+pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>) {
+    let mut r = Response::new(out, CommandName::Info, Status::Ok)
+        .u64("tkn", tkn)
+        .opt_str("name", info.name)
+        .bool("shared", info.shared)
+        .u64("keyCnt", info.key_count)
+        .bool("expires", info.expiry.is_some());
+    if let Some((settings, remaining_s)) = info.expiry {
+        r = r
+            .begin_object("expiry")
+            .u64("duration", u64::from(settings.duration_s))
+            .u64("remaining", remaining_s)
+            .bool("deleteSession", settings.delete_session)
+            .bool("extendOnSetAdd", settings.extend_on_set_add)
+            .bool("extendOnGet", settings.extend_on_get)
+            .end_object();
+    }
+    r.finish();
+}
+
+/// `SH_GET`: the keys found, each with its stored JSON value.
+pub fn values<'s>(
+    out: &mut Vec<u8>,
+    tkn: Token,
+    found: impl IntoIterator<Item = (&'s str, &'s [u8])>,
+) {
+    Response::new(out, CommandName::Get, Status::Ok)
+        .u64("tkn", tkn)
+        .raw_object("keys", found)
+        .finish();
+}
+
+/// `SH_CONTAINS`: the asked-for keys the session holds.
+pub fn contained<'s>(out: &mut Vec<u8>, tkn: Token, found: impl IntoIterator<Item = &'s str>) {
+    Response::new(out, CommandName::Contains, Status::Ok)
+        .u64("tkn", tkn)
+        .str_array("contains", found)
+        .finish();
+}
+
+/// `SH_KEYS`: every key name of the session.
+pub fn key_names<'s>(out: &mut Vec<u8>, tkn: Token, names: impl IntoIterator<Item = &'s str>) {
+    Response::new(out, CommandName::Keys, Status::Ok)
+        .u64("tkn", tkn)
+        .str_array("keys", names)
+        .finish();
+}
+
+/// `SH_END_ALL`: how many sessions ended.
+pub fn ended_all(out: &mut Vec<u8>, cnt: u64) {
+    Response::new(out, CommandName::EndAll, Status::Ok)
+        .u64("cnt", cnt)
+        .finish();
+}
+
+/// `SH_INFO_ALL`: live sessions and keys over every shard.
+pub fn totals(out: &mut Vec<u8>, sessions: u64, keys: u64) {
+    Response::new(out, CommandName::InfoAll, Status::Ok)
+        .u64("totalSessions", sessions)
+        .u64("totalKeys", keys)
+        .finish();
+}
+
+/// `SH_EXISTS`: the tokens that exist, in request order.
+pub fn existing(out: &mut Vec<u8>, tkns: impl IntoIterator<Item = Token>) {
+    Response::new(out, CommandName::Exists, Status::Ok)
+        .u64_array("exist", tkns)
+        .finish();
+}
+
+/// What `SV_INFO` reports.
+pub struct ServerInfo {
+    pub persist_enabled: bool,
+    pub shards: u64,
+    pub sessions: u64,
+    pub keys: u64,
+    pub connections: u64,
+    pub uptime_s: u64,
+    pub memory_used: u64,
+    pub max_memory: u64,
+    pub session_not_exist: u64,
+}
+
+pub fn server_info(out: &mut Vec<u8>, info: &ServerInfo) {
+    Response::new(out, CommandName::ServerInfo, Status::Ok)
+        .str("serverVersion", env!("CARGO_PKG_VERSION"))
+        .bool("persistEnabled", info.persist_enabled)
+        .u64("shards", info.shards)
+        .u64("sessions", info.sessions)
+        .u64("keys", info.keys)
+        .u64("connections", info.connections)
+        .u64("uptimeSeconds", info.uptime_s)
+        .u64("memoryUsed", info.memory_used)
+        .u64("maxMemory", info.max_memory)
+        .u64("sessionNotExist", info.session_not_exist)
+        .finish();
+}
+
+/// `SH_SAVE` committed: 121.
+pub fn saved(out: &mut Vec<u8>, name: &str, duration_ms: u64, sessions: u64, keys: u64) {
+    Response::new(out, CommandName::Save, Status::SaveComplete)
+        .str("name", name)
+        .u64("duration", duration_ms)
+        .u64("sessions", sessions)
+        .u64("keys", keys)
+        .finish();
+}
+
+/// `SH_SAVE` or `SH_LOAD` failed (122, 123, 142): the dataset and why.
+pub fn persist_failed(
+    out: &mut Vec<u8>,
+    command: CommandName,
+    status: Status,
+    name: &str,
+    why: &str,
+) {
+    Response::new(out, command, status)
+        .str("name", name)
+        .str("m", why)
+        .finish();
+}
+
+/// `SH_LOAD` done: 141.
+pub fn loaded(out: &mut Vec<u8>, name: &str, sessions: u64, keys: u64) {
+    Response::new(out, CommandName::Load, Status::LoadComplete)
+        .str("name", name)
+        .u64("sessions", sessions)
+        .u64("keys", keys)
+        .finish();
+}

@@ -1,0 +1,546 @@
+//! The router: what one shard does with a request once it is read, and with
+//! what other shards send it. It owns the shard's sessions and decides, for
+//! every command, where it runs: here, on the shard that owns the session
+//! (a message there and the answer back), or on every shard (a fan-out whose
+//! parts are gathered here). It never touches a socket or reads a clock: the
+//! event loop (`shard`) gives it the time, takes its messages for other
+//! shards ([`Router::take_outbox`]), and hands its answers to connections
+//! ([`Replies`]). The in-process [`LocalDispatcher`] drives the same code
+//! with no sockets at all, for the fuzzers and the property tests.
+//!
+//! # Layout
+//! - `mod.rs`: decode, dispatch, route, fan out, gather, answer.
+//! - `exec`: single-session commands on the owning shard's store.
+//! - `gather`: fan-out commands in progress and their answers.
+//! - `persistence`: this shard's side of `SH_SAVE` / `SH_LOAD`.
+//! - `harness`: [`LocalDispatcher`], shards in one thread, no sockets.
+
+mod exec;
+mod gather;
+mod harness;
+mod persistence;
+
+pub use harness::LocalDispatcher;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rand::Rng as _;
+use rand::rngs::StdRng;
+use slab::Slab;
+
+use crate::domain::{NewSession, Token};
+use crate::mesh::{Envelope, Part, PartResult, PostBack, ShardCounts, ShardId, Ticket, shard_of};
+use crate::net::connection::Incoming;
+use crate::persist::SessionRecord;
+use crate::protocol::request::{reject_binary, reject_not_utf8};
+use crate::protocol::{
+    Command, CommandName, Rejection, RequestParser, Status, encode_rejection, encode_status,
+};
+use crate::shared_names::SharedNames;
+use crate::store::{Millis, SessionStore};
+use gather::{Gather, GatherKind};
+use persistence::PersistJobs;
+
+/// Sessions background expiry may settle per turn: a few milliseconds of
+/// work at most, so requests never wait long behind a mass expiry, while a
+/// million sessions due together are still gone well within a second.
+pub const EXPIRY_BUDGET: usize = 4096;
+
+/// Where the router's answers go: the shard's connections (or a harness's
+/// collector). A ticket whose connection has gone is dropped quietly.
+pub trait Replies {
+    /// Hands `response` to the request `ticket` names; copied only if it
+    /// must wait for earlier answers on its connection.
+    fn answer(&mut self, ticket: Ticket, response: &[u8]);
+
+    /// [`Replies::answer`] for a response already owned (from another shard).
+    fn answer_owned(&mut self, ticket: Ticket, response: Vec<u8>) {
+        self.answer(ticket, &response);
+    }
+
+    /// Open connections on this shard, for `SV_INFO`.
+    fn connections(&self) -> u64;
+}
+
+/// What a router needs to know about the server, fixed at start-up.
+#[derive(Clone)]
+pub struct RouterConfig {
+    pub id: ShardId,
+    pub shards: usize,
+    /// Server-wide memory limit in bytes (0 = none); each shard enforces
+    /// its equal share, so the data path needs no shared counter.
+    pub max_memory: u64,
+    /// Where snapshots live; None: persistence is off (`SH_SAVE` -> 14).
+    pub persist: Option<PathBuf>,
+    pub names: Arc<SharedNames>,
+}
+
+/// Where a part's result goes: a gather on this shard, or another shard's.
+#[derive(Copy, Clone, Debug)]
+enum PartReply {
+    Local { gather: usize },
+    Remote { from: ShardId, gather: usize },
+}
+
+/// How many sessions and keys a start-up load added to one shard.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub sessions: u64,
+    pub keys: u64,
+}
+
+pub struct Router {
+    config: RouterConfig,
+    store: SessionStore,
+    /// Decodes requests, reusing its buffers from one to the next.
+    parser: RequestParser,
+    /// Token source: a CSPRNG seeded by the OS (or a fixed seed in tests).
+    rng: StdRng,
+    /// Fan-outs this shard started and is gathering.
+    gathers: Slab<Gather>,
+    /// Messages for each shard, sent as one batch at the end of the turn.
+    outbox: Vec<Vec<Envelope>>,
+    /// How helper threads post their results back to a shard.
+    post: Arc<dyn PostBack>,
+    /// Where responses computed here are built (see `answer_here`).
+    reply: Vec<u8>,
+    /// The time of the current turn, in ms since the server's epoch.
+    now: Millis,
+    /// `SessionNotExist` answers given: a rising count can mean someone is
+    /// guessing tokens.
+    session_not_exist: u64,
+    /// Background expiry ran out of budget: more is due right now.
+    expiry_pending: bool,
+    /// Count requests waiting for background expiry to catch up, so they
+    /// neither count expired sessions nor stall the shard to settle them.
+    deferred_counts: Vec<PartReply>,
+    /// Saves and loads under way on this shard.
+    persist: PersistJobs,
+}
+
+impl Router {
+    pub fn new(config: RouterConfig, rng: StdRng, post: Arc<dyn PostBack>, now: Millis) -> Self {
+        let mut store = SessionStore::new(config.names.clone());
+        if config.max_memory > 0 {
+            store.set_memory_limit((config.max_memory / config.shards as u64).max(1));
+        }
+        Router {
+            outbox: (0..config.shards).map(|_| Vec::new()).collect(),
+            config,
+            store,
+            parser: RequestParser::default(),
+            rng,
+            gathers: Slab::new(),
+            post,
+            reply: Vec::with_capacity(4096),
+            now,
+            session_not_exist: 0,
+            expiry_pending: false,
+            deferred_counts: Vec::new(),
+            persist: PersistJobs::default(),
+        }
+    }
+
+    /// Adds sessions loaded at start-up (all owned by this shard), before
+    /// serving.
+    pub fn restore(&mut self, records: Vec<SessionRecord>) -> Restored {
+        let mut restored = Restored::default();
+        for record in records {
+            if let Some(keys) = self.store.restore(record, self.now) {
+                restored.sessions += 1;
+                restored.keys += keys;
+            }
+        }
+        restored
+    }
+
+    /// The time for everything until the next call, in ms since the
+    /// server's epoch.
+    pub fn set_now(&mut self, now: Millis) {
+        self.now = now;
+    }
+
+    /// Decodes one message into a command (or the rejection to answer).
+    pub fn decode(&mut self, incoming: Incoming, message: &[u8]) -> Result<Command, Rejection> {
+        match incoming {
+            Incoming::Text => self.parser.parse(message),
+            Incoming::Binary => Err(reject_binary()),
+            Incoming::InvalidUtf8 => Err(reject_not_utf8()),
+        }
+    }
+
+    /// Answers a request: runs it here, or sends it (or its parts) where
+    /// it must run.
+    pub fn dispatch(
+        &mut self,
+        ticket: Ticket,
+        request: Result<Command, Rejection>,
+        replies: &mut dyn Replies,
+    ) {
+        let command = match request {
+            Ok(command) => command,
+            Err(rejection) => {
+                self.answer_here(ticket, replies, |_, out| encode_rejection(out, &rejection));
+                return;
+            }
+        };
+        match command {
+            Command::New(new) => self.new_session(ticket, new, replies),
+            Command::Open { ref name } => match self.config.names.lookup(name) {
+                Some(tkn) => self.route(ticket, tkn, command, replies),
+                None => self.answer_here(ticket, replies, |_, out| {
+                    encode_status(out, CommandName::Open, Status::SessionOpenFail, None, None)
+                }),
+            },
+            Command::EndAll => {
+                self.fan_out_all(ticket, GatherKind::end_all(), || Part::EndAll, replies)
+            }
+            Command::InfoAll => {
+                self.fan_out_all(ticket, GatherKind::info_all(), || Part::Counts, replies)
+            }
+            Command::ServerInfo => {
+                self.fan_out_all(ticket, GatherKind::server_info(), || Part::Counts, replies)
+            }
+            Command::Exists { tkns } => {
+                let shards = self.config.shards;
+                let mut per_shard: Vec<Vec<(u32, Token)>> = vec![Vec::new(); shards];
+                for (i, &tkn) in tkns.iter().enumerate() {
+                    per_shard[shard_of(tkn, shards)].push((i as u32, tkn));
+                }
+                let parts = per_shard
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, list)| !list.is_empty())
+                    .map(|(shard, list)| (shard, Part::Exists(list)))
+                    .collect();
+                self.fan_out(ticket, GatherKind::exists(tkns), parts, replies);
+            }
+            Command::Save { name, tkns } => match self.config.persist.clone() {
+                Some(root) => self.start_save(ticket, &root, name, tkns, replies),
+                None => self.persistence_disabled(ticket, CommandName::Save, replies),
+            },
+            Command::Load { name } => match self.config.persist.clone() {
+                Some(root) => self.start_load(ticket, &root, name, replies),
+                None => self.persistence_disabled(ticket, CommandName::Load, replies),
+            },
+            _ => match command.token() {
+                Some(tkn) => self.route(ticket, tkn, command, replies),
+                None => {
+                    // Every command is covered above; answer rather than drop.
+                    let name = command.kind();
+                    self.answer_here(ticket, replies, |_, out| {
+                        encode_status(out, name, Status::Unknown, None, None)
+                    });
+                }
+            },
+        }
+    }
+
+    /// Handles what another shard (or a helper thread) sent this one.
+    pub fn receive(&mut self, batch: Vec<Envelope>, replies: &mut dyn Replies) {
+        for envelope in batch {
+            match envelope {
+                Envelope::Call {
+                    from,
+                    ticket,
+                    command,
+                } => {
+                    let mut response = Vec::with_capacity(96);
+                    self.run_owned(command, &mut response);
+                    self.outbox[from].push(Envelope::Reply { ticket, response });
+                }
+                Envelope::Reply { ticket, response } => replies.answer_owned(ticket, response),
+                Envelope::Part { from, gather, part } => {
+                    self.answer_part(PartReply::Remote { from, gather }, part, replies);
+                }
+                Envelope::PartDone { gather, result } => self.merge_part(gather, result, replies),
+                Envelope::LoadRead { gather, result } => {
+                    self.loaded_from_disk(gather, result, replies)
+                }
+                Envelope::SaveSettled { gather, result } => {
+                    self.persist.commit_settled();
+                    if let Some(g) = self.gathers.get_mut(gather) {
+                        g.save_settled(result);
+                        self.finish_gather(gather, replies);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end of a turn's work: background expiry within its budget, a
+    /// step of any save or load, and counts that were waiting for expiry.
+    pub fn end_turn(&mut self, replies: &mut dyn Replies) {
+        self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
+        self.persistence_step(replies);
+        if !self.expiry_pending {
+            for reply in std::mem::take(&mut self.deferred_counts) {
+                self.answer_part(reply, Part::Counts, replies);
+            }
+        }
+    }
+
+    /// Whether work is waiting for the next turn (so the loop must not sleep).
+    pub fn has_work(&self) -> bool {
+        self.expiry_pending || self.persist.busy()
+    }
+
+    /// Whether the shard may exit: no save or load, and no commit in flight.
+    pub fn is_idle(&self) -> bool {
+        !self.persist.busy() && !self.persist.committing()
+    }
+
+    /// The next session deadline, for the event loop's sleep.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.store.next_expiry()
+    }
+
+    /// This turn's messages for other shards, one batch per shard.
+    pub fn take_outbox(&mut self) -> impl Iterator<Item = (ShardId, Vec<Envelope>)> + '_ {
+        self.outbox
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(shard, batch)| (shard, std::mem::take(batch)))
+    }
+
+    /// Stops: abandons a save in progress and hands back the sessions (for
+    /// a save on shutdown).
+    pub fn into_store(mut self) -> SessionStore {
+        self.persist.abort();
+        self.store
+    }
+
+    /// Runs a single-session command on `owner`'s shard: here, or by message.
+    fn route(&mut self, ticket: Ticket, tkn: Token, command: Command, replies: &mut dyn Replies) {
+        let owner = shard_of(tkn, self.config.shards);
+        if owner == self.config.id {
+            self.answer_here(ticket, replies, |router, out| {
+                router.run_owned(command, out)
+            });
+        } else {
+            self.outbox[owner].push(Envelope::Call {
+                from: self.config.id,
+                ticket,
+                command,
+            });
+        }
+    }
+
+    /// Runs a command whose session this shard owns.
+    fn run_owned(&mut self, command: Command, out: &mut Vec<u8>) {
+        let status = match command {
+            Command::Open { name } => {
+                exec::open_session(&mut self.store, &self.config.names, &name, self.now, out)
+            }
+            command => exec::run(&mut self.store, command, self.now, out),
+        };
+        if status == Status::SessionNotExist {
+            self.session_not_exist += 1;
+        }
+    }
+
+    /// `SH_NEW`: created here, unless its shared name is held by a session
+    /// on another shard, which must first settle that session's expiry (the
+    /// name may be free once it is applied).
+    fn new_session(&mut self, ticket: Ticket, new: NewSession, replies: &mut dyn Replies) {
+        let (id, shards) = (self.config.id, self.config.shards);
+        let holder = new
+            .name
+            .as_deref()
+            .filter(|_| new.shared)
+            .and_then(|name| self.config.names.lookup(name))
+            .filter(|&tkn| shard_of(tkn, shards) != id);
+        match holder {
+            Some(tkn) => {
+                let parts = vec![(shard_of(tkn, shards), Part::Settle(tkn))];
+                self.fan_out(ticket, GatherKind::NewShared(new), parts, replies);
+            }
+            None => self.answer_here(ticket, replies, |router, out| {
+                router.create_session(new, out)
+            }),
+        }
+    }
+
+    fn create_session(&mut self, new: NewSession, out: &mut Vec<u8>) {
+        let (id, shards) = (self.config.id, self.config.shards);
+        let rng = &mut self.rng;
+        // Draw until the token lands on this shard: the creator's later
+        // requests then never cross shards.
+        let mint = || loop {
+            let tkn = rng.next_u64();
+            if shard_of(tkn, shards) == id {
+                break tkn;
+            }
+        };
+        exec::new_session(
+            &mut self.store,
+            &self.config.names,
+            mint,
+            new,
+            self.now,
+            out,
+        );
+    }
+
+    fn fan_out_all(
+        &mut self,
+        ticket: Ticket,
+        kind: GatherKind,
+        part: fn() -> Part,
+        replies: &mut dyn Replies,
+    ) {
+        let parts = (0..self.config.shards).map(|s| (s, part())).collect();
+        self.fan_out(ticket, kind, parts, replies);
+    }
+
+    /// Sends each part to its shard (running ours directly) and gathers.
+    fn fan_out(
+        &mut self,
+        ticket: Ticket,
+        kind: GatherKind,
+        parts: Vec<(ShardId, Part)>,
+        replies: &mut dyn Replies,
+    ) {
+        let gather = self.gathers.insert(Gather::new(ticket, kind, parts.len()));
+        let mut local = Vec::new();
+        for (shard, part) in parts {
+            if shard == self.config.id {
+                local.push(part);
+            } else {
+                self.outbox[shard].push(Envelope::Part {
+                    from: self.config.id,
+                    gather,
+                    part,
+                });
+            }
+        }
+        for part in local {
+            self.answer_part(PartReply::Local { gather }, part, replies);
+        }
+        // No parts at all (e.g. SH_EXISTS with no valid token).
+        if self.gathers.get(gather).is_some_and(Gather::is_complete) {
+            self.finish_gather(gather, replies);
+        }
+    }
+
+    /// Runs a part here and sends its result where it belongs (or defers
+    /// a count until background expiry has caught up).
+    fn answer_part(&mut self, reply: PartReply, part: Part, replies: &mut dyn Replies) {
+        let result = match part {
+            Part::EndAll => PartResult::Ended(self.store.end_all(self.now)),
+            Part::Counts => match self.store.live_counts(self.now, EXPIRY_BUDGET) {
+                Some((sessions, keys)) => PartResult::Counts(ShardCounts {
+                    sessions,
+                    keys,
+                    connections: replies.connections(),
+                    memory_used: self.store.memory_used(),
+                    session_not_exist: self.session_not_exist,
+                }),
+                None => {
+                    self.deferred_counts.push(reply);
+                    self.expiry_pending = true;
+                    return;
+                }
+            },
+            Part::Exists(list) => PartResult::Exists(
+                list.into_iter()
+                    .filter(|&(_, tkn)| self.store.exists(tkn, self.now))
+                    .map(|(i, _)| i)
+                    .collect(),
+            ),
+            Part::Save { dir, only } => {
+                // Answered by the file writer when the file is on disk.
+                self.begin_shard_save(reply, &dir, only, replies);
+                return;
+            }
+            Part::Load(records) => {
+                // Answered once every record is added, a batch per turn.
+                self.persist.queue_load(reply, records);
+                return;
+            }
+            Part::Settle(tkn) => {
+                self.store.exists(tkn, self.now);
+                PartResult::Settled
+            }
+        };
+        self.send_part_result(reply, result, replies);
+    }
+
+    fn send_part_result(
+        &mut self,
+        reply: PartReply,
+        result: PartResult,
+        replies: &mut dyn Replies,
+    ) {
+        match reply {
+            PartReply::Local { gather } => self.merge_part(gather, result, replies),
+            PartReply::Remote { from, gather } => {
+                self.outbox[from].push(Envelope::PartDone { gather, result });
+            }
+        }
+    }
+
+    fn merge_part(&mut self, gather: usize, result: PartResult, replies: &mut dyn Replies) {
+        let Some(g) = self.gathers.get_mut(gather) else {
+            return;
+        };
+        g.merge(result);
+        if g.is_complete() {
+            self.finish_gather(gather, replies);
+        }
+    }
+
+    fn finish_gather(&mut self, gather: usize, replies: &mut dyn Replies) {
+        let mut g = self.gathers.remove(gather);
+        let ticket = g.ticket;
+        if let Some(new) = g.take_new_session() {
+            self.answer_here(ticket, replies, |router, out| {
+                router.create_session(new, out)
+            });
+            return;
+        }
+        if let Some(settlement) = g.take_save_settlement() {
+            // Back in the slab until the commit reports.
+            let gather = self.gathers.insert(g);
+            self.settle_save(gather, settlement, replies);
+            return;
+        }
+        let server = gather::ServerFacts {
+            shards: self.config.shards,
+            persist_enabled: self.config.persist.is_some(),
+            uptime_s: self.now / 1000,
+            max_memory: self.config.max_memory,
+        };
+        replies.answer_owned(ticket, g.encode(&server, self.now));
+    }
+
+    /// Builds a response here, in a buffer reused from one to the next,
+    /// and hands it to its connection.
+    fn answer_here(
+        &mut self,
+        ticket: Ticket,
+        replies: &mut dyn Replies,
+        build: impl FnOnce(&mut Self, &mut Vec<u8>),
+    ) {
+        let mut out = std::mem::take(&mut self.reply);
+        out.clear();
+        build(self, &mut out);
+        replies.answer(ticket, &out);
+        self.reply = out;
+    }
+
+    /// Answers `SH_SAVE` / `SH_LOAD` when persistence is off.
+    fn persistence_disabled(
+        &mut self,
+        ticket: Ticket,
+        command: CommandName,
+        replies: &mut dyn Replies,
+    ) {
+        let m = Some("persistence is disabled (start with --persist-path)");
+        self.answer_here(ticket, replies, |_, out| {
+            encode_status(out, command, Status::CommandDisabled, None, m)
+        });
+    }
+}

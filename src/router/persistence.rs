@@ -1,0 +1,347 @@
+//! A shard's side of `SH_SAVE` and `SH_LOAD`.
+//!
+//! Saving: the shard that got the request creates the version directory and
+//! fans out a part to every shard; each snapshots its store a chunk per turn
+//! (copy-on-write keeps it point-in-time) into a background file writer,
+//! whose completion comes back through the mesh; once every file is in,
+//! a helper thread commits the version (its fsyncs stay off the event
+//! loop) and the gatherer answers. Saves asked of a shard that is already
+//! saving wait their turn there. Loading: a reader thread reads and
+//! verifies the whole dataset off the event loop, then the records go to
+//! their owning shards, which add them a batch per turn.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use super::gather::{Gather, GatherKind, SaveSettlement};
+use super::{PartReply, Replies, Router};
+use crate::domain::Token;
+use crate::mesh::{Envelope, Part, PartResult, Ticket, shard_of};
+use crate::persist::{self, PersistError, SessionRecord, ShardFileWriter};
+use crate::protocol::answer;
+use crate::protocol::{CommandName, Status};
+
+/// Sessions a turn encodes for a save, or adds for a load: a couple of
+/// milliseconds of work, so requests never wait long behind either.
+pub(super) const PERSIST_BUDGET: usize = 2048;
+
+/// Saves and loads under way on one shard.
+#[derive(Default)]
+pub(super) struct PersistJobs {
+    /// This shard's file of a save in progress.
+    save: Option<ShardFileWriter>,
+    /// Saves asked of this shard while another ran: they start in turn.
+    save_queue: VecDeque<QueuedSave>,
+    /// Saved sessions waiting to be added, a batch per turn.
+    loading: VecDeque<LoadJob>,
+    /// Save versions being committed by helper threads.
+    commits_in_flight: usize,
+}
+
+struct QueuedSave {
+    reply: PartReply,
+    dir: PathBuf,
+    only: Option<Vec<Token>>,
+}
+
+/// Saved sessions being added to this shard.
+struct LoadJob {
+    reply: PartReply,
+    records: std::vec::IntoIter<SessionRecord>,
+    sessions: u64,
+    keys: u64,
+}
+
+impl PersistJobs {
+    /// Whether save or load work is waiting for the next turn.
+    pub(super) fn busy(&self) -> bool {
+        self.save.is_some() || !self.save_queue.is_empty() || !self.loading.is_empty()
+    }
+
+    /// Whether a version is being committed by a helper thread.
+    pub(super) fn committing(&self) -> bool {
+        self.commits_in_flight > 0
+    }
+
+    pub(super) fn commit_settled(&mut self) {
+        self.commits_in_flight = self.commits_in_flight.saturating_sub(1);
+    }
+
+    pub(super) fn queue_load(&mut self, reply: PartReply, records: Vec<SessionRecord>) {
+        self.loading.push_back(LoadJob {
+            reply,
+            records: records.into_iter(),
+            sessions: 0,
+            keys: 0,
+        });
+    }
+
+    /// Abandons a save in progress (the server is stopping).
+    pub(super) fn abort(&mut self) {
+        if let Some(writer) = self.save.take() {
+            writer.abort();
+        }
+    }
+}
+
+impl Router {
+    /// `SH_SAVE` arrived here: create the version, ask every shard for its file.
+    pub(super) fn start_save(
+        &mut self,
+        ticket: Ticket,
+        root: &Path,
+        name: Box<str>,
+        tkns: Option<Vec<Token>>,
+        replies: &mut dyn Replies,
+    ) {
+        let version = match persist::begin_version(root, &name) {
+            Ok(version) => version,
+            Err(e) => {
+                let why = e.to_string();
+                self.answer_here(ticket, replies, |_, out| {
+                    answer::persist_failed(
+                        out,
+                        CommandName::Save,
+                        Status::SaveDirWriteFail,
+                        &name,
+                        &why,
+                    )
+                });
+                return;
+            }
+        };
+        let dir = version.path.clone();
+        let shards = self.config.shards;
+        let mut only: Vec<Option<Vec<Token>>> = match &tkns {
+            None => vec![None; shards],
+            Some(_) => vec![Some(Vec::new()); shards],
+        };
+        for &tkn in tkns.iter().flatten() {
+            if let Some(Some(list)) = only.get_mut(shard_of(tkn, shards)) {
+                list.push(tkn);
+            }
+        }
+        let parts = only
+            .into_iter()
+            .enumerate()
+            .map(|(shard, only)| {
+                let dir = dir.clone();
+                (shard, Part::Save { dir, only })
+            })
+            .collect();
+        let kind = GatherKind::save(name, version, self.now);
+        self.fan_out(ticket, kind, parts, replies);
+    }
+
+    /// This shard's part of a save: start its snapshot and file. The result
+    /// is sent by the writer thread when the file is on disk.
+    pub(super) fn begin_shard_save(
+        &mut self,
+        reply: PartReply,
+        dir: &Path,
+        only: Option<Vec<Token>>,
+        replies: &mut dyn Replies,
+    ) {
+        if self.persist.save.is_some() {
+            // One snapshot at a time per shard; this one starts after it.
+            self.persist.save_queue.push_back(QueuedSave {
+                reply,
+                dir: dir.to_path_buf(),
+                only,
+            });
+            return;
+        }
+        let (target, gather) = match reply {
+            PartReply::Local { gather } => (self.config.id, gather),
+            PartReply::Remote { from, gather } => (from, gather),
+        };
+        if self
+            .store
+            .begin_snapshot(self.now, only.as_deref())
+            .is_err()
+        {
+            // Unreachable while saves queue above; refuse rather than panic.
+            let e = PersistError::invalid(dir, "this shard is already saving");
+            self.send_part_result(reply, PartResult::Saved(Err(e)), replies);
+            return;
+        }
+        let post = self.post.clone();
+        let on_done = Box::new(move |result| {
+            post.post(
+                target,
+                vec![Envelope::PartDone {
+                    gather,
+                    result: PartResult::Saved(result),
+                }],
+            );
+        });
+        match ShardFileWriter::start(dir, self.config.id, on_done) {
+            Ok(writer) => self.persist.save = Some(writer),
+            Err(e) => {
+                self.store.abort_snapshot();
+                self.send_part_result(reply, PartResult::Saved(Err(e)), replies);
+            }
+        }
+    }
+
+    /// Commits (or removes) a finished save's version on a helper thread:
+    /// its fsyncs must not hold up this shard's requests.
+    pub(super) fn settle_save(
+        &mut self,
+        gather: usize,
+        settlement: SaveSettlement,
+        replies: &mut dyn Replies,
+    ) {
+        let (post, me) = (self.post.clone(), self.config.id);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-commit".into())
+            .spawn(move || {
+                let result = settlement.run();
+                post.post(me, vec![Envelope::SaveSettled { gather, result }]);
+            });
+        match spawned {
+            Ok(_) => self.persist.commits_in_flight += 1,
+            Err(source) => {
+                // The version stays uncommitted: never loaded, so say so.
+                if let Some(g) = self.gathers.get_mut(gather) {
+                    g.save_settled(Err(PersistError::Thread {
+                        role: "snapshot commit",
+                        source,
+                    }));
+                }
+                self.finish_gather(gather, replies);
+            }
+        }
+    }
+
+    /// `SH_LOAD` arrived here: read the dataset on a reader thread.
+    pub(super) fn start_load(
+        &mut self,
+        ticket: Ticket,
+        root: &Path,
+        name: Box<str>,
+        replies: &mut dyn Replies,
+    ) {
+        let gather = self
+            .gathers
+            .insert(Gather::new(ticket, GatherKind::load(name.clone()), 1));
+        let (root, post, me) = (root.to_path_buf(), self.post.clone(), self.config.id);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-reader".into())
+            .spawn(move || {
+                let result = match persist::newest_complete(&root, &name) {
+                    Ok(Some(version)) => version.read_all(),
+                    Ok(None) => Err(PersistError::NoCompleteVersion {
+                        name: name.to_string(),
+                    }),
+                    Err(e) => Err(e),
+                };
+                post.post(me, vec![Envelope::LoadRead { gather, result }]);
+            });
+        if let Err(source) = spawned {
+            if let Some(g) = self.gathers.get_mut(gather) {
+                g.fail_load(PersistError::Thread {
+                    role: "snapshot reader",
+                    source,
+                });
+            }
+            self.finish_gather(gather, replies);
+        }
+    }
+
+    /// The dataset is read: send each shard its sessions.
+    pub(super) fn loaded_from_disk(
+        &mut self,
+        gather: usize,
+        result: Result<Vec<SessionRecord>, PersistError>,
+        replies: &mut dyn Replies,
+    ) {
+        let Some(g) = self.gathers.get_mut(gather) else {
+            return;
+        };
+        let records = match result {
+            Ok(records) => records,
+            Err(reason) => {
+                g.fail_load(reason);
+                self.finish_gather(gather, replies);
+                return;
+            }
+        };
+        let shards = self.config.shards;
+        let mut per_shard: Vec<Vec<SessionRecord>> = (0..shards).map(|_| Vec::new()).collect();
+        for record in records {
+            per_shard[shard_of(record.tkn, shards)].push(record);
+        }
+        // The read itself was the one part expected so far.
+        g.expect_parts(shards);
+        let read = PartResult::Loaded {
+            sessions: 0,
+            keys: 0,
+        };
+        self.merge_part(gather, read, replies);
+        for (shard, records) in per_shard.into_iter().enumerate() {
+            if shard == self.config.id {
+                self.answer_part(PartReply::Local { gather }, Part::Load(records), replies);
+            } else {
+                self.outbox[shard].push(Envelope::Part {
+                    from: self.config.id,
+                    gather,
+                    part: Part::Load(records),
+                });
+            }
+        }
+    }
+
+    /// One turn's share of save and load work.
+    pub(super) fn persistence_step(&mut self, replies: &mut dyn Replies) {
+        // A writer that failed has reported it; encoding more is waste.
+        if self
+            .persist
+            .save
+            .as_ref()
+            .is_some_and(ShardFileWriter::failed)
+        {
+            self.store.abort_snapshot();
+            self.persist.save = None;
+        }
+        if let Some(chunk) = self.store.snapshot_step(PERSIST_BUDGET) {
+            if let Some(writer) = &self.persist.save {
+                writer.write_chunk(chunk.bytes, chunk.records, chunk.keys);
+            }
+            if chunk.done
+                && let Some(writer) = self.persist.save.take()
+            {
+                writer.finish();
+            }
+        }
+        if self.persist.save.is_none()
+            && let Some(queued) = self.persist.save_queue.pop_front()
+        {
+            self.begin_shard_save(queued.reply, &queued.dir, queued.only, replies);
+        }
+        let mut budget = PERSIST_BUDGET;
+        while budget > 0 {
+            let Some(job) = self.persist.loading.front_mut() else {
+                break;
+            };
+            for record in job.records.by_ref().take(budget) {
+                budget -= 1;
+                if let Some(keys) = self.store.restore(record, self.now) {
+                    job.sessions += 1;
+                    job.keys += keys;
+                }
+            }
+            if job.records.len() > 0 {
+                break;
+            }
+            let Some(job) = self.persist.loading.pop_front() else {
+                break;
+            };
+            let result = PartResult::Loaded {
+                sessions: job.sessions,
+                keys: job.keys,
+            };
+            self.send_part_result(job.reply, result, replies);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! A shard's connections: the table they live in, which of them have input
+//! to read or output to flush this turn, and their timeouts. It knows
+//! nothing of commands: the router answers through [`Replies`], and the
+//! event loop reads messages off the connections it is handed.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token as PollToken};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::mesh::Ticket;
+use crate::net::connection::{Connection, Limits, Permit};
+use crate::router::Replies;
+
+/// A WebSocket handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Connections {
+    slab: Slab<Connection>,
+    /// The id the next connection gets: unique for the shard's lifetime,
+    /// so an answer for a closed connection never reaches its slot's reuse.
+    next_id: u64,
+    /// Connections that may have input left to read.
+    ready: Vec<usize>,
+    /// Connections touched this turn: to flush, or to drop when closed.
+    touched: Vec<usize>,
+    limits: Limits,
+}
+
+impl Replies for Connections {
+    fn answer(&mut self, ticket: Ticket, response: &[u8]) {
+        if let Some(conn) = self.live(ticket) {
+            conn.respond_slice(ticket.seq, response);
+            self.touched.push(ticket.conn);
+        }
+    }
+
+    fn answer_owned(&mut self, ticket: Ticket, response: Vec<u8>) {
+        if let Some(conn) = self.live(ticket) {
+            conn.respond(ticket.seq, response);
+            self.touched.push(ticket.conn);
+        }
+    }
+
+    fn connections(&self) -> u64 {
+        self.slab.len() as u64
+    }
+}
+
+impl Connections {
+    pub fn new(limits: Limits) -> Self {
+        Connections {
+            slab: Slab::new(),
+            next_id: 0,
+            ready: Vec::new(),
+            touched: Vec::new(),
+            limits,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// The connection a ticket was issued for, if it is still there.
+    fn live(&mut self, ticket: Ticket) -> Option<&mut Connection> {
+        self.slab
+            .get_mut(ticket.conn)
+            .filter(|conn| conn.id == ticket.conn_id)
+    }
+
+    /// Registers an accepted stream and queues it for its first read.
+    pub fn add(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        permit: Permit,
+    ) -> io::Result<()> {
+        let entry = self.slab.vacant_entry();
+        let slot = entry.key();
+        registry.register(
+            &mut stream,
+            PollToken(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let id = self.next_id;
+        self.next_id += 1;
+        entry.insert(Connection::new(id, stream, self.limits, permit));
+        self.ready.push(slot);
+        Ok(())
+    }
+
+    /// Notes what a poll event says of connection `slot`.
+    pub fn on_event(&mut self, slot: usize, readable: bool, writable: bool, peer_gone: bool) {
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return;
+        };
+        if peer_gone {
+            conn.peer_closed();
+        }
+        if readable || peer_gone {
+            conn.readable = true;
+            self.ready.push(slot);
+        }
+        if writable {
+            self.touched.push(slot);
+        }
+    }
+
+    /// The connections to read this turn (the list is handed over).
+    pub fn take_ready(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Connections to read again next turn (their budget ran out).
+    pub fn ready_again(&mut self, slots: impl IntoIterator<Item = usize>) {
+        self.ready.extend(slots);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Connection> {
+        self.slab.get_mut(slot)
+    }
+
+    /// Marks a connection to flush (or drop) at the end of the turn.
+    pub fn touch(&mut self, slot: usize) {
+        self.touched.push(slot);
+    }
+
+    /// One write per touched connection; drops the ones that closed.
+    pub fn finish_turn(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &slot in &touched {
+            let Some(conn) = self.slab.get_mut(slot) else {
+                continue;
+            };
+            if conn.needs_flush() {
+                conn.flush();
+            }
+            if conn.is_closed() {
+                self.slab.remove(slot);
+            } else if conn.readable && conn.wants_input() {
+                // Reading paused on in-flight answers resumes here.
+                self.ready.push(slot);
+            }
+        }
+        self.ready.sort_unstable();
+        self.ready.dedup();
+        touched.clear();
+        self.touched = touched;
+    }
+
+    /// Drops connections past a timeout (a handshake too slow, a client
+    /// not reading its answers), and lets closing ones notice their linger
+    /// time is over.
+    pub fn expire(&mut self, now: Instant) {
+        let stall_timeout = self.limits.output_stall_timeout;
+        let mut expired = Vec::new();
+        for (slot, conn) in self.slab.iter_mut() {
+            let stalled = conn.blocked_for().is_some_and(|d| d > stall_timeout);
+            let slow_handshake = conn.is_handshaking()
+                && now.saturating_duration_since(conn.accepted_at) > HANDSHAKE_TIMEOUT;
+            if stalled || slow_handshake {
+                expired.push(slot);
+            } else if !conn.is_open() {
+                // Closing: a read notices when the linger time is over.
+                conn.readable = true;
+                self.ready.push(slot);
+            }
+        }
+        for slot in expired {
+            self.slab.remove(slot);
+        }
+    }
+
+    /// Queues one last read of every connection (shutdown: answer what
+    /// was already sent).
+    pub fn read_all_once(&mut self) {
+        for (slot, conn) in self.slab.iter_mut() {
+            conn.readable = true;
+            self.ready.push(slot);
+        }
+    }
+
+    /// Shutdown: closes every open connection that has nothing in flight
+    /// (all of them once `overdue`), and keeps reading closing ones so they
+    /// see the peer's end. Returns whether none is left.
+    pub fn close_for_shutdown(&mut self, overdue: bool) -> bool {
+        for (slot, conn) in self.slab.iter_mut() {
+            if conn.is_open() && (conn.in_flight() == 0 || overdue) {
+                conn.close(CloseCode::Away, "server shutting down");
+                self.touched.push(slot);
+            }
+            self.ready.push(slot);
+        }
+        if overdue {
+            self.slab.clear();
+        }
+        self.finish_turn();
+        self.slab.is_empty()
+    }
+}
