@@ -186,7 +186,12 @@ impl LocalDispatcher {
                 router.end_turn(&mut self.answers);
                 busy |= router.has_work();
             }
-            if !moved && !busy {
+            // A turn's end may have answered a part for another shard.
+            let mail_left = self
+                .shards
+                .iter()
+                .any(|router| router.outbox.iter().any(|batch| !batch.is_empty()));
+            if !moved && !busy && !mail_left {
                 return;
             }
         }
@@ -246,6 +251,111 @@ mod tests {
             String::from_utf8(d.handle(b"{}", false))
                 .unwrap()
                 .contains(r#""st":2"#)
+        );
+    }
+
+    fn token_of(response: &str) -> u64 {
+        response
+            .split("\"tkn\":")
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|t| t.parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn two_shards_route_fan_out_and_gather() {
+        let mut d = LocalDispatcher::with_shards(11, 2);
+        // Requests enter shards 0 and 1 in turn; each SH_NEW mints a token
+        // its entry shard owns, so half the later requests cross.
+        let tkns: Vec<u64> = (0..8)
+            .map(|i| token_of(&call(&mut d, &format!(r#"{{"SH_NEW":{{"name":"s{i}"}}}}"#))))
+            .collect();
+        let owners: Vec<usize> = tkns.iter().map(|&t| crate::mesh::shard_of(t, 2)).collect();
+        assert_eq!(owners, [0, 1, 0, 1, 0, 1, 0, 1]);
+        for &tkn in &tkns {
+            for _ in 0..2 {
+                assert_eq!(
+                    call(
+                        &mut d,
+                        &format!(r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"k":[{tkn}]}}}}}}"#)
+                    ),
+                    format!(r#"{{"SH_SET_RSP":{{"st":1,"tkn":{tkn}}}}}"#)
+                );
+            }
+            assert_eq!(
+                call(
+                    &mut d,
+                    &format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["k"]}}}}"#)
+                ),
+                format!(r#"{{"SH_GET_RSP":{{"st":1,"tkn":{tkn},"keys":{{"k":[{tkn}]}}}}}}"#)
+            );
+        }
+        assert_eq!(
+            call(&mut d, r#"{"SH_INFO_ALL":{}}"#),
+            r#"{"SH_INFO_ALL_RSP":{"st":1,"totalSessions":8,"totalKeys":8}}"#
+        );
+        let exists = format!(r#"{{"SH_EXISTS":{{"tkns":[{},5,{}]}}}}"#, tkns[1], tkns[0]);
+        assert_eq!(
+            call(&mut d, &exists),
+            format!(
+                r#"{{"SH_EXISTS_RSP":{{"st":1,"exist":[{},{}]}}}}"#,
+                tkns[1], tkns[0]
+            )
+        );
+        let info = call(&mut d, r#"{"SV_INFO":{}}"#);
+        assert!(
+            info.contains(r#""shards":2,"sessions":8,"keys":8,"connections":1"#),
+            "{info}"
+        );
+        assert_eq!(
+            call(&mut d, r#"{"SH_END_ALL":{}}"#),
+            r#"{"SH_END_ALL_RSP":{"st":1,"cnt":8}}"#
+        );
+        assert_eq!(d.totals(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_shared_name_held_on_another_shard_is_freed_by_its_expiry() {
+        let mut d = LocalDispatcher::with_shards(5, 2);
+        let first = call(
+            &mut d,
+            r#"{"SH_NEW":{"name":"cart","shared":true,"expiry":{"duration":1,"deleteSession":true}}}"#,
+        );
+        let holder = token_of(&first);
+        // The next request enters the other shard: the name is taken there.
+        assert!(
+            call(&mut d, r#"{"SH_NEW":{"name":"cart","shared":true}}"#).contains(r#""st":103"#)
+        );
+        assert_eq!(
+            call(&mut d, r#"{"SH_OPEN":{"name":"cart"}}"#),
+            format!(r#"{{"SH_OPEN_RSP":{{"st":1,"tkn":{holder},"name":"cart"}}}}"#)
+        );
+        // Past the deadline, with no background pass in between: the other
+        // shard asks the holder's shard to settle it, then claims the name.
+        d.now += 1000;
+        let second = call(&mut d, r#"{"SH_NEW":{"name":"cart","shared":true}}"#);
+        assert!(second.contains(r#""st":1"#), "{second}");
+        assert_ne!(token_of(&second), holder);
+        assert_eq!(d.totals().0, 1);
+    }
+
+    #[test]
+    fn counts_wait_for_background_expiry_on_every_shard() {
+        let mut d = LocalDispatcher::with_shards(3, 2);
+        for _ in 0..10_000 {
+            call(
+                &mut d,
+                r#"{"SH_NEW":{"expiry":{"duration":2,"deleteSession":true}}}"#,
+            );
+        }
+        call(&mut d, r#"{"SH_NEW":{}}"#);
+        // 10,000 due at once is more than one turn's expiry budget: the
+        // count is answered only once none of them is left to settle.
+        d.now += 2000;
+        assert_eq!(
+            call(&mut d, r#"{"SH_INFO_ALL":{}}"#),
+            r#"{"SH_INFO_ALL_RSP":{"st":1,"totalSessions":1,"totalKeys":0}}"#
         );
     }
 }
