@@ -4,15 +4,29 @@
 //! # Layout
 //! - [`config`]: flags + JSONC file -> validated [`config::Config`].
 //! - [`server`]: binds, builds the mesh, spawns and pins shard threads, stops them.
-//! - [`shard`]: one thread's event loop: its connections, its sessions, its inbox; also
-//!   [`shard::LocalDispatcher`], requests run as one shard runs them (fuzzing, property tests).
+//! - [`shard`]: one thread's event loop: poll, accept, read, flush, timeouts, shutdown;
+//!   it reads the clock once per turn and hands requests to its router.
+//! - [`router`]: what a shard does with a request: decode, run here, forward to the
+//!   owning shard, or fan out and gather; saves and loads. [`router::LocalDispatcher`]
+//!   runs the same code for N shards in one thread (fuzzing, property tests).
 //! - [`mesh`]: per-shard mailboxes and the messages shards exchange; token -> shard.
-//! - [`net`]: listeners (SO_REUSEPORT), the WebSocket handshake, the connection state machine.
-//! - [`persist`]: snapshot files and dataset versions (format, writer, loader).
-//! - [`protocol`]: the wire format only: request decoding, response encoding, statuses.
+//! - [`net`]: listeners (SO_REUSEPORT), the WebSocket handshake and framing, the
+//!   connection state machine.
+//! - [`protocol`]: the wire format only: the command table, request decoding, every
+//!   response body, statuses.
+//! - [`domain`]: what a session is made of (token, keys, expiry settings), shared by
+//!   the wire format, the store and the snapshot files.
+//! - [`store`]: one shard's sessions and keys: lazy and background expiry, snapshots,
+//!   memory accounting.
 //! - [`expiry`]: the per-shard hashed timing wheel (no clock reads inside).
-//! - [`store`]: one shard's sessions and keys: lazy and background expiry, snapshots, memory accounting.
+//! - [`persist`]: snapshot files and dataset versions (format, writer, loader).
 //! - [`shared_names`]: the server-wide map of shared session names.
+//!
+//! A request's path: `shard` reads a WebSocket message off a connection ->
+//! `router` decodes it (`protocol::request`) into a `Command` -> runs it on the
+//! owning shard's `store` (here, or there by a `mesh` message) -> the answer is
+//! encoded by `protocol::answer` -> back on the asking shard, the connection
+//! writes it in request order and the turn ends with one flush.
 
 pub mod config;
 pub mod domain;
