@@ -1,13 +1,11 @@
 //! Limits through the real binary: connection limit, many connections,
 //! backpressure on clients that do not read, and the memory limit.
 
-mod support;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::support::{Client, Server, body, raw, read_to_close, st};
 use simd_json::prelude::*;
-use support::{Client, Server, raw, read_to_close, st};
 use tungstenite::Message;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -101,7 +99,7 @@ fn a_client_that_never_reads_cannot_grow_server_memory() {
     // When the client reads again it gets every answer, in order.
     for _ in 0..2000 {
         let r = greedy.recv_json();
-        let body = support::body(&r, "SH_GET_RSP");
+        let body = body(&r, "SH_GET_RSP");
         assert_eq!(body["keys"]["v"].as_str().map(str::len), Some(value.len()));
     }
 }

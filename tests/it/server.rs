@@ -1,15 +1,13 @@
 //! Integration tests: the real binary on a free loopback port, spoken to over
 //! WebSocket. Run with two shards unless a test is about shard counts.
 
-mod support;
-
 use std::io::Read;
 use std::time::Duration;
 
+use crate::support::{Client, Server, body, raw, read_to_close, st, write_all};
 use nemesisdb::mesh::shard_of;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
-use support::{Client, Server, body, raw, read_to_close, st, write_all};
 use tungstenite::Message;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};

@@ -3,13 +3,11 @@
 //! few seconds; sleeps only ever make a check later, and every check leaves
 //! at least 0.5 s of slack on the side a slow machine could push it.
 
-mod support;
-
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::support::{Client, Server, st};
 use simd_json::prelude::*;
-use support::{Client, Server, st};
 
 fn at(start: Instant, seconds: f64) {
     let target = start + Duration::from_secs_f64(seconds);

@@ -2,8 +2,6 @@
 //! talk to it over WebSocket. Every socket has a timeout, so a server that
 //! stops answering fails the test instead of hanging it.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -21,7 +19,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Lines the server printed on stderr, collected in the background.
+    /// Lines the server printed on stderr, collected in the background (so
+    /// the pipe never fills); shown when a test fails with the server up.
     pub stderr: mpsc::Receiver<String>,
 }
 
@@ -66,10 +65,6 @@ impl Server {
         }
     }
 
-    pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
@@ -101,6 +96,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for line in self.stderr.try_iter() {
+                eprintln!("server stderr: {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -2,14 +2,12 @@
 //! saves, restarts on other shard counts, corrupt files, and a SIGKILL in
 //! the middle of a large save.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::support::{Client, Server, body, st};
 use nemesisdb::mesh::shard_of;
 use simd_json::prelude::*;
-use support::{Client, Server, st};
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -285,11 +283,7 @@ fn sigkill_during_a_large_save_leaves_the_previous_version_loadable() {
         }
         c.flush();
         let tokens: Vec<u64> = (0..batch)
-            .map(|_| {
-                support::body(&c.recv_json(), "SH_NEW_RSP")["tkn"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(|_| body(&c.recv_json(), "SH_NEW_RSP")["tkn"].as_u64().unwrap())
             .collect();
         for tkn in tokens {
             c.queue_text(format!(
@@ -356,7 +350,7 @@ fn saves_started_together_on_different_shards_both_complete() {
             c.send_text(&format!(r#"{{"SH_SAVE":{{"name":"s{i}-{round}"}}}}"#));
         }
         for c in &mut clients {
-            let r = support::body(&c.recv_json(), "SH_SAVE_RSP");
+            let r = body(&c.recv_json(), "SH_SAVE_RSP");
             assert_eq!(st(&r), 121, "round {round}: {r}");
         }
     }
