@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nemesisdb::mesh::shard_of;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 use tungstenite::protocol::WebSocket;
@@ -172,6 +173,26 @@ impl Client {
         assert_eq!(st(&r), 1, "SH_NEW failed: {r}");
         r["tkn"].as_u64().expect("tkn")
     }
+}
+
+/// Opens connections until one is served by each shard; returns them with
+/// a session each created on that shard.
+pub fn one_client_per_shard(server: &Server, shards: usize) -> Vec<(Client, u64)> {
+    let mut found: Vec<Option<(Client, u64)>> = (0..shards).map(|_| None).collect();
+    for _ in 0..200 {
+        let mut c = server.client();
+        let tkn = c.new_session("{}");
+        let shard = shard_of(tkn, shards);
+        if found[shard].is_none() {
+            found[shard] = Some((c, tkn));
+        } else {
+            c.call(&format!(r#"{{"SH_END":{{"tkn":{tkn}}}}}"#));
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("the kernel never spread connections over every shard");
 }
 
 /// The body of a one-member response object named `name`.
