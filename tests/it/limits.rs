@@ -178,7 +178,7 @@ fn a_client_stuck_over_the_output_limit_is_disconnected() {
         "--max-output-buffer",
         "65536",
         "--output-stall-timeout",
-        "2",
+        "1",
     ]);
     let mut setup = server.client();
     let tkn = setup.new_session("{}");
@@ -192,7 +192,17 @@ fn a_client_stuck_over_the_output_limit_is_disconnected() {
         greedy.ws.write(Message::text(get.clone())).unwrap();
     }
     greedy.flush();
-    std::thread::sleep(Duration::from_secs(5));
+    // Wait for the cut (about a second) without reading: reading would
+    // unstall it. The server's connection count shows when it happens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = setup.call(r#"{"SV_INFO":{}}"#);
+        if r["connections"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a stuck client was kept: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // It reads what was sent before the cut, then the connection ends.
     let mut answered = 0;
     while let Ok(message) = greedy.ws.read() {
