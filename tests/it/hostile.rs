@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::support::{Client, Server, body, raw, read_to_close, st};
+use crate::support::{Client, Server, TempDir, body, raw, read_to_close, st};
 use nemesisdb::mesh::shard_of;
 use nemesisdb_oracle as oracle;
 use simd_json::prelude::*;
@@ -539,27 +539,6 @@ fn protocol_violations_close_only_their_connection() {
     assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
 }
 
-/// A directory of its own under the system temp dir, removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("nemesisdb-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn entries(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
@@ -575,8 +554,8 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
 /// exist leaves them as they are).
 #[test]
 fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
-    let scratch = Scratch::new("hostile-persist");
-    let data = scratch.0.join("data");
+    let scratch = TempDir::new("hostile-persist");
+    let data = scratch.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let data_arg = data.to_str().expect("UTF-8 temp path");
     let server = Server::start(&["--shards", "2", "--persist-path", data_arg]);
@@ -630,7 +609,7 @@ fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
     let r = c.call(r#"{"SH_LOAD":{"name":"ok_1.2-3"}}"#);
     assert_eq!(st(&r), 141, "{r}");
     assert_eq!(
-        entries(&scratch.0),
+        entries(scratch.path()),
         ["data"],
         "nothing written beside the persist path"
     );
