@@ -366,12 +366,20 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         CommandName::Keys => Ok(Command::Keys { tkn: p.token()? }),
         CommandName::Clear => Ok(Command::Clear { tkn: p.token()? }),
         CommandName::ServerInfo => Ok(Command::ServerInfo),
-        CommandName::Touch => Ok(Command::Touch {
-            tkn: p.token()?,
-            slide: p
-                .optional_bool("slide", "slide must be a boolean")?
-                .unwrap_or(true),
-        }),
+        CommandName::Touch => {
+            let tkn = p.token()?;
+            let slide = match p.params.get("slide") {
+                None => true,
+                Some(value) => bool_of(value).ok_or_else(|| {
+                    p.reject(
+                        Status::ValueTypeInvalid,
+                        "slide must be a boolean",
+                        Some(tkn),
+                    )
+                })?,
+            };
+            Ok(Command::Touch { tkn, slide })
+        }
         CommandName::OwnerSessions => Ok(Command::OwnerSessions { owner: p.owner()? }),
         CommandName::OwnerEnd => {
             let owner = p.owner()?;

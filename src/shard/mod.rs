@@ -12,7 +12,7 @@
 mod connections;
 mod shutdown;
 
-pub use crate::router::{LocalDispatcher, Restored};
+pub use crate::router::Restored;
 
 use std::io;
 use std::path::PathBuf;

@@ -12,7 +12,7 @@
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use nemesisdb::shard::LocalDispatcher;
+use nemesisdb::router::LocalDispatcher;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
@@ -40,7 +40,7 @@ struct ManualClock {
 impl ManualClock {
     fn new() -> Self {
         ManualClock {
-            dispatcher: LocalDispatcher::new(7),
+            dispatcher: LocalDispatcher::with_shards(7, 2),
             now: 0,
         }
     }

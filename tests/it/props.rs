@@ -11,7 +11,7 @@
 //! sessions exactly as they were; values set come back as the same JSON;
 //! and once every session is ended the accounting is back at zero.
 
-use nemesisdb::shard::LocalDispatcher;
+use nemesisdb::router::LocalDispatcher;
 use nemesisdb_oracle::{COMMANDS, Harness, LITERALS, NAMES, SLOTS, STRING_PIECES, VALID};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -348,6 +348,15 @@ fn every_literal_in_every_slot() {
 
 #[test]
 fn every_command_name_is_covered() {
+    // The oracle's own list and the server's command table agree.
+    let mut ours: Vec<&str> = COMMANDS.to_vec();
+    let mut server: Vec<&str> = nemesisdb::protocol::CommandName::ALL
+        .iter()
+        .map(|c| c.wire())
+        .collect();
+    ours.sort_unstable();
+    server.sort_unstable();
+    assert_eq!(ours, server);
     for command in COMMANDS {
         assert!(
             VALID
