@@ -28,7 +28,7 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::mesh::{Address, Envelope, Inbox, Part, PartResult, ShardId, Ticket, shard_of};
-use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
+use crate::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome, Timeouts};
 use crate::persist::{SessionRecord, ShardFileWriter};
 use crate::protocol::request::{reject_binary, reject_not_utf8};
 use crate::protocol::{
@@ -46,8 +46,6 @@ const WAKER: PollToken = PollToken(usize::MAX - 2);
 
 /// Messages read from one connection per turn before others get a go.
 const READ_BUDGET: usize = 256;
-/// A WebSocket handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a shutdown waits for clients to take their last responses.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
@@ -276,6 +274,12 @@ impl Shard {
         self.ctx.started.elapsed().as_millis() as Millis
     }
 
+    /// The turn's clock as an `Instant`, for connections (they never read
+    /// the clock themselves).
+    fn instant(&self) -> Instant {
+        self.ctx.started + Duration::from_millis(self.now)
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.ready.is_empty() || self.expiry_pending || self.persistence_busy() {
             return Some(Duration::ZERO);
@@ -298,6 +302,7 @@ impl Shard {
 
     fn accept(&mut self) {
         self.accept_again = false;
+        let now = self.instant();
         let Some(listener) = &self.listener else {
             return;
         };
@@ -336,12 +341,13 @@ impl Shard {
             }
             let id = self.next_conn_id;
             self.next_conn_id += 1;
-            entry.insert(Connection::new(id, stream, self.ctx.limits, permit));
+            entry.insert(Connection::new(id, stream, self.ctx.limits, permit, now));
             self.ready.push(slot);
         }
     }
 
     fn read_connections(&mut self) {
+        let now = self.instant();
         let ready = std::mem::take(&mut self.ready);
         let mut still_ready = Vec::new();
         for slot in ready {
@@ -368,7 +374,7 @@ impl Shard {
                     // Resumed by finish_turn once answers drain.
                     break;
                 }
-                match conn.read() {
+                match conn.read(now) {
                     ReadOutcome::Message(incoming) => {
                         budget -= 1;
                         self.handle_message(slot, incoming);
@@ -676,10 +682,11 @@ impl Shard {
         let mut out = std::mem::take(&mut self.reply);
         out.clear();
         build(self, &mut out);
+        let now = self.instant();
         if let Some(conn) = self.conns.get_mut(ticket.conn)
             && conn.id == ticket.conn_id
         {
-            conn.respond_slice(ticket.seq, &out);
+            conn.respond_slice(ticket.seq, &out, now);
             self.touched.push(ticket.conn);
         }
         self.reply = out;
@@ -687,10 +694,11 @@ impl Shard {
 
     /// Hands a response to its connection, which writes it in order.
     fn deliver(&mut self, ticket: Ticket, response: Vec<u8>) {
+        let now = self.instant();
         if let Some(conn) = self.conns.get_mut(ticket.conn)
             && conn.id == ticket.conn_id
         {
-            conn.respond(ticket.seq, response);
+            conn.respond(ticket.seq, response, now);
             self.touched.push(ticket.conn);
         }
     }
@@ -708,6 +716,7 @@ impl Shard {
 
     /// One write per touched connection; drops the ones that closed.
     fn finish_turn(&mut self) {
+        let now = self.instant();
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
@@ -716,7 +725,7 @@ impl Shard {
                 continue;
             };
             if conn.needs_flush() {
-                conn.flush();
+                conn.flush(now);
             }
             if conn.is_closed() {
                 self.conns.remove(slot);
@@ -748,11 +757,12 @@ impl Shard {
     }
 
     fn housekeeping(&mut self) {
+        let now = self.instant();
         if let Phase::Stopping { since } = self.phase {
             let overdue = since.elapsed() > SHUTDOWN_GRACE;
             for (slot, conn) in self.conns.iter_mut() {
                 if conn.is_open() && (conn.in_flight() == 0 || overdue) {
-                    conn.close(CloseCode::Away, "server shutting down");
+                    conn.close(CloseCode::Away, "server shutting down", now);
                     self.touched.push(slot);
                 }
                 // Closing connections need reads to see the peer's EOF.
@@ -778,12 +788,10 @@ impl Shard {
         if self.accept_again {
             self.accept();
         }
+        let timeouts = Timeouts::from_limits(&self.ctx.limits);
         let mut expired = Vec::new();
         for (slot, conn) in self.conns.iter_mut() {
-            let stalled = conn
-                .blocked_for()
-                .is_some_and(|d| d > self.ctx.limits.output_stall_timeout);
-            if stalled || conn.is_handshaking() && conn.accepted_at.elapsed() > HANDSHAKE_TIMEOUT {
+            if conn.expired(now, &timeouts).is_some() {
                 expired.push(slot);
             } else if !conn.is_open() {
                 // Closing: a read notices when the linger time is over.
