@@ -592,3 +592,173 @@ impl<T: Transport> Connection<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::memory::MemoryTransport;
+    use crate::net::websocket::tests::masked;
+    use proptest::prelude::*;
+
+    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const SECOND: Duration = Duration::from_secs(1);
+    const MILLI: Duration = Duration::from_millis(1);
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            handshake: 10 * SECOND,
+            output_stall: 30 * SECOND,
+        }
+    }
+
+    /// A connection over `transport`, accepted at `now`, with a 64-byte
+    /// output limit.
+    fn connection(transport: &MemoryTransport, now: Instant) -> Connection<MemoryTransport> {
+        let limits = Limits {
+            max_payload: 1 << 17,
+            max_output_buffer: 64,
+            output_stall_timeout: timeouts().output_stall,
+        };
+        let count = Arc::new(AtomicUsize::new(0));
+        let permit = Permit::acquire(&count, 1).unwrap();
+        Connection::over(transport.clone(), 7, limits, permit, now)
+    }
+
+    fn upgraded(now: Instant) -> (Connection<MemoryTransport>, MemoryTransport) {
+        let transport = MemoryTransport::new(UPGRADE, &[]);
+        let mut conn = connection(&transport, now);
+        assert!(matches!(conn.read(now), ReadOutcome::WouldBlock));
+        assert!(conn.is_open());
+        (conn, transport)
+    }
+
+    #[test]
+    fn a_handshake_not_finished_in_time_expires() {
+        let base = Instant::now();
+        let transport = MemoryTransport::new(&UPGRADE[..20], &[]);
+        let mut conn = connection(&transport, base);
+        assert!(matches!(conn.read(base + SECOND), ReadOutcome::WouldBlock));
+        assert_eq!(conn.expired(base + 10 * SECOND, &timeouts()), None);
+        assert_eq!(
+            conn.expired(base + 10 * SECOND + MILLI, &timeouts()),
+            Some(Expired::Handshake)
+        );
+        // Finished in time, it never expires for the handshake.
+        transport.send(&UPGRADE[20..]);
+        assert!(matches!(
+            conn.read(base + 9 * SECOND),
+            ReadOutcome::WouldBlock
+        ));
+        assert!(conn.is_open());
+        assert_eq!(conn.expired(base + 3600 * SECOND, &timeouts()), None);
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_expires_after_the_output_stall_timeout() {
+        let base = Instant::now();
+        let (mut conn, transport) = upgraded(base);
+        transport.send(&masked(0x1, true, b"{}"));
+        transport.set_write_room(Some(0));
+        let t1 = base + 5 * SECOND;
+        assert!(matches!(
+            conn.read(t1),
+            ReadOutcome::Message(Incoming::Text)
+        ));
+        let seq = conn.next_request();
+        conn.respond(seq, vec![b'x'; 100], t1);
+        conn.flush(t1);
+        assert!(!conn.wants_input(), "over the output limit");
+        assert_eq!(conn.expired(t1 + 30 * SECOND, &timeouts()), None);
+        assert_eq!(
+            conn.expired(t1 + 30 * SECOND + MILLI, &timeouts()),
+            Some(Expired::OutputStall)
+        );
+        // The client reads again before anyone asked: the stall is over.
+        transport.set_write_room(None);
+        conn.flush(t1 + 10 * SECOND);
+        assert!(conn.wants_input());
+        assert_eq!(conn.expired(t1 + 60 * SECOND, &timeouts()), None);
+    }
+
+    #[test]
+    fn a_closing_connection_lingers_for_the_peer_then_ends() {
+        let base = Instant::now();
+        let (mut conn, transport) = upgraded(base);
+        let t1 = base + SECOND;
+        conn.close(CloseCode::Away, "bye", t1);
+        conn.flush(t1);
+        assert!(transport.output().ends_with(b"\x88\x05\x03\xe9bye"));
+        assert!(transport.write_shut(), "half-closed after the close frame");
+        // The peer sends nothing and does not close: we wait, then end.
+        assert!(matches!(
+            conn.read(t1 + CLOSE_LINGER),
+            ReadOutcome::WouldBlock
+        ));
+        assert!(!conn.is_closed());
+        assert!(matches!(
+            conn.read(t1 + CLOSE_LINGER + MILLI),
+            ReadOutcome::Closed
+        ));
+        assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn a_peer_that_ends_its_stream_while_we_close_ends_it_at_once() {
+        let base = Instant::now();
+        let (mut conn, transport) = upgraded(base);
+        conn.close(CloseCode::Normal, "", base);
+        conn.flush(base);
+        transport.end_input();
+        assert!(matches!(conn.read(base), ReadOutcome::Closed));
+    }
+
+    /// What a connection fed `bytes` in `chunks` hands out (each message
+    /// answered with its own bytes reversed), and everything it writes.
+    fn serve(bytes: &[u8], chunks: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let now = Instant::now();
+        let transport = MemoryTransport::new(bytes, chunks);
+        let mut conn = connection(&transport, now);
+        let mut messages = Vec::new();
+        loop {
+            match conn.read(now) {
+                ReadOutcome::Message(_) => {
+                    let message = conn.message().to_vec();
+                    let seq = conn.next_request();
+                    conn.respond(seq, message.iter().rev().copied().collect(), now);
+                    messages.push(message);
+                }
+                ReadOutcome::Busy => {}
+                ReadOutcome::WouldBlock if transport.input_read() => break,
+                ReadOutcome::WouldBlock => {}
+                ReadOutcome::Closed => break,
+            }
+            conn.flush(now);
+        }
+        conn.flush(now);
+        (messages, transport.output())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The upgrade request split anywhere, or read in any chunks, gets
+        /// the same 101, and the frames after it the same answers.
+        #[test]
+        fn the_handshake_split_anywhere_changes_nothing(
+            cut in 0..UPGRADE.len() + 8,
+            chunks in prop::collection::vec(1usize..200, 1..6),
+        ) {
+            let mut bytes = UPGRADE.to_vec();
+            bytes.extend(masked(0x1, true, b"{\"a\":1}"));
+            bytes.extend(masked(0x9, true, b"hi"));
+            bytes.extend(masked(0x1, true, b""));
+            let whole = serve(&bytes, &[]);
+            prop_assert!(whole.1.starts_with(b"HTTP/1.1 101 "));
+            prop_assert_eq!(whole.0.len(), 2);
+            let split = serve(&bytes, &[cut.max(1), bytes.len()]);
+            prop_assert_eq!(&split, &whole);
+            let chunked = serve(&bytes, &chunks);
+            prop_assert_eq!(&chunked, &whole);
+        }
+    }
+}

@@ -72,6 +72,11 @@ impl MemoryTransport {
         pipe.read == pipe.input.len()
     }
 
+    /// How many of the client's bytes the server has read.
+    pub fn bytes_read(&self) -> usize {
+        self.0.borrow().read
+    }
+
     /// Limits what the server may write from now on to `bytes` more (a
     /// client that reads slowly, or with 0 not at all); None lifts it.
     pub fn set_write_room(&self, bytes: Option<usize>) {

@@ -444,10 +444,13 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::net::memory::MemoryTransport;
+    use proptest::prelude::*;
 
-    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    /// One client frame, masked (RFC 6455 §5.2, §5.3).
+    pub(crate) fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mask = [0xa1, 0x07, 0x5c, 0xee];
         let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
         match payload.len() {
@@ -651,5 +654,140 @@ mod tests {
         assert_eq!(ws.unsent(), queued);
         assert_eq!(&ws.output[..8], b"\x81\x06answer");
         assert_eq!(&ws.output[8..], b"\x88\x09\x03\xf1too big");
+    }
+
+    /// One message of a generated client stream.
+    #[derive(Clone, Debug)]
+    enum Sent {
+        /// Text in fragments (one fragment: a single frame); `control`
+        /// goes after each fragment but the last (ping or pong).
+        Text {
+            payload: Vec<u8>,
+            cuts: Vec<usize>,
+            control: Option<(u8, Vec<u8>)>,
+        },
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+    }
+
+    impl Sent {
+        fn frames(&self, into: &mut Vec<u8>) {
+            match self {
+                Sent::Text {
+                    payload,
+                    cuts,
+                    control,
+                } => {
+                    let mut bounds: Vec<usize> =
+                        cuts.iter().map(|c| c % (payload.len() + 1)).collect();
+                    bounds.sort_unstable();
+                    bounds.push(payload.len());
+                    let mut start = 0;
+                    for (i, &end) in bounds.iter().enumerate() {
+                        let last = i + 1 == bounds.len();
+                        let opcode = if i == 0 { 0x1 } else { 0x0 };
+                        into.extend(masked(opcode, last, &payload[start..end]));
+                        if let (false, Some((op, body))) = (last, control) {
+                            into.extend(masked(*op, true, body));
+                        }
+                        start = end;
+                    }
+                }
+                Sent::Binary(payload) => into.extend(masked(0x2, true, payload)),
+                Sent::Ping(body) => into.extend(masked(0x9, true, body)),
+                Sent::Pong(body) => into.extend(masked(0xA, true, body)),
+            }
+        }
+
+        /// What the server reports for it, if anything.
+        fn expected(&self) -> Option<(Event, Vec<u8>)> {
+            match self {
+                Sent::Text { payload, .. } => Some((Event::Text, payload.clone())),
+                Sent::Binary(_) => Some((Event::Binary, Vec::new())),
+                Sent::Ping(_) | Sent::Pong(_) => None,
+            }
+        }
+    }
+
+    /// Payload lengths around the frame-length encodings' edges, and small ones.
+    fn length() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            2 => 0usize..40,
+            1 => prop::sample::select(vec![0usize, 1, 125, 126, 127, 65535, 65536]),
+        ]
+    }
+
+    fn bytes(len: impl Strategy<Value = usize>) -> impl Strategy<Value = Vec<u8>> {
+        (len, any::<u8>()).prop_map(|(len, seed)| {
+            (0..len)
+                .map(|i| b'a' + (seed as usize + i) as u8 % 26)
+                .collect()
+        })
+    }
+
+    fn control() -> impl Strategy<Value = (u8, Vec<u8>)> {
+        (prop::sample::select(vec![0x9u8, 0xA]), bytes(0usize..=125))
+    }
+
+    fn sent() -> impl Strategy<Value = Sent> {
+        prop_oneof![
+            4 => (bytes(length()), prop::collection::vec(any::<usize>(), 0..4), prop::option::of(control()))
+                .prop_map(|(payload, cuts, control)| Sent::Text { payload, cuts, control }),
+            1 => bytes(length()).prop_map(Sent::Binary),
+            1 => bytes(0usize..=125).prop_map(Sent::Ping),
+            1 => bytes(0usize..=125).prop_map(Sent::Pong),
+        ]
+    }
+
+    /// Read chunk sizes: single bytes, small, or large.
+    fn chunks() -> impl Strategy<Value = Vec<usize>> {
+        prop_oneof![
+            Just(vec![1]),
+            prop::collection::vec(1usize..64, 1..8),
+            prop::collection::vec(1usize..9000, 1..4),
+        ]
+    }
+
+    /// Everything the server reports for `bytes` read in `chunks`, with the
+    /// message bytes of each text, and what it wrote back.
+    fn run(bytes: &[u8], chunks: &[usize]) -> (Vec<(Event, Vec<u8>)>, Vec<u8>) {
+        let transport = MemoryTransport::new(bytes, chunks);
+        let mut ws = WebSocket::new(transport.clone(), &[], 1 << 17, 1 << 20);
+        let mut events = Vec::new();
+        loop {
+            match ws.read() {
+                Event::Busy => {}
+                Event::WouldBlock if transport.input_read() => break,
+                Event::WouldBlock => {}
+                Event::Text => events.push((Event::Text, ws.message().to_vec())),
+                other => events.push((other, Vec::new())),
+            }
+        }
+        assert_eq!(ws.flush().unwrap(), Flushed::All);
+        (events, transport.output())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// However the stream is cut into reads, the same messages come out
+        /// in the same order, and the same pongs go back.
+        #[test]
+        fn read_boundaries_change_nothing(
+            stream in prop::collection::vec(sent(), 1..6),
+            chunks in chunks(),
+        ) {
+            let mut bytes = Vec::new();
+            for message in &stream {
+                message.frames(&mut bytes);
+            }
+            let expected: Vec<_> = stream.iter().filter_map(Sent::expected).collect();
+            let whole = run(&bytes, &[]);
+            prop_assert_eq!(&whole.0, &expected);
+            let cut = run(&bytes, &chunks);
+            prop_assert_eq!(&cut.0, &whole.0);
+            prop_assert_eq!(&cut.1, &whole.1);
+        }
     }
 }
