@@ -28,7 +28,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use nemesisdb::config::DEFAULT_MAX_PAYLOAD;
 use nemesisdb::net::socket::Socket;
-use nemesisdb::net::websocket::{Event, WebSocket};
+use nemesisdb::net::websocket::{Event, Flushed, WebSocket};
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -102,7 +102,11 @@ impl Turn for Own {
             }
         }
         let sent = ws.flush().expect("flush");
-        assert!(sent, "a batch of answers fits the socket buffer");
+        assert_eq!(
+            sent,
+            Flushed::All,
+            "a batch of answers fits the socket buffer"
+        );
     }
 }
 

@@ -4,10 +4,12 @@
 //! shards.
 //!
 //! It speaks WebSocket but knows nothing of commands: it hands out message
-//! payloads and takes encoded responses.
+//! payloads and takes encoded responses. It runs over any [`Transport`] and
+//! never reads the clock: the caller passes `now` to every method that
+//! needs the time, and asks [`Connection::expired`] whether the connection
+//! has waited on its peer too long.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,10 +20,13 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::handshake::{self, MAX_REQUEST_BYTES, Outcome};
 use super::socket::Socket;
-use super::websocket::{Event, WebSocket};
+use super::transport::Transport;
+use super::websocket::{Discarded, Event, Flushed, WebSocket};
 
 /// How long a closing connection may take to let us read its last bytes.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a client has, from its accept, to finish the opening handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests a connection may have unanswered (or answered but not yet
 /// written) before we stop reading it. With the output limit this bounds
 /// what one client can make us hold: the limit plus this many responses.
@@ -37,6 +42,39 @@ pub struct Limits {
     pub max_output_buffer: usize,
     /// How long a client may stay over that limit before it is dropped.
     pub output_stall_timeout: Duration,
+}
+
+/// How long a connection may wait on its peer before
+/// [`Connection::expired`] says it should be dropped.
+#[derive(Copy, Clone, Debug)]
+pub struct Timeouts {
+    /// From the accept to the end of the opening handshake: a client that
+    /// connects and says nothing must not hold a place forever.
+    pub handshake: Duration,
+    /// How long a client may leave our responses unread over the output
+    /// limit (it sends nothing more meanwhile: we stopped reading it).
+    pub output_stall: Duration,
+}
+
+impl Timeouts {
+    /// The server's: [`HANDSHAKE_TIMEOUT`], and the stall timeout configured
+    /// with the output limit.
+    pub fn from_limits(limits: &Limits) -> Self {
+        Timeouts {
+            handshake: HANDSHAKE_TIMEOUT,
+            output_stall: limits.output_stall_timeout,
+        }
+    }
+}
+
+/// Why [`Connection::expired`] says a connection should be dropped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// The opening handshake took longer than [`Timeouts::handshake`].
+    Handshake,
+    /// The client left its responses unread for longer than
+    /// [`Timeouts::output_stall`].
+    OutputStall,
 }
 
 /// A place in the server-wide connection limit, given back on drop.
@@ -85,28 +123,41 @@ pub enum ReadOutcome {
     Closed,
 }
 
-enum State {
+/// Where the opening handshake stands after reading what there was.
+enum Handshake {
+    /// The 101 is sent: the connection speaks WebSocket now.
+    Upgraded,
+    /// The request head is not complete: wait for more bytes.
+    NeedMore,
+    /// Refused, not HTTP, or the peer went: the connection is over.
+    Failed,
+}
+
+enum State<T: Transport> {
     Handshake {
-        stream: Socket,
+        transport: T,
         received: Vec<u8>,
     },
-    Open(Box<WebSocket>),
+    Open(Box<WebSocket<T>>),
     /// Our close frame is queued or sent; input is read and discarded until
     /// the peer closes or the linger time runs out.
     Closing {
-        ws: Box<WebSocket>,
+        ws: Box<WebSocket<T>>,
         since: Instant,
         write_shut: bool,
     },
     Closed,
 }
 
-pub struct Connection {
+/// One client connection over a transport `T` (a client's TCP socket
+/// unless said).
+pub struct Connection<T: Transport = Socket> {
     /// Unique within the shard for its lifetime: tells a reply for a closed
     /// connection from one for a new connection in the same slot.
     pub id: u64,
-    pub accepted_at: Instant,
-    state: State,
+    /// When it was accepted: the handshake timeout runs from here.
+    accepted_at: Instant,
+    state: State<T>,
     limits: Limits,
     /// Responses not yet handed to the socket; `pending[0]` answers request
     /// number `pending_base`. `None` is a response still being computed.
@@ -130,13 +181,22 @@ pub struct Connection {
     _permit: Permit,
 }
 
-impl Connection {
-    pub fn new(id: u64, stream: TcpStream, limits: Limits, permit: Permit) -> Self {
+impl Connection<Socket> {
+    /// A client's TCP connection, accepted at `now`.
+    pub fn new(id: u64, stream: TcpStream, limits: Limits, permit: Permit, now: Instant) -> Self {
+        Connection::over(Socket::new(stream), id, limits, permit, now)
+    }
+}
+
+impl<T: Transport> Connection<T> {
+    /// A connection over any transport, accepted at `now`; it starts with
+    /// the opening handshake.
+    pub fn over(transport: T, id: u64, limits: Limits, permit: Permit, now: Instant) -> Self {
         Connection {
             id,
-            accepted_at: Instant::now(),
+            accepted_at: now,
             state: State::Handshake {
-                stream: Socket::new(stream),
+                transport,
                 received: Vec::new(),
             },
             limits,
@@ -178,9 +238,17 @@ impl Connection {
         }
     }
 
-    /// How long the client has left its responses unread, if it has.
-    pub fn blocked_for(&self) -> Option<Duration> {
-        self.blocked_since.map(|since| since.elapsed())
+    /// Whether the connection has waited on its peer longer than
+    /// `timeouts` allow at `now`, and so should be dropped.
+    pub fn expired(&self, now: Instant, timeouts: &Timeouts) -> Option<Expired> {
+        let over = |since: Instant, limit: Duration| now.saturating_duration_since(since) > limit;
+        if self.is_handshaking() && over(self.accepted_at, timeouts.handshake) {
+            return Some(Expired::Handshake);
+        }
+        match self.blocked_since {
+            Some(since) if over(since, timeouts.output_stall) => Some(Expired::OutputStall),
+            _ => None,
+        }
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -201,13 +269,13 @@ impl Connection {
     }
 
     /// Reads the next message, driving the handshake or the close as needed.
-    pub fn read(&mut self) -> ReadOutcome {
+    pub fn read(&mut self, now: Instant) -> ReadOutcome {
         loop {
             match &mut self.state {
                 State::Handshake { .. } => match self.advance_handshake() {
-                    Ok(true) => continue,
-                    Ok(false) => return ReadOutcome::WouldBlock,
-                    Err(_) => {
+                    Handshake::Upgraded => continue,
+                    Handshake::NeedMore => return ReadOutcome::WouldBlock,
+                    Handshake::Failed => {
                         self.state = State::Closed;
                         return ReadOutcome::Closed;
                     }
@@ -223,7 +291,7 @@ impl Connection {
                     let unsent = ws.unsent();
                     self.needs_flush |= unsent > 0;
                     if unsent >= self.limits.max_output_buffer {
-                        self.blocked_since.get_or_insert_with(Instant::now);
+                        self.blocked_since.get_or_insert(now);
                     }
                     return match event {
                         Event::Text => ReadOutcome::Message(Incoming::Text),
@@ -240,21 +308,21 @@ impl Connection {
                         // The peer is done: our close follows the answers
                         // to what it sent before.
                         Event::PeerClosed(code) => {
-                            self.end_after_answers(code, "");
+                            self.end_after_answers(code, "", now);
                             continue;
                         }
                         // A breach of RFC 6455 or of a limit ends the
                         // connection, with a close frame after the answers
                         // already due.
                         Event::Fail(code, reason) => {
-                            self.end_after_answers(code, reason);
+                            self.end_after_answers(code, reason, now);
                             continue;
                         }
                         // Half-closed or gone: what it asked before is still
                         // answered (if it can still read), then we close.
                         Event::Eof => {
                             self.peer_eof = true;
-                            self.end_after_answers(CloseCode::Normal, "");
+                            self.end_after_answers(CloseCode::Normal, "", now);
                             continue;
                         }
                     };
@@ -262,16 +330,16 @@ impl Connection {
                 // The flush that sends the last bytes ends it (flush_once),
                 // unless the peer stops reading them.
                 State::Closing { since, .. } if self.peer_eof => {
-                    if since.elapsed() > CLOSE_LINGER {
+                    if now.saturating_duration_since(*since) > CLOSE_LINGER {
                         self.state = State::Closed;
                         return ReadOutcome::Closed;
                     }
                     return ReadOutcome::WouldBlock;
                 }
                 State::Closing { ws, since, .. } => {
-                    let lingered = since.elapsed() > CLOSE_LINGER;
+                    let lingered = now.saturating_duration_since(*since) > CLOSE_LINGER;
                     return match ws.discard_input() {
-                        Ok(true) => {
+                        Ok(Discarded::PeerEnded) => {
                             self.peer_eof = true;
                             if ws.unsent() > 0 {
                                 continue;
@@ -279,12 +347,12 @@ impl Connection {
                             self.state = State::Closed;
                             ReadOutcome::Closed
                         }
-                        Ok(false) | Err(_) if lingered => {
+                        Ok(Discarded::MoreMayCome | Discarded::WouldBlock) if lingered => {
                             self.state = State::Closed;
                             ReadOutcome::Closed
                         }
-                        Ok(false) => ReadOutcome::Busy,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+                        Ok(Discarded::MoreMayCome) => ReadOutcome::Busy,
+                        Ok(Discarded::WouldBlock) => ReadOutcome::WouldBlock,
                         Err(_) => {
                             self.state = State::Closed;
                             ReadOutcome::Closed
@@ -296,91 +364,98 @@ impl Connection {
         }
     }
 
-    /// Reads request bytes; Ok(true) once the connection is upgraded,
-    /// Ok(false) when more bytes are needed, Err when it must close.
-    fn advance_handshake(&mut self) -> io::Result<bool> {
-        let State::Handshake { stream, received } = &mut self.state else {
-            return Ok(true);
+    /// Reads request bytes, and answers the request once it is whole.
+    fn advance_handshake(&mut self) -> Handshake {
+        let State::Handshake {
+            transport,
+            received,
+        } = &mut self.state
+        else {
+            return Handshake::Upgraded;
         };
         let mut chunk = [0u8; 2048];
         loop {
             let room = (MAX_REQUEST_BYTES + chunk.len() - received.len()).min(chunk.len());
-            let n = match stream.read(&mut chunk[..room]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            let n = match transport.read(&mut chunk[..room]) {
+                Ok(0) => return Handshake::Failed,
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Handshake::NeedMore,
+                Err(_) => return Handshake::Failed,
             };
             received.extend_from_slice(&chunk[..n]);
             match handshake::examine(received) {
                 Outcome::Incomplete => continue,
-                Outcome::NotHttp => return Err(io::ErrorKind::InvalidData.into()),
+                Outcome::NotHttp => return Handshake::Failed,
                 Outcome::Refuse { response } => {
                     // Best effort: a fresh socket's send buffer takes a few
                     // hundred bytes without blocking.
-                    let _ = stream.write_all(response);
-                    let _ = stream.shutdown(Shutdown::Both);
-                    return Err(io::ErrorKind::InvalidData.into());
+                    let _ = transport.write_all(response);
+                    let _ = transport.shutdown(Shutdown::Both);
+                    return Handshake::Failed;
                 }
                 Outcome::Upgrade { response, head_len } => {
                     // 101 responses are ~130 bytes: a fresh socket never
                     // blocks on them; if it does, the peer is not reading.
-                    stream.write_all(&response)?;
-                    let State::Handshake { stream, received } =
-                        std::mem::replace(&mut self.state, State::Closed)
+                    if transport.write_all(&response).is_err() {
+                        return Handshake::Failed;
+                    }
+                    let State::Handshake {
+                        transport,
+                        received,
+                    } = std::mem::replace(&mut self.state, State::Closed)
                     else {
                         unreachable!("matched above");
                     };
                     let ws = WebSocket::new(
-                        stream,
+                        transport,
                         &received[head_len..],
                         self.limits.max_payload,
                         self.limits.max_output_buffer,
                     );
                     self.state = State::Open(Box::new(ws));
-                    return Ok(true);
+                    return Handshake::Upgraded;
                 }
             }
         }
     }
 
     /// Ends the connection once every request read so far is answered.
-    fn end_after_answers(&mut self, code: CloseCode, reason: &'static str) {
+    fn end_after_answers(&mut self, code: CloseCode, reason: &'static str, now: Instant) {
         self.close_when_answered = Some((code, reason));
-        self.close_if_answered();
+        self.close_if_answered(now);
     }
 
-    fn close_if_answered(&mut self) {
+    fn close_if_answered(&mut self, now: Instant) {
         if self.pending.is_empty()
             && let Some((code, reason)) = self.close_when_answered.take()
         {
-            self.close(code, reason);
+            self.close(code, reason, now);
         }
     }
 
     /// The peer has shut its side (or the socket failed): read to the end
     /// instead of trusting a short read.
     pub fn peer_closed(&mut self) {
-        let socket = match &mut self.state {
-            State::Handshake { stream, .. } => stream,
-            State::Open(ws) | State::Closing { ws, .. } => ws.socket(),
+        let transport = match &mut self.state {
+            State::Handshake { transport, .. } => transport,
+            State::Open(ws) | State::Closing { ws, .. } => ws.transport(),
             State::Closed => return,
         };
-        socket.peer_closed();
+        transport.peer_closed();
     }
 
     /// Queues a close frame at once, dropping answers not yet written (a
     /// shutdown past its grace, a client stuck over its limit); input is
-    /// then discarded until the peer goes.
-    pub fn close(&mut self, code: CloseCode, reason: &'static str) {
+    /// then discarded until the peer goes (or [`CLOSE_LINGER`] after `now`).
+    pub fn close(&mut self, code: CloseCode, reason: &'static str, now: Instant) {
         let state = std::mem::replace(&mut self.state, State::Closed);
         if let State::Open(mut ws) = state {
             ws.queue_close(code, reason);
             self.needs_flush = true;
             self.state = State::Closing {
                 ws,
-                since: Instant::now(),
+                since: now,
                 write_shut: false,
             };
         }
@@ -398,24 +473,24 @@ impl Connection {
 
     /// Delivers the response to request `seq` and writes every response
     /// that is now next in line.
-    pub fn respond(&mut self, seq: u64, response: Vec<u8>) {
-        if let Some(index) = self.write_if_next(seq, &response) {
-            self.hold(index, response);
+    pub fn respond(&mut self, seq: u64, response: Vec<u8>, now: Instant) {
+        if let Some(index) = self.write_if_next(seq, &response, now) {
+            self.hold(index, response, now);
         }
     }
 
     /// [`Connection::respond`] for a borrowed response: it is copied only
     /// if it must wait for earlier ones.
-    pub fn respond_slice(&mut self, seq: u64, response: &[u8]) {
-        if let Some(index) = self.write_if_next(seq, response) {
-            self.hold(index, response.to_vec());
+    pub fn respond_slice(&mut self, seq: u64, response: &[u8], now: Instant) {
+        if let Some(index) = self.write_if_next(seq, response, now) {
+            self.hold(index, response.to_vec(), now);
         }
     }
 
     /// Writes the response at once when it is next in line and the output
     /// has room; otherwise says where in `pending` it must wait. None also
     /// when `seq` is not awaited (its connection closed meanwhile).
-    fn write_if_next(&mut self, seq: u64, response: &[u8]) -> Option<usize> {
+    fn write_if_next(&mut self, seq: u64, response: &[u8], now: Instant) -> Option<usize> {
         let index = usize::try_from(seq.checked_sub(self.pending_base)?).ok()?;
         if index >= self.pending.len() {
             return None;
@@ -424,22 +499,22 @@ impl Connection {
             self.pending.pop_front();
             self.pending_base += 1;
             self.write_message(response);
-            self.write_ready();
+            self.write_ready(now);
             return None;
         }
         Some(index)
     }
 
-    fn hold(&mut self, index: usize, response: Vec<u8>) {
+    fn hold(&mut self, index: usize, response: Vec<u8>, now: Instant) {
         self.held += response.len();
         self.pending[index] = Some(response);
-        self.write_ready();
+        self.write_ready(now);
     }
 
     /// Hands every response that is next in line to the WebSocket, until
     /// the output limit; the rest wait here until the client reads.
     /// Returns whether anything was written.
-    fn write_ready(&mut self) -> bool {
+    fn write_ready(&mut self, now: Instant) -> bool {
         let mut wrote = false;
         while let Some(Some(_)) = self.pending.front() {
             if self.unsent() >= self.limits.max_output_buffer {
@@ -454,9 +529,9 @@ impl Connection {
             wrote = true;
         }
         if self.unsent() >= self.limits.max_output_buffer {
-            self.blocked_since.get_or_insert_with(Instant::now);
+            self.blocked_since.get_or_insert(now);
         }
-        self.close_if_answered();
+        self.close_if_answered(now);
         wrote
     }
 
@@ -473,11 +548,11 @@ impl Connection {
 
     /// Writes out everything buffered. Leaves `needs_flush` set when the
     /// socket is full; a writable event brings us back.
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self, now: Instant) {
         loop {
             self.flush_once();
             // Everything went out: responses held back by the limit may go.
-            if self.needs_flush || self.unsent() > 0 || !self.write_ready() {
+            if self.needs_flush || self.unsent() > 0 || !self.write_ready(now) {
                 return;
             }
         }
@@ -488,32 +563,202 @@ impl Connection {
             State::Open(ws) => ws.flush(),
             State::Closing { ws, write_shut, .. } => {
                 let result = ws.flush();
-                if !matches!(result, Ok(false)) && !*write_shut {
+                if !matches!(result, Ok(Flushed::Partly)) && !*write_shut {
                     // Close frame sent (or the peer is gone): half-close so
                     // the peer sees EOF after it.
-                    let _ = ws.socket().shutdown(Shutdown::Write);
+                    let _ = ws.transport().shutdown(Shutdown::Write);
                     *write_shut = true;
                 }
                 // A peer gone while we close is a close completed.
-                let result = result.or(Ok(true));
-                if matches!(result, Ok(true)) && self.peer_eof {
+                let result = result.or(Ok(Flushed::All));
+                if matches!(result, Ok(Flushed::All)) && self.peer_eof {
                     self.state = State::Closed;
                     return;
                 }
                 result
             }
-            State::Handshake { .. } | State::Closed => Ok(true),
+            State::Handshake { .. } | State::Closed => Ok(Flushed::All),
         };
         match result {
-            Ok(true) => {
+            Ok(Flushed::All) => {
                 self.needs_flush = false;
                 self.blocked_since = None;
             }
-            Ok(false) => {}
+            Ok(Flushed::Partly) => {}
             Err(_) => {
                 self.needs_flush = false;
                 self.state = State::Closed;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::memory::MemoryTransport;
+    use crate::net::websocket::tests::masked;
+    use proptest::prelude::*;
+
+    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const SECOND: Duration = Duration::from_secs(1);
+    const MILLI: Duration = Duration::from_millis(1);
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            handshake: 10 * SECOND,
+            output_stall: 30 * SECOND,
+        }
+    }
+
+    /// A connection over `transport`, accepted at `now`, with a 64-byte
+    /// output limit.
+    fn connection(transport: &MemoryTransport, now: Instant) -> Connection<MemoryTransport> {
+        let limits = Limits {
+            max_payload: 1 << 17,
+            max_output_buffer: 64,
+            output_stall_timeout: timeouts().output_stall,
+        };
+        let count = Arc::new(AtomicUsize::new(0));
+        let permit = Permit::acquire(&count, 1).unwrap();
+        Connection::over(transport.clone(), 7, limits, permit, now)
+    }
+
+    fn upgraded(now: Instant) -> (Connection<MemoryTransport>, MemoryTransport) {
+        let transport = MemoryTransport::new(UPGRADE, &[]);
+        let mut conn = connection(&transport, now);
+        assert!(matches!(conn.read(now), ReadOutcome::WouldBlock));
+        assert!(conn.is_open());
+        (conn, transport)
+    }
+
+    #[test]
+    fn a_handshake_not_finished_in_time_expires() {
+        let base = Instant::now();
+        let transport = MemoryTransport::new(&UPGRADE[..20], &[]);
+        let mut conn = connection(&transport, base);
+        assert!(matches!(conn.read(base + SECOND), ReadOutcome::WouldBlock));
+        assert_eq!(conn.expired(base + 10 * SECOND, &timeouts()), None);
+        assert_eq!(
+            conn.expired(base + 10 * SECOND + MILLI, &timeouts()),
+            Some(Expired::Handshake)
+        );
+        // Finished in time, it never expires for the handshake.
+        transport.send(&UPGRADE[20..]);
+        assert!(matches!(
+            conn.read(base + 9 * SECOND),
+            ReadOutcome::WouldBlock
+        ));
+        assert!(conn.is_open());
+        assert_eq!(conn.expired(base + 3600 * SECOND, &timeouts()), None);
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_expires_after_the_output_stall_timeout() {
+        let base = Instant::now();
+        let (mut conn, transport) = upgraded(base);
+        transport.send(&masked(0x1, true, b"{}"));
+        transport.set_write_room(Some(0));
+        let t1 = base + 5 * SECOND;
+        assert!(matches!(
+            conn.read(t1),
+            ReadOutcome::Message(Incoming::Text)
+        ));
+        let seq = conn.next_request();
+        conn.respond(seq, vec![b'x'; 100], t1);
+        conn.flush(t1);
+        assert!(!conn.wants_input(), "over the output limit");
+        assert_eq!(conn.expired(t1 + 30 * SECOND, &timeouts()), None);
+        assert_eq!(
+            conn.expired(t1 + 30 * SECOND + MILLI, &timeouts()),
+            Some(Expired::OutputStall)
+        );
+        // The client reads again before anyone asked: the stall is over.
+        transport.set_write_room(None);
+        conn.flush(t1 + 10 * SECOND);
+        assert!(conn.wants_input());
+        assert_eq!(conn.expired(t1 + 60 * SECOND, &timeouts()), None);
+    }
+
+    #[test]
+    fn a_closing_connection_lingers_for_the_peer_then_ends() {
+        let base = Instant::now();
+        let (mut conn, transport) = upgraded(base);
+        let t1 = base + SECOND;
+        conn.close(CloseCode::Away, "bye", t1);
+        conn.flush(t1);
+        assert!(transport.output().ends_with(b"\x88\x05\x03\xe9bye"));
+        assert!(transport.write_shut(), "half-closed after the close frame");
+        // The peer sends nothing and does not close: we wait, then end.
+        assert!(matches!(
+            conn.read(t1 + CLOSE_LINGER),
+            ReadOutcome::WouldBlock
+        ));
+        assert!(!conn.is_closed());
+        assert!(matches!(
+            conn.read(t1 + CLOSE_LINGER + MILLI),
+            ReadOutcome::Closed
+        ));
+        assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn a_peer_that_ends_its_stream_while_we_close_ends_it_at_once() {
+        let base = Instant::now();
+        let (mut conn, transport) = upgraded(base);
+        conn.close(CloseCode::Normal, "", base);
+        conn.flush(base);
+        transport.end_input();
+        assert!(matches!(conn.read(base), ReadOutcome::Closed));
+    }
+
+    /// What a connection fed `bytes` in `chunks` hands out (each message
+    /// answered with its own bytes reversed), and everything it writes.
+    fn serve(bytes: &[u8], chunks: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let now = Instant::now();
+        let transport = MemoryTransport::new(bytes, chunks);
+        let mut conn = connection(&transport, now);
+        let mut messages = Vec::new();
+        loop {
+            match conn.read(now) {
+                ReadOutcome::Message(_) => {
+                    let message = conn.message().to_vec();
+                    let seq = conn.next_request();
+                    conn.respond(seq, message.iter().rev().copied().collect(), now);
+                    messages.push(message);
+                }
+                ReadOutcome::Busy => {}
+                ReadOutcome::WouldBlock if transport.input_read() => break,
+                ReadOutcome::WouldBlock => {}
+                ReadOutcome::Closed => break,
+            }
+            conn.flush(now);
+        }
+        conn.flush(now);
+        (messages, transport.output())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The upgrade request split anywhere, or read in any chunks, gets
+        /// the same 101, and the frames after it the same answers.
+        #[test]
+        fn the_handshake_split_anywhere_changes_nothing(
+            cut in 0..UPGRADE.len() + 8,
+            chunks in prop::collection::vec(1usize..200, 1..6),
+        ) {
+            let mut bytes = UPGRADE.to_vec();
+            bytes.extend(masked(0x1, true, b"{\"a\":1}"));
+            bytes.extend(masked(0x9, true, b"hi"));
+            bytes.extend(masked(0x1, true, b""));
+            let whole = serve(&bytes, &[]);
+            prop_assert!(whole.1.starts_with(b"HTTP/1.1 101 "));
+            prop_assert_eq!(whole.0.len(), 2);
+            let split = serve(&bytes, &[cut.max(1), bytes.len()]);
+            prop_assert_eq!(&split, &whole);
+            let chunked = serve(&bytes, &chunks);
+            prop_assert_eq!(&chunked, &whole);
         }
     }
 }

@@ -11,6 +11,9 @@ use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
+use super::transport::Transport;
+
+/// A client's TCP socket: the production [`Transport`].
 pub struct Socket {
     stream: TcpStream,
     /// The last read was short: the kernel buffer was empty after it.
@@ -28,13 +31,15 @@ impl Socket {
             peer_closed: false,
         }
     }
+}
 
-    pub fn peer_closed(&mut self) {
+impl Transport for Socket {
+    fn peer_closed(&mut self) {
         self.peer_closed = true;
         self.drained = false;
     }
 
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+    fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         self.stream.shutdown(how)
     }
 }

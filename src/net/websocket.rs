@@ -10,14 +10,17 @@
 //! tungstenite's own `WebSocket` allocated a `Bytes` per frame, validated
 //! every outgoing message as UTF-8 and copied it twice on the way out: at
 //! one small request per message that was a fifth of the server's CPU time.
+//!
+//! It reads and writes through a [`Transport`] and never reads the clock.
 
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Cursor};
 use std::ops::Range;
 
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use super::socket::Socket;
+use super::transport::Transport;
 
 /// Read buffer of an idle connection; it grows for a bigger frame (up to
 /// the payload limit) and shrinks back once that frame is consumed.
@@ -59,6 +62,39 @@ pub enum Event {
     Fail(CloseCode, &'static str),
 }
 
+/// What [`WebSocket::flush`] managed.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Flushed {
+    /// Everything queued is sent.
+    All,
+    /// The transport took what it could; the rest waits for it to be
+    /// writable again.
+    Partly,
+}
+
+/// What one call to [`WebSocket::discard_input`] found.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Discarded {
+    /// The peer ended its stream.
+    PeerEnded,
+    /// Input was dropped and more may be waiting: call again (after
+    /// others had their turn).
+    MoreMayCome,
+    /// Nothing to read for now.
+    WouldBlock,
+}
+
+/// What taking one frame off the read buffer came to.
+enum Frame {
+    /// The buffer holds no whole frame: read more bytes.
+    Incomplete,
+    /// A frame was consumed with nothing to report (a fragment, a ping, a
+    /// pong): there may be more frames in the buffer.
+    Consumed,
+    /// A frame completed a message, closed the exchange or broke a rule.
+    Report(Event),
+}
+
 /// Where the last message's bytes are.
 enum Held {
     None,
@@ -68,8 +104,10 @@ enum Held {
     Assembled,
 }
 
-pub struct WebSocket {
-    socket: Socket,
+/// The server side of one WebSocket connection, after the opening
+/// handshake, over a transport `T` (a client's TCP socket unless said).
+pub struct WebSocket<T: Transport = Socket> {
+    transport: T,
     max_payload: usize,
     /// Output beyond which pings go unanswered (RFC 6455 §5.5.3 lets a
     /// pong answer only the latest ping): a client that floods pings and
@@ -92,14 +130,14 @@ pub struct WebSocket {
     close_sent: bool,
 }
 
-impl WebSocket {
-    /// Wraps a socket whose opening handshake is done; `already_read` is
-    /// what arrived after the handshake's request head.
-    pub fn new(socket: Socket, already_read: &[u8], max_payload: usize, max_output: usize) -> Self {
+impl<T: Transport> WebSocket<T> {
+    /// Wraps a transport whose opening handshake is done; `already_read`
+    /// is what arrived after the handshake's request head.
+    pub fn new(transport: T, already_read: &[u8], max_payload: usize, max_output: usize) -> Self {
         let mut input = vec![0u8; READ_BUFFER.max(already_read.len())];
         input[..already_read.len()].copy_from_slice(already_read);
         WebSocket {
-            socket,
+            transport,
             max_payload,
             max_output,
             input,
@@ -114,8 +152,8 @@ impl WebSocket {
         }
     }
 
-    pub fn socket(&mut self) -> &mut Socket {
-        &mut self.socket
+    pub fn transport(&mut self) -> &mut T {
+        &mut self.transport
     }
 
     /// The message the last [`Event::Text`] announced; valid until the
@@ -138,18 +176,15 @@ impl WebSocket {
         let mut frames = 0;
         loop {
             match self.next_frame() {
-                Ok(Some(event)) => return event,
-                // A frame taken without a message to show (a fragment, a
-                // ping): there may be more in the buffer.
-                Ok(None) => {
+                Frame::Report(event) => return event,
+                Frame::Consumed => {
                     frames += 1;
                     if frames == FRAMES_PER_READ {
                         return Event::Busy;
                     }
                     continue;
                 }
-                Err(None) => {}
-                Err(Some(event)) => return event,
+                Frame::Incomplete => {}
             }
             if let Some(event) = self.fill() {
                 return event;
@@ -157,38 +192,33 @@ impl WebSocket {
         }
     }
 
-    /// Takes one complete frame off the buffer: Ok(None) when it was
-    /// consumed with nothing to report, Err(None) when more bytes are
-    /// needed, Err(Some(fail)) when the peer broke the rules.
-    fn next_frame(&mut self) -> Result<Option<Event>, Option<Event>> {
+    /// Takes one complete frame off the buffer, if there is one.
+    fn next_frame(&mut self) -> Frame {
         let mut cursor = Cursor::new(&self.input[self.start..self.end]);
         let (header, length) = match FrameHeader::parse(&mut cursor) {
             Ok(Some(parsed)) => parsed,
-            Ok(None) => return Err(None),
-            Err(_) => return Err(fail(CloseCode::Protocol, "reserved opcode")),
+            Ok(None) => return Frame::Incomplete,
+            Err(_) => return fail(CloseCode::Protocol, "reserved opcode"),
         };
         let header_len = cursor.position() as usize;
         let Some(mask) = header.mask else {
-            return Err(fail(CloseCode::Protocol, "client frames must be masked"));
+            return fail(CloseCode::Protocol, "client frames must be masked");
         };
         if header.rsv1 || header.rsv2 || header.rsv3 {
-            return Err(fail(CloseCode::Protocol, "reserved bits set"));
+            return fail(CloseCode::Protocol, "reserved bits set");
         }
         let is_control = matches!(header.opcode, OpCode::Control(_));
         if is_control && (!header.is_final || length > MAX_CONTROL_PAYLOAD) {
-            return Err(fail(
-                CloseCode::Protocol,
-                "control frame too long or fragmented",
-            ));
+            return fail(CloseCode::Protocol, "control frame too long or fragmented");
         }
         let so_far = self.fragments.as_ref().map_or(0, |(_, bytes)| bytes.len());
         if !is_control && length > (self.max_payload - so_far.min(self.max_payload)) as u64 {
-            return Err(fail(CloseCode::Size, "message too big"));
+            return fail(CloseCode::Size, "message too big");
         }
         let length = length as usize;
         let payload_start = self.start + header_len;
         if self.end - payload_start < length {
-            return Err(None);
+            return Frame::Incomplete;
         }
         let payload = payload_start..payload_start + length;
         unmask(&mut self.input[payload.clone()], mask);
@@ -197,46 +227,41 @@ impl WebSocket {
         match header.opcode {
             OpCode::Data(Data::Continue) => {
                 let Some((data, mut bytes)) = self.fragments.take() else {
-                    return Err(fail(CloseCode::Protocol, "continuation of nothing"));
+                    return fail(CloseCode::Protocol, "continuation of nothing");
                 };
                 bytes.extend_from_slice(&self.input[payload]);
                 if !header.is_final {
                     self.fragments = Some((data, bytes));
-                    return Ok(None);
+                    return Frame::Consumed;
                 }
                 self.assembled = bytes;
                 self.held = Held::Assembled;
-                Ok(Some(self.whole_message(data, true)))
+                Frame::Report(self.whole_message(data, true))
             }
             OpCode::Data(data) => {
                 if self.fragments.is_some() {
-                    return Err(fail(
-                        CloseCode::Protocol,
-                        "new message inside a fragmented one",
-                    ));
+                    return fail(CloseCode::Protocol, "new message inside a fragmented one");
                 }
                 if header.is_final {
                     self.held = Held::InBuffer(payload);
-                    return Ok(Some(self.whole_message(data, false)));
+                    return Frame::Report(self.whole_message(data, false));
                 }
                 let mut bytes = std::mem::take(&mut self.assembled);
                 bytes.clear();
                 bytes.extend_from_slice(&self.input[payload]);
                 self.fragments = Some((data, bytes));
-                Ok(None)
+                Frame::Consumed
             }
             OpCode::Control(Control::Ping) => {
                 if !self.close_sent && self.unsent() < self.max_output {
                     let pong = OpCode::Control(Control::Pong);
                     frame_into(&mut self.output, pong, &self.input[payload]);
                 }
-                Ok(None)
+                Frame::Consumed
             }
-            OpCode::Control(Control::Pong) => Ok(None),
-            OpCode::Control(Control::Close) => self.peer_close(payload).map(Some),
-            OpCode::Control(Control::Reserved(_)) => {
-                Err(fail(CloseCode::Protocol, "reserved opcode"))
-            }
+            OpCode::Control(Control::Pong) => Frame::Consumed,
+            OpCode::Control(Control::Close) => Frame::Report(self.peer_close(payload)),
+            OpCode::Control(Control::Reserved(_)) => fail(CloseCode::Protocol, "reserved opcode"),
         }
     }
 
@@ -256,24 +281,25 @@ impl WebSocket {
         Event::Text
     }
 
-    /// A close frame from the peer, checked (RFC 6455 §5.5.1, §7.4).
-    fn peer_close(&mut self, payload: Range<usize>) -> Result<Event, Option<Event>> {
+    /// A close frame from the peer, checked (RFC 6455 §5.5.1, §7.4):
+    /// [`Event::PeerClosed`], or [`Event::Fail`] when it breaks the rules.
+    fn peer_close(&self, payload: Range<usize>) -> Event {
         let body = &self.input[payload];
         let code = match body.len() {
             0 => CloseCode::Normal,
-            1 => return Err(fail(CloseCode::Protocol, "close frame of one byte")),
+            1 => return Event::Fail(CloseCode::Protocol, "close frame of one byte"),
             _ => {
                 let code = CloseCode::from(u16::from_be_bytes([body[0], body[1]]));
                 if !code.is_allowed() {
-                    return Err(fail(CloseCode::Protocol, "close code not allowed"));
+                    return Event::Fail(CloseCode::Protocol, "close code not allowed");
                 }
                 if std::str::from_utf8(&body[2..]).is_err() {
-                    return Err(fail(CloseCode::Invalid, "close reason is not UTF-8"));
+                    return Event::Fail(CloseCode::Invalid, "close reason is not UTF-8");
                 }
                 code
             }
         };
-        Ok(Event::PeerClosed(code))
+        Event::PeerClosed(code)
     }
 
     /// Reads more bytes; Some(event) when there are none to be had.
@@ -288,7 +314,7 @@ impl WebSocket {
         if self.end == self.input.len() {
             self.make_room();
         }
-        match self.socket.read(&mut self.input[self.end..]) {
+        match self.transport.read(&mut self.input[self.end..]) {
             Ok(0) => Some(Event::Eof),
             Ok(n) => {
                 self.end += n;
@@ -345,14 +371,14 @@ impl WebSocket {
         self.output.len() - self.written
     }
 
-    /// Writes what is queued: Ok(true) once all of it is sent, Ok(false)
-    /// when the socket is full (a writable event brings us back).
-    pub fn flush(&mut self) -> io::Result<bool> {
+    /// Writes what is queued, until it is all sent or the transport is
+    /// full (a writable event brings us back). An error is fatal.
+    pub fn flush(&mut self) -> io::Result<Flushed> {
         while self.written < self.output.len() {
-            match self.socket.write(&self.output[self.written..]) {
+            match self.transport.write(&self.output[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -362,29 +388,32 @@ impl WebSocket {
         if self.output.capacity() > KEEP_AT_MOST {
             self.output = Vec::new();
         }
-        Ok(true)
+        Ok(Flushed::All)
     }
 
-    /// Reads and drops what arrives (a closing connection): Ok(true) at the
-    /// peer's end of stream, Ok(false) when there may be more (call again),
-    /// Err(WouldBlock) when there is none for now.
-    pub fn discard_input(&mut self) -> io::Result<bool> {
+    /// Reads and drops what arrives (a closing connection), a bounded
+    /// number of reads per call. An error is fatal.
+    pub fn discard_input(&mut self) -> io::Result<Discarded> {
         self.start = 0;
         self.end = 0;
         for _ in 0..DISCARDS_PER_CALL {
-            match self.socket.read(&mut self.input) {
-                Ok(0) => return Ok(true),
+            match self.transport.read(&mut self.input) {
+                Ok(0) => return Ok(Discarded::PeerEnded),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Discarded::WouldBlock);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Ok(Discarded::MoreMayCome)
     }
 }
 
-fn fail(code: CloseCode, why: &'static str) -> Option<Event> {
-    Some(Event::Fail(code, why))
+/// A frame that breaks the protocol or a limit: the connection fails.
+fn fail(code: CloseCode, why: &'static str) -> Frame {
+    Frame::Report(Event::Fail(code, why))
 }
 
 /// Appends one unmasked, final frame (server frames are never masked).
@@ -415,10 +444,13 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::net::memory::MemoryTransport;
+    use proptest::prelude::*;
 
-    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    /// One client frame, masked (RFC 6455 §5.2, §5.3).
+    pub(crate) fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mask = [0xa1, 0x07, 0x5c, 0xee];
         let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
         match payload.len() {
@@ -622,5 +654,140 @@ mod tests {
         assert_eq!(ws.unsent(), queued);
         assert_eq!(&ws.output[..8], b"\x81\x06answer");
         assert_eq!(&ws.output[8..], b"\x88\x09\x03\xf1too big");
+    }
+
+    /// One message of a generated client stream.
+    #[derive(Clone, Debug)]
+    enum Sent {
+        /// Text in fragments (one fragment: a single frame); `control`
+        /// goes after each fragment but the last (ping or pong).
+        Text {
+            payload: Vec<u8>,
+            cuts: Vec<usize>,
+            control: Option<(u8, Vec<u8>)>,
+        },
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+    }
+
+    impl Sent {
+        fn frames(&self, into: &mut Vec<u8>) {
+            match self {
+                Sent::Text {
+                    payload,
+                    cuts,
+                    control,
+                } => {
+                    let mut bounds: Vec<usize> =
+                        cuts.iter().map(|c| c % (payload.len() + 1)).collect();
+                    bounds.sort_unstable();
+                    bounds.push(payload.len());
+                    let mut start = 0;
+                    for (i, &end) in bounds.iter().enumerate() {
+                        let last = i + 1 == bounds.len();
+                        let opcode = if i == 0 { 0x1 } else { 0x0 };
+                        into.extend(masked(opcode, last, &payload[start..end]));
+                        if let (false, Some((op, body))) = (last, control) {
+                            into.extend(masked(*op, true, body));
+                        }
+                        start = end;
+                    }
+                }
+                Sent::Binary(payload) => into.extend(masked(0x2, true, payload)),
+                Sent::Ping(body) => into.extend(masked(0x9, true, body)),
+                Sent::Pong(body) => into.extend(masked(0xA, true, body)),
+            }
+        }
+
+        /// What the server reports for it, if anything.
+        fn expected(&self) -> Option<(Event, Vec<u8>)> {
+            match self {
+                Sent::Text { payload, .. } => Some((Event::Text, payload.clone())),
+                Sent::Binary(_) => Some((Event::Binary, Vec::new())),
+                Sent::Ping(_) | Sent::Pong(_) => None,
+            }
+        }
+    }
+
+    /// Payload lengths around the frame-length encodings' edges, and small ones.
+    fn length() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            2 => 0usize..40,
+            1 => prop::sample::select(vec![0usize, 1, 125, 126, 127, 65535, 65536]),
+        ]
+    }
+
+    fn bytes(len: impl Strategy<Value = usize>) -> impl Strategy<Value = Vec<u8>> {
+        (len, any::<u8>()).prop_map(|(len, seed)| {
+            (0..len)
+                .map(|i| b'a' + (seed as usize + i) as u8 % 26)
+                .collect()
+        })
+    }
+
+    fn control() -> impl Strategy<Value = (u8, Vec<u8>)> {
+        (prop::sample::select(vec![0x9u8, 0xA]), bytes(0usize..=125))
+    }
+
+    fn sent() -> impl Strategy<Value = Sent> {
+        prop_oneof![
+            4 => (bytes(length()), prop::collection::vec(any::<usize>(), 0..4), prop::option::of(control()))
+                .prop_map(|(payload, cuts, control)| Sent::Text { payload, cuts, control }),
+            1 => bytes(length()).prop_map(Sent::Binary),
+            1 => bytes(0usize..=125).prop_map(Sent::Ping),
+            1 => bytes(0usize..=125).prop_map(Sent::Pong),
+        ]
+    }
+
+    /// Read chunk sizes: single bytes, small, or large.
+    fn chunks() -> impl Strategy<Value = Vec<usize>> {
+        prop_oneof![
+            Just(vec![1]),
+            prop::collection::vec(1usize..64, 1..8),
+            prop::collection::vec(1usize..9000, 1..4),
+        ]
+    }
+
+    /// Everything the server reports for `bytes` read in `chunks`, with the
+    /// message bytes of each text, and what it wrote back.
+    fn run(bytes: &[u8], chunks: &[usize]) -> (Vec<(Event, Vec<u8>)>, Vec<u8>) {
+        let transport = MemoryTransport::new(bytes, chunks);
+        let mut ws = WebSocket::new(transport.clone(), &[], 1 << 17, 1 << 20);
+        let mut events = Vec::new();
+        loop {
+            match ws.read() {
+                Event::Busy => {}
+                Event::WouldBlock if transport.input_read() => break,
+                Event::WouldBlock => {}
+                Event::Text => events.push((Event::Text, ws.message().to_vec())),
+                other => events.push((other, Vec::new())),
+            }
+        }
+        assert_eq!(ws.flush().unwrap(), Flushed::All);
+        (events, transport.output())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// However the stream is cut into reads, the same messages come out
+        /// in the same order, and the same pongs go back.
+        #[test]
+        fn read_boundaries_change_nothing(
+            stream in prop::collection::vec(sent(), 1..6),
+            chunks in chunks(),
+        ) {
+            let mut bytes = Vec::new();
+            for message in &stream {
+                message.frames(&mut bytes);
+            }
+            let expected: Vec<_> = stream.iter().filter_map(Sent::expected).collect();
+            let whole = run(&bytes, &[]);
+            prop_assert_eq!(&whole.0, &expected);
+            let cut = run(&bytes, &chunks);
+            prop_assert_eq!(&cut.0, &whole.0);
+            prop_assert_eq!(&cut.1, &whole.1);
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! event loop reads messages off the connections it is handed.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token as PollToken};
@@ -12,11 +12,8 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::mesh::Ticket;
-use crate::net::connection::{Connection, Limits, Permit};
+use crate::net::connection::{Connection, Limits, Permit, Timeouts};
 use crate::router::Replies;
-
-/// A WebSocket handshake must finish within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Connections {
     slab: Slab<Connection>,
@@ -28,19 +25,24 @@ pub struct Connections {
     /// Connections touched this turn: to flush, or to drop when closed.
     touched: Vec<usize>,
     limits: Limits,
+    timeouts: Timeouts,
+    /// The time of the current turn (connections never read the clock).
+    now: Instant,
 }
 
 impl Replies for Connections {
     fn answer(&mut self, ticket: Ticket, response: &[u8]) {
+        let now = self.now;
         if let Some(conn) = self.live(ticket) {
-            conn.respond_slice(ticket.seq, response);
+            conn.respond_slice(ticket.seq, response, now);
             self.touched.push(ticket.conn);
         }
     }
 
     fn answer_owned(&mut self, ticket: Ticket, response: Vec<u8>) {
+        let now = self.now;
         if let Some(conn) = self.live(ticket) {
-            conn.respond(ticket.seq, response);
+            conn.respond(ticket.seq, response, now);
             self.touched.push(ticket.conn);
         }
     }
@@ -51,14 +53,25 @@ impl Replies for Connections {
 }
 
 impl Connections {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, now: Instant) -> Self {
         Connections {
             slab: Slab::new(),
             next_id: 0,
             ready: Vec::new(),
             touched: Vec::new(),
+            timeouts: Timeouts::from_limits(&limits),
             limits,
+            now,
         }
+    }
+
+    /// Sets the time of the turn that begins.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,7 +101,7 @@ impl Connections {
         )?;
         let id = self.next_id;
         self.next_id += 1;
-        entry.insert(Connection::new(id, stream, self.limits, permit));
+        entry.insert(Connection::new(id, stream, self.limits, permit, self.now));
         self.ready.push(slot);
         Ok(())
     }
@@ -143,7 +156,7 @@ impl Connections {
                 continue;
             };
             if conn.needs_flush() {
-                conn.flush();
+                conn.flush(self.now);
             }
             if conn.is_closed() {
                 self.slab.remove(slot);
@@ -161,14 +174,11 @@ impl Connections {
     /// Drops connections past a timeout (a handshake too slow, a client
     /// not reading its answers), and lets closing ones notice their linger
     /// time is over.
-    pub fn expire(&mut self, now: Instant) {
-        let stall_timeout = self.limits.output_stall_timeout;
+    pub fn expire(&mut self) {
+        let now = self.now;
         let mut expired = Vec::new();
         for (slot, conn) in self.slab.iter_mut() {
-            let stalled = conn.blocked_for().is_some_and(|d| d > stall_timeout);
-            let slow_handshake = conn.is_handshaking()
-                && now.saturating_duration_since(conn.accepted_at) > HANDSHAKE_TIMEOUT;
-            if stalled || slow_handshake {
+            if conn.expired(now, &self.timeouts).is_some() {
                 expired.push(slot);
             } else if !conn.is_open() {
                 // Closing: a read notices when the linger time is over.
@@ -196,7 +206,7 @@ impl Connections {
     pub fn close_for_shutdown(&mut self, overdue: bool) -> bool {
         for (slot, conn) in self.slab.iter_mut() {
             if conn.is_open() && (conn.in_flight() == 0 || overdue) {
-                conn.close(CloseCode::Away, "server shutting down");
+                conn.close(CloseCode::Away, "server shutting down", self.now);
                 self.touched.push(slot);
             }
             self.ready.push(slot);

@@ -114,7 +114,7 @@ impl Shard {
         let now = millis_since(ctx.started, Instant::now());
         Ok(Shard {
             router: Router::new(config, rng, post, now),
-            conns: Connections::new(ctx.limits),
+            conns: Connections::new(ctx.limits, Instant::now()),
             ctx,
             poll,
             listener: Some(listener),
@@ -149,7 +149,9 @@ impl Shard {
             if timeout != Some(Duration::ZERO)
                 && let Some(batch) = self.inbox.prepare_to_sleep()
             {
-                self.router.set_now(self.millis(Instant::now()));
+                let now = Instant::now();
+                self.conns.set_now(now);
+                self.router.set_now(self.millis(now));
                 self.router.receive(batch, &mut self.conns);
                 timeout = Some(Duration::ZERO);
             }
@@ -160,6 +162,7 @@ impl Shard {
             }
             self.inbox.awake();
             let now = Instant::now();
+            self.conns.set_now(now);
             self.router.set_now(self.millis(now));
             for event in events.iter() {
                 match event.token() {
@@ -244,6 +247,7 @@ impl Shard {
     /// Reads messages off every connection with input, READ_BUDGET each,
     /// and hands them to the router.
     fn read_connections(&mut self) {
+        let now = self.conns.now();
         let mut still_ready = Vec::new();
         for slot in self.conns.take_ready() {
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -268,7 +272,7 @@ impl Shard {
                     // Resumed by finish_turn once answers drain.
                     break;
                 }
-                match conn.read() {
+                match conn.read(now) {
                     ReadOutcome::Message(incoming) => {
                         budget -= 1;
                         let ticket = Ticket {
@@ -327,7 +331,7 @@ impl Shard {
         if self.accept_again {
             self.accept();
         }
-        self.conns.expire(now);
+        self.conns.expire();
     }
 }
 

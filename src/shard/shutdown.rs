@@ -61,7 +61,7 @@ mod tests {
     #[test]
     fn a_stopping_shard_with_no_connection_drains_once() {
         let draining = AtomicUsize::new(2);
-        let mut conns = Connections::new(limits());
+        let mut conns = Connections::new(limits(), Instant::now());
         let now = Instant::now();
         let mut phase = Phase::Serving;
         assert!(
