@@ -27,7 +27,7 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use nemesisdb::net::connection::{Connection, Incoming, Limits, Permit, ReadOutcome};
 use nemesisdb::net::memory::MemoryTransport;
-use nemesisdb::shard::LocalDispatcher;
+use nemesisdb::router::LocalDispatcher;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 

@@ -445,6 +445,16 @@ impl<T: Transport> Connection<T> {
         transport.peer_closed();
     }
 
+    /// New readiness was signalled for the socket: see [`Transport::readiness`].
+    pub fn readiness(&mut self) {
+        let transport = match &mut self.state {
+            State::Handshake { transport, .. } => transport,
+            State::Open(ws) | State::Closing { ws, .. } => ws.transport(),
+            State::Closed => return,
+        };
+        transport.readiness();
+    }
+
     /// Queues a close frame at once, dropping answers not yet written (a
     /// shutdown past its grace, a client stuck over its limit); input is
     /// then discarded until the peer goes (or [`CLOSE_LINGER`] after `now`).

@@ -165,6 +165,9 @@ impl Transport for MemoryTransport {
         self.0.borrow_mut().peer_closed_hint = true;
     }
 
+    // Scripted input needs no hint: every read asks the script.
+    fn readiness(&mut self) {}
+
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         if matches!(how, Shutdown::Write | Shutdown::Both) {
             self.0.borrow_mut().write_shut = true;

@@ -39,6 +39,13 @@ impl Transport for Socket {
         self.drained = false;
     }
 
+    // Reading may have paused right after a short read (too many requests
+    // in flight, the turn's budget spent): bytes that came since raised
+    // this edge, and no other edge will come for them.
+    fn readiness(&mut self) {
+        self.drained = false;
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         self.stream.shutdown(how)
     }
@@ -96,6 +103,32 @@ mod tests {
             io::ErrorKind::WouldBlock
         );
         // ...and the one after reads what came meanwhile.
+        assert_eq!(socket.read(&mut buf).unwrap(), 4);
+    }
+
+    /// Reading paused right after a short read; bytes came, and their edge
+    /// was signalled: the next read must ask the kernel, or they would wait
+    /// for an edge that never comes (a stall found by loadtest's logout-all).
+    #[test]
+    fn new_readiness_after_a_short_read_reads_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut socket = Socket::new(TcpStream::from_std(server));
+        client.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got == 0 {
+            match socket.read(&mut buf) {
+                Ok(n) => got = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        client.write_all(b"more").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        socket.readiness();
         assert_eq!(socket.read(&mut buf).unwrap(), 4);
     }
 }

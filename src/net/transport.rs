@@ -23,6 +23,11 @@ pub trait Transport: Read + Write {
     /// instead of stopping at a short read.
     fn peer_closed(&mut self);
 
+    /// A hint from the event loop that new readiness was signalled: bytes
+    /// may have arrived since the last read, so a short read seen before
+    /// (when reading then paused) no longer proves the stream empty.
+    fn readiness(&mut self);
+
     /// Shuts down one or both halves: after our close frame, `Write` lets
     /// the peer see our end of stream; `Both` refuses a connection.
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()>;

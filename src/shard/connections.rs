@@ -114,6 +114,9 @@ impl Connections {
         if peer_gone {
             conn.peer_closed();
         }
+        if readable {
+            conn.readiness();
+        }
         if readable || peer_gone {
             conn.readable = true;
             self.ready.push(slot);
