@@ -87,6 +87,7 @@ async def test_create_session_new_parameters_request_shapes(fake_server: Any) ->
         s = await c.create_session(owner="alice")
         assert (s.tkn, s.isValid, s.owner, s.name, s.shared) == (7, True, "alice", None, False)
         assert repr(s) == "Session(tkn=7, name=None, shared=False, owner='alice')"
+        assert s == Session(7)  # the same session, whether or not the handle knows its owner
         await c.create_session(keys={"cart": [], "n": 1})
         await c.create_session(maxLifetime=3600)
         await c.create_session(0, maxLifetime=60)
