@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nemesisdb::mesh::{self, Envelope, PartResult};
 use nemesisdb::protocol::{answer, parse_request};
-use nemesisdb::shard::LocalDispatcher;
+use nemesisdb::router::LocalDispatcher;
 use nemesisdb::shared_names::SharedNames;
 use nemesisdb::store::SessionStore;
 

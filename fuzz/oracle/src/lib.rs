@@ -1,6 +1,7 @@
-//! What the `dispatch` fuzz target, `tests/dispatch_props.rs` and
-//! `tests/hostile.rs` all check. [`check`] holds one response against the
-//! request it answers, whatever the transport; a [`Harness`] feeds messages
+//! The protocol oracle: what the `dispatch` fuzz target (`fuzz/`) and the
+//! integration tests (`tests/it/props.rs`, `tests/it/hostile.rs`) all
+//! check. [`check`] holds one response against the request it answers,
+//! whatever the transport; a [`Harness`] feeds messages
 //! to a `LocalDispatcher` (decoding and commands exactly as a one-shard
 //! server runs them) and checks, after every message, what docs/PROTOCOL.md
 //! promises for any request however malformed:
@@ -23,12 +24,16 @@
 //! The hostile inputs the tests share ([`VALID`], [`SLOTS`], [`LITERALS`],
 //! [`STRING_PIECES`]) live here too. Every broken promise is a panic, which
 //! is how libFuzzer, proptest and the integration tests all learn of it.
-//! The tests compile this file in by `#[path]`, so it uses nothing but
-//! `nemesisdb` and `simd_json`.
+//!
+//! It must not touch the server's internals: of `nemesisdb` it uses only
+//! [`LocalDispatcher`]'s public API (`new`, `handle`, `advance`, `totals`,
+//! `set_memory_limit`), and its tables ([`COMMANDS`], [`STATUSES`]) are
+//! written from docs/PROTOCOL.md, not taken from the server, so a server
+//! change that drifts from the document shows up as a failure here.
 
 use std::collections::HashSet;
 
-use nemesisdb::shard::LocalDispatcher;
+use nemesisdb::router::LocalDispatcher;
 use simd_json::prelude::*;
 use simd_json::value::tape::Node;
 use simd_json::{OwnedValue, StaticNode};
@@ -38,8 +43,10 @@ pub const STATUSES: [u64; 21] = [
     1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 100, 101, 102, 103, 121, 122, 123, 141, 142, 150,
 ];
 
-/// Every command, for generators; see [`allowed_statuses`].
-pub const COMMANDS: [&str; 19] = [
+/// Every command of docs/PROTOCOL.md, for generators; see
+/// [`allowed_statuses`]. Kept by hand, apart from the server's own command
+/// table, so a test can hold the two against each other.
+pub const COMMANDS: [&str; 22] = [
     "SH_NEW",
     "SH_OPEN",
     "SH_END",
@@ -59,6 +66,9 @@ pub const COMMANDS: [&str; 19] = [
     "SH_CLEAR",
     "SH_CLEAR_SET",
     "SV_INFO",
+    "SH_TOUCH",
+    "SH_OWNER_SESSIONS",
+    "SH_OWNER_END",
 ];
 
 /// The dispatcher's seed: fixed, so the tokens it mints (and `$N` in a
@@ -102,6 +112,12 @@ pub const VALID: &[&str] = &[
     r#"{"SH_CLEAR":{"tkn":$0}}"#,
     r#"{"SH_CLEAR_SET":{"tkn":$1,"keys":{"q":-1.5e-3}}}"#,
     r#"{"SV_INFO":{}}"#,
+    r#"{"SH_NEW":{"owner":"ann","keys":{"a":1,"b":[true]},"expiry":{"duration":0,"maxLifetime":60}}}"#,
+    r#"{"SH_NEW":{"owner":"ann","expiry":{"duration":0}}}"#,
+    r#"{"SH_TOUCH":{"tkn":$1}}"#,
+    r#"{"SH_TOUCH":{"tkn":"$0","slide":false}}"#,
+    r#"{"SH_OWNER_SESSIONS":{"owner":"ann"}}"#,
+    r#"{"SH_OWNER_END":{"owner":"ann","except":$2}}"#,
 ];
 
 /// Every parameter (and nested expiry field) of every command, with `@`
@@ -157,6 +173,16 @@ pub const SLOTS: &[&str] = &[
     r#"{"SH_CLEAR_SET":{"tkn":$0,"keys":{"a":@}}}"#,
     r#"{"SV_INFO":{"x":@}}"#,
     r#"{"SV_INFO":@}"#,
+    r#"{"SH_NEW":{"owner":@}}"#,
+    r#"{"SH_NEW":{"keys":@}}"#,
+    r#"{"SH_NEW":{"owner":"ann","keys":{"a":@}}}"#,
+    r#"{"SH_NEW":{"expiry":{"maxLifetime":@}}}"#,
+    r#"{"SH_NEW":{"expiry":{"duration":@,"maxLifetime":5}}}"#,
+    r#"{"SH_TOUCH":{"tkn":@}}"#,
+    r#"{"SH_TOUCH":{"tkn":$1,"slide":@}}"#,
+    r#"{"SH_OWNER_SESSIONS":{"owner":@}}"#,
+    r#"{"SH_OWNER_END":{"owner":@}}"#,
+    r#"{"SH_OWNER_END":{"owner":"ann","except":@}}"#,
 ];
 
 /// Scalars that are hostile somewhere: every JSON type, numbers at and
@@ -295,6 +321,9 @@ pub fn allowed_statuses(command: &str) -> &'static [u64] {
         "SH_LOAD" => &[12, 14, 26, 41, 42, 141, 142],
         "SH_SET" | "SH_ADD" | "SH_CLEAR_SET" => &[1, 12, 26, 41, 100, 101, 150],
         "SH_GET" | "SH_RMV" | "SH_CONTAINS" => &[1, 12, 26, 41, 100, 101],
+        "SH_TOUCH" => &[1, 12, 41, 100, 101],
+        "SH_OWNER_SESSIONS" => &[1, 12, 26, 41, 42],
+        "SH_OWNER_END" => &[1, 12, 26, 41, 42, 101],
         _ => &[10, 12],
     }
 }
@@ -310,7 +339,13 @@ fn ok_fields(command: &str) -> (&'static [&'static str], &'static [&'static str]
         "SH_SAVE" => (&["name", "duration", "sessions", "keys"], &[]),
         "SH_LOAD" => (&["name", "sessions", "keys"], &[]),
         "SH_EXISTS" => (&["exist"], &[]),
-        "SH_INFO" => (&["tkn", "shared", "keyCnt", "expires"], &["name", "expiry"]),
+        "SH_INFO" => (
+            &["tkn", "shared", "keyCnt", "expires"],
+            &["name", "owner", "expiry"],
+        ),
+        "SH_TOUCH" => (&["tkn", "ttlMs"], &[]),
+        "SH_OWNER_SESSIONS" => (&["owner", "tkns"], &[]),
+        "SH_OWNER_END" => (&["owner", "cnt"], &[]),
         "SH_INFO_ALL" => (&["totalSessions", "totalKeys"], &[]),
         "SH_GET" | "SH_KEYS" => (&["tkn", "keys"], &[]),
         "SH_CONTAINS" => (&["tkn", "contains"], &[]),
@@ -349,6 +384,7 @@ fn takes_token(command: &str) -> bool {
             | "SH_KEYS"
             | "SH_CLEAR"
             | "SH_CLEAR_SET"
+            | "SH_TOUCH"
     )
 }
 
@@ -798,7 +834,7 @@ impl Default for Harness {
 impl Harness {
     pub fn new() -> Self {
         let mut h = Harness {
-            dispatcher: LocalDispatcher::new(SEED),
+            dispatcher: LocalDispatcher::with_shards(SEED, 2),
             tokens: Vec::new(),
             names: Vec::new(),
             snapshot: None,
