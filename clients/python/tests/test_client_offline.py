@@ -77,6 +77,150 @@ async def test_create_session_request_shapes(fake_server: Any) -> None:
     ]
 
 
+async def test_create_session_new_parameters_request_shapes(fake_server: Any) -> None:
+    """owner, keys and maxLifetime, alone and together; maxLifetime alone makes
+    an expiry object without a duration, and with a duration it joins the four
+    fields sent today."""
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, lambda f: rsp("SH_NEW", st=1, tkn=7))
+    async with SessionClient(uri) as c:
+        s = await c.create_session(owner="alice")
+        assert (s.tkn, s.isValid, s.owner, s.name, s.shared) == (7, True, "alice", None, False)
+        assert repr(s) == "Session(tkn=7, name=None, shared=False, owner='alice')"
+        assert s == Session(7)  # the same session, whether or not the handle knows its owner
+        await c.create_session(keys={"cart": [], "n": 1})
+        await c.create_session(maxLifetime=3600)
+        await c.create_session(0, maxLifetime=60)
+        await c.create_session(
+            30,
+            True,
+            False,
+            True,
+            name="dev",
+            shared=True,
+            owner="alice",
+            keys={"k": "v"},
+            maxLifetime=86400,
+        )
+        await c.create_session(keys={})
+        # Passed as given: the server owns these checks (41/42).
+        await c.create_session(owner=5, maxLifetime=0)  # type: ignore[arg-type]
+    assert [json.loads(f) for f in frames] == [
+        {"SH_NEW": {"owner": "alice"}},
+        {"SH_NEW": {"keys": {"cart": [], "n": 1}}},
+        {"SH_NEW": {"expiry": {"maxLifetime": 3600}}},
+        {"SH_NEW": {"expiry": {"maxLifetime": 60}}},
+        {
+            "SH_NEW": {
+                "name": "dev",
+                "shared": True,
+                "owner": "alice",
+                "expiry": {
+                    "duration": 30,
+                    "deleteSession": True,
+                    "extendOnSetAdd": False,
+                    "extendOnGet": True,
+                    "maxLifetime": 86400,
+                },
+                "keys": {"k": "v"},
+            }
+        },
+        {"SH_NEW": {"keys": {}}},
+        {"SH_NEW": {"owner": 5, "expiry": {"maxLifetime": 0}}},
+    ]
+
+
+async def test_old_calls_send_the_same_bytes(fake_server: Any) -> None:
+    """A caller that uses none of the new parameters sends, byte for byte, what
+    this client sent before they existed (frames recorded from that version)."""
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, lambda f: rsp(command_of(f), st=1, tkn=9))
+    async with SessionClient(uri) as c:
+        s = await c.create_session()
+        assert repr(s) == "Session(tkn=9, name=None, shared=False)" and s.owner is None
+        await c.create_session(0)
+        await c.create_session(10, True, True, True, name="cart", shared=True)
+        await c.create_session(5, deleteSessionOnExpire=True)
+        await c.create_session(name="plain")
+        await c.session_info(9)
+    assert frames == [
+        '{"SH_NEW":{}}',
+        '{"SH_NEW":{}}',
+        '{"SH_NEW":{"name":"cart","shared":true,"expiry":{"duration":10,'
+        '"deleteSession":true,"extendOnSetAdd":true,"extendOnGet":true}}}',
+        '{"SH_NEW":{"expiry":{"duration":5,"deleteSession":true,'
+        '"extendOnSetAdd":false,"extendOnGet":false}}}',
+        '{"SH_NEW":{"name":"plain"}}',
+        '{"SH_INFO":{"tkn":9}}',
+    ]
+
+
+async def test_touch_and_owner_request_shapes(fake_server: Any) -> None:
+    replies = {
+        "SH_TOUCH": lambda p: rsp("SH_TOUCH", st=1, tkn=p["tkn"], ttlMs=-1 if p["slide"] else 1500),
+        "SH_OWNER_SESSIONS": lambda p: rsp(
+            "SH_OWNER_SESSIONS", st=1, owner=p["owner"], tkns=[3, 2**64 - 1]
+        ),
+        "SH_OWNER_END": lambda p: rsp("SH_OWNER_END", st=1, owner=p["owner"], cnt=2),
+    }
+    frames: List[str] = []
+    uri = await recording_server(
+        fake_server, frames, lambda f: replies[command_of(f)](params_of(f))
+    )
+    async with SessionClient(uri) as c:
+        assert await c.touch(5) == -1
+        assert await c.touch("6", slide=False) == 1500
+        assert await c.touch(Session(7), True) == -1
+        assert await c.owner_sessions("alice") == [3, 2**64 - 1]
+        assert await c.owner_end("alice") == 2
+        assert await c.owner_end("alice", except_tkn=Session(8)) == 2
+        assert await c.owner_end("alice", "9") == 2
+        assert await c.owner_end("alice", except_tkn="not-a-token") == 2  # the server decides
+    assert [json.loads(f) for f in frames] == [
+        {"SH_TOUCH": {"tkn": 5, "slide": True}},
+        {"SH_TOUCH": {"tkn": 6, "slide": False}},
+        {"SH_TOUCH": {"tkn": 7, "slide": True}},
+        {"SH_OWNER_SESSIONS": {"owner": "alice"}},
+        {"SH_OWNER_END": {"owner": "alice"}},
+        {"SH_OWNER_END": {"owner": "alice", "except": 8}},
+        {"SH_OWNER_END": {"owner": "alice", "except": 9}},
+        {"SH_OWNER_END": {"owner": "alice", "except": "not-a-token"}},
+    ]
+
+
+async def test_session_info_passes_new_fields_through(fake_server: Any) -> None:
+    body = {
+        "tkn": 4,
+        "owner": "alice",
+        "shared": False,
+        "keyCnt": 0,
+        "expires": True,
+        "expiry": {
+            "duration": 0,
+            "remaining": 10,
+            "deleteSession": False,
+            "extendOnSetAdd": False,
+            "extendOnGet": False,
+            "maxLifetime": 10,
+            "lifetimeRemaining": 10,
+        },
+    }
+    uri = await recording_server(fake_server, [], lambda f: rsp("SH_INFO", st=1, **body))
+    async with SessionClient(uri) as c:
+        assert await c.session_info(4) == body
+
+
+async def test_new_calls_raise_status_errors(fake_server: Any) -> None:
+    uri = await recording_server(fake_server, [], lambda f: rsp(command_of(f), st=42))
+    async with SessionClient(uri) as c:
+        for call in (c.touch(1), c.owner_sessions("a" * 300), c.owner_end("a" * 300)):
+            with pytest.raises(ResponseError) as e:
+                await call
+            assert e.value.st == Status.ValueSize
+        with pytest.raises(ResponseError):
+            await c.create_session(owner="a" * 300)
+
+
 async def test_tokens_int_str_and_session_go_out_as_numbers(fake_server: Any) -> None:
     frames: List[str] = []
     uri = await recording_server(fake_server, frames)
@@ -154,6 +298,33 @@ async def test_create_session_value_errors(kwargs: Any) -> None:
     c = SessionClient()  # never opened: checks come before any I/O
     with pytest.raises(ValueError):
         await c.create_session(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(maxLifetime=60, deleteSession=True),
+        dict(maxLifetime=60, extendOnGet=True),
+        dict(maxLifetime=60, durationSeconds=-1),
+        dict(maxLifetime=60, shared=True),
+    ],
+)
+async def test_create_session_value_errors_with_lifetime(kwargs: Any) -> None:
+    """A lifetime is not an idle duration: the flags still need durationSeconds."""
+    with pytest.raises(ValueError):
+        await SessionClient().create_session(**kwargs)
+
+
+@pytest.mark.parametrize("keys", [["a"], "a", {1: "a"}])
+async def test_create_session_keys_type(keys: Any) -> None:
+    with pytest.raises(TypeError):
+        await SessionClient().create_session(keys=keys)
+
+
+@pytest.mark.parametrize("slide", [1, "false", None])
+async def test_touch_slide_type(slide: Any) -> None:
+    with pytest.raises(TypeError):
+        await SessionClient().touch(1, slide=slide)
 
 
 @pytest.mark.parametrize("duration", [1.5, "10", True, None])

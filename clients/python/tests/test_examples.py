@@ -91,3 +91,27 @@ def test_readme_quick_start_runs(server: Any) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "{'key1': 'value1'}"
+
+
+@pytest.mark.asyncio
+async def test_readme_log_out_everywhere_runs(server: Any) -> None:
+    """The README's owner example, run as the body of a coroutine given its free names."""
+    import asyncio
+    import uuid
+
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    code = readme.split("Log out everywhere (or everywhere but here):\n\n```py\n", 1)[1]
+    code = code.split("```", 1)[0]
+    body = "".join(f"    {line}\n" for line in code.splitlines())
+    namespace: dict = {}
+    exec(f"async def example(client, user_id, roles):\n{body}    return locals()\n", namespace)
+    user = f"user-{uuid.uuid4().hex[:12]}"
+    async with SessionClient(server.uri) as client:
+        phone = await client.create_session(owner=user)
+        await asyncio.sleep(0.005)
+        result = await namespace["example"](client, user, ["admin"])
+        session = result["session"]
+        assert session.owner == user and await client.session_exists([phone, session]) == []
+    assert result["devices"] == [phone.tkn, session.tkn]
+    assert 0 < result["ttl_ms"] <= 1_800_000
+    assert result["ended"] == 1  # the last call: the session the first one kept

@@ -24,6 +24,9 @@ METHODS = [
     "session_exists",
     "session_info",
     "session_info_all",
+    "touch",
+    "owner_sessions",
+    "owner_end",
     "set",
     "add",
     "get",
@@ -55,6 +58,15 @@ def test_api_names_and_docs() -> None:
         "name",
         "shared",
         "deleteSessionOnExpire",
+    ]
+    # The new parameters are keyword-only, so positional calls keep their meaning.
+    for name in ["owner", "keys", "maxLifetime"]:
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params[name].default is None, name
+    assert list(inspect.signature(SessionClient.owner_end).parameters) == [
+        "self",
+        "owner",
+        "except_tkn",
     ]
     assert ndb.SessionClient is SessionClient and sessionclient.ResponseError is ndb.ResponseError
 

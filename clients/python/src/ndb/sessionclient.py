@@ -9,14 +9,17 @@ Return values (a command that fails raises `ResponseError` instead):
 =====================  ==========================================================
 method                 returns
 =====================  ==========================================================
-create_session         `Session`
+create_session         `Session` (with ``owner`` when one was given)
 open_session           `Session` (``shared=True``)
 end_session            None
 end_all_sessions       int: sessions ended
 session_exists         list of int: the tokens that exist, in request order
-session_info           dict: ``tkn``, ``name`` (if any), ``shared``, ``keyCnt``,
-                       ``expires``, ``expiry`` (if ``expires``)
+session_info           dict: ``tkn``, ``name`` (if any), ``owner`` (if any),
+                       ``shared``, ``keyCnt``, ``expires``, ``expiry`` (if ``expires``)
 session_info_all       dict: ``totalSessions``, ``totalKeys``
+touch                  int: ``ttlMs``, milliseconds to the next deadline, -1 if none
+owner_sessions         list of int: the owner's live sessions, oldest first
+owner_end              int: sessions ended
 set / add / rmv        None
 get                    dict: key -> value, only keys that exist
 count                  int
@@ -64,14 +67,23 @@ class Session:
         tkn: the session token, an unsigned 64-bit int (never 0 for a real session).
         name: the name given when the session was created or opened, else None.
         shared: True if the name is registered server-wide (see `open_session`).
+        owner: the owner given to `create_session`, else None (`open_session`
+            does not learn it; `session_info` reports it).
     """
 
-    __slots__ = ("tkn", "name", "shared")
+    __slots__ = ("tkn", "name", "shared", "owner")
 
-    def __init__(self, tkn: int, name: Optional[str] = None, shared: bool = False) -> None:
+    def __init__(
+        self,
+        tkn: int,
+        name: Optional[str] = None,
+        shared: bool = False,
+        owner: Optional[str] = None,
+    ) -> None:
         self.tkn = tkn
         self.name = name
         self.shared = shared
+        self.owner = owner
 
     @property
     def token(self) -> int:
@@ -84,11 +96,15 @@ class Session:
         return self.tkn != 0
 
     def __repr__(self) -> str:
-        return f"Session(tkn={self.tkn!r}, name={self.name!r}, shared={self.shared!r})"
+        # The owner only when there is one: handles without one print as they always did.
+        owner = f", owner={self.owner!r}" if self.owner is not None else ""
+        return f"Session(tkn={self.tkn!r}, name={self.name!r}, shared={self.shared!r}{owner})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Session):
             return NotImplemented
+        # Not the owner: a handle from `open_session` may not know it, and it
+        # still stands for the same session as the one `create_session` gave.
         return (self.tkn, self.name, self.shared) == (other.tkn, other.name, other.shared)
 
     def __hash__(self) -> int:
@@ -189,11 +205,16 @@ class SessionClient:
         shared: bool = False,
         *,
         deleteSessionOnExpire: Optional[bool] = None,
+        owner: Optional[str] = None,
+        keys: Optional[Mapping[str, Any]] = None,
+        maxLifetime: Optional[int] = None,
     ) -> Session:
         """Create a session (SH_NEW).
 
         Args:
-            durationSeconds: seconds until the session expires; 0 means never.
+            durationSeconds: seconds until the session expires (its idle
+                deadline); 0 means no idle deadline, so without
+                `maxLifetime` the session never expires.
             deleteSession: on expiry delete the session itself; when False
                 only its keys are deleted and it lives on with a new deadline.
             extendOnSetAdd: each set/add/clear_set restarts the duration.
@@ -204,18 +225,36 @@ class SessionClient:
                 `open_session` it.
             deleteSessionOnExpire: older spelling of `deleteSession`;
                 either one being True enables it.
+            owner: who the session belongs to (a user, device group or
+                tenant; a str of 1 to 256 bytes of UTF-8). The owner's
+                sessions can be listed (`owner_sessions`) and ended together
+                (`owner_end`). Checked by the server.
+            keys: initial keys (name -> any JSON value), set as `set` would,
+                atomically with the creation: one round trip for "create and fill".
+            maxLifetime: absolute lifetime in seconds from creation (1 to
+                4294967295, checked by the server). The session is deleted
+                then, whatever `deleteSession` says, and no sliding moves a
+                deadline past it. With it, `durationSeconds` may stay 0: the
+                session then has only this deadline.
+
+        Without `owner`, `keys` and `maxLifetime` the request is exactly the
+        one older versions of this client sent.
 
         Raises:
             ValueError: durationSeconds < 0; deleteSession/extendOnSetAdd/
                 extendOnGet without a duration; shared without a name; a
                 name that is empty or longer than 256 bytes.
+            TypeError: `keys` is not a mapping with str names.
             ResponseError: e.g. SessionNewFail (103) when a shared session
-                with this name already exists.
+                with this name already exists; ValueTypeInvalid (41) for an
+                owner that is not a str or a maxLifetime that is not an
+                unsigned int; ValueSize (42) for an owner that is empty or
+                over 256 bytes, or a maxLifetime of 0 or over 4294967295.
         """
         if isinstance(durationSeconds, bool) or not isinstance(durationSeconds, int):
             raise TypeError(f"durationSeconds must be an int, not {type(durationSeconds).__name__}")
         if durationSeconds < 0:
-            raise ValueError("durationSeconds must be >= 0 (0: never expires)")
+            raise ValueError("durationSeconds must be >= 0 (0: no idle deadline)")
         if deleteSessionOnExpire is not None:
             deleteSession = bool(deleteSession or deleteSessionOnExpire)
         if durationSeconds == 0 and (deleteSession or extendOnSetAdd or extendOnGet):
@@ -232,15 +271,25 @@ class SessionClient:
             params["name"] = name
         if shared:
             params["shared"] = True
+        if owner is not None:
+            params["owner"] = owner
+        expiry: Dict[str, Any] = {}
         if durationSeconds > 0:
-            params["expiry"] = {
+            expiry = {
                 "duration": durationSeconds,
                 "deleteSession": bool(deleteSession),
                 "extendOnSetAdd": bool(extendOnSetAdd),
                 "extendOnGet": bool(extendOnGet),
             }
+        if maxLifetime is not None:
+            # Passed as given: the server owns the range (and answers 41/42).
+            expiry["maxLifetime"] = maxLifetime
+        if expiry:
+            params["expiry"] = expiry
+        if keys is not None:
+            params["keys"] = _key_values(keys)
         body = await self._conn.request("SH_NEW", params)
-        return Session(body["tkn"], name, bool(shared))
+        return Session(body["tkn"], name, bool(shared), owner)
 
     async def open_session(self, name: str) -> Session:
         """Find the shared session called `name` (SH_OPEN).
@@ -281,9 +330,11 @@ class SessionClient:
         """Describe one session (SH_INFO).
 
         Returns the response body without ``st``: ``tkn``, ``name`` (when
-        it has one), ``shared``, ``keyCnt``, ``expires`` and, when
-        ``expires``, ``expiry`` with ``duration``, ``remaining``,
-        ``deleteSession``, ``extendOnSetAdd``, ``extendOnGet``.
+        it has one), ``owner`` (when it has one), ``shared``, ``keyCnt``,
+        ``expires`` and, when ``expires``, ``expiry`` with ``duration``,
+        ``remaining``, ``deleteSession``, ``extendOnSetAdd``, ``extendOnGet``
+        and, for a session created with a lifetime, ``maxLifetime`` and
+        ``lifetimeRemaining`` (whole seconds, rounded up).
 
         Raises:
             ResponseError: SessionNotExist (100).
@@ -293,6 +344,54 @@ class SessionClient:
     async def session_info_all(self) -> Dict[str, Any]:
         """Server-wide totals (SH_INFO_ALL): ``{'totalSessions': n, 'totalKeys': m}``."""
         return _without_st(await self._conn.request("SH_INFO_ALL", {}))
+
+    async def touch(self, tkn: Token, slide: bool = True) -> int:
+        """Milliseconds until the session's next deadline (SH_TOUCH).
+
+        The next deadline is the idle one or the end of its lifetime,
+        whichever comes first; -1 when the session has no expiry. With
+        `slide` (the default) the idle deadline first moves to now + its
+        duration (never past the lifetime), whatever the extend flags say:
+        a keepalive that reads nothing. ``slide=False`` only asks.
+
+        Raises:
+            TypeError: `slide` is not a bool.
+            ResponseError: SessionNotExist (100); SessionTokenInvalid (101).
+        """
+        if not isinstance(slide, bool):
+            raise TypeError(f"slide must be a bool, not {type(slide).__name__}")
+        body = await self._conn.request("SH_TOUCH", {"tkn": _token(tkn), "slide": slide})
+        return int(body["ttlMs"])
+
+    async def owner_sessions(self, owner: str) -> List[int]:
+        """The live sessions of `owner`, oldest first (SH_OWNER_SESSIONS).
+
+        Empty when the owner has none (that is not an error).
+
+        Raises:
+            ResponseError: ValueTypeInvalid (41) when `owner` is not a str;
+                ValueSize (42) when it is empty or over 256 bytes.
+        """
+        body = await self._conn.request("SH_OWNER_SESSIONS", {"owner": owner})
+        return [_as_int(t) for t in body["tkns"]]
+
+    async def owner_end(self, owner: str, except_tkn: Optional[Token] = None) -> int:
+        """End every session of `owner` (SH_OWNER_END); returns how many ended.
+
+        "Log out everywhere"; with `except_tkn` (the protocol's ``except``,
+        a Python keyword) that one session is kept: "everywhere but here".
+        Every session the owner had when the server received this is gone
+        when it returns.
+
+        Raises:
+            ResponseError: ValueTypeInvalid (41) / ValueSize (42) for a bad
+                `owner`; SessionTokenInvalid (101) when `except_tkn` is not a token.
+        """
+        params: Dict[str, Any] = {"owner": owner}
+        if except_tkn is not None:
+            params["except"] = _token(except_tkn)
+        body = await self._conn.request("SH_OWNER_END", params)
+        return int(body["cnt"])
 
     # ----------------------------------------------------------------------- keys
 
