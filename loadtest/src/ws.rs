@@ -198,12 +198,14 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     }))
 }
 
-/// Finds the members `st` and `tkn` in a response body without building a
-/// JSON tree. Our requests never put a quote inside a value, so the first
-/// `"st"` key in a response is the status.
+/// Finds the members `st`, `tkn`, `ttlMs` and `cnt` in a response body
+/// without building a JSON tree. Our requests never put a quote inside a
+/// value, so the first `"st"` key in a response is the status.
 pub struct Scanner {
     st: memmem::Finder<'static>,
     tkn: memmem::Finder<'static>,
+    ttl: memmem::Finder<'static>,
+    cnt: memmem::Finder<'static>,
 }
 
 impl Default for Scanner {
@@ -211,6 +213,8 @@ impl Default for Scanner {
         Scanner {
             st: memmem::Finder::new(b"\"st\""),
             tkn: memmem::Finder::new(b"\"tkn\""),
+            ttl: memmem::Finder::new(b"\"ttlMs\""),
+            cnt: memmem::Finder::new(b"\"cnt\""),
         }
     }
 }
@@ -225,6 +229,18 @@ impl Scanner {
     /// The `tkn` value (a number, or a decimal string).
     pub fn token(&self, body: &[u8]) -> Option<u64> {
         let at = self.tkn.find(body)? + 5;
+        number_after_colon(&body[at..])
+    }
+
+    /// The `ttlMs` value (SH_TOUCH); `None` for -1 (no expiry) or none.
+    pub fn ttl_ms(&self, body: &[u8]) -> Option<u64> {
+        let at = self.ttl.find(body)? + 7;
+        number_after_colon(&body[at..])
+    }
+
+    /// The `cnt` value (SH_OWNER_END).
+    pub fn count(&self, body: &[u8]) -> Option<u64> {
+        let at = self.cnt.find(body)? + 5;
         number_after_colon(&body[at..])
     }
 }
@@ -349,6 +365,13 @@ mod tests {
             None
         );
         assert_eq!(s.token(br#"{"SH_NEW_RSP":{"tkn":null}}"#), None);
+        let touch = br#"{"SH_TOUCH_RSP":{"st":1,"tkn":5,"ttlMs":3599998}}"#;
+        assert_eq!(s.ttl_ms(touch), Some(3_599_998));
+        assert_eq!(s.ttl_ms(br#"{"SH_TOUCH_RSP":{"st":1,"ttlMs":-1}}"#), None);
+        assert_eq!(
+            s.count(br#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u3","cnt":5}}"#),
+            Some(5)
+        );
         assert_eq!(
             reply_name(br#"{"SH_GET_RSP":{"st":1}}"#),
             Some(&b"SH_GET_RSP"[..])

@@ -19,7 +19,10 @@ const WORKLOADS: &[&str] = &[
     "set",
     "mixed",
     "sliding",
+    "touch",
     "lifecycle",
+    "lifecycle-classic",
+    "logout-all",
     "expiry",
     "populate",
 ];
