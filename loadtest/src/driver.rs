@@ -423,6 +423,10 @@ impl Conn {
                         let ok = match (reply, check) {
                             (resp::Reply::Error, _) => false,
                             (_, Some(Check::Members)) => members(&buf[..used], &mut carry),
+                            (_, Some(Check::Filled)) => {
+                                let mut n = 0;
+                                resp::array_bulks(&buf[..used], |_| n += 1).is_some() && n == 4
+                            }
                             (resp::Reply::Integer(n), Some(Check::Positive)) => n >= 1,
                             (resp::Reply::Value, Some(Check::Positive)) => false,
                             _ => true,
@@ -545,6 +549,7 @@ fn judge_ws(scanner: &ws::Scanner, body: &[u8], whole_text: bool, e: &Expect) ->
             Check::Token => token.is_some(),
             Check::Ttl => scanner.ttl_ms(body).is_some(),
             Check::Ended => scanner.count(body).is_some_and(|n| n >= 1),
+            Check::Filled => scanner.has_both_keys(body),
             Check::Ok | Check::Positive | Check::Members => true,
         };
     Judged { ok, token, fault }
@@ -850,6 +855,15 @@ mod tests {
             .ok
         );
         assert!(!judge(r#"{"SH_TOUCH_RSP":{"st":1,"tkn":3,"ttlMs":-1}}"#, touch).ok);
+        let get = expect(Check::Filled, b"SH_GET_RSP", Some(3));
+        assert!(
+            judge(
+                r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{"user":"v","cart":"v"}}}"#,
+                get
+            )
+            .ok
+        );
+        assert!(!judge(r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{}}}"#, get).ok);
         let end = expect(Check::Ended, b"SH_OWNER_END_RSP", None);
         assert!(judge(r#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u1","cnt":5}}"#, end).ok);
         assert!(!judge(r#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u1","cnt":0}}"#, end).ok);

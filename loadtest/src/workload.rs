@@ -134,6 +134,10 @@ pub enum Check {
     /// Redis: an array of 1 to [`MAX_MEMBERS`] session names this generator
     /// made (SMEMBERS), which the next phase deletes.
     Members,
+    /// The read of a freshly filled session: nemesisdb `st` 1 with string
+    /// values for `user` and `cart`; Redis an array of both fields and values
+    /// (HGETALL). A server that ignored SH_NEW's `keys` fails here.
+    Filled,
 }
 
 /// What one request's reply must be.
@@ -605,7 +609,7 @@ impl Encoder {
             Op::Lifecycle { .. } => {
                 let t = b.format(carry.token).as_bytes();
                 let tkn = Some(carry.token);
-                text(&[&p.get_open, t, &p.get_both], Check::Ok, GET, tkn);
+                text(&[&p.get_open, t, &p.get_both], Check::Filled, GET, tkn);
                 text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn);
             }
             Op::LifecycleClassic { .. } if phase == 0 => {
@@ -616,7 +620,7 @@ impl Encoder {
                 let t = b.format(carry.token).as_bytes();
                 let tkn = Some(carry.token);
                 text(&[&p.set_open, t, &p.set_both], Check::Ok, SET, tkn);
-                text(&[&p.get_open, t, &p.get_both], Check::Ok, GET, tkn);
+                text(&[&p.get_open, t, &p.get_both], Check::Filled, GET, tkn);
                 text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn);
             }
             Op::LogoutAll { owner } | Op::OwnerEnd { owner } if phase == 0 => {
@@ -721,7 +725,7 @@ impl Encoder {
                 put(out, &[&p.hgetall, &k, &p.del, &k]);
                 expect(Check::Ok);
                 expect(Check::Positive);
-                expect(Check::Ok);
+                expect(Check::Filled);
                 expect(Check::Positive);
             }
             Op::LogoutAll { owner } | Op::OwnerEnd { owner } if phase == 0 => {

@@ -206,6 +206,8 @@ pub struct Scanner {
     tkn: memmem::Finder<'static>,
     ttl: memmem::Finder<'static>,
     cnt: memmem::Finder<'static>,
+    user: memmem::Finder<'static>,
+    cart: memmem::Finder<'static>,
 }
 
 impl Default for Scanner {
@@ -215,6 +217,8 @@ impl Default for Scanner {
             tkn: memmem::Finder::new(b"\"tkn\""),
             ttl: memmem::Finder::new(b"\"ttlMs\""),
             cnt: memmem::Finder::new(b"\"cnt\""),
+            user: memmem::Finder::new(b"\"user\""),
+            cart: memmem::Finder::new(b"\"cart\""),
         }
     }
 }
@@ -236,6 +240,23 @@ impl Scanner {
     pub fn ttl_ms(&self, body: &[u8]) -> Option<u64> {
         let at = self.ttl.find(body)? + 7;
         number_after_colon(&body[at..])
+    }
+
+    /// Whether both keys `user` and `cart` have a string value (an SH_GET of
+    /// a filled session).
+    pub fn has_both_keys(&self, body: &[u8]) -> bool {
+        let string_after = |f: &memmem::Finder, len: usize| {
+            f.find(body).is_some_and(|at| {
+                let rest = &body[at + len..];
+                let mut i = 0;
+                while i < rest.len() && rest[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                rest.get(i) == Some(&b':')
+                    && rest[i + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'"')
+            })
+        };
+        string_after(&self.user, 6) && string_after(&self.cart, 6)
     }
 
     /// The `cnt` value (SH_OWNER_END).
@@ -372,6 +393,10 @@ mod tests {
             s.count(br#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u3","cnt":5}}"#),
             Some(5)
         );
+        assert!(s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":"a","cart" : "b"}}}"#));
+        assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":"a"}}}"#));
+        assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":null,"cart":"b"}}}"#));
+        assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{}}}"#));
         assert_eq!(
             reply_name(br#"{"SH_GET_RSP":{"st":1}}"#),
             Some(&b"SH_GET_RSP"[..])
