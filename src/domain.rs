@@ -10,10 +10,13 @@ pub type Token = u64;
 /// it (minus whitespace).
 pub type KeyValue = (Box<str>, Box<[u8]>);
 
-/// How a session expires: `SH_NEW`'s `expiry` object.
+/// How a session expires: `SH_NEW`'s `expiry` object. At least one of
+/// `duration_s` and `max_lifetime_s` is set (an expiry with neither is no
+/// expiry at all, and is never built).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ExpirySettings {
-    /// Seconds from now (or from the last extending access) to the deadline; >= 1.
+    /// Seconds from now (or from the last extending access) to the idle
+    /// deadline; 0: no idle deadline, only the lifetime.
     pub duration_s: u32,
     /// At the deadline the session goes too, not only its keys.
     pub delete_session: bool,
@@ -21,6 +24,27 @@ pub struct ExpirySettings {
     pub extend_on_set_add: bool,
     /// `SH_GET` moves the deadline on.
     pub extend_on_get: bool,
+    /// Seconds from creation to the session's end, whatever sliding does;
+    /// 0: no lifetime.
+    pub max_lifetime_s: u32,
+}
+
+impl ExpirySettings {
+    /// Idle expiry only, as NemesisDB has it.
+    pub fn idle(
+        duration_s: u32,
+        delete_session: bool,
+        extend_on_set_add: bool,
+        extend_on_get: bool,
+    ) -> Self {
+        ExpirySettings {
+            duration_s,
+            delete_session,
+            extend_on_set_add,
+            extend_on_get,
+            max_lifetime_s: 0,
+        }
+    }
 }
 
 /// What a new session is to be: `SH_NEW`'s parameters.
@@ -30,4 +54,9 @@ pub struct NewSession {
     /// Registered under `name` so other clients can `SH_OPEN` it.
     pub shared: bool,
     pub expiry: Option<ExpirySettings>,
+    /// Who the session belongs to: its sessions can be listed and ended
+    /// together, and they all live on one shard.
+    pub owner: Option<Box<str>>,
+    /// Keys set with the creation, as `SH_SET` would set them.
+    pub keys: Vec<KeyValue>,
 }

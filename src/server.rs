@@ -240,6 +240,10 @@ impl Server {
         let names = Arc::new(SharedNames::default());
         let connections = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
+        let wall_epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let owners_scattered = Arc::new(AtomicBool::new(false));
         let (exit_sender, exits) = channel();
         let mut threads = Vec::with_capacity(config.shards);
         let (mut loaded_sessions, mut loaded_keys) = (0, 0);
@@ -258,6 +262,8 @@ impl Server {
                 max_memory: config.max_memory,
                 persist: config.persist.clone(),
                 started,
+                wall_epoch_ms,
+                owners_scattered: owners_scattered.clone(),
                 names: names.clone(),
                 mesh: mesh.clone(),
                 stop: stop.clone(),

@@ -50,6 +50,13 @@ pub enum Part {
     /// Apply any overdue expiry to this session (so a shared name held by
     /// a session past its deadline is released before it is claimed).
     Settle(Token),
+    /// The owner's live sessions here (owners are scattered: see the router).
+    OwnerSessions(Box<str>),
+    /// End the owner's sessions here but `except`.
+    OwnerEnd {
+        owner: Box<str>,
+        except: Option<Token>,
+    },
 }
 
 /// What one shard counts for `SH_INFO_ALL` and `SV_INFO`.
@@ -77,6 +84,8 @@ pub enum PartResult {
         keys: u64,
     },
     Settled,
+    /// An owner's sessions on one shard, with their creation times.
+    OwnerSessions(Vec<(u64, Token)>),
 }
 
 #[derive(Debug)]
@@ -207,6 +216,15 @@ pub fn wire(wakers: Vec<Arc<Waker>>) -> (Arc<[Address]>, Vec<Inbox>) {
         inboxes.push(Inbox { receiver, sleeping });
     }
     (addresses.into(), inboxes)
+}
+
+/// The shard that holds every session of `owner` (SH_NEW with `owner` mints
+/// a token that lands there): FNV-1a of the name, mixed as tokens are.
+pub fn shard_of_owner(owner: &str, shards: usize) -> ShardId {
+    let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    shard_of(hash, shards)
 }
 
 /// The shard that owns `tkn`. A fixed mix (not a seeded hasher) so the same

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use simd_json::prelude::*;
 
 use super::PersistError;
-use super::format::{FORMAT_VERSION, SessionRecord, read_shard_file};
+use super::format::{FORMAT_VERSION, OLDEST_READABLE_VERSION, SessionRecord, read_shard_file};
 use super::stamp::{Civil, VersionKey};
 use super::writer::{ShardFileSummary, shard_file_name};
 
@@ -407,9 +407,10 @@ fn parse_metadata(
         other => return Err(bad(format!("format is {other:?}, not {FORMAT_NAME:?}"))),
     }
     let format_version = u64_of(value, "formatVersion")?;
-    if format_version != u64::from(FORMAT_VERSION) {
+    let readable = u64::from(OLDEST_READABLE_VERSION)..=u64::from(FORMAT_VERSION);
+    if !readable.contains(&format_version) {
         return Err(bad(format!(
-            "format version {format_version}, this server reads only {FORMAT_VERSION}"
+            "format version {format_version}, this server reads {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}"
         )));
     }
     let created = value
@@ -652,6 +653,8 @@ mod tests {
                 name: None,
                 shared: false,
                 expiry: None,
+                owner: None,
+                created_unix_ms: 0,
                 keys: vec![("k".into(), b"1".as_slice().into())],
             }],
             Vec::new(),
@@ -867,10 +870,10 @@ mod tests {
         flip(&file, 0);
 
         let mut b = fs::read(&file).unwrap();
-        b[8] = 2;
+        b[8] = 3;
         fs::write(&file, b).unwrap();
         let err = load(root.path(), "ds").unwrap_err().to_string();
-        assert!(err.contains("format version 2"), "{err}");
+        assert!(err.contains("format version 3"), "{err}");
 
         // A metadata format version from the future is an error, not a reason
         // to load something older.
@@ -878,7 +881,7 @@ mod tests {
         let text = fs::read_to_string(&meta).unwrap();
         fs::write(
             &meta,
-            text.replace("\"formatVersion\": 1", "\"formatVersion\": 9"),
+            text.replace("\"formatVersion\": 2", "\"formatVersion\": 9"),
         )
         .unwrap();
         let err = newest_complete(root.path(), "ds").unwrap_err();

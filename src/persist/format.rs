@@ -1,4 +1,4 @@
-//! The shard file format (version 1), byte for byte as `docs/PERSISTENCE.md`
+//! The shard file format (version 2; version 1 files still load), byte for byte as `docs/PERSISTENCE.md`
 //! describes it: encoding records, and decoding and verifying a whole file.
 //!
 //! Decoding trusts nothing it reads: every length is checked against the bytes
@@ -18,8 +18,11 @@ use super::PersistError;
 pub const FILE_MAGIC: [u8; 8] = *b"NDBSNAP\0";
 /// First 8 bytes of the footer.
 pub const FOOTER_MAGIC: [u8; 8] = *b"NDBFOOT\0";
-/// The shard file format this code writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The shard file format this code writes. It reads this one and every
+/// older one (`OLDEST_READABLE_VERSION`..=`FORMAT_VERSION`).
+pub const FORMAT_VERSION: u32 = 2;
+/// Version 1 had no owners or lifetimes (flag bits 6 and 7 unused).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Magic, format version, shard index.
 pub const HEADER_LEN: usize = 8 + 4 + 4;
 /// Magic, sessions, keys, CRC32.
@@ -31,8 +34,19 @@ const FLAG_EXPIRY: u8 = 1 << 2;
 const FLAG_DELETE_SESSION: u8 = 1 << 3;
 const FLAG_EXTEND_ON_SET_ADD: u8 = 1 << 4;
 const FLAG_EXTEND_ON_GET: u8 = 1 << 5;
-const FLAGS_EXPIRY_DETAIL: u8 = FLAG_DELETE_SESSION | FLAG_EXTEND_ON_SET_ADD | FLAG_EXTEND_ON_GET;
-const FLAGS_KNOWN: u8 = FLAG_SHARED | FLAG_NAME | FLAG_EXPIRY | FLAGS_EXPIRY_DETAIL;
+/// Version 2: an owner follows, then the creation time.
+const FLAG_OWNER: u8 = 1 << 6;
+/// Version 2: a lifetime follows the duration, then the creation time.
+const FLAG_LIFETIME: u8 = 1 << 7;
+const FLAGS_EXPIRY_DETAIL: u8 =
+    FLAG_DELETE_SESSION | FLAG_EXTEND_ON_SET_ADD | FLAG_EXTEND_ON_GET | FLAG_LIFETIME;
+const FLAGS_KNOWN_V1: u8 = FLAG_SHARED
+    | FLAG_NAME
+    | FLAG_EXPIRY
+    | FLAG_DELETE_SESSION
+    | FLAG_EXTEND_ON_SET_ADD
+    | FLAG_EXTEND_ON_GET;
+const FLAGS_KNOWN: u8 = FLAGS_KNOWN_V1 | FLAG_OWNER | FLAG_LIFETIME;
 
 /// A session as saved: everything needed to recreate it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +55,11 @@ pub struct SessionRecord {
     pub name: Option<Box<str>>,
     pub shared: bool,
     pub expiry: Option<ExpirySettings>,
+    pub owner: Option<Box<str>>,
+    /// Wall-clock creation time in ms since the Unix epoch; kept for
+    /// sessions with an owner or a lifetime (0 for the others, and for
+    /// every session of a version 1 file).
+    pub created_unix_ms: u64,
     /// Key names and their values as compact JSON text (valid UTF-8 on load).
     pub keys: Vec<(Box<str>, Box<[u8]>)>,
 }
@@ -48,28 +67,52 @@ pub struct SessionRecord {
 impl SessionRecord {
     /// Appends this record's encoding to `out`; the same bytes as [`encode_record`].
     pub fn encode(&self, out: &mut Vec<u8>) {
-        encode_record(
-            out,
-            self.tkn,
-            self.name.as_deref(),
-            self.shared,
-            self.expiry,
-            self.keys.iter().map(|(k, v)| (&**k, &**v)),
-        );
+        let head = RecordHead {
+            tkn: self.tkn,
+            name: self.name.as_deref(),
+            shared: self.shared,
+            expiry: self.expiry,
+            owner: self.owner.as_deref(),
+            created_unix_ms: self.created_unix_ms,
+        };
+        encode_record(out, &head, self.keys.iter().map(|(k, v)| (&**k, &**v)));
     }
+}
+
+/// Everything of a record but its keys, borrowed from wherever it lives.
+#[derive(Copy, Clone, Debug)]
+pub struct RecordHead<'a> {
+    pub tkn: Token,
+    pub name: Option<&'a str>,
+    pub shared: bool,
+    pub expiry: Option<ExpirySettings>,
+    pub owner: Option<&'a str>,
+    pub created_unix_ms: u64,
 }
 
 /// Appends one record's encoding to `out`. Parts are borrowed so a shard can
 /// encode straight from its store without cloning.
 pub fn encode_record<'a>(
     out: &mut Vec<u8>,
-    tkn: Token,
-    name: Option<&str>,
-    shared: bool,
-    expiry: Option<ExpirySettings>,
+    head: &RecordHead<'_>,
     keys: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) {
+    let RecordHead {
+        tkn,
+        name,
+        shared,
+        expiry,
+        owner,
+        created_unix_ms,
+    } = *head;
+    let lifetime_s = expiry.map_or(0, |e| e.max_lifetime_s);
     let mut flags = 0u8;
+    if owner.is_some() {
+        flags |= FLAG_OWNER;
+    }
+    if lifetime_s > 0 {
+        flags |= FLAG_LIFETIME;
+    }
     if shared {
         flags |= FLAG_SHARED;
     }
@@ -95,6 +138,15 @@ pub fn encode_record<'a>(
     }
     if let Some(e) = expiry {
         out.extend_from_slice(&e.duration_s.to_le_bytes());
+        if lifetime_s > 0 {
+            out.extend_from_slice(&lifetime_s.to_le_bytes());
+        }
+    }
+    if let Some(owner) = owner {
+        put_bytes(out, owner.as_bytes());
+    }
+    if flags & (FLAG_OWNER | FLAG_LIFETIME) != 0 {
+        out.extend_from_slice(&created_unix_ms.to_le_bytes());
     }
     // The key count precedes the keys. Store iterators know their length, so
     // the count is written from the size hint; should the iterator yield a
@@ -191,10 +243,12 @@ pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<DecodedFile, PersistErro
         ));
     }
     let version = le_u32(&bytes[8..12]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(corrupt(
             8,
-            format!("format version {version}, this server reads only {FORMAT_VERSION}"),
+            format!(
+                "format version {version}, this server reads {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}"
+            ),
         ));
     }
     let shard = le_u32(&bytes[12..16]);
@@ -227,7 +281,7 @@ pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<DecodedFile, PersistErro
     let mut key_total = 0u64;
     while cur.pos < cur.bytes.len() {
         let start = cur.pos;
-        let record = decode_record(&mut cur).map_err(|(at, reason)| {
+        let record = decode_record(&mut cur, version).map_err(|(at, reason)| {
             corrupt(
                 at,
                 format!(
@@ -362,7 +416,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_record(cur: &mut Cursor<'_>) -> DecodeResult<SessionRecord> {
+fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionRecord> {
     let at = cur.pos;
     let tkn = cur.u64("token")?;
     if tkn == 0 {
@@ -370,7 +424,12 @@ fn decode_record(cur: &mut Cursor<'_>) -> DecodeResult<SessionRecord> {
     }
     let flags_at = cur.pos;
     let flags = cur.u8("flags")?;
-    if flags & !FLAGS_KNOWN != 0 {
+    let known = if version == 1 {
+        FLAGS_KNOWN_V1
+    } else {
+        FLAGS_KNOWN
+    };
+    if flags & !known != 0 {
         return Err((flags_at, format!("unknown flag bits in {flags:#04x}")));
     }
     if flags & FLAG_EXPIRY == 0 && flags & FLAGS_EXPIRY_DETAIL != 0 {
@@ -394,17 +453,43 @@ fn decode_record(cur: &mut Cursor<'_>) -> DecodeResult<SessionRecord> {
     let expiry = if flags & FLAG_EXPIRY != 0 {
         let at = cur.pos;
         let duration_s = cur.u32("expiry duration")?;
-        if duration_s == 0 {
-            return Err((at, "expiry duration 0 (must be >= 1)".into()));
+        let max_lifetime_s = if flags & FLAG_LIFETIME != 0 {
+            let at = cur.pos;
+            let lifetime = cur.u32("lifetime")?;
+            if lifetime == 0 {
+                return Err((at, "lifetime 0 (must be >= 1)".into()));
+            }
+            lifetime
+        } else {
+            0
+        };
+        if duration_s == 0 && max_lifetime_s == 0 {
+            return Err((at, "expiry duration 0 without a lifetime".into()));
         }
         Some(ExpirySettings {
             duration_s,
             delete_session: flags & FLAG_DELETE_SESSION != 0,
             extend_on_set_add: flags & FLAG_EXTEND_ON_SET_ADD != 0,
             extend_on_get: flags & FLAG_EXTEND_ON_GET != 0,
+            max_lifetime_s,
         })
     } else {
         None
+    };
+    let owner = if flags & FLAG_OWNER != 0 {
+        let at = cur.pos;
+        let owner = cur.utf8("owner")?;
+        if owner.is_empty() {
+            return Err((at, "empty owner".into()));
+        }
+        Some(Box::from(owner))
+    } else {
+        None
+    };
+    let created_unix_ms = if flags & (FLAG_OWNER | FLAG_LIFETIME) != 0 {
+        cur.u64("creation time")?
+    } else {
+        0
     };
     let count_at = cur.pos;
     let count = cur.varint("key count")?;
@@ -429,6 +514,8 @@ fn decode_record(cur: &mut Cursor<'_>) -> DecodeResult<SessionRecord> {
         name,
         shared: flags & FLAG_SHARED != 0,
         expiry,
+        owner,
+        created_unix_ms,
         keys,
     })
 }
@@ -469,6 +556,18 @@ pub(crate) mod tests {
             delete_session: bits & 1 != 0,
             extend_on_set_add: bits & 2 != 0,
             extend_on_get: bits & 4 != 0,
+            max_lifetime_s: 0,
+        }
+    }
+
+    fn head(r: &SessionRecord) -> RecordHead<'_> {
+        RecordHead {
+            tkn: r.tkn,
+            name: r.name.as_deref(),
+            shared: r.shared,
+            expiry: r.expiry,
+            owner: r.owner.as_deref(),
+            created_unix_ms: r.created_unix_ms,
         }
     }
 
@@ -499,6 +598,8 @@ pub(crate) mod tests {
             name: None,
             shared: false,
             expiry: None,
+            owner: None,
+            created_unix_ms: 0,
             keys: values
                 .iter()
                 .enumerate()
@@ -515,6 +616,8 @@ pub(crate) mod tests {
                 },
                 shared: bits % 3 == 0,
                 expiry: Some(expiry(1 + u32::from(bits) * 1000, bits)),
+                owner: None,
+                created_unix_ms: 0,
                 keys: vec![kv("", b"\"empty key name\""), kv("ключ", b"1")],
             });
         }
@@ -523,6 +626,8 @@ pub(crate) mod tests {
             name: Some("shared and keyless".into()),
             shared: true,
             expiry: Some(expiry(u32::MAX, 7)),
+            owner: None,
+            created_unix_ms: 0,
             keys: Vec::new(),
         });
         records.push(SessionRecord {
@@ -530,6 +635,8 @@ pub(crate) mod tests {
             name: None,
             shared: false,
             expiry: None,
+            owner: None,
+            created_unix_ms: 0,
             keys: (0..1000)
                 .map(|i| kv(&format!("key{i}"), format!("{i}").as_bytes()))
                 .collect(),
@@ -542,6 +649,8 @@ pub(crate) mod tests {
             name: Some("big".into()),
             shared: false,
             expiry: None,
+            owner: None,
+            created_unix_ms: 0,
             keys: vec![kv("big", &big)],
         });
         records
@@ -607,10 +716,7 @@ pub(crate) mod tests {
             .collect();
         encode_record(
             &mut b,
-            r.tkn,
-            r.name.as_deref(),
-            r.shared,
-            r.expiry,
+            &head(r),
             keys.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
         );
         assert_eq!(a, b);
@@ -626,14 +732,7 @@ pub(crate) mod tests {
         r.encode(&mut expected);
         let filtered = r.keys.iter().filter(|_| true).map(|(k, v)| (&**k, &**v));
         let mut a = Vec::new();
-        encode_record(
-            &mut a,
-            r.tkn,
-            r.name.as_deref(),
-            r.shared,
-            r.expiry,
-            filtered,
-        );
+        encode_record(&mut a, &head(r), filtered);
         assert_eq!(a, expected);
 
         struct Liar<I>(I, usize);
@@ -649,37 +748,69 @@ pub(crate) mod tests {
         for claimed in [0, 1, 999, 1001, 100_000] {
             let liar = Liar(r.keys.iter().map(|(k, v)| (&**k, &**v)), claimed);
             let mut b = Vec::new();
-            encode_record(&mut b, r.tkn, r.name.as_deref(), r.shared, r.expiry, liar);
+            encode_record(&mut b, &head(r), liar);
             assert_eq!(b, expected, "claimed {claimed}");
         }
     }
 
-    /// The worked example in docs/PERSISTENCE.md.
+    fn plain(
+        tkn: Token,
+        name: Option<&str>,
+        shared: bool,
+        expiry: Option<ExpirySettings>,
+    ) -> RecordHead<'_> {
+        RecordHead {
+            tkn,
+            name,
+            shared,
+            expiry,
+            owner: None,
+            created_unix_ms: 0,
+        }
+    }
+
+    /// The worked examples in docs/PERSISTENCE.md.
     #[test]
     fn bytes_match_the_documented_example() {
         let mut out = Vec::new();
         encode_record(
             &mut out,
-            5,
-            None,
-            false,
-            None,
+            &plain(5, None, false, None),
             [("a", b"1".as_slice())].into_iter(),
         );
         assert_eq!(out, [5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'a', 1, b'1']);
-        assert_eq!(header(7), *b"NDBSNAP\0\x01\0\0\0\x07\0\0\0");
+        assert_eq!(header(7), *b"NDBSNAP\0\x02\0\0\0\x07\0\0\0");
         let mut out = Vec::new();
-        let e = ExpirySettings {
-            duration_s: 300,
-            delete_session: true,
-            extend_on_set_add: false,
-            extend_on_get: true,
-        };
-        encode_record(&mut out, 1, Some("n"), true, Some(e), std::iter::empty());
+        let e = ExpirySettings::idle(300, true, false, true);
+        encode_record(
+            &mut out,
+            &plain(1, Some("n"), true, Some(e)),
+            std::iter::empty(),
+        );
         let flags = 0b10_1111;
         assert_eq!(
             out,
             [1, 0, 0, 0, 0, 0, 0, 0, flags, 1, b'n', 44, 1, 0, 0, 0]
+        );
+        // Version 2: an owner, a lifetime (no idle duration), the creation time.
+        let mut out = Vec::new();
+        let e = ExpirySettings {
+            max_lifetime_s: 3600,
+            ..ExpirySettings::idle(0, false, false, false)
+        };
+        let head = RecordHead {
+            owner: Some("ann"),
+            created_unix_ms: 1,
+            ..plain(2, None, false, Some(e))
+        };
+        encode_record(&mut out, &head, std::iter::empty());
+        let flags = 0b1100_0100;
+        assert_eq!(
+            out,
+            [
+                2, 0, 0, 0, 0, 0, 0, 0, flags, 0, 0, 0, 0, 0x10, 0x0e, 0, 0, 3, b'a', b'n', b'n',
+                1, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
         );
     }
 
@@ -731,9 +862,40 @@ pub(crate) mod tests {
         assert!(err.contains("bad magic"), "{err}");
 
         let mut b = small_file();
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
         let err = decode_file(Path::new("mem"), &b).unwrap_err().to_string();
-        assert!(err.contains("format version 2"), "{err}");
+        assert!(err.contains("format version 3"), "{err}");
+    }
+
+    /// `bytes` as a version 1 file: the header says 1, the CRC follows.
+    fn as_version_1(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc_at = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn version_1_files_load_and_know_no_owner_or_lifetime() {
+        let records: Vec<SessionRecord> = sample_records()
+            .into_iter()
+            .filter(|r| r.owner.is_none() && r.expiry.is_none_or(|e| e.max_lifetime_s == 0))
+            .collect();
+        let v1 = as_version_1(file_bytes(0, &records));
+        assert_eq!(decode_file(Path::new("mem"), &v1).unwrap().records, records);
+
+        let owned = SessionRecord {
+            owner: Some("ann".into()),
+            created_unix_ms: 7,
+            ..records[0].clone()
+        };
+        let v2 = file_bytes(0, std::slice::from_ref(&owned));
+        assert_eq!(decode_file(Path::new("mem"), &v2).unwrap().records, [owned]);
+        let err = decode_file(Path::new("mem"), &as_version_1(v2))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown flag bits"), "{err}");
     }
 
     /// Bytes with a valid CRC but garbage records: the structural checks alone
@@ -785,6 +947,8 @@ pub(crate) mod tests {
             name: None,
             shared: false,
             expiry: None,
+            owner: None,
+            created_unix_ms: 0,
             keys: vec![kv("k", b"\"\xff\"")],
         };
         let bytes = file_bytes(0, &[r]);
@@ -801,6 +965,8 @@ pub(crate) mod tests {
             name: Some("".into()),
             shared: true,
             expiry: None,
+            owner: None,
+            created_unix_ms: 0,
             keys: Vec::new(),
         };
         let bytes = file_bytes(0, &[r]);

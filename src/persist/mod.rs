@@ -37,8 +37,9 @@ pub use dataset::{
 };
 pub use error::PersistError;
 pub use format::{
-    DecodedFile, FILE_MAGIC, FOOTER_LEN, FOOTER_MAGIC, FORMAT_VERSION, HEADER_LEN, SessionRecord,
-    decode_file, encode_record, read_shard_file,
+    DecodedFile, FILE_MAGIC, FOOTER_LEN, FOOTER_MAGIC, FORMAT_VERSION, HEADER_LEN,
+    OLDEST_READABLE_VERSION, RecordHead, SessionRecord, decode_file, encode_record,
+    read_shard_file,
 };
 pub use writer::{OnDone, ShardFileSummary, ShardFileWriter, shard_file_name};
 

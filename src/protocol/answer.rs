@@ -40,9 +40,19 @@ pub fn opened(out: &mut Vec<u8>, tkn: Token, name: &str) {
 pub struct SessionInfo<'a> {
     pub name: Option<&'a str>,
     pub shared: bool,
+    pub owner: Option<&'a str>,
     pub key_count: u64,
-    /// The settings, and whole seconds left until the deadline.
-    pub expiry: Option<(ExpirySettings, u64)>,
+    pub expiry: Option<ExpiryInfo>,
+}
+
+/// A session's expiry as `SH_INFO` shows it.
+pub struct ExpiryInfo {
+    /// With `max_lifetime_s` (0: no lifetime).
+    pub settings: ExpirySettings,
+    /// Whole seconds left until the next deadline (idle or lifetime).
+    pub remaining_s: u64,
+    /// Whole seconds left until the lifetime's end, when it has one.
+    pub lifetime_remaining_s: u64,
 }
 
 pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>) {
@@ -50,17 +60,24 @@ pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>) {
         .u64("tkn", tkn)
         .opt_str("name", info.name)
         .bool("shared", info.shared)
+        .opt_str("owner", info.owner)
         .u64("keyCnt", info.key_count)
         .bool("expires", info.expiry.is_some());
-    if let Some((settings, remaining_s)) = info.expiry {
+    if let Some(e) = &info.expiry {
+        let settings = e.settings;
         r = r
             .begin_object("expiry")
             .u64("duration", u64::from(settings.duration_s))
-            .u64("remaining", remaining_s)
+            .u64("remaining", e.remaining_s)
             .bool("deleteSession", settings.delete_session)
             .bool("extendOnSetAdd", settings.extend_on_set_add)
-            .bool("extendOnGet", settings.extend_on_get)
-            .end_object();
+            .bool("extendOnGet", settings.extend_on_get);
+        if settings.max_lifetime_s > 0 {
+            r = r
+                .u64("maxLifetime", u64::from(settings.max_lifetime_s))
+                .u64("lifetimeRemaining", e.lifetime_remaining_s);
+        }
+        r = r.end_object();
     }
     r.finish();
 }
@@ -90,6 +107,30 @@ pub fn key_names<'s>(out: &mut Vec<u8>, tkn: Token, names: impl IntoIterator<Ite
     Response::new(out, CommandName::Keys, Status::Ok)
         .u64("tkn", tkn)
         .str_array("keys", names)
+        .finish();
+}
+
+/// `SH_TOUCH`: milliseconds to the next deadline, -1 when it never expires.
+pub fn touched(out: &mut Vec<u8>, tkn: Token, ttl_ms: i64) {
+    Response::new(out, CommandName::Touch, Status::Ok)
+        .u64("tkn", tkn)
+        .i64("ttlMs", ttl_ms)
+        .finish();
+}
+
+/// `SH_OWNER_SESSIONS`: the owner's live sessions, oldest first.
+pub fn owner_sessions(out: &mut Vec<u8>, owner: &str, tkns: impl IntoIterator<Item = Token>) {
+    Response::new(out, CommandName::OwnerSessions, Status::Ok)
+        .str("owner", owner)
+        .u64_array("tkns", tkns)
+        .finish();
+}
+
+/// `SH_OWNER_END`: how many of the owner's sessions ended.
+pub fn owner_ended(out: &mut Vec<u8>, owner: &str, cnt: u64) {
+    Response::new(out, CommandName::OwnerEnd, Status::Ok)
+        .str("owner", owner)
+        .u64("cnt", cnt)
         .finish();
 }
 

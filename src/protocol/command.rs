@@ -62,6 +62,9 @@ command_table! {
     Keys => "SH_KEYS",
     Clear => "SH_CLEAR",
     ServerInfo => "SV_INFO",
+    Touch => "SH_TOUCH",
+    OwnerSessions => "SH_OWNER_SESSIONS",
+    OwnerEnd => "SH_OWNER_END",
 }
 
 #[cfg(test)]

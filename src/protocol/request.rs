@@ -79,6 +79,19 @@ pub enum Command {
         keys: Vec<KeyValue>,
     },
     ServerInfo,
+    Touch {
+        tkn: Token,
+        /// Move the idle deadline to now + duration first.
+        slide: bool,
+    },
+    OwnerSessions {
+        owner: Box<str>,
+    },
+    OwnerEnd {
+        owner: Box<str>,
+        /// A session to keep ("everywhere but here").
+        except: Option<Token>,
+    },
 }
 
 impl Command {
@@ -95,7 +108,17 @@ impl Command {
             | Command::Count { tkn }
             | Command::Keys { tkn }
             | Command::Clear { tkn }
-            | Command::ClearSet { tkn, .. } => Some(*tkn),
+            | Command::ClearSet { tkn, .. }
+            | Command::Touch { tkn, .. } => Some(*tkn),
+            _ => None,
+        }
+    }
+
+    /// The owner this command is about, which decides the shard that runs it.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Command::New(new) => new.owner.as_deref(),
+            Command::OwnerSessions { owner } | Command::OwnerEnd { owner, .. } => Some(owner),
             _ => None,
         }
     }
@@ -122,6 +145,9 @@ impl Command {
             Command::Clear { .. } => CommandName::Clear,
             Command::ClearSet { .. } => CommandName::ClearSet,
             Command::ServerInfo => CommandName::ServerInfo,
+            Command::Touch { .. } => CommandName::Touch,
+            Command::OwnerSessions { .. } => CommandName::OwnerSessions,
+            Command::OwnerEnd { .. } => CommandName::OwnerEnd,
         }
     }
 }
@@ -298,21 +324,21 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             let tkn = p.token()?;
             Ok(Command::Set {
                 tkn,
-                keys: p.key_values(tkn)?,
+                keys: p.key_values(Some(tkn))?,
             })
         }
         CommandName::Add => {
             let tkn = p.token()?;
             Ok(Command::Add {
                 tkn,
-                keys: p.key_values(tkn)?,
+                keys: p.key_values(Some(tkn))?,
             })
         }
         CommandName::ClearSet => {
             let tkn = p.token()?;
             Ok(Command::ClearSet {
                 tkn,
-                keys: p.key_values(tkn)?,
+                keys: p.key_values(Some(tkn))?,
             })
         }
         CommandName::Get => {
@@ -340,6 +366,27 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         CommandName::Keys => Ok(Command::Keys { tkn: p.token()? }),
         CommandName::Clear => Ok(Command::Clear { tkn: p.token()? }),
         CommandName::ServerInfo => Ok(Command::ServerInfo),
+        CommandName::Touch => Ok(Command::Touch {
+            tkn: p.token()?,
+            slide: p
+                .optional_bool("slide", "slide must be a boolean")?
+                .unwrap_or(true),
+        }),
+        CommandName::OwnerSessions => Ok(Command::OwnerSessions { owner: p.owner()? }),
+        CommandName::OwnerEnd => {
+            let owner = p.owner()?;
+            let except = match p.params.get("except") {
+                None => None,
+                Some(value) => Some(token_of(value).ok_or_else(|| {
+                    p.reject(
+                        Status::SessionTokenInvalid,
+                        "except must be a token (number or decimal string)",
+                        None,
+                    )
+                })?),
+            };
+            Ok(Command::OwnerEnd { owner, except })
+        }
     }
 }
 
@@ -571,7 +618,7 @@ impl Params<'_, '_, '_> {
                     None,
                 ));
             }
-            Some(Some(expiry)) => Some(self.expiry(&expiry)?),
+            Some(Some(expiry)) => self.expiry(&expiry)?,
             Some(None) => {
                 return Err(self.reject(
                     Status::ValueTypeInvalid,
@@ -580,67 +627,100 @@ impl Params<'_, '_, '_> {
                 ));
             }
         };
+        let owner = match self.params.get("owner") {
+            None => None,
+            Some(_) => Some(self.owner()?),
+        };
+        let keys = match self.params.get("keys") {
+            None => Vec::new(),
+            Some(_) => self.key_values(None)?,
+        };
         Ok(Command::New(NewSession {
             name,
             shared,
             expiry,
+            owner,
+            keys,
         }))
     }
 
-    fn expiry(&self, expiry: &Object<'_, '_>) -> Result<ExpirySettings, Rejection> {
-        let duration = match expiry.get("duration") {
-            None => {
-                return Err(self.reject(Status::ParamMissing, "expiry.duration is required", None));
+    /// `owner`: 1 to 256 bytes of text.
+    fn owner(&self) -> Result<Box<str>, Rejection> {
+        match self.params.get("owner").map(string_of) {
+            None => Err(self.reject(Status::ParamMissing, "owner is required", None)),
+            Some(Some(s)) if s.is_empty() || s.len() > MAX_NAME_LEN => {
+                Err(self.reject(Status::ValueSize, "owner must be 1 to 256 bytes", None))
             }
-            Some(value) if value.value_type() == ValueType::U64 => value.as_u64(),
-            Some(value) if value.value_type() == ValueType::I64 => {
-                match value.as_i64().map(u64::try_from) {
-                    Some(Ok(n)) => Some(n),
-                    _ => {
-                        return Err(self.reject(
-                            Status::ValueSize,
-                            "expiry.duration must be at least 1 second",
-                            None,
-                        ));
+            Some(Some(s)) => Ok(s.into()),
+            Some(None) => {
+                Err(self.reject(Status::ValueTypeInvalid, "owner must be a string", None))
+            }
+        }
+    }
+
+    /// `expiry`: None when it asks for no expiry at all (`duration` 0 and
+    /// no `maxLifetime`, NemesisDB's "never expires").
+    fn expiry(&self, expiry: &Object<'_, '_>) -> Result<Option<ExpirySettings>, Rejection> {
+        let seconds =
+            |field: &str, type_message: &'static str, size_message: &'static str| match expiry
+                .get(field)
+            {
+                None => Ok(None),
+                Some(value) if value.value_type() == ValueType::U64 => {
+                    match value.as_u64().map(u32::try_from) {
+                        Some(Ok(n)) => Ok(Some(n)),
+                        _ => Err(self.reject(Status::ValueSize, size_message, None)),
                     }
                 }
-            }
-            Some(_) => None,
-        };
-        let Some(duration) = duration else {
+                Some(value) if value.value_type() == ValueType::I64 => {
+                    Err(self.reject(Status::ValueSize, size_message, None))
+                }
+                Some(_) => Err(self.reject(Status::ValueTypeInvalid, type_message, None)),
+            };
+        let duration = seconds(
+            "duration",
+            "expiry.duration must be an unsigned integer",
+            "expiry.duration must be 0 to 4294967295 seconds",
+        )?;
+        let lifetime = seconds(
+            "maxLifetime",
+            "expiry.maxLifetime must be an unsigned integer",
+            "expiry.maxLifetime must be 1 to 4294967295 seconds",
+        )?;
+        if lifetime == Some(0) {
             return Err(self.reject(
-                Status::ValueTypeInvalid,
-                "expiry.duration must be an unsigned integer",
+                Status::ValueSize,
+                "expiry.maxLifetime must be 1 to 4294967295 seconds",
                 None,
             ));
-        };
-        let duration_s = match u32::try_from(duration) {
-            Ok(d) if d >= 1 => d,
-            _ => {
-                return Err(self.reject(
-                    Status::ValueSize,
-                    "expiry.duration must be 1 to 4294967295 seconds",
-                    None,
-                ));
-            }
-        };
+        }
+        if duration.is_none() && lifetime.is_none() {
+            return Err(self.reject(
+                Status::ParamMissing,
+                "expiry needs duration or maxLifetime",
+                None,
+            ));
+        }
         let flag = |field: &str, message: &'static str| match expiry.get(field) {
             None => Ok(false),
             Some(value) => {
                 bool_of(value).ok_or_else(|| self.reject(Status::ValueTypeInvalid, message, None))
             }
         };
-        Ok(ExpirySettings {
-            duration_s,
+        let settings = ExpirySettings {
+            duration_s: duration.unwrap_or(0),
             delete_session: flag("deleteSession", "expiry.deleteSession must be a boolean")?,
             extend_on_set_add: flag("extendOnSetAdd", "expiry.extendOnSetAdd must be a boolean")?,
             extend_on_get: flag("extendOnGet", "expiry.extendOnGet must be a boolean")?,
-        })
+            max_lifetime_s: lifetime.unwrap_or(0),
+        };
+        Ok((settings.duration_s > 0 || settings.max_lifetime_s > 0).then_some(settings))
     }
 
-    fn key_values(&self, tkn: Token) -> Result<Vec<KeyValue>, Rejection> {
+    /// `keys` as an object of values; `tkn` is echoed in a rejection.
+    fn key_values(&self, tkn: Option<Token>) -> Result<Vec<KeyValue>, Rejection> {
         match self.params.get("keys") {
-            None => Err(self.reject(Status::ParamMissing, "keys is required", Some(tkn))),
+            None => Err(self.reject(Status::ParamMissing, "keys is required", tkn)),
             Some(keys) if keys.is_object() => raw::keys_members(self.text)
                 .and_then(|members| {
                     members
@@ -649,14 +729,8 @@ impl Params<'_, '_, '_> {
                         .collect::<Option<Vec<KeyValue>>>()
                 })
                 // Not expected once simd-json has accepted the text.
-                .ok_or_else(|| {
-                    self.reject(Status::JsonInvalid, "keys could not be read", Some(tkn))
-                }),
-            Some(_) => Err(self.reject(
-                Status::ValueTypeInvalid,
-                "keys must be an object",
-                Some(tkn),
-            )),
+                .ok_or_else(|| self.reject(Status::JsonInvalid, "keys could not be read", tkn)),
+            Some(_) => Err(self.reject(Status::ValueTypeInvalid, "keys must be an object", tkn)),
         }
     }
 
@@ -771,7 +845,9 @@ mod tests {
             Ok(Command::New(NewSession {
                 name: None,
                 shared: false,
-                expiry: None
+                expiry: None,
+                owner: None,
+                keys: Vec::new(),
             }))
         );
         assert_eq!(status(r#"{"SH_NEW":{"name":""}}"#), Status::ValueSize);
@@ -793,9 +869,10 @@ mod tests {
             status(r#"{"SH_NEW":{"expiry":3}}"#),
             Status::ValueTypeInvalid
         );
+        // NemesisDB's "never expires".
         assert_eq!(
-            status(r#"{"SH_NEW":{"expiry":{"duration":0}}}"#),
-            Status::ValueSize
+            parse(r#"{"SH_NEW":{"expiry":{"duration":0,"deleteSession":true}}}"#),
+            parse(r#"{"SH_NEW":{}}"#)
         );
         assert_eq!(
             status(r#"{"SH_NEW":{"expiry":{"duration":-4}}}"#),
@@ -824,13 +901,95 @@ mod tests {
             Ok(Command::New(NewSession {
                 name: Some("n".into()),
                 shared: true,
-                expiry: Some(ExpirySettings {
-                    duration_s: 5,
-                    delete_session: true,
-                    extend_on_set_add: false,
-                    extend_on_get: true
-                })
+                expiry: Some(ExpirySettings::idle(5, true, false, true)),
+                owner: None,
+                keys: Vec::new(),
             }))
+        );
+    }
+
+    #[test]
+    fn new_takes_owner_keys_and_lifetime() {
+        assert_eq!(
+            parse(
+                r#"{"SH_NEW":{"owner":"ann","keys":{"a":1,"b":{"c" : [true]}},"expiry":{"maxLifetime":60}}}"#
+            ),
+            Ok(Command::New(NewSession {
+                name: None,
+                shared: false,
+                expiry: Some(ExpirySettings {
+                    max_lifetime_s: 60,
+                    ..ExpirySettings::idle(0, false, false, false)
+                }),
+                owner: Some("ann".into()),
+                keys: vec![
+                    ("a".into(), b"1".to_vec().into()),
+                    ("b".into(), br#"{"c":[true]}"#.to_vec().into()),
+                ],
+            }))
+        );
+        let Ok(Command::New(new)) =
+            parse(r#"{"SH_NEW":{"expiry":{"duration":0,"maxLifetime":5,"extendOnGet":true}}}"#)
+        else {
+            panic!("not a new session");
+        };
+        assert_eq!(
+            new.expiry.map(|e| (e.duration_s, e.max_lifetime_s)),
+            Some((0, 5))
+        );
+        for (request, expected) in [
+            (r#"{"SH_NEW":{"owner":""}}"#, Status::ValueSize),
+            (r#"{"SH_NEW":{"owner":5}}"#, Status::ValueTypeInvalid),
+            (r#"{"SH_NEW":{"keys":[1]}}"#, Status::ValueTypeInvalid),
+            (
+                r#"{"SH_NEW":{"expiry":{"maxLifetime":0}}}"#,
+                Status::ValueSize,
+            ),
+            (
+                r#"{"SH_NEW":{"expiry":{"maxLifetime":-1}}}"#,
+                Status::ValueSize,
+            ),
+            (
+                r#"{"SH_NEW":{"expiry":{"maxLifetime":"9"}}}"#,
+                Status::ValueTypeInvalid,
+            ),
+            (
+                r#"{"SH_NEW":{"expiry":{"maxLifetime":4294967296}}}"#,
+                Status::ValueSize,
+            ),
+            (
+                r#"{"SH_NEW":{"expiry":{"deleteSession":true}}}"#,
+                Status::ParamMissing,
+            ),
+            (
+                r#"{"SH_TOUCH":{"tkn":1,"slide":1}}"#,
+                Status::ValueTypeInvalid,
+            ),
+            (r#"{"SH_TOUCH":{}}"#, Status::SessionTokenInvalid),
+            (r#"{"SH_OWNER_SESSIONS":{}}"#, Status::ParamMissing),
+            (
+                r#"{"SH_OWNER_END":{"owner":"a","except":"x"}}"#,
+                Status::SessionTokenInvalid,
+            ),
+            (r#"{"SH_OWNER_END":{"owner":[]}}"#, Status::ValueTypeInvalid),
+        ] {
+            assert_eq!(status(request), expected, "{request}");
+        }
+        let long = format!(r#"{{"SH_NEW":{{"owner":"{}"}}}}"#, "x".repeat(257));
+        assert_eq!(status(&long), Status::ValueSize);
+        assert_eq!(
+            parse(r#"{"SH_TOUCH":{"tkn":"9"}}"#),
+            Ok(Command::Touch {
+                tkn: 9,
+                slide: true
+            })
+        );
+        assert_eq!(
+            parse(r#"{"SH_OWNER_END":{"owner":"a","except":"12"}}"#),
+            Ok(Command::OwnerEnd {
+                owner: "a".into(),
+                except: Some(12)
+            })
         );
     }
 

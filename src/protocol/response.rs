@@ -61,6 +61,13 @@ impl<'a> Response<'a> {
         self
     }
 
+    pub fn i64(mut self, name: &str, value: i64) -> Self {
+        let mut buf = itoa::Buffer::new();
+        self.field(name)
+            .extend_from_slice(buf.format(value).as_bytes());
+        self
+    }
+
     pub fn bool(mut self, name: &str, value: bool) -> Self {
         let text: &[u8] = if value { b"true" } else { b"false" };
         self.field(name).extend_from_slice(text);

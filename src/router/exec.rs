@@ -5,7 +5,7 @@
 use ahash::AHashSet;
 
 use crate::domain::{NewSession, Token};
-use crate::protocol::answer::{self, SessionInfo};
+use crate::protocol::answer::{self, ExpiryInfo, SessionInfo};
 use crate::protocol::{Command, CommandName, Status, encode_status};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, Refusal, SessionStore};
@@ -22,7 +22,7 @@ pub fn new_session(
     now: Millis,
     out: &mut Vec<u8>,
 ) -> Status {
-    if !store.can_create(new.name.as_deref().map_or(0, str::len)) {
+    if !store.can_create_session(&new) {
         encode_status(
             out,
             CommandName::New,
@@ -50,7 +50,7 @@ pub fn new_session(
         }
     }
     answer::created(out, tkn, new.name.as_deref());
-    store.create(tkn, new.name, new.shared, new.expiry, now);
+    store.create_session(tkn, new, now);
     Status::Ok
 }
 
@@ -101,15 +101,29 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
     };
     let result: Result<(), Refusal> = match command {
         Command::End { .. } => store.end(tkn, now).map(|()| answer::done(out, name, tkn)),
-        Command::Info { .. } => store.read(tkn, now).map(|session| {
+        Command::Info { .. } => store.read_with_extras(tkn, now).map(|(session, extras)| {
+            let lifetime_end = extras.filter(|x| x.has_lifetime()).map(|x| x.lifetime_end);
             let info = SessionInfo {
                 name: session.name(),
                 shared: session.shared(),
+                owner: extras.and_then(|x| x.owner.as_deref()),
                 key_count: session.keys.len() as u64,
-                expiry: session.expiry().map(|e| (e.settings, e.remaining_s(now))),
+                expiry: session.expiry().map(|e| {
+                    let mut settings = e.settings;
+                    settings.max_lifetime_s = extras.map_or(0, |x| x.max_lifetime_s);
+                    ExpiryInfo {
+                        settings,
+                        remaining_s: e.remaining_s(now),
+                        lifetime_remaining_s: lifetime_end
+                            .map_or(0, |end| end.saturating_sub(now).div_ceil(1000)),
+                    }
+                }),
             };
             answer::session_info(out, tkn, &info);
         }),
+        Command::Touch { slide, .. } => store
+            .touch(tkn, slide, now)
+            .map(|ttl_ms| answer::touched(out, tkn, ttl_ms)),
         Command::Set { keys, .. } => store
             .set(tkn, keys, now)
             .map(|()| answer::done(out, name, tkn)),
@@ -273,12 +287,7 @@ mod tests {
     #[test]
     fn info_reports_expiry() {
         let mut store = SessionStore::new(Arc::new(SharedNames::default()));
-        let settings = crate::domain::ExpirySettings {
-            duration_s: 10,
-            delete_session: true,
-            extend_on_set_add: false,
-            extend_on_get: true,
-        };
+        let settings = crate::domain::ExpirySettings::idle(10, true, false, true);
         store.create(3, None, false, Some(settings), 1000);
         assert_eq!(
             run_text(&mut store, r#"{"SH_INFO":{"tkn":3}}"#, 5500),

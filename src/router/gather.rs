@@ -44,6 +44,14 @@ pub enum GatherKind {
     /// `SH_NEW` of a shared name held by a session on another shard: that
     /// shard settles the holder's expiry first, then the name is claimed.
     NewShared(NewSession),
+    OwnerSessions {
+        owner: Box<str>,
+        found: Vec<(u64, Token)>,
+    },
+    OwnerEnd {
+        owner: Box<str>,
+        ended: u64,
+    },
 }
 
 /// An `SH_SAVE` in progress: every shard writes its file into `version`.
@@ -192,7 +200,11 @@ impl Gather {
     pub fn merge(&mut self, result: PartResult) {
         self.remaining = self.remaining.saturating_sub(1);
         match (&mut self.kind, result) {
-            (GatherKind::EndAll { ended }, PartResult::Ended(n)) => *ended += n,
+            (GatherKind::EndAll { ended }, PartResult::Ended(n))
+            | (GatherKind::OwnerEnd { ended, .. }, PartResult::Ended(n)) => *ended += n,
+            (GatherKind::OwnerSessions { found, .. }, PartResult::OwnerSessions(list)) => {
+                found.extend(list);
+            }
             (GatherKind::InfoAll { sessions, keys }, PartResult::Counts(counts)) => {
                 *sessions += counts.sessions;
                 *keys += counts.keys;
@@ -304,6 +316,11 @@ impl Gather {
                     None,
                 )
             }
+            GatherKind::OwnerSessions { owner, mut found } => {
+                found.sort_by_key(|&(created, _)| created);
+                answer::owner_sessions(&mut out, &owner, found.into_iter().map(|(_, t)| t));
+            }
+            GatherKind::OwnerEnd { owner, ended } => answer::owner_ended(&mut out, &owner, ended),
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns
                     .into_iter()

@@ -6,6 +6,7 @@
 //! requests enter the shards in turn, so with two or more shards they take
 //! the cross-shard paths as a server's connections do.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
@@ -73,6 +74,7 @@ impl LocalDispatcher {
         let shards = shards.max(1);
         let names = Arc::new(SharedNames::default());
         let posted = Arc::new(Posted::default());
+        let owners_scattered = Arc::new(AtomicBool::new(false));
         let routers = (0..shards)
             .map(|id| {
                 let config = RouterConfig {
@@ -81,6 +83,8 @@ impl LocalDispatcher {
                     max_memory: 0,
                     persist: None,
                     names: names.clone(),
+                    owners_scattered: owners_scattered.clone(),
+                    wall_epoch_ms: 0,
                 };
                 let rng = StdRng::seed_from_u64(seed ^ id as u64);
                 Router::new(config, rng, posted.clone(), 0)

@@ -24,15 +24,19 @@ pub use harness::LocalDispatcher;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::Rng as _;
 use rand::rngs::StdRng;
 use slab::Slab;
 
 use crate::domain::{NewSession, Token};
-use crate::mesh::{Envelope, Part, PartResult, PostBack, ShardCounts, ShardId, Ticket, shard_of};
+use crate::mesh::{
+    Envelope, Part, PartResult, PostBack, ShardCounts, ShardId, Ticket, shard_of, shard_of_owner,
+};
 use crate::net::connection::Incoming;
 use crate::persist::SessionRecord;
+use crate::protocol::answer;
 use crate::protocol::request::{reject_binary, reject_not_utf8};
 use crate::protocol::{
     Command, CommandName, Rejection, RequestParser, Status, encode_rejection, encode_status,
@@ -74,6 +78,12 @@ pub struct RouterConfig {
     /// Where snapshots live; None: persistence is off (`SH_SAVE` -> 14).
     pub persist: Option<PathBuf>,
     pub names: Arc<SharedNames>,
+    /// Set (for good) once a load put a session with an owner on a shard
+    /// other than its owner's (the shard count changed since the save):
+    /// from then on owner commands ask every shard, not just the owner's.
+    pub owners_scattered: Arc<AtomicBool>,
+    /// Wall-clock time (ms since the Unix epoch) at shard-clock 0.
+    pub wall_epoch_ms: u64,
 }
 
 /// Where a part's result goes: a gather on this shard, or another shard's.
@@ -122,6 +132,7 @@ pub struct Router {
 impl Router {
     pub fn new(config: RouterConfig, rng: StdRng, post: Arc<dyn PostBack>, now: Millis) -> Self {
         let mut store = SessionStore::new(config.names.clone());
+        store.set_wall_epoch(config.wall_epoch_ms);
         if config.max_memory > 0 {
             store.set_memory_limit((config.max_memory / config.shards as u64).max(1));
         }
@@ -147,12 +158,23 @@ impl Router {
     pub fn restore(&mut self, records: Vec<SessionRecord>) -> Restored {
         let mut restored = Restored::default();
         for record in records {
+            self.note_owner_placement(&record);
             if let Some(keys) = self.store.restore(record, self.now) {
                 restored.sessions += 1;
                 restored.keys += keys;
             }
         }
         restored
+    }
+
+    /// A restored session whose owner's shard is another one: owner
+    /// commands must ask every shard from now on.
+    fn note_owner_placement(&self, record: &SessionRecord) {
+        if let Some(owner) = &record.owner
+            && shard_of_owner(owner, self.config.shards) != self.config.id
+        {
+            self.config.owners_scattered.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The time for everything until the next call, in ms since the
@@ -193,6 +215,30 @@ impl Router {
                     encode_status(out, CommandName::Open, Status::SessionOpenFail, None, None)
                 }),
             },
+            Command::OwnerSessions { owner } if self.owners_scattered() => {
+                let parts = (0..self.config.shards)
+                    .map(|s| (s, Part::OwnerSessions(owner.clone())))
+                    .collect();
+                let kind = GatherKind::OwnerSessions {
+                    owner,
+                    found: Vec::new(),
+                };
+                self.fan_out(ticket, kind, parts, replies);
+            }
+            Command::OwnerEnd { owner, except } if self.owners_scattered() => {
+                let parts = (0..self.config.shards)
+                    .map(|s| {
+                        let owner = owner.clone();
+                        (s, Part::OwnerEnd { owner, except })
+                    })
+                    .collect();
+                let kind = GatherKind::OwnerEnd { owner, ended: 0 };
+                self.fan_out(ticket, kind, parts, replies);
+            }
+            Command::OwnerSessions { .. } | Command::OwnerEnd { .. } => {
+                let owner = shard_of_owner(command.owner().unwrap_or_default(), self.config.shards);
+                self.run_on(owner, ticket, command, replies);
+            }
             Command::EndAll => {
                 self.fan_out_all(ticket, GatherKind::end_all(), || Part::EndAll, replies)
             }
@@ -312,9 +358,23 @@ impl Router {
         self.store
     }
 
-    /// Runs a single-session command on `owner`'s shard: here, or by message.
+    fn owners_scattered(&self) -> bool {
+        self.config.owners_scattered.load(Ordering::Relaxed)
+    }
+
+    /// Runs a single-session command on the shard that owns its token.
     fn route(&mut self, ticket: Ticket, tkn: Token, command: Command, replies: &mut dyn Replies) {
-        let owner = shard_of(tkn, self.config.shards);
+        self.run_on(shard_of(tkn, self.config.shards), ticket, command, replies);
+    }
+
+    /// Runs a command on shard `owner`: here, or by message.
+    fn run_on(
+        &mut self,
+        owner: ShardId,
+        ticket: Ticket,
+        command: Command,
+        replies: &mut dyn Replies,
+    ) {
         if owner == self.config.id {
             self.answer_here(ticket, replies, |router, out| {
                 router.run_owned(command, out)
@@ -328,11 +388,25 @@ impl Router {
         }
     }
 
-    /// Runs a command whose session this shard owns.
+    /// Runs a command whose session (or owner) this shard owns.
     fn run_owned(&mut self, command: Command, out: &mut Vec<u8>) {
         let status = match command {
             Command::Open { name } => {
                 exec::open_session(&mut self.store, &self.config.names, &name, self.now, out)
+            }
+            Command::New(new) => {
+                self.create_session(new, out);
+                return;
+            }
+            Command::OwnerSessions { owner } => {
+                let found = self.store.owner_sessions(&owner, self.now);
+                answer::owner_sessions(out, &owner, found.into_iter().map(|(_, t)| t));
+                return;
+            }
+            Command::OwnerEnd { owner, except } => {
+                let ended = self.store.owner_end(&owner, except, self.now);
+                answer::owner_ended(out, &owner, ended);
+                return;
             }
             command => exec::run(&mut self.store, command, self.now, out),
         };
@@ -357,7 +431,22 @@ impl Router {
                 let parts = vec![(shard_of(tkn, shards), Part::Settle(tkn))];
                 self.fan_out(ticket, GatherKind::NewShared(new), parts, replies);
             }
-            None => self.answer_here(ticket, replies, |router, out| {
+            None => self.create_where_owned(ticket, new, replies),
+        }
+    }
+
+    /// Creates a session here, or on its owner's shard (every session of an
+    /// owner lives on one shard).
+    fn create_where_owned(&mut self, ticket: Ticket, new: NewSession, replies: &mut dyn Replies) {
+        match new
+            .owner
+            .as_deref()
+            .map(|o| shard_of_owner(o, self.config.shards))
+        {
+            Some(shard) if shard != self.config.id => {
+                self.run_on(shard, ticket, Command::New(new), replies)
+            }
+            _ => self.answer_here(ticket, replies, |router, out| {
                 router.create_session(new, out)
             }),
         }
@@ -464,6 +553,12 @@ impl Router {
                 self.store.exists(tkn, self.now);
                 PartResult::Settled
             }
+            Part::OwnerSessions(owner) => {
+                PartResult::OwnerSessions(self.store.owner_sessions(&owner, self.now))
+            }
+            Part::OwnerEnd { owner, except } => {
+                PartResult::Ended(self.store.owner_end(&owner, except, self.now))
+            }
         };
         self.send_part_result(reply, result, replies);
     }
@@ -496,9 +591,7 @@ impl Router {
         let mut g = self.gathers.remove(gather);
         let ticket = g.ticket;
         if let Some(new) = g.take_new_session() {
-            self.answer_here(ticket, replies, |router, out| {
-                router.create_session(new, out)
-            });
+            self.create_where_owned(ticket, new, replies);
             return;
         }
         if let Some(settlement) = g.take_save_settlement() {

@@ -57,6 +57,10 @@ pub struct ShardContext {
     pub persist: Option<PathBuf>,
     /// Process start: the epoch of the shard clocks and of `uptimeSeconds`.
     pub started: Instant,
+    /// The wall-clock time at `started`, in ms since the Unix epoch.
+    pub wall_epoch_ms: u64,
+    /// Set once owners are spread over shards (see `RouterConfig`).
+    pub owners_scattered: Arc<AtomicBool>,
     pub names: Arc<SharedNames>,
     pub mesh: Arc<[Address]>,
     /// Set by the server to ask every shard to stop.
@@ -102,6 +106,8 @@ impl Shard {
             max_memory: ctx.max_memory,
             persist: ctx.persist.clone(),
             names: ctx.names.clone(),
+            owners_scattered: ctx.owners_scattered.clone(),
+            wall_epoch_ms: ctx.wall_epoch_ms,
         };
         let rng: StdRng = rand::make_rng();
         let post = Arc::new(MeshPost(ctx.mesh.clone()));

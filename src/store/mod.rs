@@ -8,20 +8,25 @@
 //! as milliseconds on the caller's monotonic clock, and the wheel ticks in
 //! those same milliseconds, so a timer is due exactly when its session is.
 
+mod extras;
 mod keymap;
 #[cfg(test)]
 mod model_test;
+#[cfg(test)]
+mod owners_test;
 mod snapshot;
 mod table;
 
 use std::sync::Arc;
 
+pub use extras::Extras;
+use extras::{EXTRAS_OVERHEAD, ExtrasTable};
 pub use keymap::KeyMap;
 pub use snapshot::Chunk;
 use snapshot::Snapshot;
 use table::Sessions;
 
-use crate::domain::{ExpirySettings, KeyValue, Token};
+use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
 use crate::expiry::{TimerKey, TimingWheel};
 use crate::persist::SessionRecord;
 use crate::shared_names::SharedNames;
@@ -46,9 +51,9 @@ pub struct Session {
     timer: TimerKey,
     /// The last snapshot epoch that holds this session (see `snapshot.rs`).
     saved_epoch: u32,
-    /// `SHARED` and the expiry flags. Expiry is kept flat, not as an
-    /// `Option<Expiry>` (24 bytes with padding), so a session takes 48
-    /// bytes instead of 56.
+    /// `SHARED`, the expiry flags, and whether the session has extras (an
+    /// owner, a lifetime). Expiry is kept flat, not as an `Option<Expiry>`
+    /// (24 bytes with padding), so a session takes 48 bytes instead of 56.
     flags: u8,
 }
 
@@ -56,13 +61,22 @@ const SHARED: u8 = 1;
 const DELETE_SESSION: u8 = 2;
 const EXTEND_ON_SET_ADD: u8 = 4;
 const EXTEND_ON_GET: u8 = 8;
+/// The session has an entry in the extras table.
+const HAS_EXTRAS: u8 = 16;
+/// The session ends at its extras' `lifetime_end`; `deadline` is never later.
+const HAS_LIFETIME: u8 = 32;
 
 /// A session's expiry, as [`Session::expiry`] gives it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Expiry {
+    /// Without the lifetime's length (`max_lifetime_s` is 0 here): that is
+    /// in the session's extras.
     pub settings: ExpirySettings,
+    /// The next deadline: the idle one, or the lifetime's end if earlier.
     pub deadline: Millis,
     timer: TimerKey,
+    /// The session has an absolute end (in its extras).
+    pub lifetime: bool,
 }
 
 impl Session {
@@ -71,29 +85,33 @@ impl Session {
     }
 
     pub fn expiry(&self) -> Option<Expiry> {
-        (self.duration_s > 0).then_some(Expiry {
-            settings: ExpirySettings {
-                duration_s: self.duration_s,
-                delete_session: self.flags & DELETE_SESSION != 0,
-                extend_on_set_add: self.flags & EXTEND_ON_SET_ADD != 0,
-                extend_on_get: self.flags & EXTEND_ON_GET != 0,
-            },
+        let lifetime = self.flags & HAS_LIFETIME != 0;
+        (self.duration_s > 0 || lifetime).then_some(Expiry {
+            settings: ExpirySettings::idle(
+                self.duration_s,
+                self.flags & DELETE_SESSION != 0,
+                self.flags & EXTEND_ON_SET_ADD != 0,
+                self.flags & EXTEND_ON_GET != 0,
+            ),
             deadline: self.deadline,
             timer: self.timer,
+            lifetime,
         })
     }
 
+    /// Sets the expiry; None also forgets the lifetime (the session is
+    /// about to go, its timer spent).
     fn set_expiry(&mut self, expiry: Option<Expiry>) {
-        self.flags &= SHARED;
+        self.flags &= SHARED | HAS_EXTRAS;
         let Some(e) = expiry else {
             self.duration_s = 0;
             return;
         };
-        debug_assert!(e.settings.duration_s > 0, "an expiry lasts at least 1 s");
-        self.duration_s = e.settings.duration_s.max(1);
+        self.duration_s = e.settings.duration_s;
         self.deadline = e.deadline;
         self.timer = e.timer;
         for (on, flag) in [
+            (e.lifetime, HAS_LIFETIME),
             (e.settings.delete_session, DELETE_SESSION),
             (e.settings.extend_on_set_add, EXTEND_ON_SET_ADD),
             (e.settings.extend_on_get, EXTEND_ON_GET),
@@ -116,8 +134,15 @@ impl Expiry {
     }
 }
 
-fn deadline_after(settings: ExpirySettings, now: Millis) -> Millis {
-    now + duration_ms(settings)
+/// The next deadline after an access at `now`: idle (if the session has an
+/// idle duration) or the lifetime's end, whichever comes first.
+fn deadline_after(settings: ExpirySettings, now: Millis, lifetime_end: Option<Millis>) -> Millis {
+    let idle = if settings.duration_s > 0 {
+        now + duration_ms(settings)
+    } else {
+        Millis::MAX
+    };
+    idle.min(lifetime_end.unwrap_or(Millis::MAX))
 }
 
 /// The keys of a keys-only session expired at `deadline`, which counts as
@@ -132,6 +157,14 @@ fn next_period(deadline: Millis, settings: ExpirySettings, now: Millis) -> Milli
 
 fn duration_ms(settings: ExpirySettings) -> Millis {
     u64::from(settings.duration_s) * 1000
+}
+
+/// The absolute end of a session with a lifetime (from its extras).
+fn lifetime_end(extras: &ExtrasTable, tkn: Token, expiry: Expiry) -> Option<Millis> {
+    if !expiry.lifetime {
+        return None;
+    }
+    extras.get(tkn).map(|x| x.lifetime_end)
 }
 
 /// Why a command was not carried out. Nothing changed in either case.
@@ -189,6 +222,11 @@ pub struct SessionStore {
     snapshot: Option<Snapshot>,
     /// Epoch of the latest snapshot begun.
     snapshot_epoch: u32,
+    /// Owners and lifetimes, for the sessions that have them.
+    extras: ExtrasTable,
+    /// Wall-clock time (ms since the Unix epoch) at shard-clock 0: creation
+    /// times are kept and saved in wall-clock time.
+    wall_epoch_ms: u64,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -207,7 +245,14 @@ impl SessionStore {
             fired: Vec::new(),
             snapshot: None,
             snapshot_epoch: 0,
+            extras: ExtrasTable::default(),
+            wall_epoch_ms: 0,
         }
+    }
+
+    /// The wall-clock time at shard-clock 0, in ms since the Unix epoch.
+    pub fn set_wall_epoch(&mut self, unix_ms: u64) {
+        self.wall_epoch_ms = unix_ms;
     }
 
     /// Begins a point-in-time snapshot: of every session, or (`only`) of
@@ -239,7 +284,7 @@ impl SessionStore {
                     if let Some(session) = self.sessions.get_mut(tkn)
                         && session.saved_epoch != epoch
                     {
-                        snapshot.save(tkn, session);
+                        snapshot.save(tkn, session, self.extras.get(tkn));
                     }
                 }
                 snapshot
@@ -263,7 +308,7 @@ impl SessionStore {
             if let Some(session) = self.sessions.get_mut(tkn)
                 && session.saved_epoch != snapshot.epoch
             {
-                snapshot.save(tkn, session);
+                snapshot.save(tkn, session, self.extras.get(tkn));
             }
         }
         let chunk = snapshot.take();
@@ -273,12 +318,30 @@ impl SessionStore {
         Some(chunk)
     }
 
-    /// Adds a saved session with a fresh deadline (now + duration). Returns
-    /// its key count, or None when it is not added: its token exists (that
-    /// session is left as it is), its shared name belongs to another
-    /// session, or it would pass the memory limit.
+    /// Adds a saved session with a fresh idle deadline (now + duration)
+    /// and its absolute lifetime end as it was (creation + lifetime, in
+    /// wall-clock time). Returns its key count, or None when it is not
+    /// added: its token exists (that session is left as it is), its
+    /// lifetime is over, its shared name belongs to another session, or it
+    /// would pass the memory limit.
     pub fn restore(&mut self, record: SessionRecord, now: Millis) -> Option<u64> {
         if record.tkn == 0 || self.sessions.contains(record.tkn) {
+            return None;
+        }
+        let lifetime_s = record.expiry.map_or(0, |e| e.max_lifetime_s);
+        let extras = (record.owner.is_some() || lifetime_s > 0).then(|| {
+            let end_unix = record.created_unix_ms + u64::from(lifetime_s) * 1000;
+            Extras {
+                owner: record.owner.as_deref().map(|o| self.extras.owner_name(o)),
+                created_unix_ms: record.created_unix_ms,
+                lifetime_end: end_unix.saturating_sub(self.wall_epoch_ms),
+                max_lifetime_s: lifetime_s,
+            }
+        });
+        if extras
+            .as_ref()
+            .is_some_and(|x| x.has_lifetime() && x.lifetime_end <= now)
+        {
             return None;
         }
         let cost = session_cost(record.name.as_deref(), &KeyMap::new(None))
@@ -286,7 +349,8 @@ impl SessionStore {
                 .keys
                 .iter()
                 .map(|(k, v)| entry_cost(k, v))
-                .sum::<u64>();
+                .sum::<u64>()
+            + extras.as_ref().map_or(0, Extras::cost);
         if !self.fits(cost as i64) {
             return None;
         }
@@ -298,7 +362,7 @@ impl SessionStore {
         }
         let keys = KeyMap::with_entries(record.name.as_deref(), record.keys);
         let count = keys.len() as u64;
-        self.insert(record.tkn, keys, record.shared, record.expiry, now);
+        self.insert(record.tkn, keys, record.shared, record.expiry, extras, now);
         Some(count)
     }
 
@@ -321,7 +385,7 @@ impl SessionStore {
             && let Some(session) = self.sessions.get_mut(tkn)
             && session.saved_epoch != snapshot.epoch
         {
-            snapshot.save(tkn, session);
+            snapshot.save(tkn, session, self.extras.get(tkn));
         }
     }
 
@@ -378,17 +442,19 @@ impl SessionStore {
         let Some(mut expiry) = session.expiry() else {
             return;
         };
+        let lifetime_end = lifetime_end(&self.extras, tkn, expiry);
         if now < expiry.deadline {
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
             session.set_expiry(Some(expiry));
-        } else if expiry.settings.delete_session {
+        } else if expiry.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
             // The timer is spent already; only the session goes.
             session.set_expiry(None);
             self.remove(tkn);
         } else {
             self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
-            expiry.deadline = next_period(expiry.deadline, expiry.settings, now);
+            expiry.deadline = next_period(expiry.deadline, expiry.settings, now)
+                .min(lifetime_end.unwrap_or(Millis::MAX));
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
             session.set_expiry(Some(expiry));
         }
@@ -413,6 +479,19 @@ impl SessionStore {
         self.fits((SESSION_OVERHEAD + name_len as u64) as i64)
     }
 
+    /// Whether `new` (its name, owner and keys) fits in memory.
+    pub fn can_create_session(&self, new: &NewSession) -> bool {
+        let has_extras = new.owner.is_some() || new.expiry.is_some_and(|e| e.max_lifetime_s > 0);
+        let extras = if has_extras {
+            EXTRAS_OVERHEAD + new.owner.as_deref().map_or(0, |o| o.len() as u64)
+        } else {
+            0
+        };
+        let keys: u64 = new.keys.iter().map(|(k, v)| entry_cost(k, v)).sum();
+        let name = new.name.as_deref().map_or(0, |n| n.len() as u64);
+        self.fits((SESSION_OVERHEAD + name + keys + extras) as i64)
+    }
+
     /// Creates a session under a token the caller minted. Shared names must
     /// already be registered, and room checked with `can_create`, by the
     /// caller (a session is never refused after its name is claimed).
@@ -424,7 +503,25 @@ impl SessionStore {
         expiry: Option<ExpirySettings>,
         now: Millis,
     ) {
-        self.insert(tkn, KeyMap::new(name.as_deref()), shared, expiry, now);
+        self.insert(tkn, KeyMap::new(name.as_deref()), shared, expiry, None, now);
+    }
+
+    /// [`SessionStore::create`] with everything `SH_NEW` may give: an owner,
+    /// a lifetime, initial keys (set as `SH_SET` sets them). Room is checked
+    /// with `can_create_session` by the caller.
+    pub fn create_session(&mut self, tkn: Token, new: NewSession, now: Millis) {
+        let lifetime_s = new.expiry.map_or(0, |e| e.max_lifetime_s);
+        let extras = (new.owner.is_some() || lifetime_s > 0).then(|| Extras {
+            owner: new.owner.as_deref().map(|o| self.extras.owner_name(o)),
+            created_unix_ms: self.wall_epoch_ms + now,
+            lifetime_end: now + u64::from(lifetime_s) * 1000,
+            max_lifetime_s: lifetime_s,
+        });
+        let mut keys = KeyMap::new(new.name.as_deref());
+        for (key, value) in new.keys {
+            keys.set(key, value);
+        }
+        self.insert(tkn, keys, new.shared, new.expiry, extras, now);
     }
 
     fn insert(
@@ -433,20 +530,32 @@ impl SessionStore {
         keys: KeyMap,
         shared: bool,
         expiry: Option<ExpirySettings>,
+        extras: Option<Extras>,
         now: Millis,
     ) {
         // Callers check for collisions first; keep everything right regardless.
         self.remove(tkn);
         self.used_bytes += session_cost(keys.name(), &keys);
         self.key_count += keys.len() as u64;
+        let lifetime_end = extras
+            .as_ref()
+            .filter(|x| x.has_lifetime())
+            .map(|x| x.lifetime_end);
         let expiry = expiry.map(|settings| {
-            let deadline = deadline_after(settings, now);
+            let deadline = deadline_after(settings, now, lifetime_end);
             Expiry {
                 settings,
                 deadline,
                 timer: self.wheel.insert(deadline, tkn),
+                lifetime: lifetime_end.is_some(),
             }
         });
+        let mut flags = if shared { SHARED } else { 0 };
+        if let Some(extras) = extras {
+            flags |= HAS_EXTRAS;
+            self.used_bytes += extras.cost();
+            self.extras.insert(tkn, extras);
+        }
         let mut session = Session {
             tkn,
             deadline: 0,
@@ -455,7 +564,7 @@ impl SessionStore {
             timer: TimerKey::default(),
             // Not part of a snapshot already under way.
             saved_epoch: self.snapshot_epoch,
-            flags: if shared { SHARED } else { 0 },
+            flags,
         };
         session.set_expiry(expiry);
         self.sessions.insert(session);
@@ -466,22 +575,22 @@ impl SessionStore {
         // One index lookup on the usual path (no expiry due).
         let mut position = self.sessions.position(tkn)?;
         let expired = match self.sessions.at_mut(position).expiry() {
-            Some(e) if now >= e.deadline => Some(e.settings),
+            Some(e) if now >= e.deadline => Some(e),
             _ => None,
         };
-        if let Some(settings) = expired {
+        if let Some(e) = expired {
             self.preserve(tkn);
-            if settings.delete_session {
+            let lifetime_end = lifetime_end(&self.extras, tkn, e);
+            if e.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
                 self.remove(tkn);
                 return None;
             }
             let session = self.sessions.get_mut(tkn)?;
             self.used_bytes -= keys_cost(&session.keys);
             self.key_count -= session.keys.clear() as u64;
-            if let Some(e) = session.expiry() {
-                session.deadline = next_period(e.deadline, settings, now);
-                self.wheel.reschedule(e.timer, session.deadline);
-            }
+            session.deadline =
+                next_period(e.deadline, e.settings, now).min(lifetime_end.unwrap_or(Millis::MAX));
+            self.wheel.reschedule(e.timer, session.deadline);
             // The rare path: look again rather than rely on the position.
             position = self.sessions.position(tkn)?;
         }
@@ -492,21 +601,27 @@ impl SessionStore {
             Access::SetAdd => EXTEND_ON_SET_ADD,
         };
         if session.flags & extend != 0
+            && session.duration_s > 0
             && let Some(e) = session.expiry()
         {
             // O(1): the wheel is not touched; the timer re-files on fire.
-            session.deadline = deadline_after(e.settings, now);
+            session.deadline = deadline_after(e.settings, now, lifetime_end(&self.extras, tkn, e));
         }
         Some(session)
     }
 
-    /// Removes a session, its timer, and its shared name.
+    /// Removes a session, its timer, its extras, and its shared name.
     fn remove(&mut self, tkn: Token) -> Option<Session> {
         let session = self.sessions.remove(tkn)?;
         self.key_count -= session.keys.len() as u64;
         self.used_bytes -= session_cost(session.name(), &session.keys);
         if let Some(e) = session.expiry() {
             self.wheel.remove(e.timer);
+        }
+        if session.flags & HAS_EXTRAS != 0
+            && let Some(extras) = self.extras.remove(tkn)
+        {
+            self.used_bytes -= extras.cost();
         }
         if session.shared()
             && let Some(name) = session.name()
@@ -552,17 +667,22 @@ impl SessionStore {
                 if let Some(session) = self.sessions.get_mut(tkn)
                     && session.saved_epoch != snapshot.epoch
                 {
-                    snapshot.save(tkn, session);
+                    snapshot.save(tkn, session, self.extras.get(tkn));
                 }
             }
         }
+        let extras = &self.extras;
         let live = self
             .sessions
             .iter()
-            // Past its deadline, only a deleteSession session is gone.
+            // Past its deadline, only a deleteSession session, or one past
+            // its lifetime, is gone.
             .filter(|s| {
-                s.expiry()
-                    .is_none_or(|e| now < e.deadline || !e.settings.delete_session)
+                s.expiry().is_none_or(|e| {
+                    now < e.deadline
+                        || !e.settings.delete_session
+                            && lifetime_end(extras, s.tkn, e).is_none_or(|end| now < end)
+                })
             })
             .count();
         for session in self.sessions.drain() {
@@ -574,6 +694,7 @@ impl SessionStore {
         }
         self.key_count = 0;
         self.used_bytes = 0;
+        self.extras.clear();
         self.wheel = TimingWheel::new(now);
         live as u64
     }
@@ -701,6 +822,73 @@ impl SessionStore {
         Ok(removed)
     }
 
+    /// A session with its extras (owner, lifetime), for `SH_INFO`.
+    pub fn read_with_extras(
+        &mut self,
+        tkn: Token,
+        now: Millis,
+    ) -> Result<(&Session, Option<&Extras>), Refusal> {
+        self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        let session = self.sessions.get(tkn).ok_or(NoSession)?;
+        Ok((session, self.extras.get(tkn)))
+    }
+
+    /// `SH_TOUCH`: with `slide`, the idle deadline moves to now + duration
+    /// (capped at the lifetime) whatever the extend flags say. Returns the
+    /// milliseconds to the next deadline, -1 for a session that never expires.
+    pub fn touch(&mut self, tkn: Token, slide: bool, now: Millis) -> Result<i64, Refusal> {
+        let expiry = self.live(tkn, now, Access::Read).ok_or(NoSession)?.expiry();
+        let Some(e) = expiry else {
+            return Ok(-1);
+        };
+        let end = lifetime_end(&self.extras, tkn, e);
+        let session = self.sessions.get_mut(tkn).ok_or(NoSession)?;
+        if slide && session.duration_s > 0 {
+            session.deadline = deadline_after(e.settings, now, end);
+        }
+        Ok(i64::try_from(session.deadline.saturating_sub(now)).unwrap_or(i64::MAX))
+    }
+
+    /// `SH_OWNER_SESSIONS`: the owner's live sessions here, oldest first,
+    /// each with its creation time (to merge lists from several shards).
+    pub fn owner_sessions(&mut self, owner: &str, now: Millis) -> Vec<(u64, Token)> {
+        let mut live: Vec<(u64, Token)> = Vec::new();
+        for tkn in self.extras.sessions_of(owner).to_vec() {
+            if self.exists(tkn, now)
+                && let Some(extras) = self.extras.get(tkn)
+            {
+                live.push((extras.created_unix_ms, tkn));
+            }
+        }
+        // Already in creation order, unless some came from a snapshot.
+        live.sort_by_key(|&(created, _)| created);
+        live
+    }
+
+    /// `SH_OWNER_END`: ends every live session of `owner` but `except`;
+    /// returns how many ended.
+    pub fn owner_end(&mut self, owner: &str, except: Option<Token>, now: Millis) -> u64 {
+        let mut ended = 0;
+        for tkn in self.extras.sessions_of(owner).to_vec() {
+            if Some(tkn) != except && self.end(tkn, now).is_ok() {
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// Every owner's list (model tests).
+    #[cfg(test)]
+    pub(crate) fn owner_index(&self) -> Vec<(String, Vec<Token>)> {
+        let mut index: Vec<_> = self
+            .extras
+            .owners()
+            .map(|(o, l)| (o.to_string(), l.to_vec()))
+            .collect();
+        index.sort();
+        index
+    }
+
     /// Sessions and keys that clients can see, or None while background
     /// expiry is still behind after `budget` more timers: totals must not
     /// count anything past its deadline, and must not make everyone wait
@@ -738,6 +926,7 @@ mod tests {
             delete_session,
             extend_on_set_add: on_set,
             extend_on_get: on_get,
+            max_lifetime_s: 0,
         }
     }
 
@@ -969,6 +1158,7 @@ mod tests {
             settings: expiry(10, false, false, false),
             deadline: 10_000,
             timer: TimingWheel::new(0).insert(0, 0),
+            lifetime: false,
         };
         assert_eq!(e.remaining_s(0), 10);
         assert_eq!(e.remaining_s(1), 10);

@@ -34,6 +34,7 @@ fn settings() -> impl Strategy<Value = Option<ExpirySettings>> {
                 delete_session: del,
                 extend_on_set_add: set,
                 extend_on_get: get,
+                max_lifetime_s: 0,
             })
         }),
     ]

@@ -7,9 +7,9 @@
 //! Dragonfly's versioned snapshots). Each session carries the epoch of the
 //! last snapshot that holds it, so "already saved" costs no lookup.
 
-use super::{Millis, Session};
+use super::{Extras, Millis, Session};
 use crate::domain::Token;
-use crate::persist::encode_record;
+use crate::persist::{RecordHead, encode_record};
 
 /// A snapshot in progress.
 pub struct Snapshot {
@@ -53,25 +53,33 @@ impl Snapshot {
         }
     }
 
-    /// Encodes `session` as it was at the start (unless it had expired by
-    /// then) and marks it saved.
-    pub(super) fn save(&mut self, tkn: Token, session: &mut Session) {
+    /// Encodes `session` (and its extras) as it was at the start, unless
+    /// it had expired by then, and marks it saved.
+    pub(super) fn save(&mut self, tkn: Token, session: &mut Session, extras: Option<&Extras>) {
         session.saved_epoch = self.epoch;
-        let expired = session.expiry().is_some_and(|e| self.started >= e.deadline);
-        let settings = session.expiry().map(|e| e.settings);
-        if expired && settings.is_some_and(|s| s.delete_session) {
+        let expiry = session.expiry();
+        let expired = expiry.is_some_and(|e| self.started >= e.deadline);
+        let lifetime_over =
+            extras.is_some_and(|x| x.has_lifetime() && self.started >= x.lifetime_end);
+        if expired && (expiry.is_some_and(|e| e.settings.delete_session) || lifetime_over) {
             return;
         }
+        let settings = expiry.map(|e| {
+            let mut settings = e.settings;
+            settings.max_lifetime_s = extras.map_or(0, |x| x.max_lifetime_s);
+            settings
+        });
         // Keys-only expiry had emptied it by the start.
         let keys = if expired { 0 } else { session.keys.len() };
-        encode_record(
-            &mut self.out,
+        let head = RecordHead {
             tkn,
-            session.name(),
-            session.shared(),
-            settings,
-            session.keys.iter().take(keys),
-        );
+            name: session.name(),
+            shared: session.shared(),
+            expiry: settings,
+            owner: extras.and_then(|x| x.owner.as_deref()),
+            created_unix_ms: extras.map_or(0, |x| x.created_unix_ms),
+        };
+        encode_record(&mut self.out, &head, session.keys.iter().take(keys));
         self.records += 1;
         self.keys += keys as u64;
     }

@@ -1,6 +1,7 @@
-//! What the `dispatch` fuzz target, `tests/dispatch_props.rs` and
-//! `tests/hostile.rs` all check. [`check`] holds one response against the
-//! request it answers, whatever the transport; a [`Harness`] feeds messages
+//! The protocol oracle: what the `dispatch` fuzz target (`fuzz/`) and the
+//! integration tests (`tests/it/props.rs`, `tests/it/hostile.rs`) all
+//! check. [`check`] holds one response against the request it answers,
+//! whatever the transport; a [`Harness`] feeds messages
 //! to a `LocalDispatcher` (decoding and commands exactly as a one-shard
 //! server runs them) and checks, after every message, what docs/PROTOCOL.md
 //! promises for any request however malformed:
@@ -23,8 +24,12 @@
 //! The hostile inputs the tests share ([`VALID`], [`SLOTS`], [`LITERALS`],
 //! [`STRING_PIECES`]) live here too. Every broken promise is a panic, which
 //! is how libFuzzer, proptest and the integration tests all learn of it.
-//! The tests compile this file in by `#[path]`, so it uses nothing but
-//! `nemesisdb` and `simd_json`.
+//!
+//! It must not touch the server's internals: of `nemesisdb` it uses only
+//! [`LocalDispatcher`]'s public API (`new`, `handle`, `advance`, `totals`,
+//! `set_memory_limit`), and its tables ([`COMMANDS`], [`STATUSES`]) are
+//! written from docs/PROTOCOL.md, not taken from the server, so a server
+//! change that drifts from the document shows up as a failure here.
 
 use std::collections::HashSet;
 
@@ -38,7 +43,9 @@ pub const STATUSES: [u64; 21] = [
     1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 100, 101, 102, 103, 121, 122, 123, 141, 142, 150,
 ];
 
-/// Every command, for generators; see [`allowed_statuses`].
+/// Every command of docs/PROTOCOL.md, for generators; see
+/// [`allowed_statuses`]. Kept by hand, apart from the server's own command
+/// table, so a test can hold the two against each other.
 pub const COMMANDS: [&str; 19] = [
     "SH_NEW",
     "SH_OPEN",

@@ -4,19 +4,15 @@
 //! huge numbers, duplicate keys, deep nesting) in every parameter of every
 //! command, thrown at a `LocalDispatcher`.
 //!
-//! The checks are the fuzz target's (`fuzz/src/lib.rs`, compiled in here):
+//! The checks are the fuzz target's (the oracle crate, `fuzz/oracle/`):
 //! every response is one JSON object named `ERR` or `<CMD>_RSP`, its status
 //! is in the protocol table, fits the command and is never 1000; nothing
 //! panics; a response that is not Ok leaves the totals and the seeded
 //! sessions exactly as they were; values set come back as the same JSON;
 //! and once every session is ended the accounting is back at zero.
 
-#[allow(dead_code)]
-#[path = "../fuzz/src/lib.rs"]
-mod harness;
-
-use harness::{COMMANDS, Harness, LITERALS, NAMES, SLOTS, STRING_PIECES, VALID};
 use nemesisdb::shard::LocalDispatcher;
+use nemesisdb_oracle::{COMMANDS, Harness, LITERALS, NAMES, SLOTS, STRING_PIECES, VALID};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use simd_json::prelude::*;
@@ -460,7 +456,7 @@ fn fuzz_corpus_replays() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).expect("fuzz corpus") {
         let data = std::fs::read(entry.expect("entry").path()).expect("read");
-        harness::run_input(&data);
+        nemesisdb_oracle::run_input(&data);
         n += 1;
     }
     assert!(n >= 20, "seed corpus has {n} files");

@@ -1,15 +1,15 @@
 //! Integration tests: the real binary on a free loopback port, spoken to over
 //! WebSocket. Run with two shards unless a test is about shard counts.
 
-mod support;
-
 use std::io::Read;
 use std::time::Duration;
 
+use crate::support::{
+    Client, Server, body, one_client_per_shard, raw, read_to_close, st, write_all,
+};
 use nemesisdb::mesh::shard_of;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
-use support::{Client, Server, body, raw, read_to_close, st, write_all};
 use tungstenite::Message;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -267,26 +267,6 @@ fn shared_names_across_connections_and_release() {
     a.call(r#"{"SH_END_ALL":{}}"#);
     let r = b.call(r#"{"SH_OPEN":{"name":"delivery-1"}}"#);
     assert_eq!(st(&r), 102, "name released by SH_END_ALL");
-}
-
-/// Opens connections until one is served by each shard; returns them with
-/// a session each created on that shard.
-fn one_client_per_shard(server: &Server, shards: usize) -> Vec<(Client, u64)> {
-    let mut found: Vec<Option<(Client, u64)>> = (0..shards).map(|_| None).collect();
-    for _ in 0..200 {
-        let mut c = server.client();
-        let tkn = c.new_session("{}");
-        let shard = shard_of(tkn, shards);
-        if found[shard].is_none() {
-            found[shard] = Some((c, tkn));
-        } else {
-            c.call(&format!(r#"{{"SH_END":{{"tkn":{tkn}}}}}"#));
-        }
-        if found.iter().all(Option::is_some) {
-            return found.into_iter().map(Option::unwrap).collect();
-        }
-    }
-    panic!("the kernel never spread connections over every shard");
 }
 
 #[test]
@@ -657,9 +637,6 @@ fn shared_names_held_on_another_shard() {
     assert_eq!(st(&a.call(&format!(r#"{{"SH_END":{{"tkn":{held}}}}}"#))), 1);
     let r = a.call(r#"{"SH_NEW":{"name":"live","shared":true}}"#);
     assert_eq!(st(&r), 1, "{r}");
-    // Held by a session past its deadline: free for a.
-    b.new_session(r#"{"name":"brief","shared":true,"expiry":{"duration":1,"deleteSession":true}}"#);
-    std::thread::sleep(Duration::from_millis(1200));
-    let r = a.call(r#"{"SH_NEW":{"name":"brief","shared":true}}"#);
-    assert_eq!(st(&r), 1, "{r}");
+    // Held by a session past its deadline: see
+    // expiry::real_time_expiry_across_shards.
 }

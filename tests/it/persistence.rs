@@ -2,36 +2,12 @@
 //! saves, restarts on other shard counts, corrupt files, and a SIGKILL in
 //! the middle of a large save.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::support::{Client, Server, TempDir, body, st};
 use nemesisdb::mesh::shard_of;
 use simd_json::prelude::*;
-use support::{Client, Server, st};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("ndb-it-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn persistent(dir: &TempDir, shards: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--shards", shards, "--persist-path", dir.arg()];
@@ -145,7 +121,7 @@ fn subset_saves_and_dataset_errors() {
         assert_eq!(st(&r), 42, "{bad}");
     }
     // A dataset directory that cannot be created: 122, nothing written.
-    std::fs::write(dir.0.join("blocked"), b"a file, not a directory").unwrap();
+    std::fs::write(dir.path().join("blocked"), b"a file, not a directory").unwrap();
     let r = c.call(r#"{"SH_SAVE":{"name":"blocked"}}"#);
     assert_eq!(st(&r), 122, "{r}");
 }
@@ -235,7 +211,7 @@ fn corrupt_and_truncated_files_are_refused_with_142() {
         assert_eq!(st(&c.call(r#"{"SH_SAVE":{"name":"flipped"}}"#)), 121);
         assert_eq!(st(&c.call(r#"{"SH_SAVE":{"name":"short"}}"#)), 121);
     }
-    let file = |dataset: &str| version_dirs(&dir.0.join(dataset))[0].join("shard-0.ndb");
+    let file = |dataset: &str| version_dirs(&dir.path().join(dataset))[0].join("shard-0.ndb");
     let mut bytes = std::fs::read(file("flipped")).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
@@ -263,7 +239,7 @@ fn corrupt_and_truncated_files_are_refused_with_142() {
     assert!(stderr.contains("shard-0.ndb"), "{stderr}");
     let (code, _) = start_failure(&["--persist-path", dir.arg(), "--load-name", "missing"]);
     assert_eq!(code, Some(1));
-    let blocker = dir.0.join("not-a-dir");
+    let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"x").unwrap();
     let (code, stderr) = start_failure(&["--persist-path", blocker.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stderr}");
@@ -285,11 +261,7 @@ fn sigkill_during_a_large_save_leaves_the_previous_version_loadable() {
         }
         c.flush();
         let tokens: Vec<u64> = (0..batch)
-            .map(|_| {
-                support::body(&c.recv_json(), "SH_NEW_RSP")["tkn"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(|_| body(&c.recv_json(), "SH_NEW_RSP")["tkn"].as_u64().unwrap())
             .collect();
         for tkn in tokens {
             c.queue_text(format!(
@@ -311,7 +283,7 @@ fn sigkill_during_a_large_save_leaves_the_previous_version_loadable() {
     std::thread::sleep(std::time::Duration::from_millis(30));
     server.child.kill().unwrap();
     server.wait_exit();
-    let versions = version_dirs(&dir.0.join("big"));
+    let versions = version_dirs(&dir.path().join("big"));
     let complete = versions
         .iter()
         .filter(|v| v.join("metadata.json").exists())
@@ -356,7 +328,7 @@ fn saves_started_together_on_different_shards_both_complete() {
             c.send_text(&format!(r#"{{"SH_SAVE":{{"name":"s{i}-{round}"}}}}"#));
         }
         for c in &mut clients {
-            let r = support::body(&c.recv_json(), "SH_SAVE_RSP");
+            let r = body(&c.recv_json(), "SH_SAVE_RSP");
             assert_eq!(st(&r), 121, "round {round}: {r}");
         }
     }

@@ -5,23 +5,19 @@
 //! connection stays open, stored data is untouched unless the answer is Ok,
 //! and other clients notice nothing. Values come back exactly as sent.
 //!
-//! The response checks are the fuzz target's (`fuzz/src/lib.rs`, compiled in
-//! here), so the binary and `LocalDispatcher` are held to the same promises.
-
-mod support;
-
-#[allow(dead_code)]
-#[path = "../fuzz/src/lib.rs"]
-mod harness;
+//! The response checks are the fuzz target's (the oracle crate,
+//! `fuzz/oracle/`), so the binary and `LocalDispatcher` are held to the same
+//! promises.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::{Client, Server, TempDir, body, raw, read_to_close, st};
 use nemesisdb::mesh::shard_of;
+use nemesisdb_oracle as oracle;
 use simd_json::prelude::*;
-use support::{Client, Server, body, st};
 use tungstenite::Message;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -78,7 +74,7 @@ fn state(c: &mut Client, tokens: &[u64]) -> String {
 fn send_checked(c: &mut Client, request: &str) -> u64 {
     c.send_text(request);
     let response = c.recv_text();
-    harness::check(request.as_bytes(), true, response.as_bytes()).status
+    oracle::check(request.as_bytes(), true, response.as_bytes()).status
 }
 
 /// Every hostile value in every parameter slot, plus deep nesting, each sent
@@ -91,8 +87,8 @@ fn hostile_json_in_every_parameter_changes_nothing_unless_ok() {
     let mut c = server.client();
     // Reads the state from its own connection: other clients see no change.
     let mut watcher = server.client();
-    let mut values: Vec<String> = harness::LITERALS.iter().map(|l| l.to_string()).collect();
-    values.extend(harness::STRING_PIECES.iter().map(|p| format!("\"{p}\"")));
+    let mut values: Vec<String> = oracle::LITERALS.iter().map(|l| l.to_string()).collect();
+    values.extend(oracle::STRING_PIECES.iter().map(|p| format!("\"{p}\"")));
     values.push(format!("{}{}", "[".repeat(1020), "]".repeat(1020)));
     values.push(format!("{}{}", "[".repeat(1100), "]".repeat(1100)));
     values.push(format!("{}1{}", "{\"a\":".repeat(2000), "}".repeat(2000)));
@@ -100,7 +96,7 @@ fn hostile_json_in_every_parameter_changes_nothing_unless_ok() {
 
     let mut before = state(&mut watcher, &tokens);
     let mut answered = 0;
-    for slot in harness::SLOTS {
+    for slot in oracle::SLOTS {
         for value in &values {
             let request = slot
                 .replace('@', value)
@@ -347,7 +343,7 @@ fn a_hostile_client_does_not_disturb_others() {
     hostile.flush();
     for (request, text) in &sent {
         let response = hostile.recv_text();
-        let checked = harness::check(request, *text, response.as_bytes());
+        let checked = oracle::check(request, *text, response.as_bytes());
         if checked.command == "SH_COUNT" {
             assert_eq!(checked.body["cnt"].as_u64(), Some(3), "{response}");
         }
@@ -365,7 +361,7 @@ const TEXT: OpCode = OpCode::Data(Data::Text);
 const BINARY: OpCode = OpCode::Data(Data::Binary);
 const CONTINUE: OpCode = OpCode::Data(Data::Continue);
 
-/// Framing cases `tests/server.rs` does not cover: empty and blank text,
+/// Framing cases [`crate::server`] does not cover: empty and blank text,
 /// fragmented messages (one answer per message, UTF-8 checked over the
 /// whole message, pings answered in between), a message of exactly
 /// `maxPayload` bytes.
@@ -543,27 +539,6 @@ fn protocol_violations_close_only_their_connection() {
     assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
 }
 
-/// A directory of its own under the system temp dir, removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("nemesisdb-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn entries(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
@@ -579,8 +554,8 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
 /// exist leaves them as they are).
 #[test]
 fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
-    let scratch = Scratch::new("hostile-persist");
-    let data = scratch.0.join("data");
+    let scratch = TempDir::new("hostile-persist");
+    let data = scratch.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let data_arg = data.to_str().expect("UTF-8 temp path");
     let server = Server::start(&["--shards", "2", "--persist-path", data_arg]);
@@ -589,8 +564,8 @@ fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
     let mut c = server.client();
     let before = state(&mut c, &tokens);
 
-    let mut names: Vec<String> = harness::LITERALS.iter().map(|l| l.to_string()).collect();
-    names.extend(harness::STRING_PIECES.iter().map(|p| format!("\"{p}\"")));
+    let mut names: Vec<String> = oracle::LITERALS.iter().map(|l| l.to_string()).collect();
+    names.extend(oracle::STRING_PIECES.iter().map(|p| format!("\"{p}\"")));
     for name in [
         ".",
         "..",
@@ -634,7 +609,7 @@ fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
     let r = c.call(r#"{"SH_LOAD":{"name":"ok_1.2-3"}}"#);
     assert_eq!(st(&r), 141, "{r}");
     assert_eq!(
-        entries(&scratch.0),
+        entries(scratch.path()),
         ["data"],
         "nothing written beside the persist path"
     );
@@ -748,10 +723,10 @@ fn bad_upgrade_requests_get_400_and_a_close() {
         }),
     ];
     for (what, head) in cases {
-        let mut s = support::raw(server.addr);
+        let mut s = raw(server.addr);
         // A 9 KB head may be refused before it is all sent.
         let _ = s.write_all(&head);
-        let reply = String::from_utf8_lossy(&support::read_to_close(&mut s)).to_string();
+        let reply = String::from_utf8_lossy(&read_to_close(&mut s)).to_string();
         assert!(reply.starts_with("HTTP/1.1 400"), "{what}: {reply:?}");
     }
     let mut c = server.client();
@@ -809,7 +784,7 @@ fn a_client_that_half_closes_still_gets_its_answers() {
             }
             stream.write_all(&bytes).unwrap();
             stream.shutdown(std::net::Shutdown::Write).unwrap();
-            let frames = server_frames(&support::read_to_close(stream));
+            let frames = server_frames(&read_to_close(stream));
             let texts: Vec<String> = frames
                 .iter()
                 .filter(|(op, _)| *op == 0x1)

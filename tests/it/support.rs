@@ -2,14 +2,15 @@
 //! talk to it over WebSocket. Every socket has a timeout, so a server that
 //! stops answering fails the test instead of hanging it.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use nemesisdb::mesh::shard_of;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 use tungstenite::protocol::WebSocket;
@@ -21,7 +22,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Lines the server printed on stderr, collected in the background.
+    /// Lines the server printed on stderr, collected in the background (so
+    /// the pipe never fills); shown when a test fails with the server up.
     pub stderr: mpsc::Receiver<String>,
 }
 
@@ -66,10 +68,6 @@ impl Server {
         }
     }
 
-    pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
@@ -101,6 +99,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for line in self.stderr.try_iter() {
+                eprintln!("server stderr: {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -174,6 +177,26 @@ impl Client {
     }
 }
 
+/// Opens connections until one is served by each shard; returns them with
+/// a session each created on that shard.
+pub fn one_client_per_shard(server: &Server, shards: usize) -> Vec<(Client, u64)> {
+    let mut found: Vec<Option<(Client, u64)>> = (0..shards).map(|_| None).collect();
+    for _ in 0..200 {
+        let mut c = server.client();
+        let tkn = c.new_session("{}");
+        let shard = shard_of(tkn, shards);
+        if found[shard].is_none() {
+            found[shard] = Some((c, tkn));
+        } else {
+            c.call(&format!(r#"{{"SH_END":{{"tkn":{tkn}}}}}"#));
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("the kernel never spread connections over every shard");
+}
+
 /// The body of a one-member response object named `name`.
 pub fn body(response: &OwnedValue, name: &str) -> OwnedValue {
     let object = response.as_object().expect("response is an object");
@@ -209,4 +232,36 @@ pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
 
 pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).unwrap();
+}
+
+/// A fresh directory under the system temp dir, removed on drop. Its name
+/// holds the process id and a number no other `TempDir` of this process
+/// has, so tests running side by side (or an earlier run) never share one.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ndb-it-{tag}-{}-{n}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("temp dir path is UTF-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,13 +1,11 @@
 //! Limits through the real binary: connection limit, many connections,
 //! backpressure on clients that do not read, and the memory limit.
 
-mod support;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::support::{Client, Server, body, raw, read_to_close, st};
 use simd_json::prelude::*;
-use support::{Client, Server, raw, read_to_close, st};
 use tungstenite::Message;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -101,7 +99,7 @@ fn a_client_that_never_reads_cannot_grow_server_memory() {
     // When the client reads again it gets every answer, in order.
     for _ in 0..2000 {
         let r = greedy.recv_json();
-        let body = support::body(&r, "SH_GET_RSP");
+        let body = body(&r, "SH_GET_RSP");
         assert_eq!(body["keys"]["v"].as_str().map(str::len), Some(value.len()));
     }
 }
@@ -180,7 +178,7 @@ fn a_client_stuck_over_the_output_limit_is_disconnected() {
         "--max-output-buffer",
         "65536",
         "--output-stall-timeout",
-        "2",
+        "1",
     ]);
     let mut setup = server.client();
     let tkn = setup.new_session("{}");
@@ -194,7 +192,17 @@ fn a_client_stuck_over_the_output_limit_is_disconnected() {
         greedy.ws.write(Message::text(get.clone())).unwrap();
     }
     greedy.flush();
-    std::thread::sleep(Duration::from_secs(5));
+    // Wait for the cut (about a second) without reading: reading would
+    // unstall it. The server's connection count shows when it happens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = setup.call(r#"{"SV_INFO":{}}"#);
+        if r["connections"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a stuck client was kept: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // It reads what was sent before the cut, then the connection ends.
     let mut answered = 0;
     while let Ok(message) = greedy.ws.read() {

@@ -1,0 +1,141 @@
+//! What only some sessions have: an owner, an absolute lifetime. Kept
+//! beside the session table, keyed by token, so a session without either
+//! pays nothing (the session itself has only a flag bit saying to look here).
+//!
+//! The owner index maps each owner to its sessions in creation order. It
+//! holds one copy of the owner's name, shared with the sessions' extras.
+
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use super::Millis;
+use crate::domain::Token;
+
+/// A session's owner and lifetime.
+#[derive(Clone, Debug)]
+pub struct Extras {
+    pub owner: Option<Arc<str>>,
+    /// Wall-clock creation time in ms since the Unix epoch: saved with the
+    /// session, so a lifetime stays absolute across a save and a load.
+    pub created_unix_ms: u64,
+    /// The absolute end on the shard clock, when `max_lifetime_s > 0`.
+    pub lifetime_end: Millis,
+    /// 0: no lifetime.
+    pub max_lifetime_s: u32,
+}
+
+impl Extras {
+    pub fn has_lifetime(&self) -> bool {
+        self.max_lifetime_s > 0
+    }
+
+    /// Accounted bytes (applied the same way in and out).
+    pub fn cost(&self) -> u64 {
+        EXTRAS_OVERHEAD + self.owner.as_deref().map_or(0, |o| o.len() as u64)
+    }
+}
+
+/// Accounted bytes of a session's extras beyond its owner's name: the map
+/// entry and the index's slot.
+pub const EXTRAS_OVERHEAD: u64 = 64;
+
+/// Extras by token, and sessions by owner.
+#[derive(Default)]
+pub struct ExtrasTable {
+    by_token: AHashMap<Token, Extras>,
+    owners: AHashMap<Arc<str>, Vec<Token>>,
+}
+
+impl ExtrasTable {
+    pub fn get(&self, tkn: Token) -> Option<&Extras> {
+        self.by_token.get(&tkn)
+    }
+
+    /// The shared copy of `owner`'s name, made once per owner.
+    pub fn owner_name(&mut self, owner: &str) -> Arc<str> {
+        match self.owners.get_key_value(owner) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(owner),
+        }
+    }
+
+    /// Files `extras` for `tkn`; its owner's list gets `tkn` last.
+    pub fn insert(&mut self, tkn: Token, extras: Extras) {
+        if let Some(owner) = &extras.owner {
+            self.owners.entry(owner.clone()).or_default().push(tkn);
+        }
+        self.by_token.insert(tkn, extras);
+    }
+
+    /// Removes `tkn`'s extras and takes it off its owner's list.
+    pub fn remove(&mut self, tkn: Token) -> Option<Extras> {
+        let extras = self.by_token.remove(&tkn)?;
+        if let Some(owner) = &extras.owner
+            && let Some(list) = self.owners.get_mut(owner)
+        {
+            // Lists are short (one user's devices); order is kept.
+            if let Some(at) = list.iter().position(|&t| t == tkn) {
+                list.remove(at);
+            }
+            if list.is_empty() {
+                self.owners.remove(owner);
+            }
+        }
+        Some(extras)
+    }
+
+    /// The sessions of `owner`, in creation order (may include sessions
+    /// past their deadline not yet settled).
+    pub fn sessions_of(&self, owner: &str) -> &[Token] {
+        self.owners.get(owner).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn clear(&mut self) {
+        self.by_token.clear();
+        self.owners.clear();
+    }
+
+    /// Every owner and its list (model tests).
+    #[cfg(test)]
+    pub fn owners(&self) -> impl Iterator<Item = (&str, &[Token])> {
+        self.owners.iter().map(|(o, l)| (&**o, l.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extras(table: &mut ExtrasTable, owner: &str) -> Extras {
+        Extras {
+            owner: Some(table.owner_name(owner)),
+            created_unix_ms: 0,
+            lifetime_end: 0,
+            max_lifetime_s: 0,
+        }
+    }
+
+    #[test]
+    fn owners_keep_creation_order_and_one_name() {
+        let mut t = ExtrasTable::default();
+        for tkn in [5, 3, 9] {
+            let e = extras(&mut t, "ann");
+            t.insert(tkn, e);
+        }
+        let e = extras(&mut t, "bob");
+        t.insert(7, e);
+        assert_eq!(t.sessions_of("ann"), [5, 3, 9]);
+        assert!(Arc::ptr_eq(
+            t.get(5).unwrap().owner.as_ref().unwrap(),
+            t.get(9).unwrap().owner.as_ref().unwrap()
+        ));
+        t.remove(3);
+        assert_eq!(t.sessions_of("ann"), [5, 9]);
+        t.remove(5);
+        t.remove(9);
+        assert_eq!(t.sessions_of("ann"), [] as [Token; 0]);
+        assert_eq!(t.owners().count(), 1, "an owner with no session is dropped");
+        assert!(t.remove(9).is_none());
+    }
+}
