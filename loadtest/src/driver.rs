@@ -369,7 +369,9 @@ impl Conn {
     fn handle_replies(&mut self, now: Instant, plan: &Plan, c: &mut Collector) {
         while self.alive() && self.rstart < self.rend {
             let buf = &self.rbuf[self.rstart..self.rend];
-            let mut carry = Carry::default();
+            // What this reply hands on: SH_NEW's token, SMEMBERS' list.
+            let mut token = 0;
+            let mut listed = None;
             let (used, ok) = match plan.encoder.protocol() {
                 Protocol::Ws => match ws::parse_frame(buf) {
                     Ok(None) => break,
@@ -392,7 +394,7 @@ impl Conn {
                                     Some(Fault::NoToken) => c.untokened += 1,
                                     None => {}
                                 }
-                                carry.token = j.token.unwrap_or(0);
+                                token = j.token.unwrap_or(0);
                                 (f.total_len(), j.ok)
                             }
                             ws::OP_PING => {
@@ -422,7 +424,9 @@ impl Conn {
                         let check = self.pending.front().map(|p| p.expect.check);
                         let ok = match (reply, check) {
                             (resp::Reply::Error, _) => false,
-                            (_, Some(Check::Members)) => members(&buf[..used], &mut carry),
+                            (_, Some(Check::Members)) => {
+                                members(&buf[..used], listed.insert(Carry::default()))
+                            }
                             (_, Some(Check::Filled)) => {
                                 let mut n = 0;
                                 resp::array_bulks(&buf[..used], |_| n += 1).is_some() && n == 4
@@ -446,9 +450,9 @@ impl Conn {
             if !ok {
                 s.errors += 1;
             } else if p.expect.check == Check::Token {
-                s.carry.token = carry.token;
-            } else if p.expect.check == Check::Members {
-                s.carry = carry;
+                s.carry.token = token;
+            } else if let Some(listed) = listed {
+                s.carry = listed;
             }
             s.outstanding = s.outstanding.saturating_sub(1);
             if s.outstanding == 0 {
