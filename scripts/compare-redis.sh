@@ -31,7 +31,7 @@ DURATION=5
 CONNECTIONS=50
 SESSIONS=10000
 POPULATE=1000000
-WORKLOADS="get set mixed sliding lifecycle expiry"
+WORKLOADS="get set mixed sliding touch lifecycle lifecycle-classic logout-all expiry"
 PIPELINES="1 16"
 REPEAT=1
 OUT=""
@@ -263,10 +263,16 @@ for line in open(memory):
           f"| {d['after'] / 1024:,.1f} | {per:,.0f} | {fmt(d['r'].get('ops_per_sec'))} "
           f"| {d['r'].get('errors', '-')} |")
 print()
-print("One operation: lifecycle = 4 requests on both; sliding = 1 request on ours (SH_GET with "
-      "extendOnGet) and 2 on Redis (HGET + EXPIRE); expiry/populate = SH_NEW then SH_SET on ours, "
-      "HSET + EXPIRE on Redis. CPU columns: utime + stime during the timed run only (loadtest reads "
-      "/proc/PID/stat around it); loadtest CPU shows whether the generator's core was the limit.")
+print("One operation (requests, ours / Redis): sliding = SH_GET with extendOnGet / HGET + EXPIRE "
+      "(1 / 2); touch = SH_TOUCH slide on sessions with duration 3600 / PEXPIRE + PTTL (1 / 2); "
+      "lifecycle = SH_NEW with keys, then SH_GET + SH_END / HSET + EXPIRE + HGETALL + DEL (3 / 4); "
+      "lifecycle-classic = SH_NEW, then SH_SET + SH_GET + SH_END / the same 4 Redis commands (4 / 4; "
+      "Redis has no server-chosen token, so its lifecycle is the same for both); logout-all = one "
+      "owner with 5 sessions: SH_OWNER_END, then 5 SH_NEW with owner and keys / SMEMBERS, then "
+      "DEL of each session hash + DEL of the set + 5 HSET + SADD (6 / 13, two round trips on both); "
+      "expiry/populate = SH_NEW then SH_SET / HSET + EXPIRE (2 / 2). CPU columns: utime + stime "
+      "during the timed run only (loadtest reads /proc/PID/stat around it); loadtest CPU shows "
+      "whether the generator's core was the limit.")
 EOF
 cat "$OUT"
 echo "compare-redis: table written to $OUT" >&2

@@ -21,8 +21,15 @@ pub enum Workload {
     Mixed,
     /// SH_GET on sessions with duration 3600 and extendOnGet | HGET + EXPIRE 3600
     Sliding,
-    /// SH_NEW + SH_SET + SH_GET + SH_END | HSET + EXPIRE + HGETALL + DEL
+    /// SH_TOUCH (slide) on sessions with duration 3600 | PEXPIRE 3600000 + PTTL
+    Touch,
+    /// SH_NEW with keys + SH_GET + SH_END | HSET + EXPIRE + HGETALL + DEL
     Lifecycle,
+    /// SH_NEW + SH_SET + SH_GET + SH_END | HSET + EXPIRE + HGETALL + DEL
+    LifecycleClassic,
+    /// SH_OWNER_END, then 5 x SH_NEW with owner and keys | SMEMBERS, then DEL each
+    /// + DEL set + 5 x HSET + SADD
+    LogoutAll,
     /// SH_NEW (1-3 s) + SH_SET, so sessions expire under load | HSET + EXPIRE 1-3
     Expiry,
     /// create --sessions sessions (duration 3600), then stop
@@ -36,7 +43,10 @@ impl Workload {
             Workload::Set => "set",
             Workload::Mixed => "mixed",
             Workload::Sliding => "sliding",
+            Workload::Touch => "touch",
             Workload::Lifecycle => "lifecycle",
+            Workload::LifecycleClassic => "lifecycle-classic",
+            Workload::LogoutAll => "logout-all",
             Workload::Expiry => "expiry",
             Workload::Populate => "populate",
         }
@@ -46,7 +56,7 @@ impl Workload {
     pub fn needs_sessions(self) -> bool {
         matches!(
             self,
-            Workload::Get | Workload::Set | Workload::Mixed | Workload::Sliding
+            Workload::Get | Workload::Set | Workload::Mixed | Workload::Sliding | Workload::Touch
         )
     }
 }
@@ -74,7 +84,8 @@ struct Flags {
     #[arg(long, default_value_t = 50)]
     connections: usize,
 
-    /// Operations in flight per connection (an operation of lifecycle is 4 requests)
+    /// Operations in flight per connection (an operation may be several requests:
+    /// lifecycle-classic is 4)
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
 
@@ -86,8 +97,8 @@ struct Flags {
     #[arg(long)]
     requests: Option<u64>,
 
-    /// Sessions created before get/set/mixed/sliding (untimed); populate creates this many
-    /// (or --requests)
+    /// Sessions created before get/set/mixed/sliding/touch (untimed); logout-all: about this
+    /// many, 5 per owner; populate creates this many (or --requests)
     #[arg(long, default_value_t = 10_000)]
     sessions: u64,
 

@@ -28,7 +28,7 @@ use crate::config::{Protocol, Target};
 use crate::resp;
 use crate::rng::Rng;
 use crate::timer::Timer;
-use crate::workload::{Check, Encoder, Expect, Lifetime, Op};
+use crate::workload::{Carry, Check, Encoder, Expect, Lifetime, Op, member_id};
 use crate::ws;
 
 /// Where a phase's operations come from.
@@ -38,7 +38,9 @@ pub enum Source {
     Timed,
     /// Untimed set-up: create sessions with this lifetime, collecting tokens.
     Setup(Lifetime),
-    /// Untimed teardown: end the sessions set-up created.
+    /// Untimed set-up of logout-all: create owners' sessions.
+    SetupOwners,
+    /// Untimed teardown: end the sessions (or owners) set-up created.
     Teardown,
 }
 
@@ -81,6 +83,10 @@ pub enum Msg {
         /// Replies that answered another request than the one they should
         /// have (a server that broke response order).
         mismatched: u64,
+        /// Successful replies that echoed no token where the request had one
+        /// (original NemesisDB servers, for SH_SET and SH_GET): checked by
+        /// command name and order only.
+        untokened: u64,
     },
 }
 
@@ -97,8 +103,8 @@ struct Slot {
     more: bool,
     /// Replies that were not a success.
     errors: u32,
-    /// SH_NEW's token, for the next phase.
-    token: u64,
+    /// What the replies so far returned, for the next phase.
+    carry: Carry,
 }
 
 struct Pending {
@@ -131,6 +137,8 @@ pub struct Conn {
     last_progress: Instant,
     /// Tokens collected in set-up, as (operation id, token).
     tokens: Vec<(u64, u64)>,
+    /// The replies a phase being written expects (reused).
+    expects: Vec<Expect>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -166,6 +174,7 @@ impl Conn {
             next_send: now,
             last_progress: now,
             tokens: Vec::new(),
+            expects: Vec::new(),
         })
     }
 
@@ -245,19 +254,22 @@ impl Conn {
             let id = self.issued * plan.connections as u64 + self.index as u64;
             self.issued += 1;
             self.quota -= 1;
-            let op = match plan.source {
-                Source::Timed => plan.encoder.choose(&mut self.rng, id),
-                Source::Setup(lifetime) => Op::Create {
-                    index: id,
-                    lifetime,
-                },
-                // Quotas split `requests` = the session count, so id < it.
-                Source::Teardown => Op::End { session: id as u32 },
-            };
             if self.busy() == 0 {
                 self.last_progress = now;
             }
             let Some(slot) = self.free.pop() else { break };
+            // Unique among the operations in flight over all connections.
+            let lane = self.index as u64 + plan.connections as u64 * u64::from(slot);
+            let op = match plan.source {
+                Source::Timed => plan.encoder.choose(&mut self.rng, id, lane),
+                Source::Setup(lifetime) => Op::Create {
+                    index: id,
+                    lifetime,
+                },
+                Source::SetupOwners => Op::OwnerFill { owner: id },
+                // Quotas split `requests` = what set-up created, so id < it.
+                Source::Teardown => plan.encoder.teardown(id),
+            };
             self.slots[slot as usize] = Some(Slot {
                 op,
                 start,
@@ -265,7 +277,7 @@ impl Conn {
                 outstanding: 0,
                 more: false,
                 errors: 0,
-                token: 0,
+                carry: Carry::default(),
             });
             self.send_phase(slot, plan, c);
         }
@@ -276,12 +288,17 @@ impl Conn {
         let Some(s) = self.slots[slot as usize].as_mut() else {
             return;
         };
-        let ph = plan
-            .encoder
-            .encode(s.op, s.phase, s.token, &mut self.wbuf, &mut self.rng);
-        s.more = ph.more;
-        s.outstanding = ph.len() as u8;
-        for expect in ph.checks.into_iter().flatten() {
+        self.expects.clear();
+        s.more = plan.encoder.encode(
+            s.op,
+            s.phase,
+            &s.carry,
+            &mut self.wbuf,
+            &mut self.expects,
+            &mut self.rng,
+        );
+        s.outstanding = u8::try_from(self.expects.len()).unwrap_or(u8::MAX);
+        for &expect in &self.expects {
             self.pending.push_back(Pending { slot, expect });
         }
         if s.outstanding == 0 {
@@ -352,7 +369,10 @@ impl Conn {
     fn handle_replies(&mut self, now: Instant, plan: &Plan, c: &mut Collector) {
         while self.alive() && self.rstart < self.rend {
             let buf = &self.rbuf[self.rstart..self.rend];
-            let (used, ok, token) = match plan.encoder.protocol() {
+            // What this reply hands on: SH_NEW's token, SMEMBERS' list.
+            let mut token = 0;
+            let mut listed = None;
+            let (used, ok) = match plan.encoder.protocol() {
                 Protocol::Ws => match ws::parse_frame(buf) {
                     Ok(None) => break,
                     Err(_) => return self.fail(c),
@@ -362,23 +382,20 @@ impl Conn {
                             ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONTINUATION => {
                                 // Only a whole text frame can be a good reply.
                                 let whole_text = f.opcode == ws::OP_TEXT && f.fin;
-                                let mut ok = whole_text && c.scanner.status(body) == Some(1);
-                                let mut token = None;
-                                if let Some(e) = self.pending.front().map(|p| p.expect) {
-                                    if ok && (e.check == Check::Token || e.tkn.is_some()) {
-                                        token = c.scanner.token(body);
+                                let Some(e) = self.pending.front().map(|p| p.expect) else {
+                                    // A reply to nothing: the stream is out of step.
+                                    return self.fail(c);
+                                };
+                                let j = judge_ws(&c.scanner, body, whole_text, &e);
+                                match j.fault {
+                                    Some(Fault::OtherCommand | Fault::OtherToken) => {
+                                        c.mismatched += 1
                                     }
-                                    // The reply must name the request in front of
-                                    // the queue and echo its token: anything else
-                                    // means replies came back out of order.
-                                    let in_step = ws::reply_name(body) == Some(e.reply)
-                                        && (e.tkn.is_none() || !ok || token == e.tkn);
-                                    if !in_step {
-                                        c.mismatched += 1;
-                                        ok = false;
-                                    }
+                                    Some(Fault::NoToken) => c.untokened += 1,
+                                    None => {}
                                 }
-                                (f.total_len(), ok, token)
+                                token = j.token.unwrap_or(0);
+                                (f.total_len(), j.ok)
                             }
                             ws::OP_PING => {
                                 let payload = body.to_vec();
@@ -404,16 +421,21 @@ impl Conn {
                     Ok(None) => break,
                     Err(_) => return self.fail(c),
                     Ok(Some((used, reply))) => {
-                        let want_positive = self
-                            .pending
-                            .front()
-                            .is_some_and(|p| p.expect.check == Check::Positive);
-                        let ok = match reply {
-                            resp::Reply::Error => false,
-                            resp::Reply::Integer(n) => !want_positive || n >= 1,
-                            resp::Reply::Value => !want_positive,
+                        let check = self.pending.front().map(|p| p.expect.check);
+                        let ok = match (reply, check) {
+                            (resp::Reply::Error, _) => false,
+                            (_, Some(Check::Members)) => {
+                                members(&buf[..used], listed.insert(Carry::default()))
+                            }
+                            (_, Some(Check::Filled)) => {
+                                let mut n = 0;
+                                resp::array_bulks(&buf[..used], |_| n += 1).is_some() && n == 4
+                            }
+                            (resp::Reply::Integer(n), Some(Check::Positive)) => n >= 1,
+                            (resp::Reply::Value, Some(Check::Positive)) => false,
+                            _ => true,
                         };
-                        (used, ok, None)
+                        (used, ok)
                     }
                 },
             };
@@ -425,13 +447,12 @@ impl Conn {
             let Some(s) = self.slots[p.slot as usize].as_mut() else {
                 return self.fail(c);
             };
-            if p.expect.check == Check::Token {
-                match (ok, token) {
-                    (true, Some(t)) => s.token = t,
-                    _ => s.errors += 1,
-                }
-            } else if !ok {
+            if !ok {
                 s.errors += 1;
+            } else if p.expect.check == Check::Token {
+                s.carry.token = token;
+            } else if let Some(listed) = listed {
+                s.carry = listed;
             }
             s.outstanding = s.outstanding.saturating_sub(1);
             if s.outstanding == 0 {
@@ -456,7 +477,7 @@ impl Conn {
         self.free.push(slot);
         c.record(now, now.saturating_duration_since(s.start), s.errors as u64);
         if let (Source::Setup(_), Op::Create { index, .. }, 0) = (plan.source, s.op, s.errors) {
-            self.tokens.push((index, s.token));
+            self.tokens.push((index, s.carry.token));
         }
     }
 
@@ -475,6 +496,77 @@ impl Conn {
         self.wbuf.clear();
         self.wpos = 0;
     }
+}
+
+/// Why a nemesisdb reply does not fit the request it should answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// It names another command (`SH_SET_RSP` for an SH_GET): out of order.
+    OtherCommand,
+    /// It echoes another token than its request's: out of order.
+    OtherToken,
+    /// A success that echoes no token where its request had one. Original
+    /// NemesisDB servers answer SH_SET and SH_GET so: not an error, the
+    /// reply is checked by its command name and order only.
+    NoToken,
+}
+
+/// What one nemesisdb reply says.
+#[derive(Debug, PartialEq, Eq)]
+struct Judged {
+    /// The reply is the success the request expects.
+    ok: bool,
+    /// The token it carries (read for SH_NEW and requests with a token).
+    token: Option<u64>,
+    fault: Option<Fault>,
+}
+
+/// Checks a reply against the request in front of the queue: a whole text
+/// frame, naming that request's command (so replies come in request order),
+/// `st` 1, what its check asks for, and, where the server echoes a token,
+/// that request's token.
+fn judge_ws(scanner: &ws::Scanner, body: &[u8], whole_text: bool, e: &Expect) -> Judged {
+    if ws::reply_name(body) != Some(e.reply) {
+        return Judged {
+            ok: false,
+            token: None,
+            fault: Some(Fault::OtherCommand),
+        };
+    }
+    let mut ok = whole_text && scanner.status(body) == Some(1);
+    let mut token = None;
+    let mut fault = None;
+    if ok && (e.check == Check::Token || e.tkn.is_some()) {
+        token = scanner.token(body);
+        match (e.tkn, token) {
+            (Some(want), Some(got)) if want != got => {
+                ok = false;
+                fault = Some(Fault::OtherToken);
+            }
+            (Some(_), None) => fault = Some(Fault::NoToken),
+            _ => {}
+        }
+    }
+    ok = ok
+        && match e.check {
+            // SH_NEW's token is what the next phase uses.
+            Check::Token => token.is_some(),
+            Check::Ttl => scanner.ttl_ms(body).is_some(),
+            Check::Ended => scanner.count(body).is_some_and(|n| n >= 1),
+            Check::Filled => scanner.has_both_keys(body),
+            Check::Ok | Check::Positive | Check::Members => true,
+        };
+    Judged { ok, token, fault }
+}
+
+/// Reads an SMEMBERS reply into `carry`: true when it lists 1 to
+/// `MAX_MEMBERS` sessions this generator named.
+fn members(reply: &[u8], carry: &mut Carry) -> bool {
+    let mut all_ours = true;
+    let whole = resp::array_bulks(reply, |name| {
+        all_ours &= member_id(name).is_some_and(|id| carry.push_member(id));
+    });
+    whole.is_some() && all_ours && carry.n_members > 0
 }
 
 /// One thread's statistics for the current second.
@@ -513,6 +605,7 @@ struct Collector {
     unpublished: u64,
     failed_connections: u64,
     mismatched: u64,
+    untokened: u64,
     last_completion: Instant,
 }
 
@@ -562,6 +655,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         unpublished: 0,
         failed_connections: 0,
         mismatched: 0,
+        untokened: 0,
         last_completion: plan.start,
     };
     let mut poll = match Poll::new() {
@@ -575,6 +669,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
                 at: Instant::now(),
                 failed_connections: c.failed_connections,
                 mismatched: c.mismatched,
+                untokened: c.untokened,
             });
             return conns;
         }
@@ -705,6 +800,90 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         at: c.last_completion,
         failed_connections: c.failed_connections,
         mismatched: c.mismatched,
+        untokened: c.untokened,
     });
     conns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::MAX_MEMBERS;
+
+    fn expect(check: Check, reply: &'static [u8], tkn: Option<u64>) -> Expect {
+        Expect { check, reply, tkn }
+    }
+
+    fn judge(body: &str, e: Expect) -> Judged {
+        judge_ws(&ws::Scanner::default(), body.as_bytes(), true, &e)
+    }
+
+    #[test]
+    fn replies_are_judged_by_name_order_and_echoed_token() {
+        let get = expect(Check::Ok, b"SH_GET_RSP", Some(7));
+        let good = judge(r#"{"SH_GET_RSP":{"st":1,"tkn":7,"keys":{}}}"#, get);
+        assert_eq!((good.ok, good.fault), (true, None));
+        // An original NemesisDB server echoes no token for SH_GET/SH_SET:
+        // still a success, and said so, not blamed on the order.
+        let bare = judge(r#"{"SH_GET_RSP":{"st":1,"keys":{"user":"v"}}}"#, get);
+        assert_eq!((bare.ok, bare.fault), (true, Some(Fault::NoToken)));
+        let set = expect(Check::Ok, b"SH_SET_RSP", Some(7));
+        let bare = judge(r#"{"SH_SET_RSP":{"st":1}}"#, set);
+        assert_eq!((bare.ok, bare.fault), (true, Some(Fault::NoToken)));
+        // Another session's token, or another command: out of order.
+        let other = judge(r#"{"SH_GET_RSP":{"st":1,"tkn":8,"keys":{}}}"#, get);
+        assert_eq!((other.ok, other.fault), (false, Some(Fault::OtherToken)));
+        let other = judge(r#"{"SH_SET_RSP":{"st":1,"tkn":7}}"#, get);
+        assert_eq!((other.ok, other.fault), (false, Some(Fault::OtherCommand)));
+        // A failure is an error, whatever it echoes.
+        let failed = judge(r#"{"SH_GET_RSP":{"st":22}}"#, get);
+        assert_eq!((failed.ok, failed.fault), (false, None));
+        // A reply cut into fragments is no success.
+        let e = ws::Scanner::default();
+        let cut = judge_ws(&e, br#"{"SH_GET_RSP":{"st":1,"tkn":7}}"#, false, &get);
+        assert!(!cut.ok);
+    }
+
+    #[test]
+    fn checks_read_what_the_next_phase_needs() {
+        let new = expect(Check::Token, b"SH_NEW_RSP", None);
+        let j = judge(r#"{"SH_NEW_RSP":{"st":1,"tkn":"42"}}"#, new);
+        assert_eq!((j.ok, j.token, j.fault), (true, Some(42), None));
+        assert!(!judge(r#"{"SH_NEW_RSP":{"st":1}}"#, new).ok);
+        let touch = expect(Check::Ttl, b"SH_TOUCH_RSP", Some(3));
+        assert!(
+            judge(
+                r#"{"SH_TOUCH_RSP":{"st":1,"tkn":3,"ttlMs":3600000}}"#,
+                touch
+            )
+            .ok
+        );
+        assert!(!judge(r#"{"SH_TOUCH_RSP":{"st":1,"tkn":3,"ttlMs":-1}}"#, touch).ok);
+        let get = expect(Check::Filled, b"SH_GET_RSP", Some(3));
+        assert!(
+            judge(
+                r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{"user":"v","cart":"v"}}}"#,
+                get
+            )
+            .ok
+        );
+        assert!(!judge(r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{}}}"#, get).ok);
+        let end = expect(Check::Ended, b"SH_OWNER_END_RSP", None);
+        assert!(judge(r#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u1","cnt":5}}"#, end).ok);
+        assert!(!judge(r#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u1","cnt":0}}"#, end).ok);
+    }
+
+    #[test]
+    fn smembers_lists_our_sessions_only() {
+        let mut carry = Carry::default();
+        assert!(members(b"*2\r\n$4\r\nls:5\r\n$4\r\nls:9\r\n", &mut carry));
+        assert_eq!(carry.members(), [5, 9]);
+        assert!(!members(b"*0\r\n", &mut Carry::default()));
+        assert!(!members(b"*1\r\n$3\r\nabc\r\n", &mut Carry::default()));
+        let mut many = format!("*{}\r\n", MAX_MEMBERS + 1);
+        for i in 0..=MAX_MEMBERS {
+            many.push_str(&format!("$4\r\nls:{}\r\n", i % 10));
+        }
+        assert!(!members(many.as_bytes(), &mut Carry::default()));
+    }
 }

@@ -82,6 +82,31 @@ fn parse_at(buf: &[u8], depth: usize) -> Result<Option<(usize, Reply)>, Malforme
     }
 }
 
+/// Calls `each` with every element of a whole array reply of bulk strings
+/// (SMEMBERS), in order. `None` when the reply is anything else, nil
+/// elements included.
+pub fn array_bulks<'a>(reply: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Option<()> {
+    let line = |at: usize| -> Option<(i64, usize)> {
+        let nl = at + memchr(b'\n', reply.get(at..)?)?;
+        let n = int(reply.get(at + 1..nl.checked_sub(1)?)?).ok()?;
+        Some((n, nl + 1))
+    };
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut at) = line(0)?;
+    for _ in 0..n.max(0) {
+        if reply.get(at) != Some(&b'$') {
+            return None;
+        }
+        let (len, start) = line(at)?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        each(reply.get(start..end)?);
+        at = end + 2;
+    }
+    (at == reply.len()).then_some(())
+}
+
 fn int(s: &[u8]) -> Result<i64, Malformed> {
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
@@ -141,6 +166,18 @@ mod tests {
         }
         let two = b":1\r\n+OK\r\n";
         assert_eq!(parse_reply(two).unwrap().unwrap().0, 4);
+    }
+
+    #[test]
+    fn array_elements_are_listed() {
+        let mut got = Vec::new();
+        let r = b"*2\r\n$4\r\nls:7\r\n$5\r\nls:10\r\n";
+        assert_eq!(array_bulks(r, |b| got.push(b.to_vec())), Some(()));
+        assert_eq!(got, [b"ls:7".to_vec(), b"ls:10".to_vec()]);
+        assert_eq!(array_bulks(b"*0\r\n", |_| panic!("no elements")), Some(()));
+        assert_eq!(array_bulks(b"*1\r\n$-1\r\n", |_| {}), None);
+        assert_eq!(array_bulks(b":1\r\n", |_| {}), None);
+        assert_eq!(array_bulks(b"*1\r\n:5\r\n", |_| {}), None);
     }
 
     #[test]

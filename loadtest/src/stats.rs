@@ -38,6 +38,8 @@ pub struct Outcome {
     pub failed_connections: u64,
     /// Replies out of step with the requests (see `Msg::Done`).
     pub mismatched: u64,
+    /// Successes that echoed no token (see `Msg::Done`).
+    pub untokened: u64,
 }
 
 /// A second still open for late ticks from slower threads.
@@ -62,6 +64,7 @@ pub fn collect(
 ) -> Outcome {
     let mut hist = new_histogram();
     let (mut ops, mut errors, mut failed, mut mismatched) = (0u64, 0u64, 0u64, 0u64);
+    let mut untokened = 0u64;
     let mut open: BTreeMap<u64, Open> = BTreeMap::new();
     let mut closed: BTreeMap<u64, SecondStat> = BTreeMap::new();
     let mut done = 0;
@@ -99,10 +102,12 @@ pub fn collect(
                 at,
                 failed_connections,
                 mismatched: m,
+                untokened: u,
             }) => {
                 done += 1;
                 failed += failed_connections;
                 mismatched += m;
+                untokened += u;
                 last = last.max(at);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -157,6 +162,7 @@ pub fn collect(
         elapsed,
         failed_connections: failed,
         mismatched,
+        untokened,
     }
 }
 

@@ -1,24 +1,35 @@
 //! What each workload's operations look like on the wire, for both targets.
 //!
 //! Owns: the choice of the next operation (from a connection's seeded
-//! generator), the pre-encoded constant pieces of every request, and which
-//! reply each request expects. The driver calls [`Encoder::encode`] once per
-//! phase of an operation and checks replies against the returned [`Check`]s;
-//! it never looks inside a request.
+//! generator), the pre-encoded constant pieces of every request, the names
+//! of the keys and owners workloads create, and which reply each request
+//! expects. The driver calls [`Encoder::encode`] once per phase of an
+//! operation and checks replies against the [`Expect`]s it appends; it never
+//! looks inside a request.
 //!
-//! | workload  | nemesisdb                                   | Redis                               |
-//! |-----------|---------------------------------------------|-------------------------------------|
-//! | get       | SH_GET one key                              | HGET                                |
-//! | set       | SH_SET one key                              | HSET one field                      |
-//! | mixed     | 80% get, 20% set                            | 80% HGET, 20% HSET                  |
-//! | sliding   | SH_GET (session: 3600 s, extendOnGet)       | HGET + EXPIRE 3600                  |
-//! | lifecycle | SH_NEW (60 s) ; SH_SET two keys + SH_GET + SH_END | HSET two fields + EXPIRE 60 + HGETALL + DEL |
-//! | expiry    | SH_NEW (1-3 s) ; SH_SET two keys            | HSET two fields + EXPIRE 1-3        |
-//! | populate  | SH_NEW (3600 s) ; SH_SET two keys           | HSET two fields + EXPIRE 3600       |
+//! | workload          | nemesisdb                                         | Redis                                       |
+//! |-------------------|---------------------------------------------------|---------------------------------------------|
+//! | get               | SH_GET one key                                    | HGET                                        |
+//! | set               | SH_SET one key                                    | HSET one field                              |
+//! | mixed             | 80% get, 20% set                                  | 80% HGET, 20% HSET                          |
+//! | sliding           | SH_GET (session: 3600 s, extendOnGet)             | HGET + EXPIRE 3600                          |
+//! | touch             | SH_TOUCH slide (session: 3600 s)                  | PEXPIRE 3600000 + PTTL                      |
+//! | lifecycle         | SH_NEW (60 s) with keys ; SH_GET + SH_END         | HSET two fields + EXPIRE 60 + HGETALL + DEL |
+//! | lifecycle-classic | SH_NEW (60 s) ; SH_SET two keys + SH_GET + SH_END | HSET two fields + EXPIRE 60 + HGETALL + DEL |
+//! | logout-all        | SH_OWNER_END ; 5 x SH_NEW with owner and keys     | SMEMBERS ; DEL each + DEL set + 5 x HSET + SADD |
+//! | expiry            | SH_NEW (1-3 s) ; SH_SET two keys                  | HSET two fields + EXPIRE 1-3                |
+//! | populate          | SH_NEW (3600 s) ; SH_SET two keys                 | HSET two fields + EXPIRE 3600               |
 //!
 //! A `;` separates phases: on nemesisdb the server picks the token, so the
-//! requests that use it can only go out once SH_NEW's reply is in. Redis keys
-//! are named by the client, so every Redis operation is a single phase.
+//! requests that use it can only go out once SH_NEW's reply is in; logging an
+//! owner out recreates its sessions only once the old ones are gone, and on
+//! Redis the sessions to delete are only known from SMEMBERS' reply. Every
+//! other Redis operation is a single phase, its keys named by the client.
+//!
+//! logout-all's owners are split over the timed run's operation slots
+//! ([`Owners`]): a slot only ever picks owners no other slot picks, so two
+//! operations never log out the same owner at once, and every owner has
+//! exactly its 5 sessions whenever an operation starts on it.
 
 use crate::config::{Protocol, Workload};
 use crate::resp;
@@ -39,11 +50,18 @@ pub enum Lifetime {
     Forever,
     /// 3600 s, extended by every get (behind sliding).
     Sliding,
-    /// 3600 s (populate).
+    /// 3600 s (populate, and the sessions behind touch).
     Hour,
     /// 1 to 3 s (expiry).
     Seconds(u8),
 }
+
+/// Sessions per owner in logout-all.
+pub const SESSIONS_PER_OWNER: usize = 5;
+
+/// The most members an owner's Redis set may list for one logout-all
+/// operation; more is counted as an error (only 5 are ever added).
+pub const MAX_MEMBERS: usize = 16;
 
 /// One operation, with its random choices already made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +78,30 @@ pub enum Op {
         session: u32,
         key: Key,
     },
-    /// Create, fill, read and end a session; `id` names it on Redis.
+    /// Push a session's idle deadline back and read how long it has left.
+    Touch {
+        session: u32,
+    },
+    /// Create a session with its keys, read it and end it; `id` names it on
+    /// Redis.
     Lifecycle {
         id: u64,
+    },
+    /// The same as four requests: create, fill, read, end.
+    LifecycleClassic {
+        id: u64,
+    },
+    /// End every session of owner `owner`, then create its 5 sessions again.
+    LogoutAll {
+        owner: u64,
+    },
+    /// Create owner `owner`'s 5 sessions: logout-all's untimed set-up.
+    OwnerFill {
+        owner: u64,
+    },
+    /// End every session of owner `owner`: logout-all's untimed teardown.
+    OwnerEnd {
+        owner: u64,
     },
     /// End (SH_END | DEL) a session created in set-up: the untimed teardown,
     /// so repeated runs leave nothing behind.
@@ -84,8 +123,21 @@ pub enum Check {
     Ok,
     /// nemesisdb `st` 1 with a `tkn` (SH_NEW), which the next phase uses.
     Token,
-    /// Redis integer >= 1 (EXPIRE or DEL of a key that must exist).
+    /// Redis integer >= 1 (EXPIRE, PTTL, DEL or SADD of a key that must exist).
     Positive,
+    /// nemesisdb `st` 1 with a `ttlMs` of 0 or more (SH_TOUCH of a session
+    /// that expires).
+    Ttl,
+    /// nemesisdb `st` 1 with a `cnt` of 1 or more (SH_OWNER_END of an owner
+    /// that has sessions).
+    Ended,
+    /// Redis: an array of 1 to [`MAX_MEMBERS`] session names this generator
+    /// made (SMEMBERS), which the next phase deletes.
+    Members,
+    /// The read of a freshly filled session: nemesisdb `st` 1 with string
+    /// values for `user` and `cart`; Redis an array of both fields and values
+    /// (HGETALL). A server that ignored SH_NEW's `keys` fails here.
+    Filled,
 }
 
 /// What one request's reply must be.
@@ -94,7 +146,7 @@ pub struct Expect {
     pub check: Check,
     /// nemesisdb: the reply's member name (`SH_GET_RSP`); empty for Redis.
     pub reply: &'static [u8],
-    /// nemesisdb: the token a successful reply must echo.
+    /// nemesisdb: the token a successful reply must echo, when it echoes one.
     pub tkn: Option<u64>,
 }
 
@@ -108,27 +160,83 @@ impl Expect {
     }
 }
 
-/// The requests of one phase, in the order they were written.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Phase {
-    pub checks: [Option<Expect>; 4],
-    /// False when this is the operation's last phase.
-    pub more: bool,
+/// What an operation's replies hand on to its next phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carry {
+    /// nemesisdb: the token SH_NEW returned.
+    pub token: u64,
+    /// Redis: the session ids SMEMBERS listed (see [`member_id`]).
+    pub members: [u64; MAX_MEMBERS],
+    pub n_members: u8,
 }
 
-impl Phase {
-    fn push(&mut self, c: Expect) {
-        if let Some(slot) = self.checks.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(c);
+impl Carry {
+    /// Adds a listed session; false when there is no room left.
+    pub fn push_member(&mut self, id: u64) -> bool {
+        let Some(slot) = self.members.get_mut(self.n_members as usize) else {
+            return false;
+        };
+        *slot = id;
+        self.n_members += 1;
+        true
+    }
+
+    pub fn members(&self) -> &[u64] {
+        &self.members[..self.n_members as usize]
+    }
+}
+
+/// The id in one of logout-all's Redis session names (`ls:<id>`), `None` for
+/// anything this generator did not name.
+pub fn member_id(name: &[u8]) -> Option<u64> {
+    let digits = name.strip_prefix(b"ls:")?;
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |v, &d| {
+        d.is_ascii_digit()
+            .then(|| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
+}
+
+/// How logout-all's owners are laid out over the timed run's operation slots.
+///
+/// A lane is one slot of one connection (`connection + connections * slot`);
+/// owner `o` belongs to lane `o % lanes`, and a lane picks among its own
+/// `per_lane` owners only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owners {
+    lanes: u64,
+    per_lane: u64,
+}
+
+impl Owners {
+    /// About `sessions / 5` owners, at least one per lane.
+    pub fn new(sessions: u64, lanes: u64) -> Owners {
+        let lanes = lanes.max(1);
+        Owners {
+            lanes,
+            per_lane: (sessions / SESSIONS_PER_OWNER as u64 / lanes).max(1),
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.checks.iter().filter(|c| c.is_some()).count()
+    /// Owners `0..count()` exist during the timed run.
+    pub fn count(&self) -> u64 {
+        self.lanes * self.per_lane
+    }
+
+    fn pick(&self, rng: &mut Rng, lane: u64) -> u64 {
+        lane % self.lanes + self.lanes * rng.below(self.per_lane)
     }
 }
 
-/// The sessions that get/set/mixed/sliding pick from: on nemesisdb each
+impl Default for Owners {
+    fn default() -> Owners {
+        Owners::new(0, 1)
+    }
+}
+/// The sessions that get/set/mixed/sliding/touch pick from: on nemesisdb each
 /// token's decimal digits, on Redis each key as an encoded bulk string, so a
 /// request is a few copies of ready bytes.
 #[derive(Debug, Default)]
@@ -201,12 +309,13 @@ pub struct Encoder {
     protocol: Protocol,
     workload: Workload,
     sessions: Sessions,
+    owners: Owners,
     p: Pieces,
 }
 
 /// The constant bytes of every request, encoded once at start-up.
 struct Pieces {
-    // nemesisdb: JSON text around a token.
+    // nemesisdb: JSON text around a token or an owner number.
     get_open: Vec<u8>,
     get_user: Vec<u8>,
     get_cart: Vec<u8>,
@@ -217,11 +326,18 @@ struct Pieces {
     set_both: Vec<u8>,
     end_open: Vec<u8>,
     close2: Vec<u8>,
+    touch_open: Vec<u8>,
+    touch_close: Vec<u8>,
     new_forever: Vec<u8>,
     new_sliding: Vec<u8>,
     new_hour: Vec<u8>,
     new_minute: Vec<u8>,
+    new_minute_keys: Vec<u8>,
     new_seconds: [Vec<u8>; 3],
+    owner_new_open: Vec<u8>,
+    owner_new_close: Vec<u8>,
+    owner_end_open: Vec<u8>,
+    owner_close: Vec<u8>,
     // Redis: the bytes before and after a key's bulk string.
     hget: Vec<u8>,
     field_user: Vec<u8>,
@@ -234,14 +350,23 @@ struct Pieces {
     secs_3600: Vec<u8>,
     secs_60: Vec<u8>,
     secs: [Vec<u8>; 3],
+    pexpire: Vec<u8>,
+    ms_3600000: Vec<u8>,
+    pttl: Vec<u8>,
     hgetall: Vec<u8>,
     del: Vec<u8>,
+    smembers: Vec<u8>,
+    sadd_owner: Vec<u8>,
 }
+
+/// The owner name of owner `n` on nemesisdb is `u<n>`; its Redis set `o:<n>`.
+const OWNER_PREFIX: &str = "u";
 
 impl Pieces {
     fn new(value: &str) -> Pieces {
         let json = |s: String| s.into_bytes();
         let new = |expiry: &str| json(format!(r#"{{"SH_NEW":{{{expiry}}}}}"#));
+        let keys_both = format!(r#""keys":{{"user":"{value}","cart":"{value}"}}"#);
         let mut both_fields = Vec::new();
         for f in [&b"user"[..], value.as_bytes(), b"cart", value.as_bytes()] {
             resp::bulk(&mut both_fields, f);
@@ -259,22 +384,29 @@ impl Pieces {
             set_open: br#"{"SH_SET":{"tkn":"#.to_vec(),
             set_user: json(format!(r#","keys":{{"user":"{value}"}}}}}}"#)),
             set_cart: json(format!(r#","keys":{{"cart":"{value}"}}}}}}"#)),
-            set_both: json(format!(
-                r#","keys":{{"user":"{value}","cart":"{value}"}}}}}}"#
-            )),
+            set_both: json(format!(",{keys_both}}}}}")),
             end_open: br#"{"SH_END":{"tkn":"#.to_vec(),
             close2: b"}}".to_vec(),
+            touch_open: br#"{"SH_TOUCH":{"tkn":"#.to_vec(),
+            touch_close: br#","slide":true}}"#.to_vec(),
             new_forever: new(""),
             new_sliding: new(
                 r#""expiry":{"duration":3600,"deleteSession":true,"extendOnGet":true}"#,
             ),
             new_hour: new(r#""expiry":{"duration":3600,"deleteSession":true}"#),
             new_minute: new(r#""expiry":{"duration":60,"deleteSession":true}"#),
+            new_minute_keys: new(&format!(
+                r#""expiry":{{"duration":60,"deleteSession":true}},{keys_both}"#
+            )),
             new_seconds: [1, 2, 3].map(|d| {
                 new(&format!(
                     r#""expiry":{{"duration":{d},"deleteSession":true}}"#
                 ))
             }),
+            owner_new_open: json(format!(r#"{{"SH_NEW":{{"owner":"{OWNER_PREFIX}"#)),
+            owner_new_close: json(format!(r#"",{keys_both}}}}}"#)),
+            owner_end_open: json(format!(r#"{{"SH_OWNER_END":{{"owner":"{OWNER_PREFIX}"#)),
+            owner_close: br#""}}"#.to_vec(),
             hget: b"*3\r\n$4\r\nHGET\r\n".to_vec(),
             field_user: bulk(b"user"),
             field_cart: bulk(b"cart"),
@@ -286,8 +418,13 @@ impl Pieces {
             secs_3600: bulk(b"3600"),
             secs_60: bulk(b"60"),
             secs: [bulk(b"1"), bulk(b"2"), bulk(b"3")],
+            pexpire: b"*3\r\n$7\r\nPEXPIRE\r\n".to_vec(),
+            ms_3600000: bulk(b"3600000"),
+            pttl: b"*2\r\n$4\r\nPTTL\r\n".to_vec(),
             hgetall: b"*2\r\n$7\r\nHGETALL\r\n".to_vec(),
             del: b"*2\r\n$3\r\nDEL\r\n".to_vec(),
+            smembers: b"*2\r\n$8\r\nSMEMBERS\r\n".to_vec(),
+            sadd_owner: json(format!("*{}\r\n$4\r\nSADD\r\n", 2 + SESSIONS_PER_OWNER)),
         }
     }
 }
@@ -301,14 +438,35 @@ pub fn value_text(size: usize, seed: u64) -> String {
         .collect()
 }
 
+/// Appends the pieces of one Redis command.
+fn put(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+const GET: &[u8] = b"SH_GET_RSP";
+const SET: &[u8] = b"SH_SET_RSP";
+const END: &[u8] = b"SH_END_RSP";
+const NEW: &[u8] = b"SH_NEW_RSP";
+const TOUCH: &[u8] = b"SH_TOUCH_RSP";
+const OWNER_END: &[u8] = b"SH_OWNER_END_RSP";
+
 impl Encoder {
     pub fn new(protocol: Protocol, workload: Workload, value: &str, sessions: Sessions) -> Encoder {
         Encoder {
             protocol,
             workload,
             sessions,
+            owners: Owners::default(),
             p: Pieces::new(value),
         }
+    }
+
+    /// logout-all: the owners the timed run picks from.
+    pub fn with_owners(mut self, owners: Owners) -> Encoder {
+        self.owners = owners;
+        self
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -316,8 +474,9 @@ impl Encoder {
     }
 
     /// The next operation of the timed workload. `id` must be unique within
-    /// the run (it names lifecycle/expiry sessions on Redis).
-    pub fn choose(&self, rng: &mut Rng, id: u64) -> Op {
+    /// the run (it names lifecycle/expiry sessions on Redis); `lane` is the
+    /// operation slot it runs in (see [`Owners`]).
+    pub fn choose(&self, rng: &mut Rng, id: u64, lane: u64) -> Op {
         let n = self.sessions.len().max(1) as u64;
         let session = |rng: &mut Rng| rng.below(n) as u32;
         let key = |rng: &mut Rng| {
@@ -348,7 +507,14 @@ impl Encoder {
                 session: session(rng),
                 key: key(rng),
             },
+            Workload::Touch => Op::Touch {
+                session: session(rng),
+            },
             Workload::Lifecycle => Op::Lifecycle { id },
+            Workload::LifecycleClassic => Op::LifecycleClassic { id },
+            Workload::LogoutAll => Op::LogoutAll {
+                owner: self.owners.pick(rng, lane),
+            },
             Workload::Expiry => Op::Create {
                 index: id,
                 lifetime: Lifetime::Seconds(1 + rng.below(3) as u8),
@@ -360,61 +526,125 @@ impl Encoder {
         }
     }
 
-    /// Appends phase `phase` of `op` to `out`. `token` is the one SH_NEW
-    /// returned in phase 0 (nemesisdb only).
-    pub fn encode(&self, op: Op, phase: u8, token: u64, out: &mut Vec<u8>, rng: &mut Rng) -> Phase {
-        match self.protocol {
-            Protocol::Ws => self.encode_ws(op, phase, token, out, rng),
-            Protocol::Redis => self.encode_redis(op, out),
+    /// The untimed teardown's operation `id`: end set-up's session or owner.
+    pub fn teardown(&self, id: u64) -> Op {
+        if self.workload == Workload::LogoutAll {
+            Op::OwnerEnd { owner: id }
+        } else {
+            // Quotas split `requests` = the session count, so id < it.
+            Op::End { session: id as u32 }
         }
     }
 
-    fn encode_ws(&self, op: Op, phase: u8, token: u64, out: &mut Vec<u8>, rng: &mut Rng) -> Phase {
+    /// Appends phase `phase` of `op` to `out`, and what each of its replies
+    /// must be to `expects`. `carry` holds what the previous phase's replies
+    /// returned. True when another phase follows.
+    pub fn encode(
+        &self,
+        op: Op,
+        phase: u8,
+        carry: &Carry,
+        out: &mut Vec<u8>,
+        expects: &mut Vec<Expect>,
+        rng: &mut Rng,
+    ) -> bool {
+        match self.protocol {
+            Protocol::Ws => self.encode_ws(op, phase, carry, out, expects, rng),
+            Protocol::Redis => self.encode_redis(op, phase, carry, out, expects, rng),
+        }
+    }
+
+    fn encode_ws(
+        &self,
+        op: Op,
+        phase: u8,
+        carry: &Carry,
+        out: &mut Vec<u8>,
+        expects: &mut Vec<Expect>,
+        rng: &mut Rng,
+    ) -> bool {
         let p = &self.p;
-        let mut ph = Phase::default();
-        let mut text = |parts: &[&[u8]], check: Check, reply, tkn, ph: &mut Phase| {
+        let mut text = |parts: &[&[u8]], check: Check, reply, tkn| {
             ws::write_frame(out, ws::OP_TEXT, parts, rng);
-            ph.push(Expect { check, reply, tkn });
+            expects.push(Expect { check, reply, tkn });
         };
-        const GET: &[u8] = b"SH_GET_RSP";
-        const SET: &[u8] = b"SH_SET_RSP";
-        const END: &[u8] = b"SH_END_RSP";
-        const NEW: &[u8] = b"SH_NEW_RSP";
+        let session = |i: u32| {
+            (
+                self.sessions.get(i as usize),
+                self.sessions.token(i as usize),
+            )
+        };
+        let mut b = itoa::Buffer::new();
         match op {
-            Op::Get { session, key } | Op::Sliding { session, key } => {
+            Op::Get { session: i, key } | Op::Sliding { session: i, key } => {
                 let tail = if key == Key::User {
                     &p.get_user
                 } else {
                     &p.get_cart
                 };
-                let (t, tkn) = (
-                    self.sessions.get(session as usize),
-                    self.sessions.token(session as usize),
-                );
-                text(&[&p.get_open, t, tail], Check::Ok, GET, tkn, &mut ph);
+                let (t, tkn) = session(i);
+                text(&[&p.get_open, t, tail], Check::Ok, GET, tkn);
             }
-            Op::Set { session, key } => {
+            Op::Set { session: i, key } => {
                 let tail = if key == Key::User {
                     &p.set_user
                 } else {
                     &p.set_cart
                 };
-                let (t, tkn) = (
-                    self.sessions.get(session as usize),
-                    self.sessions.token(session as usize),
-                );
-                text(&[&p.set_open, t, tail], Check::Ok, SET, tkn, &mut ph);
+                let (t, tkn) = session(i);
+                text(&[&p.set_open, t, tail], Check::Ok, SET, tkn);
             }
-            Op::End { session } => {
-                let (t, tkn) = (
-                    self.sessions.get(session as usize),
-                    self.sessions.token(session as usize),
-                );
-                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn, &mut ph);
+            Op::Touch { session: i } => {
+                let (t, tkn) = session(i);
+                text(&[&p.touch_open, t, &p.touch_close], Check::Ttl, TOUCH, tkn);
+            }
+            Op::End { session: i } => {
+                let (t, tkn) = session(i);
+                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn);
             }
             Op::Lifecycle { .. } if phase == 0 => {
-                text(&[&p.new_minute], Check::Token, NEW, None, &mut ph);
-                ph.more = true;
+                text(&[&p.new_minute_keys], Check::Token, NEW, None);
+                return true;
+            }
+            Op::Lifecycle { .. } => {
+                let t = b.format(carry.token).as_bytes();
+                let tkn = Some(carry.token);
+                text(&[&p.get_open, t, &p.get_both], Check::Filled, GET, tkn);
+                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn);
+            }
+            Op::LifecycleClassic { .. } if phase == 0 => {
+                text(&[&p.new_minute], Check::Token, NEW, None);
+                return true;
+            }
+            Op::LifecycleClassic { .. } => {
+                let t = b.format(carry.token).as_bytes();
+                let tkn = Some(carry.token);
+                text(&[&p.set_open, t, &p.set_both], Check::Ok, SET, tkn);
+                text(&[&p.get_open, t, &p.get_both], Check::Filled, GET, tkn);
+                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn);
+            }
+            Op::LogoutAll { owner } | Op::OwnerEnd { owner } if phase == 0 => {
+                let o = b.format(owner).as_bytes();
+                text(
+                    &[&p.owner_end_open, o, &p.owner_close],
+                    Check::Ended,
+                    OWNER_END,
+                    None,
+                );
+                return matches!(op, Op::LogoutAll { .. });
+            }
+            // SH_OWNER_END alone: a single phase.
+            Op::OwnerEnd { .. } => {}
+            Op::LogoutAll { owner } | Op::OwnerFill { owner } => {
+                let o = b.format(owner).as_bytes();
+                for _ in 0..SESSIONS_PER_OWNER {
+                    text(
+                        &[&p.owner_new_open, o, &p.owner_new_close],
+                        Check::Token,
+                        NEW,
+                        None,
+                    );
+                }
             }
             Op::Create { lifetime, .. } if phase == 0 => {
                 let new = match lifetime {
@@ -423,35 +653,33 @@ impl Encoder {
                     Lifetime::Hour => &p.new_hour,
                     Lifetime::Seconds(s) => &p.new_seconds[(s.clamp(1, 3) - 1) as usize],
                 };
-                text(&[new], Check::Token, NEW, None, &mut ph);
-                ph.more = true;
-            }
-            Op::Lifecycle { .. } => {
-                let mut b = itoa::Buffer::new();
-                let t = b.format(token).as_bytes();
-                let tkn = Some(token);
-                text(&[&p.set_open, t, &p.set_both], Check::Ok, SET, tkn, &mut ph);
-                text(&[&p.get_open, t, &p.get_both], Check::Ok, GET, tkn, &mut ph);
-                text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn, &mut ph);
+                text(&[new], Check::Token, NEW, None);
+                return true;
             }
             Op::Create { .. } => {
-                let mut b = itoa::Buffer::new();
-                let t = b.format(token).as_bytes();
+                let t = b.format(carry.token).as_bytes();
                 text(
                     &[&p.set_open, t, &p.set_both],
                     Check::Ok,
                     SET,
-                    Some(token),
-                    &mut ph,
+                    Some(carry.token),
                 );
             }
         }
-        ph
+        false
     }
 
-    fn encode_redis(&self, op: Op, out: &mut Vec<u8>) -> Phase {
+    fn encode_redis(
+        &self,
+        op: Op,
+        phase: u8,
+        carry: &Carry,
+        out: &mut Vec<u8>,
+        expects: &mut Vec<Expect>,
+        rng: &mut Rng,
+    ) -> bool {
         let p = &self.p;
-        let mut ph = Phase::default();
+        let mut expect = |check| expects.push(Expect::redis(check));
         let field = |k: Key| {
             if k == Key::User {
                 &p.field_user
@@ -462,49 +690,78 @@ impl Encoder {
         match op {
             Op::Get { session, key } => {
                 let k = self.sessions.get(session as usize);
-                for part in [&p.hget[..], k, field(key)] {
-                    out.extend_from_slice(part);
-                }
-                ph.push(Expect::redis(Check::Ok));
+                put(out, &[&p.hget, k, field(key)]);
+                expect(Check::Ok);
             }
             Op::Set { session, key } => {
                 let k = self.sessions.get(session as usize);
-                for part in [&p.hset1[..], k, field(key), &p.value] {
-                    out.extend_from_slice(part);
-                }
-                ph.push(Expect::redis(Check::Ok));
+                put(out, &[&p.hset1, k, field(key), &p.value]);
+                expect(Check::Ok);
             }
             Op::Sliding { session, key } => {
                 let k = self.sessions.get(session as usize);
-                for part in [&p.hget[..], k, field(key), &p.expire, k, &p.secs_3600] {
-                    out.extend_from_slice(part);
-                }
-                ph.push(Expect::redis(Check::Ok));
-                ph.push(Expect::redis(Check::Positive));
+                put(out, &[&p.hget, k, field(key), &p.expire, k, &p.secs_3600]);
+                expect(Check::Ok);
+                expect(Check::Positive);
+            }
+            Op::Touch { session } => {
+                let k = self.sessions.get(session as usize);
+                put(out, &[&p.pexpire, k, &p.ms_3600000, &p.pttl, k]);
+                expect(Check::Positive);
+                expect(Check::Positive);
             }
             Op::End { session } => {
                 let k = self.sessions.get(session as usize);
-                for part in [&p.del[..], k] {
-                    out.extend_from_slice(part);
-                }
-                ph.push(Expect::redis(Check::Positive));
+                put(out, &[&p.del, k]);
+                expect(Check::Positive);
             }
-            Op::Lifecycle { id } => {
+            // No server-chosen token on Redis: both lifecycles are the same
+            // four commands, pipelined.
+            Op::Lifecycle { id } | Op::LifecycleClassic { id } => {
                 let mut k = Vec::with_capacity(32);
                 redis_key(&mut k, b"lc:", id);
-                for part in [&p.hset2[..], &k, &p.both_fields] {
-                    out.extend_from_slice(part);
+                put(out, &[&p.hset2, &k, &p.both_fields]);
+                put(out, &[&p.expire, &k, &p.secs_60]);
+                put(out, &[&p.hgetall, &k, &p.del, &k]);
+                expect(Check::Ok);
+                expect(Check::Positive);
+                expect(Check::Filled);
+                expect(Check::Positive);
+            }
+            Op::LogoutAll { owner } | Op::OwnerEnd { owner } if phase == 0 => {
+                let mut set = Vec::with_capacity(32);
+                redis_key(&mut set, b"o:", owner);
+                put(out, &[&p.smembers, &set]);
+                expect(Check::Members);
+                return true;
+            }
+            Op::LogoutAll { owner } | Op::OwnerFill { owner } | Op::OwnerEnd { owner } => {
+                let mut set = Vec::with_capacity(32);
+                redis_key(&mut set, b"o:", owner);
+                let mut k = Vec::with_capacity(32);
+                if !matches!(op, Op::OwnerFill { .. }) {
+                    for &m in carry.members() {
+                        k.clear();
+                        redis_key(&mut k, b"ls:", m);
+                        put(out, &[&p.del, &k]);
+                        expect(Check::Positive);
+                    }
+                    put(out, &[&p.del, &set]);
+                    expect(Check::Positive);
                 }
-                for part in [&p.expire[..], &k, &p.secs_60] {
-                    out.extend_from_slice(part);
+                if !matches!(op, Op::OwnerEnd { .. }) {
+                    // New session ids, as an application would draw them.
+                    let mut members = Vec::with_capacity(32 * SESSIONS_PER_OWNER);
+                    for _ in 0..SESSIONS_PER_OWNER {
+                        k.clear();
+                        redis_key(&mut k, b"ls:", rng.next_u64());
+                        put(out, &[&p.hset2, &k, &p.both_fields]);
+                        expect(Check::Ok);
+                        members.extend_from_slice(&k);
+                    }
+                    put(out, &[&p.sadd_owner, &set, &members]);
+                    expect(Check::Positive);
                 }
-                for part in [&p.hgetall[..], &k, &p.del, &k] {
-                    out.extend_from_slice(part);
-                }
-                ph.push(Expect::redis(Check::Ok));
-                ph.push(Expect::redis(Check::Positive));
-                ph.push(Expect::redis(Check::Ok));
-                ph.push(Expect::redis(Check::Positive));
             }
             Op::Create { index, lifetime } => {
                 let mut k = Vec::with_capacity(32);
@@ -514,24 +771,20 @@ impl Encoder {
                     b"s:"
                 };
                 redis_key(&mut k, prefix, index);
-                for part in [&p.hset2[..], &k, &p.both_fields] {
-                    out.extend_from_slice(part);
-                }
-                ph.push(Expect::redis(Check::Ok));
+                put(out, &[&p.hset2, &k, &p.both_fields]);
+                expect(Check::Ok);
                 let secs = match lifetime {
                     Lifetime::Forever => None,
                     Lifetime::Sliding | Lifetime::Hour => Some(&p.secs_3600),
                     Lifetime::Seconds(s) => Some(&p.secs[(s.clamp(1, 3) - 1) as usize]),
                 };
                 if let Some(secs) = secs {
-                    for part in [&p.expire[..], &k, secs] {
-                        out.extend_from_slice(part);
-                    }
-                    ph.push(Expect::redis(Check::Positive));
+                    put(out, &[&p.expire, &k, secs]);
+                    expect(Check::Positive);
                 }
             }
         }
-        ph
+        false
     }
 }
 
@@ -539,12 +792,18 @@ impl Encoder {
 mod tests {
     use super::*;
 
+    /// One phase of `op`: its bytes, its expected replies, whether more follow.
+    fn phase(e: &Encoder, op: Op, n: u8, carry: &Carry) -> (Vec<u8>, Vec<Expect>, bool) {
+        let (mut out, mut expects) = (Vec::new(), Vec::new());
+        let more = e.encode(op, n, carry, &mut out, &mut expects, &mut Rng::new(1, 1));
+        (out, expects, more)
+    }
+
     fn redis_text(op: Op, sessions: Sessions) -> (String, usize) {
         let e = Encoder::new(Protocol::Redis, Workload::Get, "vv", sessions);
-        let mut out = Vec::new();
-        let ph = e.encode(op, 0, 0, &mut out, &mut Rng::new(1, 1));
-        assert!(!ph.more);
-        (String::from_utf8(out).unwrap(), ph.len())
+        let (out, expects, more) = phase(&e, op, 0, &Carry::default());
+        assert!(!more);
+        (String::from_utf8(out).unwrap(), expects.len())
     }
 
     #[test]
@@ -558,15 +817,14 @@ mod tests {
         );
         assert_eq!(t, "*3\r\n$4\r\nHGET\r\n$3\r\ns:1\r\n$4\r\ncart\r\n");
         assert_eq!(n, 1);
-        let (t, n) = redis_text(Op::Lifecycle { id: 7 }, Sessions::default());
-        assert_eq!(
-            t,
-            "*6\r\n$4\r\nHSET\r\n$4\r\nlc:7\r\n$4\r\nuser\r\n$2\r\nvv\r\n$4\r\ncart\r\n$2\r\nvv\r\n\
+        let lifecycle = "*6\r\n$4\r\nHSET\r\n$4\r\nlc:7\r\n$4\r\nuser\r\n$2\r\nvv\r\n$4\r\ncart\r\n$2\r\nvv\r\n\
              *3\r\n$6\r\nEXPIRE\r\n$4\r\nlc:7\r\n$2\r\n60\r\n\
              *2\r\n$7\r\nHGETALL\r\n$4\r\nlc:7\r\n\
-             *2\r\n$3\r\nDEL\r\n$4\r\nlc:7\r\n"
-        );
-        assert_eq!(n, 4);
+             *2\r\n$3\r\nDEL\r\n$4\r\nlc:7\r\n";
+        // No server-chosen token on Redis: both lifecycles are one sequence.
+        for op in [Op::Lifecycle { id: 7 }, Op::LifecycleClassic { id: 7 }] {
+            assert_eq!(redis_text(op, Sessions::default()), (lifecycle.into(), 4));
+        }
         let (t, n) = redis_text(
             Op::Create {
                 index: 12,
@@ -579,6 +837,74 @@ mod tests {
             "{t}"
         );
         assert_eq!(n, 2);
+        let (t, n) = redis_text(Op::Touch { session: 2 }, Sessions::redis_keys(3));
+        assert_eq!(
+            t,
+            "*3\r\n$7\r\nPEXPIRE\r\n$3\r\ns:2\r\n$7\r\n3600000\r\n*2\r\n$4\r\nPTTL\r\n$3\r\ns:2\r\n"
+        );
+        assert_eq!(n, 2);
+    }
+
+    /// Splits RESP commands into their arguments.
+    fn resp_commands(out: &[u8]) -> Vec<Vec<String>> {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let mut lines = text.split("\r\n");
+        let mut cmds = Vec::new();
+        while let Some(head) = lines.next().filter(|l| !l.is_empty()) {
+            let n: usize = head.strip_prefix('*').unwrap().parse().unwrap();
+            let args = (0..n)
+                .map(|_| {
+                    lines.next().unwrap();
+                    lines.next().unwrap().to_string()
+                })
+                .collect();
+            cmds.push(args);
+        }
+        cmds
+    }
+
+    #[test]
+    fn redis_logout_all_lists_then_deletes_and_recreates() {
+        let e = Encoder::new(
+            Protocol::Redis,
+            Workload::LogoutAll,
+            "v",
+            Sessions::default(),
+        );
+        let op = Op::LogoutAll { owner: 3 };
+        let (out, expects, more) = phase(&e, op, 0, &Carry::default());
+        assert!(more);
+        assert_eq!(resp_commands(&out), [["SMEMBERS", "o:3"]]);
+        assert_eq!(expects, [Expect::redis(Check::Members)]);
+        let mut carry = Carry::default();
+        for id in [11, 12, 13, 14, 15] {
+            assert!(carry.push_member(id));
+        }
+        let (out, expects, more) = phase(&e, op, 1, &carry);
+        assert!(!more);
+        let cmds = resp_commands(&out);
+        // With SMEMBERS, 13 requests in all.
+        assert_eq!(cmds.len(), 12);
+        assert_eq!(expects.len(), 12);
+        for (i, id) in [11, 12, 13, 14, 15].iter().enumerate() {
+            assert_eq!(cmds[i], ["DEL".to_string(), format!("ls:{id}")]);
+        }
+        assert_eq!(cmds[5], ["DEL", "o:3"]);
+        let new: Vec<&String> = cmds[6..11].iter().map(|c| &c[1]).collect();
+        for c in &cmds[6..11] {
+            assert_eq!(c[0], "HSET");
+            assert_eq!(c[2..], ["user", "v", "cart", "v"]);
+            assert!(member_id(c[1].as_bytes()).is_some(), "{c:?}");
+        }
+        assert_eq!(cmds[11][..2], ["SADD", "o:3"]);
+        assert_eq!(cmds[11][2..].iter().collect::<Vec<_>>(), new);
+        // Set-up only creates; teardown only lists and deletes.
+        let (out, _, more) = phase(&e, Op::OwnerFill { owner: 3 }, 0, &Carry::default());
+        assert!(!more);
+        assert_eq!(resp_commands(&out).len(), 6);
+        let (out, _, more) = phase(&e, Op::OwnerEnd { owner: 3 }, 1, &carry);
+        assert!(!more);
+        assert_eq!(resp_commands(&out).len(), 6);
     }
 
     /// Decodes the masked frames the encoder wrote back into JSON values.
@@ -603,55 +929,139 @@ mod tests {
         v
     }
 
+    fn token(t: u64) -> Carry {
+        Carry {
+            token: t,
+            ..Carry::default()
+        }
+    }
+
     #[test]
     fn ws_requests_are_valid_json_commands() {
+        use serde_json::json;
         let e = Encoder::new(
             Protocol::Ws,
-            Workload::Lifecycle,
+            Workload::LifecycleClassic,
             "abc",
             Sessions::from_tokens([5, 18446744073709551615]),
         );
+        let none = Carry::default();
+        let set = Op::Set {
+            session: 1,
+            key: Key::User,
+        };
+        let (out, _, _) = phase(&e, set, 0, &none);
+        assert_eq!(
+            ws_json(&out),
+            [json!({"SH_SET":{"tkn":18446744073709551615u64,"keys":{"user":"abc"}}})]
+        );
+
+        let classic = Op::LifecycleClassic { id: 1 };
+        let (out, expects, more) = phase(&e, classic, 0, &none);
+        assert!(more);
+        assert_eq!(
+            expects
+                .iter()
+                .map(|e| (e.check, e.reply))
+                .collect::<Vec<_>>(),
+            [(Check::Token, &b"SH_NEW_RSP"[..])]
+        );
+        assert_eq!(
+            ws_json(&out),
+            [json!({"SH_NEW":{"expiry":{"duration":60,"deleteSession":true}}})]
+        );
+        let (out, expects, more) = phase(&e, classic, 1, &token(99));
+        assert!(!more);
+        assert_eq!(expects.len(), 3);
+        assert_eq!(
+            ws_json(&out),
+            [
+                json!({"SH_SET":{"tkn":99,"keys":{"user":"abc","cart":"abc"}}}),
+                json!({"SH_GET":{"tkn":99,"keys":["user","cart"]}}),
+                json!({"SH_END":{"tkn":99}}),
+            ]
+        );
+
+        // Create-with-keys: one request fewer.
+        let lifecycle = Op::Lifecycle { id: 1 };
+        let (out, _, more) = phase(&e, lifecycle, 0, &none);
+        assert!(more);
+        assert_eq!(
+            ws_json(&out),
+            [
+                json!({"SH_NEW":{"expiry":{"duration":60,"deleteSession":true},
+                              "keys":{"user":"abc","cart":"abc"}}})
+            ]
+        );
+        let (out, expects, more) = phase(&e, lifecycle, 1, &token(99));
+        assert!(!more);
+        assert_eq!(expects.iter().filter(|e| e.tkn == Some(99)).count(), 2);
+        assert_eq!(
+            ws_json(&out),
+            [
+                json!({"SH_GET":{"tkn":99,"keys":["user","cart"]}}),
+                json!({"SH_END":{"tkn":99}}),
+            ]
+        );
+
+        let (out, expects, more) = phase(&e, Op::Touch { session: 0 }, 0, &none);
+        assert!(!more);
+        assert_eq!(ws_json(&out), [json!({"SH_TOUCH":{"tkn":5,"slide":true}})]);
+        assert_eq!(
+            expects,
+            [Expect {
+                check: Check::Ttl,
+                reply: b"SH_TOUCH_RSP",
+                tkn: Some(5)
+            }]
+        );
+    }
+
+    #[test]
+    fn ws_logout_all_ends_the_owner_then_creates_with_keys() {
+        use serde_json::json;
+        let e = Encoder::new(Protocol::Ws, Workload::LogoutAll, "v", Sessions::default());
+        let none = Carry::default();
+        let op = Op::LogoutAll { owner: 41 };
+        let (out, expects, more) = phase(&e, op, 0, &none);
+        assert!(more);
+        assert_eq!(ws_json(&out), [json!({"SH_OWNER_END":{"owner":"u41"}})]);
+        assert_eq!(expects[0].check, Check::Ended);
+        let (out, expects, more) = phase(&e, op, 1, &token(1));
+        assert!(!more);
+        let create = json!({"SH_NEW":{"owner":"u41","keys":{"user":"v","cart":"v"}}});
+        assert_eq!(ws_json(&out), vec![create.clone(); 5]);
+        assert!(expects.iter().all(|e| e.check == Check::Token));
+        let (out, _, more) = phase(&e, Op::OwnerFill { owner: 41 }, 0, &none);
+        assert!(!more);
+        assert_eq!(ws_json(&out), vec![create; 5]);
+        let (out, _, more) = phase(&e, Op::OwnerEnd { owner: 41 }, 0, &none);
+        assert!(!more);
+        assert_eq!(ws_json(&out), [json!({"SH_OWNER_END":{"owner":"u41"}})]);
+    }
+
+    #[test]
+    fn owners_never_cross_lanes() {
+        let lanes = 6;
+        let o = Owners::new(300, lanes);
+        assert_eq!(o.count(), 60);
+        let e = Encoder::new(Protocol::Ws, Workload::LogoutAll, "v", Sessions::default())
+            .with_owners(o);
         let mut rng = Rng::new(1, 1);
-        let mut out = Vec::new();
-        e.encode(
-            Op::Set {
-                session: 1,
-                key: Key::User,
-            },
-            0,
-            0,
-            &mut out,
-            &mut rng,
-        );
-        assert_eq!(
-            ws_json(&out),
-            vec![
-                serde_json::json!({"SH_SET":{"tkn":18446744073709551615u64,"keys":{"user":"abc"}}})
-            ]
-        );
-        out.clear();
-        let ph = e.encode(Op::Lifecycle { id: 1 }, 0, 0, &mut out, &mut rng);
-        assert!(ph.more);
-        assert_eq!(
-            ph.checks[0].map(|e| (e.check, e.reply)),
-            Some((Check::Token, &b"SH_NEW_RSP"[..]))
-        );
-        assert_eq!(
-            ws_json(&out),
-            vec![serde_json::json!({"SH_NEW":{"expiry":{"duration":60,"deleteSession":true}}})]
-        );
-        out.clear();
-        let ph = e.encode(Op::Lifecycle { id: 1 }, 1, 99, &mut out, &mut rng);
-        assert!(!ph.more);
-        assert_eq!(ph.len(), 3);
-        assert_eq!(
-            ws_json(&out),
-            vec![
-                serde_json::json!({"SH_SET":{"tkn":99,"keys":{"user":"abc","cart":"abc"}}}),
-                serde_json::json!({"SH_GET":{"tkn":99,"keys":["user","cart"]}}),
-                serde_json::json!({"SH_END":{"tkn":99}}),
-            ]
-        );
+        for i in 0..1000 {
+            let lane = i % lanes;
+            let Op::LogoutAll { owner } = e.choose(&mut rng, i, lane) else {
+                panic!("logout-all chooses owners");
+            };
+            assert!(owner < o.count());
+            assert_eq!(owner % lanes, lane);
+        }
+        // Fewer sessions than lanes still gives every lane an owner.
+        assert_eq!(Owners::new(3, 8).count(), 8);
+        assert_eq!(member_id(b"ls:18446744073709551615"), Some(u64::MAX));
+        assert_eq!(member_id(b"ls:18446744073709551616"), None);
+        assert_eq!(member_id(b"ls:"), None);
+        assert_eq!(member_id(b"s:1"), None);
     }
 
     #[test]
@@ -663,11 +1073,11 @@ mod tests {
             Sessions::redis_keys(100),
         );
         let (mut a, mut b) = (Rng::new(3, 0), Rng::new(3, 0));
-        let xs: Vec<Op> = (0..50).map(|i| e.choose(&mut a, i)).collect();
-        let ys: Vec<Op> = (0..50).map(|i| e.choose(&mut b, i)).collect();
+        let xs: Vec<Op> = (0..50).map(|i| e.choose(&mut a, i, 0)).collect();
+        let ys: Vec<Op> = (0..50).map(|i| e.choose(&mut b, i, 0)).collect();
         assert_eq!(xs, ys);
         let sets = (0..10_000)
-            .filter(|&i| matches!(e.choose(&mut a, i), Op::Set { .. }))
+            .filter(|&i| matches!(e.choose(&mut a, i, 0), Op::Set { .. }))
             .count();
         assert!((1700..2300).contains(&sets), "{sets}");
     }

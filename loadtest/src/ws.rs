@@ -198,12 +198,16 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     }))
 }
 
-/// Finds the members `st` and `tkn` in a response body without building a
-/// JSON tree. Our requests never put a quote inside a value, so the first
-/// `"st"` key in a response is the status.
+/// Finds the members `st`, `tkn`, `ttlMs` and `cnt` in a response body
+/// without building a JSON tree. Our requests never put a quote inside a
+/// value, so the first `"st"` key in a response is the status.
 pub struct Scanner {
     st: memmem::Finder<'static>,
     tkn: memmem::Finder<'static>,
+    ttl: memmem::Finder<'static>,
+    cnt: memmem::Finder<'static>,
+    user: memmem::Finder<'static>,
+    cart: memmem::Finder<'static>,
 }
 
 impl Default for Scanner {
@@ -211,6 +215,10 @@ impl Default for Scanner {
         Scanner {
             st: memmem::Finder::new(b"\"st\""),
             tkn: memmem::Finder::new(b"\"tkn\""),
+            ttl: memmem::Finder::new(b"\"ttlMs\""),
+            cnt: memmem::Finder::new(b"\"cnt\""),
+            user: memmem::Finder::new(b"\"user\""),
+            cart: memmem::Finder::new(b"\"cart\""),
         }
     }
 }
@@ -225,6 +233,35 @@ impl Scanner {
     /// The `tkn` value (a number, or a decimal string).
     pub fn token(&self, body: &[u8]) -> Option<u64> {
         let at = self.tkn.find(body)? + 5;
+        number_after_colon(&body[at..])
+    }
+
+    /// The `ttlMs` value (SH_TOUCH); `None` for -1 (no expiry) or none.
+    pub fn ttl_ms(&self, body: &[u8]) -> Option<u64> {
+        let at = self.ttl.find(body)? + 7;
+        number_after_colon(&body[at..])
+    }
+
+    /// Whether both keys `user` and `cart` have a string value (an SH_GET of
+    /// a filled session).
+    pub fn has_both_keys(&self, body: &[u8]) -> bool {
+        let string_after = |f: &memmem::Finder, len: usize| {
+            f.find(body).is_some_and(|at| {
+                let rest = &body[at + len..];
+                let mut i = 0;
+                while i < rest.len() && rest[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                rest.get(i) == Some(&b':')
+                    && rest[i + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'"')
+            })
+        };
+        string_after(&self.user, 6) && string_after(&self.cart, 6)
+    }
+
+    /// The `cnt` value (SH_OWNER_END).
+    pub fn count(&self, body: &[u8]) -> Option<u64> {
+        let at = self.cnt.find(body)? + 5;
         number_after_colon(&body[at..])
     }
 }
@@ -349,6 +386,17 @@ mod tests {
             None
         );
         assert_eq!(s.token(br#"{"SH_NEW_RSP":{"tkn":null}}"#), None);
+        let touch = br#"{"SH_TOUCH_RSP":{"st":1,"tkn":5,"ttlMs":3599998}}"#;
+        assert_eq!(s.ttl_ms(touch), Some(3_599_998));
+        assert_eq!(s.ttl_ms(br#"{"SH_TOUCH_RSP":{"st":1,"ttlMs":-1}}"#), None);
+        assert_eq!(
+            s.count(br#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u3","cnt":5}}"#),
+            Some(5)
+        );
+        assert!(s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":"a","cart" : "b"}}}"#));
+        assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":"a"}}}"#));
+        assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":null,"cart":"b"}}}"#));
+        assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{}}}"#));
         assert_eq!(
             reply_name(br#"{"SH_GET_RSP":{"st":1}}"#),
             Some(&b"SH_GET_RSP"[..])

@@ -19,7 +19,10 @@ const WORKLOADS: &[&str] = &[
     "set",
     "mixed",
     "sliding",
+    "touch",
     "lifecycle",
+    "lifecycle-classic",
+    "logout-all",
     "expiry",
     "populate",
 ];
@@ -78,6 +81,11 @@ fn start_server() -> (Guard, u16) {
 
 /// Runs the generator with a watchdog and returns its `--json` object.
 fn loadtest(args: &[&str]) -> serde_json::Value {
+    loadtest_and_stderr(args).0
+}
+
+/// The same, with what loadtest said on stderr.
+fn loadtest_and_stderr(args: &[&str]) -> (serde_json::Value, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(args)
         .arg("--json")
@@ -98,13 +106,12 @@ fn loadtest(args: &[&str]) -> serde_json::Value {
     }
     let out = child.wait_with_output().expect("output is collected");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "loadtest {args:?}: last line {last:?} is not JSON ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let v = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!("loadtest {args:?}: last line {last:?} is not JSON ({e}); stderr: {stderr}")
+    });
+    (v, stderr)
 }
 
 fn check(v: &serde_json::Value, requests: u64, what: &str) {
@@ -291,4 +298,148 @@ fn failures_are_counted_and_the_run_ends() {
     ]);
     assert!(started.elapsed() < Duration::from_secs(20), "{v}");
     assert!(v["errors"].as_u64().unwrap_or(0) >= 3, "{v}");
+}
+
+/// A fake server answering the way original NemesisDB servers do: SH_NEW and
+/// SH_END echo `tkn`, SH_SET and SH_GET do not. Lives until the test process
+/// ends.
+fn fake_original_nemesisdb() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("bound").port();
+    thread::spawn(move || {
+        let mut next_token = 1u64;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let first = next_token;
+            next_token += 1 << 32;
+            thread::spawn(move || {
+                let mut token = first;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                // The upgrade: answer with the accept key for the client's key.
+                let head_end = loop {
+                    let n = match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let text = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .expect("a websocket key")
+                    .trim()
+                    .to_string();
+                let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                buf.drain(..head_end);
+                loop {
+                    let mut out = Vec::new();
+                    // Whole masked client frames with a 7- or 16-bit length.
+                    while buf.len() >= 2 {
+                        let (len, at) = match buf[1] & 0x7F {
+                            126 if buf.len() >= 4 => {
+                                (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+                            }
+                            126 => break,
+                            n => (n as usize, 2),
+                        };
+                        if buf.len() < at + 4 + len {
+                            break;
+                        }
+                        let opcode = buf[0] & 0x0F;
+                        let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+                        let payload: Vec<u8> = buf[at + 4..at + 4 + len]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| b ^ mask[i % 4])
+                            .collect();
+                        buf.drain(..at + 4 + len);
+                        if opcode == 0x8 {
+                            return;
+                        }
+                        let request: serde_json::Value =
+                            serde_json::from_slice(&payload).expect("requests are JSON");
+                        let (cmd, body) = request
+                            .as_object()
+                            .and_then(|o| o.iter().next())
+                            .expect("one command");
+                        let tkn = &body["tkn"];
+                        let answer = match cmd.as_str() {
+                            "SH_NEW" => {
+                                token += 1;
+                                serde_json::json!({"SH_NEW_RSP":{"st":1,"tkn":token}})
+                            }
+                            "SH_SET" => serde_json::json!({"SH_SET_RSP":{"st":1}}),
+                            "SH_GET" => serde_json::json!(
+                                {"SH_GET_RSP":{"st":1,"keys":{"user":"v","cart":"v"}}}
+                            ),
+                            "SH_END" => serde_json::json!({"SH_END_RSP":{"st":1,"tkn":tkn}}),
+                            other => panic!("the fake server has no {other}"),
+                        };
+                        let text = answer.to_string();
+                        out.push(0x81);
+                        if text.len() < 126 {
+                            out.push(text.len() as u8);
+                        } else {
+                            out.push(126);
+                            out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+                        }
+                        out.extend_from_slice(text.as_bytes());
+                    }
+                    if !out.is_empty() && stream.write_all(&out).is_err() {
+                        return;
+                    }
+                    let n = match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Issue 21: replies without `tkn` (original NemesisDB for SH_SET and
+/// SH_GET) are successes checked by command name and order, and loadtest
+/// says there was no token in the reply instead of blaming the order.
+#[test]
+fn replies_without_a_token_are_not_errors() {
+    let port = fake_original_nemesisdb();
+    let url = format!("ws://127.0.0.1:{port}/");
+    for w in ["get", "set", "lifecycle-classic"] {
+        let (v, stderr) = loadtest_and_stderr(&[
+            "--url",
+            &url,
+            "--workload",
+            w,
+            "--requests",
+            "200",
+            "--sessions",
+            "50",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--threads",
+            "1",
+        ]);
+        check(&v, 200, &format!("original server, {w}"));
+        assert!(stderr.contains("no token in the reply"), "{w}: {stderr}");
+        assert!(!stderr.contains("out of order"), "{w}: {stderr}");
+    }
 }
