@@ -14,6 +14,7 @@
 mod expiry;
 mod hostile;
 mod limits;
+mod owners;
 mod persistence;
 mod props;
 mod server;
