@@ -221,3 +221,71 @@ impl Connections {
         self.slab.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::net::connection::HANDSHAKE_TIMEOUT;
+
+    fn limits() -> Limits {
+        Limits {
+            max_payload: 1 << 20,
+            max_output_buffer: 1 << 20,
+            output_stall_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A table with one accepted (still handshaking) loopback connection.
+    fn table_with_one(now: Instant) -> (Connections, mio::Poll, std::net::TcpStream) {
+        let poll = mio::Poll::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let permit = Permit::acquire(&Arc::new(AtomicUsize::new(0)), 10).unwrap();
+        let mut conns = Connections::new(limits(), now);
+        conns
+            .add(poll.registry(), TcpStream::from_std(server), permit)
+            .unwrap();
+        (conns, poll, client)
+    }
+
+    #[test]
+    fn a_handshake_past_its_timeout_is_dropped_on_the_turns_clock() {
+        let start = Instant::now();
+        let (mut conns, _poll, _client) = table_with_one(start);
+        assert!(conns.has_ready(), "a new connection is read at once");
+        conns.set_now(start + HANDSHAKE_TIMEOUT);
+        conns.expire();
+        assert_eq!(conns.connections(), 1, "not before the timeout has passed");
+        conns.set_now(start + HANDSHAKE_TIMEOUT + Duration::from_millis(1));
+        conns.expire();
+        assert!(conns.is_empty());
+    }
+
+    #[test]
+    fn an_answer_for_a_connection_that_is_gone_is_dropped() {
+        let start = Instant::now();
+        let (mut conns, _poll, _client) = table_with_one(start);
+        // The slot is taken by connection id 0; id 7 was an older one.
+        let stale = Ticket {
+            conn: 0,
+            conn_id: 7,
+            seq: 0,
+        };
+        conns.answer(stale, b"{}");
+        conns.answer_owned(stale, b"{}".to_vec());
+        let gone = Ticket {
+            conn: 5,
+            conn_id: 0,
+            seq: 0,
+        };
+        conns.answer(gone, b"{}");
+        conns.finish_turn();
+        assert_eq!(conns.connections(), 1);
+    }
+}
