@@ -151,6 +151,11 @@ fn deadline_after(settings: ExpirySettings, now: Millis, lifetime_end: Option<Mi
 /// on the next access) never changes what clients see.
 fn next_period(deadline: Millis, settings: ExpirySettings, now: Millis) -> Millis {
     let period = duration_ms(settings);
+    if period == 0 {
+        // No idle deadline (lifetime only): its end is the lifetime's, and
+        // callers end the session there; never divide by zero regardless.
+        return Millis::MAX;
+    }
     let periods = now.saturating_sub(deadline) / period + 1;
     deadline + periods * period
 }
