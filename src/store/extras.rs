@@ -1,6 +1,8 @@
 //! What only some sessions have: an owner, an absolute lifetime. Kept
-//! beside the session table, keyed by token, so a session without either
-//! pays nothing (the session itself has only a flag bit saying to look here).
+//! beside the session table in a dense slab, so a session without either
+//! pays nothing: the session holds a flag bit and, in what was padding, its
+//! slot here. (A map keyed by token cost twice as much per owned session:
+//! hash buckets are sized by powers of two.)
 //!
 //! The owner index maps each owner to its sessions in creation order. It
 //! holds one copy of the owner's name, shared with the sessions' extras.
@@ -40,16 +42,18 @@ impl Extras {
 /// entry and the index's slot.
 pub const EXTRAS_OVERHEAD: u64 = 64;
 
-/// Extras by token, and sessions by owner.
+/// Extras by slot, and sessions by owner.
 #[derive(Default)]
 pub struct ExtrasTable {
-    by_token: AHashMap<Token, Extras>,
+    /// None: a free slot (listed in `free`).
+    slots: Vec<Option<Extras>>,
+    free: Vec<u32>,
     owners: AHashMap<Arc<str>, Vec<Token>>,
 }
 
 impl ExtrasTable {
-    pub fn get(&self, tkn: Token) -> Option<&Extras> {
-        self.by_token.get(&tkn)
+    pub fn get(&self, slot: u32) -> Option<&Extras> {
+        self.slots.get(slot as usize)?.as_ref()
     }
 
     /// The shared copy of `owner`'s name, made once per owner.
@@ -60,17 +64,31 @@ impl ExtrasTable {
         }
     }
 
-    /// Files `extras` for `tkn`; its owner's list gets `tkn` last.
-    pub fn insert(&mut self, tkn: Token, extras: Extras) {
+    /// Files `extras` for session `tkn` (its owner's list gets `tkn`
+    /// last); returns the slot the session keeps.
+    pub fn insert(&mut self, tkn: Token, extras: Extras) -> u32 {
         if let Some(owner) = &extras.owner {
             self.owners.entry(owner.clone()).or_default().push(tkn);
         }
-        self.by_token.insert(tkn, extras);
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(extras);
+                slot
+            }
+            None => {
+                // A shard holds far fewer than 4 billion sessions.
+                let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(Some(extras));
+                slot
+            }
+        }
     }
 
-    /// Removes `tkn`'s extras and takes it off its owner's list.
-    pub fn remove(&mut self, tkn: Token) -> Option<Extras> {
-        let extras = self.by_token.remove(&tkn)?;
+    /// Removes the extras in `slot` (session `tkn`'s) and takes the session
+    /// off its owner's list.
+    pub fn remove(&mut self, slot: u32, tkn: Token) -> Option<Extras> {
+        let extras = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
         if let Some(owner) = &extras.owner
             && let Some(list) = self.owners.get_mut(owner)
         {
@@ -92,7 +110,8 @@ impl ExtrasTable {
     }
 
     pub fn clear(&mut self) {
-        self.by_token.clear();
+        self.slots.clear();
+        self.free.clear();
         self.owners.clear();
     }
 
@@ -119,23 +138,26 @@ mod tests {
     #[test]
     fn owners_keep_creation_order_and_one_name() {
         let mut t = ExtrasTable::default();
+        let mut slots = Vec::new();
         for tkn in [5, 3, 9] {
             let e = extras(&mut t, "ann");
-            t.insert(tkn, e);
+            slots.push(t.insert(tkn, e));
         }
         let e = extras(&mut t, "bob");
         t.insert(7, e);
         assert_eq!(t.sessions_of("ann"), [5, 3, 9]);
         assert!(Arc::ptr_eq(
-            t.get(5).unwrap().owner.as_ref().unwrap(),
-            t.get(9).unwrap().owner.as_ref().unwrap()
+            t.get(slots[0]).unwrap().owner.as_ref().unwrap(),
+            t.get(slots[2]).unwrap().owner.as_ref().unwrap()
         ));
-        t.remove(3);
+        t.remove(slots[1], 3);
         assert_eq!(t.sessions_of("ann"), [5, 9]);
-        t.remove(5);
-        t.remove(9);
+        let e = extras(&mut t, "cid");
+        assert_eq!(t.insert(11, e), slots[1], "a free slot is reused");
+        t.remove(slots[0], 5);
+        t.remove(slots[2], 9);
         assert_eq!(t.sessions_of("ann"), [] as [Token; 0]);
-        assert_eq!(t.owners().count(), 1, "an owner with no session is dropped");
-        assert!(t.remove(9).is_none());
+        assert_eq!(t.owners().count(), 2, "an owner with no session is dropped");
+        assert!(t.remove(slots[2], 9).is_none());
     }
 }

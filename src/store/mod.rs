@@ -37,20 +37,25 @@ pub type Millis = u64;
 #[derive(Debug)]
 pub struct Session {
     pub tkn: Token,
-    /// When the session (or its keys) expire, if `duration_s > 0`; moved by
-    /// sliding expiry without touching the wheel.
+    /// When the session (or its keys) expire next: the idle deadline, or
+    /// the lifetime's end if earlier; moved by sliding expiry without
+    /// touching the wheel.
     deadline: Millis,
     /// The keys, and the name given at creation (registered server-wide
     /// when shared), packed together.
     pub keys: KeyMap,
-    /// 0: the session never expires (an expiry lasts at least 1 s).
+    /// Idle seconds; 0: no idle deadline (then it expires only if it has
+    /// a lifetime).
     duration_s: u32,
     /// The session's one live wheel timer, if it expires. It may be due
     /// before `deadline` (the deadline slid since); when it fires, it is
     /// filed again.
     timer: TimerKey,
+    /// Where its owner and lifetime are in the extras table, when
+    /// `HAS_EXTRAS` (in the struct's padding: sessions without pay nothing).
+    extras: u32,
     /// The last snapshot epoch that holds this session (see `snapshot.rs`).
-    saved_epoch: u32,
+    saved_epoch: u16,
     /// `SHARED`, the expiry flags, and whether the session has extras (an
     /// owner, a lifetime). Expiry is kept flat, not as an `Option<Expiry>`
     /// (24 bytes with padding), so a session takes 48 bytes instead of 56.
@@ -125,6 +130,11 @@ impl Session {
     pub fn name(&self) -> Option<&str> {
         self.keys.name()
     }
+
+    /// Its slot in the extras table, if it has an owner or a lifetime.
+    fn extras_slot(&self) -> Option<u32> {
+        (self.flags & HAS_EXTRAS != 0).then_some(self.extras)
+    }
 }
 
 impl Expiry {
@@ -164,12 +174,17 @@ fn duration_ms(settings: ExpirySettings) -> Millis {
     u64::from(settings.duration_s) * 1000
 }
 
+/// A session's extras, if it has any.
+fn session_extras<'x>(extras: &'x ExtrasTable, session: &Session) -> Option<&'x Extras> {
+    extras.get(session.extras_slot()?)
+}
+
 /// The absolute end of a session with a lifetime (from its extras).
-fn lifetime_end(extras: &ExtrasTable, tkn: Token, expiry: Expiry) -> Option<Millis> {
+fn lifetime_end(extras: &ExtrasTable, slot: Option<u32>, expiry: Expiry) -> Option<Millis> {
     if !expiry.lifetime {
         return None;
     }
-    extras.get(tkn).map(|x| x.lifetime_end)
+    extras.get(slot?).map(|x| x.lifetime_end)
 }
 
 /// Why a command was not carried out. Nothing changed in either case.
@@ -226,7 +241,7 @@ pub struct SessionStore {
     /// The snapshot being taken, if any; one at a time.
     snapshot: Option<Snapshot>,
     /// Epoch of the latest snapshot begun.
-    snapshot_epoch: u32,
+    snapshot_epoch: u16,
     /// Owners and lifetimes, for the sessions that have them.
     extras: ExtrasTable,
     /// Wall-clock time (ms since the Unix epoch) at shard-clock 0: creation
@@ -289,7 +304,7 @@ impl SessionStore {
                     if let Some(session) = self.sessions.get_mut(tkn)
                         && session.saved_epoch != epoch
                     {
-                        snapshot.save(tkn, session, self.extras.get(tkn));
+                        snapshot.save(tkn, session, session_extras(&self.extras, session));
                     }
                 }
                 snapshot
@@ -313,7 +328,7 @@ impl SessionStore {
             if let Some(session) = self.sessions.get_mut(tkn)
                 && session.saved_epoch != snapshot.epoch
             {
-                snapshot.save(tkn, session, self.extras.get(tkn));
+                snapshot.save(tkn, session, session_extras(&self.extras, session));
             }
         }
         let chunk = snapshot.take();
@@ -390,7 +405,7 @@ impl SessionStore {
             && let Some(session) = self.sessions.get_mut(tkn)
             && session.saved_epoch != snapshot.epoch
         {
-            snapshot.save(tkn, session, self.extras.get(tkn));
+            snapshot.save(tkn, session, session_extras(&self.extras, session));
         }
     }
 
@@ -447,7 +462,7 @@ impl SessionStore {
         let Some(mut expiry) = session.expiry() else {
             return;
         };
-        let lifetime_end = lifetime_end(&self.extras, tkn, expiry);
+        let lifetime_end = lifetime_end(&self.extras, session.extras_slot(), expiry);
         if now < expiry.deadline {
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
             session.set_expiry(Some(expiry));
@@ -556,10 +571,11 @@ impl SessionStore {
             }
         });
         let mut flags = if shared { SHARED } else { 0 };
+        let mut slot = 0;
         if let Some(extras) = extras {
             flags |= HAS_EXTRAS;
             self.used_bytes += extras.cost();
-            self.extras.insert(tkn, extras);
+            slot = self.extras.insert(tkn, extras);
         }
         let mut session = Session {
             tkn,
@@ -567,6 +583,7 @@ impl SessionStore {
             keys,
             duration_s: 0,
             timer: TimerKey::default(),
+            extras: slot,
             // Not part of a snapshot already under way.
             saved_epoch: self.snapshot_epoch,
             flags,
@@ -585,7 +602,11 @@ impl SessionStore {
         };
         if let Some(e) = expired {
             self.preserve(tkn);
-            let lifetime_end = lifetime_end(&self.extras, tkn, e);
+            let lifetime_end = lifetime_end(
+                &self.extras,
+                self.sessions.at_mut(position).extras_slot(),
+                e,
+            );
             if e.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
                 self.remove(tkn);
                 return None;
@@ -610,7 +631,11 @@ impl SessionStore {
             && let Some(e) = session.expiry()
         {
             // O(1): the wheel is not touched; the timer re-files on fire.
-            session.deadline = deadline_after(e.settings, now, lifetime_end(&self.extras, tkn, e));
+            session.deadline = deadline_after(
+                e.settings,
+                now,
+                lifetime_end(&self.extras, session.extras_slot(), e),
+            );
         }
         Some(session)
     }
@@ -623,8 +648,8 @@ impl SessionStore {
         if let Some(e) = session.expiry() {
             self.wheel.remove(e.timer);
         }
-        if session.flags & HAS_EXTRAS != 0
-            && let Some(extras) = self.extras.remove(tkn)
+        if let Some(slot) = session.extras_slot()
+            && let Some(extras) = self.extras.remove(slot, tkn)
         {
             self.used_bytes -= extras.cost();
         }
@@ -672,7 +697,7 @@ impl SessionStore {
                 if let Some(session) = self.sessions.get_mut(tkn)
                     && session.saved_epoch != snapshot.epoch
                 {
-                    snapshot.save(tkn, session, self.extras.get(tkn));
+                    snapshot.save(tkn, session, session_extras(&self.extras, session));
                 }
             }
         }
@@ -686,7 +711,7 @@ impl SessionStore {
                 s.expiry().is_none_or(|e| {
                     now < e.deadline
                         || !e.settings.delete_session
-                            && lifetime_end(extras, s.tkn, e).is_none_or(|end| now < end)
+                            && lifetime_end(extras, s.extras_slot(), e).is_none_or(|end| now < end)
                 })
             })
             .count();
@@ -835,7 +860,7 @@ impl SessionStore {
     ) -> Result<(&Session, Option<&Extras>), Refusal> {
         self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let session = self.sessions.get(tkn).ok_or(NoSession)?;
-        Ok((session, self.extras.get(tkn)))
+        Ok((session, session_extras(&self.extras, session)))
     }
 
     /// `SH_TOUCH`: with `slide`, the idle deadline moves to now + duration
@@ -846,7 +871,11 @@ impl SessionStore {
         let Some(e) = expiry else {
             return Ok(-1);
         };
-        let end = lifetime_end(&self.extras, tkn, e);
+        let end = lifetime_end(
+            &self.extras,
+            self.sessions.get(tkn).and_then(Session::extras_slot),
+            e,
+        );
         let session = self.sessions.get_mut(tkn).ok_or(NoSession)?;
         if slide && session.duration_s > 0 {
             session.deadline = deadline_after(e.settings, now, end);
@@ -860,7 +889,10 @@ impl SessionStore {
         let mut live: Vec<(u64, Token)> = Vec::new();
         for tkn in self.extras.sessions_of(owner).to_vec() {
             if self.exists(tkn, now)
-                && let Some(extras) = self.extras.get(tkn)
+                && let Some(extras) = self
+                    .sessions
+                    .get(tkn)
+                    .and_then(|s| session_extras(&self.extras, s))
             {
                 live.push((extras.created_unix_ms, tkn));
             }

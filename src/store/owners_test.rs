@@ -35,7 +35,7 @@ fn lifetime(duration_s: u32, max_lifetime_s: u32, delete_session: bool) -> Expir
 fn scanned_owners(s: &SessionStore) -> Vec<(String, Vec<Token>)> {
     let mut by_owner: BTreeMap<String, Vec<(u64, Token)>> = BTreeMap::new();
     for session in s.sessions.iter() {
-        let extras = s.extras.get(session.tkn);
+        let extras = session_extras(&s.extras, session);
         assert_eq!(
             extras.is_some(),
             session.flags & HAS_EXTRAS != 0,
@@ -64,7 +64,10 @@ fn indexed_owners(s: &SessionStore) -> Vec<(String, Vec<Token>)> {
         .map(|(owner, list)| {
             let mut list: Vec<(u64, Token)> = list
                 .into_iter()
-                .map(|t| (s.extras.get(t).map_or(0, |x| x.created_unix_ms), t))
+                .map(|t| {
+                    let extras = s.sessions.get(t).and_then(|x| session_extras(&s.extras, x));
+                    (extras.map_or(0, |x| x.created_unix_ms), t)
+                })
                 .collect();
             list.sort();
             (owner, list.into_iter().map(|(_, t)| t).collect())
@@ -179,7 +182,7 @@ fn a_session_without_owner_or_lifetime_costs_what_it_did() {
     plain.keys.clear();
     b.create_session(1, plain, 0);
     assert_eq!(a.memory_used(), b.memory_used());
-    assert!(b.extras.get(1).is_none());
+    assert!(b.sessions.get(1).and_then(Session::extras_slot).is_none());
 }
 
 #[derive(Clone, Debug)]

@@ -13,7 +13,7 @@ use crate::persist::{RecordHead, encode_record};
 
 /// A snapshot in progress.
 pub struct Snapshot {
-    pub(super) epoch: u32,
+    pub(super) epoch: u16,
     /// Sessions to save, as listed at the start; those before `next` are
     /// done (or were saved early, or have gone).
     order: Vec<Token>,
@@ -40,7 +40,7 @@ pub struct Chunk {
 }
 
 impl Snapshot {
-    pub(super) fn new(epoch: u32, order: Vec<Token>, copy_on_write: bool, started: Millis) -> Self {
+    pub(super) fn new(epoch: u16, order: Vec<Token>, copy_on_write: bool, started: Millis) -> Self {
         Snapshot {
             epoch,
             order,
