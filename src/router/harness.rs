@@ -362,4 +362,30 @@ mod tests {
             r#"{"SH_INFO_ALL_RSP":{"st":1,"totalSessions":1,"totalKeys":0}}"#
         );
     }
+
+    #[test]
+    fn a_shared_name_held_here_is_settled_before_creating_on_the_owners_shard() {
+        let mut d = LocalDispatcher::with_shards(9, 2);
+        // Entry shards alternate 0, 1, 0, ...: find an owner whose shard is
+        // the other one than the entry of the second SH_NEW (seq 2, shard 0).
+        let owner = (0..)
+            .map(|i| format!("owner{i}"))
+            .find(|o| crate::mesh::shard_of_owner(o, 2) == 1)
+            .unwrap();
+        let holder = token_of(&call(
+            &mut d,
+            r#"{"SH_NEW":{"name":"n","shared":true,"expiry":{"duration":1,"deleteSession":true}}}"#,
+        ));
+        assert_eq!(crate::mesh::shard_of(holder, 2), 0);
+        call(&mut d, r#"{"SV_INFO":{}}"#);
+        // Past the holder's deadline, nothing settled it yet: the request
+        // enters shard 0 (the holder's) and is created on shard 1.
+        d.now += 1500;
+        let created = call(
+            &mut d,
+            &format!(r#"{{"SH_NEW":{{"name":"n","shared":true,"owner":"{owner}"}}}}"#),
+        );
+        assert!(created.contains(r#""st":1"#), "{created}");
+        assert_eq!(crate::mesh::shard_of(token_of(&created), 2), 1);
+    }
 }

@@ -415,17 +415,22 @@ impl Router {
         }
     }
 
-    /// `SH_NEW`: created here, unless its shared name is held by a session
-    /// on another shard, which must first settle that session's expiry (the
+    /// `SH_NEW`: created here (or on its owner's shard), once a session on
+    /// another shard that holds its shared name has settled its expiry (the
     /// name may be free once it is applied).
     fn new_session(&mut self, ticket: Ticket, new: NewSession, replies: &mut dyn Replies) {
-        let (id, shards) = (self.config.id, self.config.shards);
+        let shards = self.config.shards;
+        // Where the session will be created: here, or its owner's shard.
+        let creator = new
+            .owner
+            .as_deref()
+            .map_or(self.config.id, |o| shard_of_owner(o, shards));
         let holder = new
             .name
             .as_deref()
             .filter(|_| new.shared)
             .and_then(|name| self.config.names.lookup(name))
-            .filter(|&tkn| shard_of(tkn, shards) != id);
+            .filter(|&tkn| shard_of(tkn, shards) != creator);
         match holder {
             Some(tkn) => {
                 let parts = vec![(shard_of(tkn, shards), Part::Settle(tkn))];

@@ -4,8 +4,11 @@
 //! slot here. (A map keyed by token cost twice as much per owned session:
 //! hash buckets are sized by powers of two.)
 //!
-//! The owner index maps each owner to its sessions in creation order. It
-//! holds one copy of the owner's name, shared with the sessions' extras.
+//! An owner's sessions form a list threaded through their slots, in
+//! creation order: adding and removing a session are O(1) however many
+//! sessions its owner has (a client chooses that number). The owner map
+//! holds the list's ends and the one copy of the owner's name that every
+//! session of it shares.
 
 use std::sync::Arc;
 
@@ -13,6 +16,9 @@ use ahash::AHashMap;
 
 use super::Millis;
 use crate::domain::Token;
+
+/// No slot: the end of an owner's list.
+const NONE: u32 = u32::MAX;
 
 /// A session's owner and lifetime.
 #[derive(Clone, Debug)]
@@ -25,9 +31,30 @@ pub struct Extras {
     pub lifetime_end: Millis,
     /// 0: no lifetime.
     pub max_lifetime_s: u32,
+    /// The session these are for, and its neighbours in its owner's list.
+    tkn: Token,
+    prev: u32,
+    next: u32,
 }
 
 impl Extras {
+    pub fn new(
+        owner: Option<Arc<str>>,
+        created_unix_ms: u64,
+        lifetime_end: Millis,
+        max_lifetime_s: u32,
+    ) -> Self {
+        Extras {
+            owner,
+            created_unix_ms,
+            lifetime_end,
+            max_lifetime_s,
+            tkn: 0,
+            prev: NONE,
+            next: NONE,
+        }
+    }
+
     pub fn has_lifetime(&self) -> bool {
         self.max_lifetime_s > 0
     }
@@ -38,9 +65,16 @@ impl Extras {
     }
 }
 
-/// Accounted bytes of a session's extras beyond its owner's name: the map
-/// entry and the index's slot.
+/// Accounted bytes of a session's extras beyond its owner's name: its slot
+/// and its share of the owner's entry.
 pub const EXTRAS_OVERHEAD: u64 = 64;
+
+/// The ends of one owner's list.
+#[derive(Copy, Clone, Debug)]
+struct OwnerList {
+    head: u32,
+    tail: u32,
+}
 
 /// Extras by slot, and sessions by owner.
 #[derive(Default)]
@@ -48,12 +82,16 @@ pub struct ExtrasTable {
     /// None: a free slot (listed in `free`).
     slots: Vec<Option<Extras>>,
     free: Vec<u32>,
-    owners: AHashMap<Arc<str>, Vec<Token>>,
+    owners: AHashMap<Arc<str>, OwnerList>,
 }
 
 impl ExtrasTable {
     pub fn get(&self, slot: u32) -> Option<&Extras> {
         self.slots.get(slot as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Extras> {
+        self.slots.get_mut(slot as usize)?.as_mut()
     }
 
     /// The shared copy of `owner`'s name, made once per owner.
@@ -64,40 +102,69 @@ impl ExtrasTable {
         }
     }
 
-    /// Files `extras` for session `tkn` (its owner's list gets `tkn`
-    /// last); returns the slot the session keeps.
-    pub fn insert(&mut self, tkn: Token, extras: Extras) -> u32 {
-        if let Some(owner) = &extras.owner {
-            self.owners.entry(owner.clone()).or_default().push(tkn);
-        }
-        match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(extras);
-                slot
+    /// Files `extras` for session `tkn` (last in its owner's list);
+    /// returns the slot the session keeps.
+    pub fn insert(&mut self, tkn: Token, mut extras: Extras) -> u32 {
+        // A shard holds far fewer than 4 billion sessions.
+        let slot = self
+            .free
+            .pop()
+            .unwrap_or_else(|| u32::try_from(self.slots.len()).unwrap_or(NONE - 1));
+        extras.tkn = tkn;
+        extras.prev = NONE;
+        extras.next = NONE;
+        if let Some(owner) = extras.owner.clone() {
+            match self.owners.get_mut(&owner) {
+                Some(list) => {
+                    let tail = list.tail;
+                    list.tail = slot;
+                    extras.prev = tail;
+                    if let Some(last) = self.get_mut(tail) {
+                        last.next = slot;
+                    }
+                }
+                None => {
+                    self.owners.insert(
+                        owner,
+                        OwnerList {
+                            head: slot,
+                            tail: slot,
+                        },
+                    );
+                }
             }
-            None => {
-                // A shard holds far fewer than 4 billion sessions.
-                let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-                self.slots.push(Some(extras));
-                slot
-            }
         }
+        match self.slots.get_mut(slot as usize) {
+            Some(free) => *free = Some(extras),
+            None => self.slots.push(Some(extras)),
+        }
+        slot
     }
 
-    /// Removes the extras in `slot` (session `tkn`'s) and takes the session
-    /// off its owner's list.
+    /// Removes the extras in `slot` (session `tkn`'s) and unlinks the
+    /// session from its owner's list.
     pub fn remove(&mut self, slot: u32, tkn: Token) -> Option<Extras> {
         let extras = self.slots.get_mut(slot as usize)?.take()?;
+        debug_assert_eq!(extras.tkn, tkn, "a session's slot holds its extras");
         self.free.push(slot);
-        if let Some(owner) = &extras.owner
-            && let Some(list) = self.owners.get_mut(owner)
-        {
-            // Lists are short (one user's devices); order is kept.
-            if let Some(at) = list.iter().position(|&t| t == tkn) {
-                list.remove(at);
+        if let Some(owner) = &extras.owner {
+            let (prev, next) = (extras.prev, extras.next);
+            if let Some(before) = self.get_mut(prev) {
+                before.next = next;
             }
-            if list.is_empty() {
-                self.owners.remove(owner);
+            if let Some(after) = self.get_mut(next) {
+                after.prev = prev;
+            }
+            if let Some(list) = self.owners.get_mut(owner) {
+                if list.head == slot {
+                    list.head = next;
+                }
+                if list.tail == slot {
+                    list.tail = prev;
+                }
+                if list.head == NONE {
+                    self.owners.remove(owner);
+                }
             }
         }
         Some(extras)
@@ -105,8 +172,14 @@ impl ExtrasTable {
 
     /// The sessions of `owner`, in creation order (may include sessions
     /// past their deadline not yet settled).
-    pub fn sessions_of(&self, owner: &str) -> &[Token] {
-        self.owners.get(owner).map_or(&[], Vec::as_slice)
+    pub fn sessions_of(&self, owner: &str) -> Vec<Token> {
+        let mut tkns = Vec::new();
+        let mut at = self.owners.get(owner).map_or(NONE, |list| list.head);
+        while let Some(extras) = self.get(at) {
+            tkns.push(extras.tkn);
+            at = extras.next;
+        }
+        tkns
     }
 
     pub fn clear(&mut self) {
@@ -117,8 +190,11 @@ impl ExtrasTable {
 
     /// Every owner and its list (model tests).
     #[cfg(test)]
-    pub fn owners(&self) -> impl Iterator<Item = (&str, &[Token])> {
-        self.owners.iter().map(|(o, l)| (&**o, l.as_slice()))
+    pub fn owners(&self) -> Vec<(String, Vec<Token>)> {
+        self.owners
+            .keys()
+            .map(|o| (o.to_string(), self.sessions_of(o)))
+            .collect()
     }
 }
 
@@ -127,12 +203,7 @@ mod tests {
     use super::*;
 
     fn extras(table: &mut ExtrasTable, owner: &str) -> Extras {
-        Extras {
-            owner: Some(table.owner_name(owner)),
-            created_unix_ms: 0,
-            lifetime_end: 0,
-            max_lifetime_s: 0,
-        }
+        Extras::new(Some(table.owner_name(owner)), 0, 0, 0)
     }
 
     #[test]
@@ -154,10 +225,39 @@ mod tests {
         assert_eq!(t.sessions_of("ann"), [5, 9]);
         let e = extras(&mut t, "cid");
         assert_eq!(t.insert(11, e), slots[1], "a free slot is reused");
+        let e = extras(&mut t, "ann");
+        let last = t.insert(12, e);
+        assert_eq!(t.sessions_of("ann"), [5, 9, 12]);
         t.remove(slots[0], 5);
+        assert_eq!(t.sessions_of("ann"), [9, 12], "the head goes");
+        t.remove(last, 12);
+        assert_eq!(t.sessions_of("ann"), [9], "the tail goes");
         t.remove(slots[2], 9);
         assert_eq!(t.sessions_of("ann"), [] as [Token; 0]);
-        assert_eq!(t.owners().count(), 2, "an owner with no session is dropped");
+        assert_eq!(t.owners().len(), 2, "an owner with no session is dropped");
         assert!(t.remove(slots[2], 9).is_none());
+    }
+
+    /// Removal does not walk the list: ending a large owner's sessions one
+    /// by one, from either end or the middle, is linear in total.
+    #[test]
+    fn a_large_owner_keeps_its_order_through_removals() {
+        let mut t = ExtrasTable::default();
+        let n = 100_000u64;
+        let slots: Vec<u32> = (0..n)
+            .map(|tkn| {
+                let e = extras(&mut t, "tenant");
+                t.insert(tkn, e)
+            })
+            .collect();
+        for tkn in (0..n).filter(|t| t % 3 == 1) {
+            t.remove(slots[tkn as usize], tkn);
+        }
+        let left: Vec<Token> = (0..n).filter(|t| t % 3 != 1).collect();
+        assert_eq!(t.sessions_of("tenant"), left);
+        for tkn in left {
+            t.remove(slots[tkn as usize], tkn);
+        }
+        assert!(t.owners().is_empty());
     }
 }

@@ -288,7 +288,7 @@ impl SessionStore {
         self.snapshot_epoch = match self.snapshot_epoch.checked_add(1) {
             Some(epoch) => epoch,
             None => {
-                // Once in 4 billion saves: forget the old marks.
+                // Once in 65,535 saves: forget the old marks.
                 for session in self.sessions.iter_mut() {
                     session.saved_epoch = 0;
                 }
@@ -350,13 +350,16 @@ impl SessionStore {
         }
         let lifetime_s = record.expiry.map_or(0, |e| e.max_lifetime_s);
         let extras = (record.owner.is_some() || lifetime_s > 0).then(|| {
-            let end_unix = record.created_unix_ms + u64::from(lifetime_s) * 1000;
-            Extras {
-                owner: record.owner.as_deref().map(|o| self.extras.owner_name(o)),
-                created_unix_ms: record.created_unix_ms,
-                lifetime_end: end_unix.saturating_sub(self.wall_epoch_ms),
-                max_lifetime_s: lifetime_s,
-            }
+            // Saturating: a file's creation time is not trusted to be sane.
+            let end_unix = record
+                .created_unix_ms
+                .saturating_add(u64::from(lifetime_s) * 1000);
+            Extras::new(
+                record.owner.as_deref().map(|o| self.extras.owner_name(o)),
+                record.created_unix_ms,
+                end_unix.saturating_sub(self.wall_epoch_ms),
+                lifetime_s,
+            )
         });
         if extras
             .as_ref()
@@ -531,11 +534,13 @@ impl SessionStore {
     /// with `can_create_session` by the caller.
     pub fn create_session(&mut self, tkn: Token, new: NewSession, now: Millis) {
         let lifetime_s = new.expiry.map_or(0, |e| e.max_lifetime_s);
-        let extras = (new.owner.is_some() || lifetime_s > 0).then(|| Extras {
-            owner: new.owner.as_deref().map(|o| self.extras.owner_name(o)),
-            created_unix_ms: self.wall_epoch_ms + now,
-            lifetime_end: now + u64::from(lifetime_s) * 1000,
-            max_lifetime_s: lifetime_s,
+        let extras = (new.owner.is_some() || lifetime_s > 0).then(|| {
+            Extras::new(
+                new.owner.as_deref().map(|o| self.extras.owner_name(o)),
+                self.wall_epoch_ms + now,
+                now + u64::from(lifetime_s) * 1000,
+                lifetime_s,
+            )
         });
         let mut keys = KeyMap::new(new.name.as_deref());
         for (key, value) in new.keys {
@@ -887,7 +892,7 @@ impl SessionStore {
     /// each with its creation time (to merge lists from several shards).
     pub fn owner_sessions(&mut self, owner: &str, now: Millis) -> Vec<(u64, Token)> {
         let mut live: Vec<(u64, Token)> = Vec::new();
-        for tkn in self.extras.sessions_of(owner).to_vec() {
+        for tkn in self.extras.sessions_of(owner) {
             if self.exists(tkn, now)
                 && let Some(extras) = self
                     .sessions
@@ -906,7 +911,7 @@ impl SessionStore {
     /// returns how many ended.
     pub fn owner_end(&mut self, owner: &str, except: Option<Token>, now: Millis) -> u64 {
         let mut ended = 0;
-        for tkn in self.extras.sessions_of(owner).to_vec() {
+        for tkn in self.extras.sessions_of(owner) {
             if Some(tkn) != except && self.end(tkn, now).is_ok() {
                 ended += 1;
             }
@@ -917,11 +922,7 @@ impl SessionStore {
     /// Every owner's list (model tests).
     #[cfg(test)]
     pub(crate) fn owner_index(&self) -> Vec<(String, Vec<Token>)> {
-        let mut index: Vec<_> = self
-            .extras
-            .owners()
-            .map(|(o, l)| (o.to_string(), l.to_vec()))
-            .collect();
+        let mut index = self.extras.owners();
         index.sort();
         index
     }
