@@ -77,8 +77,8 @@ impl Write for Socket {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_short_read_spares_the_next_syscall_only() {
+    /// A socket that has just read "hello" (a short read), and its peer.
+    fn after_a_short_read() -> (Socket, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -86,15 +86,22 @@ mod tests {
         let mut socket = Socket::new(TcpStream::from_std(server));
         client.write_all(b"hello").unwrap();
         let mut buf = [0u8; 64];
-        let mut got = 0;
-        while got == 0 {
+        loop {
             match socket.read(&mut buf) {
-                Ok(n) => got = n,
+                Ok(n) => {
+                    assert_eq!(&buf[..n], b"hello");
+                    return (socket, client);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("{e}"),
             }
         }
-        assert_eq!(&buf[..got], b"hello");
+    }
+
+    #[test]
+    fn a_short_read_spares_the_next_syscall_only() {
+        let (mut socket, mut client) = after_a_short_read();
+        let mut buf = [0u8; 64];
         client.write_all(b"more").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         // Short read: the next read says WouldBlock without asking...
@@ -111,21 +118,8 @@ mod tests {
     /// for an edge that never comes (a stall found by loadtest's logout-all).
     #[test]
     fn new_readiness_after_a_short_read_reads_again() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let mut socket = Socket::new(TcpStream::from_std(server));
-        client.write_all(b"hello").unwrap();
+        let (mut socket, mut client) = after_a_short_read();
         let mut buf = [0u8; 64];
-        let mut got = 0;
-        while got == 0 {
-            match socket.read(&mut buf) {
-                Ok(n) => got = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => panic!("{e}"),
-            }
-        }
         client.write_all(b"more").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         socket.readiness();

@@ -223,7 +223,7 @@ impl Connections {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
@@ -231,7 +231,8 @@ mod tests {
     use super::*;
     use crate::net::connection::HANDSHAKE_TIMEOUT;
 
-    fn limits() -> Limits {
+    /// Limits for tests of the table and the shard around it.
+    pub(in crate::shard) fn limits() -> Limits {
         Limits {
             max_payload: 1 << 20,
             max_output_buffer: 1 << 20,

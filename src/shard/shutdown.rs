@@ -48,15 +48,7 @@ impl Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::connection::Limits;
-
-    fn limits() -> Limits {
-        Limits {
-            max_payload: 1 << 20,
-            max_output_buffer: 1 << 20,
-            output_stall_timeout: Duration::from_secs(30),
-        }
-    }
+    use crate::shard::connections::tests::limits;
 
     #[test]
     fn a_stopping_shard_with_no_connection_drains_once() {

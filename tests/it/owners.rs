@@ -7,22 +7,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, Server, TempDir, one_client_per_shard, st};
-use simd_json::OwnedValue;
+use crate::support::{Client, Server, TempDir, one_client_per_shard, st, tokens};
 use simd_json::prelude::*;
 
 fn two_shards(extra: &[&str]) -> Server {
     let mut args = vec!["--shards", "2"];
     args.extend_from_slice(extra);
     Server::start(&args)
-}
-
-fn tokens(v: &OwnedValue) -> Vec<u64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|t| t.as_u64().expect("token"))
-        .collect()
 }
 
 fn owner_sessions(c: &mut Client, owner: &str) -> Vec<u64> {

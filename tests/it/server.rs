@@ -5,7 +5,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::support::{
-    Client, Server, body, one_client_per_shard, raw, read_to_close, st, write_all,
+    Client, Server, body, one_client_per_shard, raw, read_to_close, st, tokens, write_all,
 };
 use nemesisdb::mesh::shard_of;
 use simd_json::OwnedValue;
@@ -23,14 +23,6 @@ fn strings(v: &OwnedValue) -> Vec<String> {
         .expect("array")
         .iter()
         .map(|s| s.as_str().expect("string").to_string())
-        .collect()
-}
-
-fn tokens(v: &OwnedValue) -> Vec<u64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|t| t.as_u64().expect("token"))
         .collect()
 }
 

@@ -207,6 +207,15 @@ pub fn body(response: &OwnedValue, name: &str) -> OwnedValue {
         .clone()
 }
 
+/// A JSON array of tokens.
+pub fn tokens(v: &OwnedValue) -> Vec<u64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|t| t.as_u64().expect("token"))
+        .collect()
+}
+
 pub fn st(body: &OwnedValue) -> u64 {
     body["st"].as_u64().expect("st")
 }
