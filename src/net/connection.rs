@@ -437,22 +437,25 @@ impl<T: Transport> Connection<T> {
     /// The peer has shut its side (or the socket failed): read to the end
     /// instead of trusting a short read.
     pub fn peer_closed(&mut self) {
-        let transport = match &mut self.state {
-            State::Handshake { transport, .. } => transport,
-            State::Open(ws) | State::Closing { ws, .. } => ws.transport(),
-            State::Closed => return,
-        };
-        transport.peer_closed();
+        if let Some(transport) = self.transport() {
+            transport.peer_closed();
+        }
     }
 
     /// New readiness was signalled for the socket: see [`Transport::readiness`].
     pub fn readiness(&mut self) {
-        let transport = match &mut self.state {
-            State::Handshake { transport, .. } => transport,
-            State::Open(ws) | State::Closing { ws, .. } => ws.transport(),
-            State::Closed => return,
-        };
-        transport.readiness();
+        if let Some(transport) = self.transport() {
+            transport.readiness();
+        }
+    }
+
+    /// The client's stream, in any state but closed.
+    fn transport(&mut self) -> Option<&mut T> {
+        match &mut self.state {
+            State::Handshake { transport, .. } => Some(transport),
+            State::Open(ws) | State::Closing { ws, .. } => Some(ws.transport()),
+            State::Closed => None,
+        }
     }
 
     /// Queues a close frame at once, dropping answers not yet written (a

@@ -86,6 +86,18 @@ pub struct RouterConfig {
     pub wall_epoch_ms: u64,
 }
 
+impl RouterConfig {
+    /// A restored session whose owner's shard is another one: owner
+    /// commands must ask every shard from now on.
+    fn note_owner_placement(&self, record: &SessionRecord) {
+        if let Some(owner) = &record.owner
+            && shard_of_owner(owner, self.shards) != self.id
+        {
+            self.owners_scattered.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Where a part's result goes: a gather on this shard, or another shard's.
 #[derive(Copy, Clone, Debug)]
 enum PartReply {
@@ -158,23 +170,13 @@ impl Router {
     pub fn restore(&mut self, records: Vec<SessionRecord>) -> Restored {
         let mut restored = Restored::default();
         for record in records {
-            self.note_owner_placement(&record);
+            self.config.note_owner_placement(&record);
             if let Some(keys) = self.store.restore(record, self.now) {
                 restored.sessions += 1;
                 restored.keys += keys;
             }
         }
         restored
-    }
-
-    /// A restored session whose owner's shard is another one: owner
-    /// commands must ask every shard from now on.
-    fn note_owner_placement(&self, record: &SessionRecord) {
-        if let Some(owner) = &record.owner
-            && shard_of_owner(owner, self.config.shards) != self.config.id
-        {
-            self.config.owners_scattered.store(true, Ordering::Relaxed);
-        }
     }
 
     /// The time for everything until the next call, in ms since the

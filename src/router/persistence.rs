@@ -326,13 +326,7 @@ impl Router {
             };
             for record in job.records.by_ref().take(budget) {
                 budget -= 1;
-                if let Some(owner) = &record.owner
-                    && crate::mesh::shard_of_owner(owner, self.config.shards) != self.config.id
-                {
-                    self.config
-                        .owners_scattered
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                self.config.note_owner_placement(&record);
                 if let Some(keys) = self.store.restore(record, self.now) {
                     job.sessions += 1;
                     job.keys += keys;

@@ -497,11 +497,6 @@ impl SessionStore {
         self.sessions.contains(tkn)
     }
 
-    /// Whether a new session with a name of `name_len` bytes fits in memory.
-    pub fn can_create(&self, name_len: usize) -> bool {
-        self.fits((SESSION_OVERHEAD + name_len as u64) as i64)
-    }
-
     /// Whether `new` (its name, owner and keys) fits in memory.
     pub fn can_create_session(&self, new: &NewSession) -> bool {
         let has_extras = new.owner.is_some() || new.expiry.is_some_and(|e| e.max_lifetime_s > 0);
@@ -516,7 +511,7 @@ impl SessionStore {
     }
 
     /// Creates a session under a token the caller minted. Shared names must
-    /// already be registered, and room checked with `can_create`, by the
+    /// already be registered, and room checked with `can_create_session`, by the
     /// caller (a session is never refused after its name is claimed).
     pub fn create(
         &mut self,
@@ -1103,9 +1098,16 @@ mod tests {
     fn memory_limit_refuses_growth_and_nothing_else() {
         let mut s = store();
         s.set_memory_limit(SESSION_OVERHEAD + 2 * KEY_OVERHEAD + 20);
-        assert!(s.can_create(0));
+        let empty = NewSession {
+            name: None,
+            shared: false,
+            expiry: None,
+            owner: None,
+            keys: Vec::new(),
+        };
+        assert!(s.can_create_session(&empty));
         s.create(1, None, false, None, 0);
-        assert!(!s.can_create(0));
+        assert!(!s.can_create_session(&empty));
         s.set(1, vec![kv("a", "1234")], 0).unwrap();
         let used = s.memory_used();
         assert_eq!(
