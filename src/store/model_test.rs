@@ -191,8 +191,10 @@ proptest! {
                     if expected {
                         model.slide(tkn, now, false);
                         let s = model.sessions.get_mut(&tkn).unwrap();
-                        if !s.keys.contains_key(&format!("k{k}")) {
-                            s.keys.insert(format!("k{k}"), step.to_string());
+                        if let std::collections::btree_map::Entry::Vacant(e) =
+                            s.keys.entry(format!("k{k}"))
+                        {
+                            e.insert(step.to_string());
                             s.version += 1;
                         }
                     }
