@@ -495,3 +495,30 @@ async def test_parameters_the_server_refuses(
         assert e.value.st == st, (command, params, e.value.body)
     assert await client.session_exists(session) == [session.tkn]  # SH_END refused: still there
     assert await version(client, session) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server: ifVersion is refused (41) only on commands that take tkn; PROTOCOL.md "
+    "says 41 on any command but the six writes (SH_END_ALL with ifVersion ends everything)",
+)
+async def test_if_version_is_refused_by_commands_without_a_session(fresh_server: Any) -> None:
+    """A command that ifVersion cannot guard must not run as if it were not there.
+    A server of its own: if SH_END_ALL ran, it would end every session on it."""
+    async with SessionClient(fresh_server.uri) as c:
+        kept = await c.create_session(name="kept", shared=True, owner="olga")
+        statuses = {}
+        for command, params in [
+            ("SH_END_ALL", {}),
+            ("SH_OWNER_END", {"owner": "olga"}),
+            ("SH_NEW", {}),
+            ("SH_OPEN", {"name": "kept"}),
+            ("SH_EXISTS", {"tkns": [kept.tkn]}),
+            ("SH_INFO_ALL", {}),
+        ]:
+            try:
+                statuses[command] = (await raw(c, command, {**params, "ifVersion": 1}))["st"]
+            except ResponseError as e:
+                statuses[command] = e.st
+        assert statuses == dict.fromkeys(statuses, Status.ValueTypeInvalid)
+        assert await c.session_exists(kept) == [kept.tkn]
