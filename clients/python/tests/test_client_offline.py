@@ -1,6 +1,7 @@
 """The client against a scripted fake server and no server at all: request
 shapes, argument checks, reply matching, and every way a connection can fail,
-including replies the real server must never send."""
+including replies the real server must never send; and the version, compare-
+and-set and incr calls' requests, return shapes and errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from typing import Any, List
 
 import pytest
 
-from ndb.sessionclient import ProtocolError, ResponseError, Session, SessionClient, Status
+from ndb.sessionclient import (
+    ProtocolError,
+    ResponseError,
+    Session,
+    SessionClient,
+    Status,
+    Versioned,
+    VersionedKeys,
+    VersionMismatch,
+)
 from support import command_of, params_of, rsp
 
 pytestmark = pytest.mark.asyncio
@@ -592,3 +602,327 @@ async def test_context_manager_without_uri(fake_server: Any) -> None:
         await c.open(uri)
         await c.count(1)
     assert not c.is_open
+
+
+# ------------------------------------------------- versions, compare-and-set, incr
+
+
+def versioned_reply(version: int = 5) -> Any:
+    """A fake server's answer to any command: Ok with the fields each method reads
+    and, when the request asked for one, ``version`` (as the real server adds it)."""
+
+    def reply(frame: str) -> str:
+        command, p = command_of(frame), params_of(frame)
+        body: dict = {"st": 1, "tkn": p.get("tkn", 11)}
+        body.update(
+            {
+                "SH_GET": {"keys": {"a": 1}},
+                "SH_COUNT": {"cnt": 3},
+                "SH_CONTAINS": {"contains": ["a"]},
+                "SH_KEYS": {"keys": ["a", "b"]},
+                "SH_CLEAR": {"cnt": 2},
+                "SH_CLEAR_SET": {"cnt": 4},
+                "SH_TOUCH": {"ttlMs": 1500},
+                "SH_INCR": {"key": p.get("key"), "value": 42},
+                "SH_INFO": {"shared": False, "keyCnt": 1, "expires": False},
+                "SH_OPEN": {"name": p.get("name")},
+            }.get(command, {})
+        )
+        if p.get("withVersion") is True or "ifVersion" in p:
+            body["version"] = version
+        return rsp(command, **body)
+
+    return reply
+
+
+async def test_calls_without_version_parameters_send_the_same_bytes(fake_server: Any) -> None:
+    """Key commands, touch, info and open without withVersion/ifVersion: the exact
+    frames and return values of this client before versions existed."""
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, versioned_reply())
+    async with SessionClient(uri) as c:
+        assert await c.set({"a": 1}, 9) is None
+        assert await c.add({"a": 1}, 9) is None
+        assert await c.get(["a"], 9) == {"a": 1}
+        assert await c.rmv("a", 9) is None
+        assert await c.count(9) == 3
+        assert await c.contains(["a"], 9) == ["a"]
+        assert await c.keys(9) == ["a", "b"]
+        assert await c.clear(9) == 2
+        assert await c.clear_set({"b": 2}, 9) == 4
+        assert await c.touch(9) == 1500
+        assert await c.session_info(9) == {
+            "tkn": 9,
+            "shared": False,
+            "keyCnt": 1,
+            "expires": False,
+        }
+        s = await c.open_session("shop")
+        assert s.version is None and repr(s) == "Session(tkn=11, name='shop', shared=True)"
+    assert frames == [
+        '{"SH_SET":{"tkn":9,"keys":{"a":1}}}',
+        '{"SH_ADD":{"tkn":9,"keys":{"a":1}}}',
+        '{"SH_GET":{"tkn":9,"keys":["a"]}}',
+        '{"SH_RMV":{"tkn":9,"keys":["a"]}}',
+        '{"SH_COUNT":{"tkn":9}}',
+        '{"SH_CONTAINS":{"tkn":9,"keys":["a"]}}',
+        '{"SH_KEYS":{"tkn":9}}',
+        '{"SH_CLEAR":{"tkn":9}}',
+        '{"SH_CLEAR_SET":{"tkn":9,"keys":{"b":2}}}',
+        '{"SH_TOUCH":{"tkn":9,"slide":true}}',
+        '{"SH_INFO":{"tkn":9}}',
+        '{"SH_OPEN":{"name":"shop"}}',
+    ]
+
+
+async def test_with_version_request_and_return_shapes(fake_server: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, versioned_reply(5))
+    async with SessionClient(uri) as c:
+        s = await c.create_session(withVersion=True)
+        assert (s.tkn, s.version) == (11, 5)
+        assert repr(s) == "Session(tkn=11, name=None, shared=False, version=5)"
+        assert s == Session(11)  # the version is a snapshot, not the session's identity
+        opened = await c.open_session("shop", withVersion=True)
+        assert (opened.tkn, opened.name, opened.shared, opened.version) == (11, "shop", True, 5)
+        assert (await c.session_info(9, withVersion=True))["version"] == 5
+
+        got = await c.get(["a"], 9, withVersion=True)
+        assert isinstance(got, VersionedKeys)
+        assert (got.keys, got.version) == ({"a": 1}, 5)
+        keys, version = got  # unpacks as a pair
+        assert (keys, version) == ({"a": 1}, 5)
+
+        assert await c.set({"a": 1}, 9, withVersion=True) == 5
+        assert await c.add({"a": 1}, 9, withVersion=True) == 5
+        assert await c.rmv(["a"], 9, withVersion=True) == 5
+        for result, value in [
+            (await c.count(9, withVersion=True), 3),
+            (await c.contains("a", 9, withVersion=True), ["a"]),
+            (await c.keys(9, withVersion=True), ["a", "b"]),
+            (await c.clear(9, withVersion=True), 2),
+            (await c.clear_set({}, 9, withVersion=True), 4),
+            (await c.touch(9, slide=False, withVersion=True), 1500),
+            (await c.incr("n", 9, withVersion=True), 42),
+        ]:
+            assert isinstance(result, Versioned)
+            assert (result.value, result.version) == (value, 5)
+            assert tuple(result) == (value, 5)
+    sent = [json.loads(f) for f in frames]
+    assert sent == [
+        {"SH_NEW": {"withVersion": True}},
+        {"SH_OPEN": {"name": "shop", "withVersion": True}},
+        {"SH_INFO": {"tkn": 9, "withVersion": True}},
+        {"SH_GET": {"tkn": 9, "keys": ["a"], "withVersion": True}},
+        {"SH_SET": {"tkn": 9, "keys": {"a": 1}, "withVersion": True}},
+        {"SH_ADD": {"tkn": 9, "keys": {"a": 1}, "withVersion": True}},
+        {"SH_RMV": {"tkn": 9, "keys": ["a"], "withVersion": True}},
+        {"SH_COUNT": {"tkn": 9, "withVersion": True}},
+        {"SH_CONTAINS": {"tkn": 9, "keys": ["a"], "withVersion": True}},
+        {"SH_KEYS": {"tkn": 9, "withVersion": True}},
+        {"SH_CLEAR": {"tkn": 9, "withVersion": True}},
+        {"SH_CLEAR_SET": {"tkn": 9, "keys": {}, "withVersion": True}},
+        {"SH_TOUCH": {"tkn": 9, "slide": False, "withVersion": True}},
+        {"SH_INCR": {"tkn": 9, "key": "n", "by": 1, "withVersion": True}},
+    ]
+
+
+async def test_if_version_request_and_return_shapes(fake_server: Any) -> None:
+    """ifVersion alone is enough for the writes to return the new version; it goes
+    out as given, and withVersion only when asked for too."""
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, versioned_reply(8))
+    big = 2**64 - 1
+    async with SessionClient(uri) as c:
+        assert await c.set({"a": 1}, 9, ifVersion=7) == 8
+        assert await c.add({"a": 1}, 9, ifVersion=0) == 8
+        assert await c.rmv(["a"], "9", ifVersion=big) == 8
+        assert await c.clear(Session(9), ifVersion=7) == Versioned(2, 8)
+        assert await c.clear_set({"b": 2}, 9, ifVersion=7) == Versioned(4, 8)
+        assert await c.incr("n", 9, -3, ifVersion=7) == Versioned(42, 8)
+        assert await c.set({"a": 1}, 9, withVersion=True, ifVersion=7) == 8
+    assert [json.loads(f) for f in frames] == [
+        {"SH_SET": {"tkn": 9, "keys": {"a": 1}, "ifVersion": 7}},
+        {"SH_ADD": {"tkn": 9, "keys": {"a": 1}, "ifVersion": 0}},
+        {"SH_RMV": {"tkn": 9, "keys": ["a"], "ifVersion": big}},
+        {"SH_CLEAR": {"tkn": 9, "ifVersion": 7}},
+        {"SH_CLEAR_SET": {"tkn": 9, "keys": {"b": 2}, "ifVersion": 7}},
+        {"SH_INCR": {"tkn": 9, "key": "n", "by": -3, "ifVersion": 7}},
+        {"SH_SET": {"tkn": 9, "keys": {"a": 1}, "withVersion": True, "ifVersion": 7}},
+    ]
+    assert f'"ifVersion":{big}' in frames[2]  # a JSON number, not a string
+
+
+async def test_incr_request_shapes(fake_server: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames, versioned_reply())
+    async with SessionClient(uri) as c:
+        assert await c.incr("n", 9) == 42
+        assert await c.incr("n", 9, 5) == 42
+        assert await c.incr("n", 9, by=-(2**63)) == 42
+        assert await c.incr("n", 9, by=2**63 - 1) == 42
+        assert await c.incr("", "9", 0) == 42
+    assert [json.loads(f) for f in frames] == [
+        {"SH_INCR": {"tkn": 9, "key": "n", "by": 1}},
+        {"SH_INCR": {"tkn": 9, "key": "n", "by": 5}},
+        {"SH_INCR": {"tkn": 9, "key": "n", "by": -(2**63)}},
+        {"SH_INCR": {"tkn": 9, "key": "n", "by": 2**63 - 1}},
+        {"SH_INCR": {"tkn": 9, "key": "", "by": 0}},
+    ]
+
+
+@pytest.mark.parametrize(
+    "command, call",
+    [
+        ("SH_SET", lambda c: c.set({"a": 1}, 9, ifVersion=3)),
+        ("SH_ADD", lambda c: c.add({"a": 1}, 9, ifVersion=3)),
+        ("SH_RMV", lambda c: c.rmv("a", 9, ifVersion=3)),
+        ("SH_CLEAR", lambda c: c.clear(9, ifVersion=3)),
+        ("SH_CLEAR_SET", lambda c: c.clear_set({}, 9, ifVersion=3)),
+        ("SH_INCR", lambda c: c.incr("n", 9, ifVersion=3)),
+    ],
+)
+async def test_version_mismatch_carries_the_current_version(
+    fake_server: Any, command: str, call: Any
+) -> None:
+    reply = {command + "_RSP": {"st": 104, "tkn": 9, "version": 12}}
+    uri = await recording_server(fake_server, [], lambda f: json.dumps(reply))
+    async with SessionClient(uri) as c:
+        with pytest.raises(VersionMismatch) as e:
+            await call(c)
+        assert c.is_open  # a refused write, not a broken connection
+    err = e.value
+    assert isinstance(err, ResponseError)
+    assert err.version == 12
+    assert err.st == 104 and err.st == Status.VersionMismatch
+    assert err.st_name == "VersionMismatch" and "VersionMismatch" in str(err)
+    assert (err.command, err.response, err.body) == (command, reply, reply[command + "_RSP"])
+
+
+@pytest.mark.parametrize("version", [None, "12", True, 1.5])
+async def test_version_mismatch_without_a_usable_version(fake_server: Any, version: Any) -> None:
+    body: dict = {"st": 104, "tkn": 9}
+    if version is not None:
+        body["version"] = version
+    uri = await recording_server(fake_server, [], lambda f: rsp("SH_SET", **body))
+    async with SessionClient(uri) as c:
+        with pytest.raises(VersionMismatch) as e:
+            await c.set({"a": 1}, 9, ifVersion=3)
+    assert e.value.version is None
+
+
+async def test_other_statuses_are_not_version_mismatches(fake_server: Any) -> None:
+    """Only 104 is the retryable one: 43/44 keep their names and stay plain ResponseErrors."""
+    replies = iter([43, 44, 100])
+    uri = await recording_server(
+        fake_server, [], lambda f: rsp(command_of(f), st=next(replies), tkn=9, version=4)
+    )
+    async with SessionClient(uri) as c:
+        for st, name in [
+            (43, "ValueNotInteger"),
+            (44, "IntegerOverflow"),
+            (100, "SessionNotExist"),
+        ]:
+            with pytest.raises(ResponseError) as e:
+                await c.incr("n", 9, ifVersion=4)
+            assert not isinstance(e.value, VersionMismatch)
+            assert e.value.st == st and e.value.st_name == name
+
+
+async def test_status_values_of_versions_and_incr() -> None:
+    assert (Status.ValueNotInteger, Status.IntegerOverflow, Status.VersionMismatch) == (43, 44, 104)
+
+
+async def test_reply_without_the_version_asked_for(fake_server: Any) -> None:
+    """A server from before versions ignores withVersion/ifVersion as unknown
+    parameters: the call says so instead of returning a version it never got,
+    and the connection stays usable."""
+    uri = await recording_server(
+        fake_server, [], lambda f: rsp(command_of(f), st=1, tkn=9, keys={}, cnt=1)
+    )
+    async with SessionClient(uri) as c:
+        for call in (
+            lambda: c.set({"a": 1}, 9, ifVersion=3),
+            lambda: c.get("a", 9, withVersion=True),
+            lambda: c.count(9, withVersion=True),
+            lambda: c.create_session(withVersion=True),
+        ):
+            with pytest.raises(ProtocolError, match="without a version"):
+                await call()
+        assert await c.count(9) == 1
+        assert c.is_open
+
+
+@pytest.mark.parametrize("flag", [1, 0, "true", None])
+async def test_with_version_must_be_a_bool(fake_server: Any, flag: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames)
+    async with SessionClient(uri) as c:
+        for call in (
+            lambda: c.create_session(withVersion=flag),
+            lambda: c.open_session("shop", withVersion=flag),
+            lambda: c.session_info(9, withVersion=flag),
+            lambda: c.touch(9, withVersion=flag),
+            lambda: c.get("a", 9, withVersion=flag),
+            lambda: c.set({"a": 1}, 9, withVersion=flag),
+            lambda: c.add({"a": 1}, 9, withVersion=flag),
+            lambda: c.rmv("a", 9, withVersion=flag),
+            lambda: c.count(9, withVersion=flag),
+            lambda: c.contains("a", 9, withVersion=flag),
+            lambda: c.keys(9, withVersion=flag),
+            lambda: c.clear(9, withVersion=flag),
+            lambda: c.clear_set({}, 9, withVersion=flag),
+            lambda: c.incr("n", 9, withVersion=flag),
+        ):
+            with pytest.raises(TypeError, match="withVersion"):
+                await call()
+        assert frames == []  # checked before anything was sent
+
+
+@pytest.mark.parametrize(
+    "if_version, error",
+    [
+        (True, TypeError),
+        ("4", TypeError),
+        (4.0, TypeError),
+        (-1, ValueError),
+        (2**64, ValueError),
+    ],
+)
+async def test_if_version_must_be_a_u64(fake_server: Any, if_version: Any, error: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames)
+    async with SessionClient(uri) as c:
+        for call in (
+            lambda: c.set({"a": 1}, 9, ifVersion=if_version),
+            lambda: c.add({"a": 1}, 9, ifVersion=if_version),
+            lambda: c.rmv("a", 9, ifVersion=if_version),
+            lambda: c.clear(9, ifVersion=if_version),
+            lambda: c.clear_set({}, 9, ifVersion=if_version),
+            lambda: c.incr("n", 9, ifVersion=if_version),
+        ):
+            with pytest.raises(error, match="ifVersion"):
+                await call()
+        assert frames == []
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("n", 9, 1.0), TypeError),
+        (("n", 9, "1"), TypeError),
+        (("n", 9, True), TypeError),
+        (("n", 9, None), TypeError),
+        (("n", 9, 2**63), ValueError),
+        (("n", 9, -(2**63) - 1), ValueError),
+        ((5, 9), TypeError),
+        ((["n"], 9), TypeError),
+    ],
+)
+async def test_incr_argument_errors(fake_server: Any, args: Any, error: Any) -> None:
+    frames: List[str] = []
+    uri = await recording_server(fake_server, frames)
+    async with SessionClient(uri) as c:
+        with pytest.raises(error):
+            await c.incr(*args)
+        assert frames == [] and c.is_open

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ndb.sessionclient import ResponseError, SessionClient
+from ndb.sessionclient import ResponseError, SessionClient, Versioned
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -115,3 +115,57 @@ async def test_readme_log_out_everywhere_runs(server: Any) -> None:
     assert result["devices"] == [phone.tkn, session.tkn]
     assert 0 < result["ttl_ms"] <= 1_800_000
     assert result["ended"] == 1  # the last call: the session the first one kept
+
+
+def readme_block(after: str) -> str:
+    """The first ```py block of the README after the line `after`."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    return readme.split(after + "\n\n```py\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.asyncio
+async def test_readme_compare_and_set_loop_runs(server: Any) -> None:
+    """The README's add_to_cart, run from several connections at once: every
+    item lands in the cart, each with its own version step."""
+    import asyncio
+    from collections import Counter
+
+    namespace: dict = {}
+    exec(
+        readme_block("writer got in between. Add to a cart that other connections write too:"),
+        namespace,
+    )
+    add_to_cart = namespace["add_to_cart"]
+    n_clients, per_client = 4, 5
+    clients = [SessionClient(server.uri) for _ in range(n_clients)]
+    for c in clients:
+        await c.open()
+    try:
+        s = await clients[0].create_session()
+        await asyncio.gather(
+            *(
+                add_to_cart(c, s.tkn, f"item-{i}-{j}")
+                for i, c in enumerate(clients)
+                for j in range(per_client)
+            )
+        )
+        got = await clients[0].get(["cart"], s.tkn, withVersion=True)
+    finally:
+        for c in clients:
+            await c.close()
+    expected = [f"item-{i}-{j}" for i in range(n_clients) for j in range(per_client)]
+    assert Counter(got.keys["cart"]) == Counter(expected)
+    assert got.version == 1 + len(expected)
+
+
+@pytest.mark.asyncio
+async def test_readme_incr_example_runs(server: Any) -> None:
+    code = readme_block("connections never loses one: no compare-and-set loop is needed.")
+    body = "".join(f"    {line}\n" for line in code.splitlines())
+    namespace: dict = {}
+    exec(f"async def example(client, session):\n{body}    return locals()\n", namespace)
+    async with SessionClient(server.uri) as client:
+        session = await client.create_session(keys={"credit": 20})
+        result = await namespace["example"](client, session)
+        assert (result["failed"], result["credit"]) == (1, 15)
+        assert await client.incr("failedLogins", session, withVersion=True) == Versioned(2, 4)

@@ -36,6 +36,7 @@ METHODS = [
     "keys",
     "clear",
     "clear_set",
+    "incr",
     "save",
     "load",
     "server_info",
@@ -48,7 +49,40 @@ def test_api_names_and_docs() -> None:
         assert inspect.iscoroutinefunction(method), name
         assert method.__doc__, name
     for name in ["set", "add", "get", "rmv", "count", "contains", "keys", "clear", "clear_set"]:
-        assert list(inspect.signature(getattr(SessionClient, name)).parameters)[-1] == "tkn", name
+        # The token is the last argument a caller can pass by position.
+        params = inspect.signature(getattr(SessionClient, name)).parameters.values()
+        positional = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        assert positional[-1] == "tkn", name
+    # withVersion on every command that takes it, ifVersion on the writes: keyword-only
+    # (positional calls keep their meaning) and off by default.
+    versioned = {
+        "create_session": False,
+        "open_session": False,
+        "session_info": False,
+        "touch": False,
+        "get": False,
+        "count": False,
+        "contains": False,
+        "keys": False,
+        "set": True,
+        "add": True,
+        "rmv": True,
+        "clear": True,
+        "clear_set": True,
+        "incr": True,
+    }
+    for name, writes in versioned.items():
+        params = inspect.signature(getattr(SessionClient, name)).parameters
+        assert params["withVersion"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params["withVersion"].default is False, name
+        assert ("ifVersion" in params) is writes, name
+        if writes:
+            assert params["ifVersion"].kind is inspect.Parameter.KEYWORD_ONLY, name
+            assert params["ifVersion"].default is None, name
+    for name in ["end_session", "session_exists", "owner_end", "save"]:
+        assert "withVersion" not in inspect.signature(getattr(SessionClient, name)).parameters
+    incr = inspect.signature(SessionClient.incr).parameters
+    assert list(incr)[:4] == ["self", "key", "tkn", "by"] and incr["by"].default == 1
     params = inspect.signature(SessionClient.create_session).parameters
     assert list(params)[1:8] == [
         "durationSeconds",
@@ -69,6 +103,9 @@ def test_api_names_and_docs() -> None:
         "except_tkn",
     ]
     assert ndb.SessionClient is SessionClient and sessionclient.ResponseError is ndb.ResponseError
+    for name in ["Versioned", "VersionedKeys", "VersionMismatch"]:
+        assert name in ndb.__all__ and getattr(ndb, name) is getattr(sessionclient, name), name
+    assert issubclass(ndb.VersionMismatch, ndb.ResponseError)
 
 
 def test_py_typed_in_source() -> None:

@@ -2,12 +2,34 @@
 
 # Layout
 
-- `ndb.sessionclient`: `SessionClient` (one method per command) and `Session`.
+- `ndb.sessionclient`: `SessionClient` (one method per command), `Session`,
+  and `Versioned`/`VersionedKeys`, the results of calls asked for a version.
 - `ndb.connection`: the pipelined WebSocket connection that matches replies to calls.
-- `ndb.status`: the `Status` table, `ResponseError` and `ProtocolError`.
+- `ndb.status`: the `Status` table, `ResponseError`, its `VersionMismatch`
+  subclass and `ProtocolError`.
 """
 
-from .sessionclient import ProtocolError, ResponseError, Session, SessionClient, Status, Token
+from .sessionclient import (
+    ProtocolError,
+    ResponseError,
+    Session,
+    SessionClient,
+    Status,
+    Token,
+    Versioned,
+    VersionedKeys,
+    VersionMismatch,
+)
 
-__all__ = ["SessionClient", "Session", "Token", "ResponseError", "ProtocolError", "Status"]
+__all__ = [
+    "SessionClient",
+    "Session",
+    "Token",
+    "Versioned",
+    "VersionedKeys",
+    "ResponseError",
+    "VersionMismatch",
+    "ProtocolError",
+    "Status",
+]
 __version__ = "0.1.0"

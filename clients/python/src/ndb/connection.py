@@ -24,7 +24,7 @@ from typing import Any, Collection, Deque, Dict, Optional, Tuple
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .status import ProtocolError, ResponseError, Status
+from .status import ProtocolError, ResponseError, Status, response_error
 
 
 class Connection:
@@ -218,5 +218,5 @@ def _body_of(command: str, response: Dict[str, Any], ok: Collection[int]) -> Dic
         raise ResponseError(command, response, {})
     st = body.get("st")
     if name == "ERR" or isinstance(st, bool) or st not in ok:
-        raise ResponseError(command, response, body)
+        raise response_error(command, response, body)
     return body

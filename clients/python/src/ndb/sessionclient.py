@@ -4,7 +4,9 @@ This module owns argument checking and the shape of each command's request
 and return value. The socket, pipelining and reply matching live in
 `ndb.connection`; status codes and `ResponseError` in `ndb.status`.
 
-Return values (a command that fails raises `ResponseError` instead):
+Return values (a command that fails raises `ResponseError` instead; a write
+given ``ifVersion`` that finds another version raises its subclass
+`VersionMismatch`):
 
 =====================  ==========================================================
 method                 returns
@@ -18,6 +20,7 @@ session_info           dict: ``tkn``, ``name`` (if any), ``owner`` (if any),
                        ``shared``, ``keyCnt``, ``expires``, ``expiry`` (if ``expires``)
 session_info_all       dict: ``totalSessions``, ``totalKeys``
 touch                  int: ``ttlMs``, milliseconds to the next deadline, -1 if none
+incr                   int: the new value
 owner_sessions         list of int: the owner's live sessions, oldest first
 owner_end              int: sessions ended
 set / add / rmv        None
@@ -33,6 +36,15 @@ server_info            dict: ``serverVersion``, ``persistEnabled``, ``shards``,
                        ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``,
                        ``memoryUsed``, ``maxMemory``, ``sessionNotExist``
 =====================  ==========================================================
+
+Versions (docs/PROTOCOL.md, "Versions, compare-and-set, increments"): with
+``withVersion=True``, or for a write with ``ifVersion=N``, a call also
+returns the session's version after it. Methods that return nothing then
+return the version (an int); `get` returns `VersionedKeys` ``(keys,
+version)``; the others that return a value return `Versioned` ``(value,
+version)``; `session_info` adds ``version`` to its dict and
+`create_session`/`open_session` set `Session.version`. Without these
+arguments every call sends and returns what it did before versions existed.
 """
 
 from __future__ import annotations
@@ -40,16 +52,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Type, Union
 
 from .connection import Connection
-from .status import ProtocolError, ResponseError, Status
+from .status import ProtocolError, ResponseError, Status, VersionMismatch
 
 __all__ = [
     "SessionClient",
     "Session",
     "Token",
+    "Versioned",
+    "VersionedKeys",
     "ResponseError",
+    "VersionMismatch",
     "ProtocolError",
     "Status",
 ]
@@ -58,6 +73,33 @@ __all__ = [
 MAX_NAME_BYTES = 256
 # Dataset names for SH_SAVE / SH_LOAD: the characters and length the server accepts.
 _DATASET_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
+# Versions are u64 on the wire; SH_INCR's `by` and values are i64.
+_U64_MAX = 2**64 - 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+class Versioned(NamedTuple):
+    """A command's result together with the session's version after it.
+
+    Returned instead of the plain result when a call is given
+    ``withVersion=True`` (or, for a write, ``ifVersion``). It unpacks like a
+    pair: ``value, version = await client.count(tkn, withVersion=True)``.
+    """
+
+    #: what the call returns without a version (a count, a list, a new value...)
+    value: Any
+    #: the session's version once the command ran
+    version: int
+
+
+class VersionedKeys(NamedTuple):
+    """What `SessionClient.get` returns with ``withVersion=True``: the read
+    side of compare-and-set, hence a field named for what it holds."""
+
+    #: name -> value, only the keys that exist (what `get` returns without a version)
+    keys: Dict[str, Any]
+    #: the session's version when the keys were read: pass it as ``ifVersion``
+    version: int
 
 
 class Session:
@@ -69,9 +111,12 @@ class Session:
         shared: True if the name is registered server-wide (see `open_session`).
         owner: the owner given to `create_session`, else None (`open_session`
             does not learn it; `session_info` reports it).
+        version: the session's version when the handle was made, when
+            `create_session`/`open_session` was given ``withVersion=True``;
+            else None. A snapshot: later writes do not update it.
     """
 
-    __slots__ = ("tkn", "name", "shared", "owner")
+    __slots__ = ("tkn", "name", "shared", "owner", "version")
 
     def __init__(
         self,
@@ -79,11 +124,13 @@ class Session:
         name: Optional[str] = None,
         shared: bool = False,
         owner: Optional[str] = None,
+        version: Optional[int] = None,
     ) -> None:
         self.tkn = tkn
         self.name = name
         self.shared = shared
         self.owner = owner
+        self.version = version
 
     @property
     def token(self) -> int:
@@ -98,13 +145,17 @@ class Session:
     def __repr__(self) -> str:
         # The owner only when there is one: handles without one print as they always did.
         owner = f", owner={self.owner!r}" if self.owner is not None else ""
-        return f"Session(tkn={self.tkn!r}, name={self.name!r}, shared={self.shared!r}{owner})"
+        version = f", version={self.version!r}" if self.version is not None else ""
+        return (
+            f"Session(tkn={self.tkn!r}, name={self.name!r}, shared={self.shared!r}{owner}{version})"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Session):
             return NotImplemented
         # Not the owner: a handle from `open_session` may not know it, and it
         # still stands for the same session as the one `create_session` gave.
+        # Not the version either: it is a snapshot, not part of the identity.
         return (self.tkn, self.name, self.shared) == (other.tkn, other.name, other.shared)
 
     def __hash__(self) -> int:
@@ -208,6 +259,7 @@ class SessionClient:
         owner: Optional[str] = None,
         keys: Optional[Mapping[str, Any]] = None,
         maxLifetime: Optional[int] = None,
+        withVersion: bool = False,
     ) -> Session:
         """Create a session (SH_NEW).
 
@@ -236,15 +288,18 @@ class SessionClient:
                 then, whatever `deleteSession` says, and no sliding moves a
                 deadline past it. With it, `durationSeconds` may stay 0: the
                 session then has only this deadline.
+            withVersion: set the returned handle's `Session.version` (1: a
+                session starts at version 1, with or without `keys`).
 
-        Without `owner`, `keys` and `maxLifetime` the request is exactly the
-        one older versions of this client sent.
+        Without `owner`, `keys`, `maxLifetime` and `withVersion` the request
+        is exactly the one older versions of this client sent.
 
         Raises:
             ValueError: durationSeconds < 0; deleteSession/extendOnSetAdd/
                 extendOnGet without a duration; shared without a name; a
                 name that is empty or longer than 256 bytes.
-            TypeError: `keys` is not a mapping with str names.
+            TypeError: `keys` is not a mapping with str names; `withVersion`
+                is not a bool.
             ResponseError: e.g. SessionNewFail (103) when a shared session
                 with this name already exists; ValueTypeInvalid (41) for an
                 owner that is not a str or a maxLifetime that is not an
@@ -288,19 +343,29 @@ class SessionClient:
             params["expiry"] = expiry
         if keys is not None:
             params["keys"] = _key_values(keys)
+        _add_version_params(params, withVersion)
         body = await self._conn.request("SH_NEW", params)
-        return Session(body["tkn"], name, bool(shared), owner)
+        version = _version_of("SH_NEW", body) if withVersion else None
+        return Session(body["tkn"], name, bool(shared), owner, version)
 
-    async def open_session(self, name: str) -> Session:
+    async def open_session(self, name: str, *, withVersion: bool = False) -> Session:
         """Find the shared session called `name` (SH_OPEN).
+
+        With ``withVersion=True`` the handle's `Session.version` is the
+        session's current version: where a compare-and-set on a session
+        others write may start.
 
         Raises:
             ResponseError: SessionOpenFail (102) when no shared session has that name.
             ValueError: the name is empty or longer than 256 bytes.
+            TypeError: `withVersion` is not a bool.
         """
         _check_session_name(name)
-        body = await self._conn.request("SH_OPEN", {"name": name})
-        return Session(body["tkn"], body.get("name", name), True)
+        params: Dict[str, Any] = {"name": name}
+        _add_version_params(params, withVersion)
+        body = await self._conn.request("SH_OPEN", params)
+        version = _version_of("SH_OPEN", body) if withVersion else None
+        return Session(body["tkn"], body.get("name", name), True, version=version)
 
     async def end_session(self, tkn: Token) -> None:
         """Delete the session and its keys (SH_END).
@@ -326,7 +391,7 @@ class SessionClient:
         body = await self._conn.request("SH_EXISTS", {"tkns": [_token(t) for t in tkns]})
         return [_as_int(t) for t in body["exist"]]
 
-    async def session_info(self, tkn: Token) -> Dict[str, Any]:
+    async def session_info(self, tkn: Token, *, withVersion: bool = False) -> Dict[str, Any]:
         """Describe one session (SH_INFO).
 
         Returns the response body without ``st``: ``tkn``, ``name`` (when
@@ -334,18 +399,24 @@ class SessionClient:
         ``expires`` and, when ``expires``, ``expiry`` with ``duration``,
         ``remaining``, ``deleteSession``, ``extendOnSetAdd``, ``extendOnGet``
         and, for a session created with a lifetime, ``maxLifetime`` and
-        ``lifetimeRemaining`` (whole seconds, rounded up).
+        ``lifetimeRemaining`` (whole seconds, rounded up). With
+        ``withVersion=True`` it also has ``version``.
 
         Raises:
             ResponseError: SessionNotExist (100).
+            TypeError: `withVersion` is not a bool.
         """
-        return _without_st(await self._conn.request("SH_INFO", {"tkn": _token(tkn)}))
+        params: Dict[str, Any] = {"tkn": _token(tkn)}
+        _add_version_params(params, withVersion)
+        return _without_st(await self._conn.request("SH_INFO", params))
 
     async def session_info_all(self) -> Dict[str, Any]:
         """Server-wide totals (SH_INFO_ALL): ``{'totalSessions': n, 'totalKeys': m}``."""
         return _without_st(await self._conn.request("SH_INFO_ALL", {}))
 
-    async def touch(self, tkn: Token, slide: bool = True) -> int:
+    async def touch(
+        self, tkn: Token, slide: bool = True, *, withVersion: bool = False
+    ) -> Union[int, Versioned]:
         """Milliseconds until the session's next deadline (SH_TOUCH).
 
         The next deadline is the idle one or the end of its lifetime,
@@ -354,14 +425,19 @@ class SessionClient:
         duration (never past the lifetime), whatever the extend flags say:
         a keepalive that reads nothing. ``slide=False`` only asks.
 
+        With ``withVersion=True`` returns `Versioned` ``(ttlMs, version)``
+        (touching never changes the version).
+
         Raises:
-            TypeError: `slide` is not a bool.
+            TypeError: `slide` or `withVersion` is not a bool.
             ResponseError: SessionNotExist (100); SessionTokenInvalid (101).
         """
         if not isinstance(slide, bool):
             raise TypeError(f"slide must be a bool, not {type(slide).__name__}")
-        body = await self._conn.request("SH_TOUCH", {"tkn": _token(tkn), "slide": slide})
-        return int(body["ttlMs"])
+        params: Dict[str, Any] = {"tkn": _token(tkn), "slide": slide}
+        versioned = _add_version_params(params, withVersion)
+        body = await self._conn.request("SH_TOUCH", params)
+        return _result("SH_TOUCH", int(body["ttlMs"]), body, versioned)
 
     async def owner_sessions(self, owner: str) -> List[int]:
         """The live sessions of `owner`, oldest first (SH_OWNER_SESSIONS).
@@ -394,58 +470,200 @@ class SessionClient:
         return int(body["cnt"])
 
     # ----------------------------------------------------------------------- keys
+    #
+    # The writes (set, add, rmv, clear, clear_set, incr) take ``ifVersion``:
+    # the write happens only if the session is at that version, else
+    # `VersionMismatch` is raised and nothing changed. Given ``ifVersion`` or
+    # ``withVersion=True`` they also return the version after the write.
 
-    async def set(self, keys: Mapping[str, Any], tkn: Token) -> None:
-        """Store `keys` (name -> any JSON value) in the session, overwriting (SH_SET)."""
-        await self._conn.request("SH_SET", {"tkn": _token(tkn), "keys": _key_values(keys)})
+    async def set(
+        self,
+        keys: Mapping[str, Any],
+        tkn: Token,
+        *,
+        withVersion: bool = False,
+        ifVersion: Optional[int] = None,
+    ) -> Optional[int]:
+        """Store `keys` (name -> any JSON value) in the session, overwriting (SH_SET).
 
-    async def add(self, keys: Mapping[str, Any], tkn: Token) -> None:
-        """Store `keys` in the session; keys that already exist keep their value (SH_ADD)."""
-        await self._conn.request("SH_ADD", {"tkn": _token(tkn), "keys": _key_values(keys)})
+        Returns None, or the session's new version when given ``withVersion=True``
+        or ``ifVersion``. Setting a key to the value it already has still counts
+        as a change (the version moves); an empty `keys` changes nothing.
 
-    async def get(self, keys: Union[str, Iterable[str]], tkn: Token) -> Dict[str, Any]:
+        Raises:
+            VersionMismatch: ``ifVersion`` given and the session is at another
+                version (its ``.version``); nothing was written.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_values(keys)}
+        versioned = _add_version_params(params, withVersion, ifVersion)
+        body = await self._conn.request("SH_SET", params)
+        return _version_of("SH_SET", body) if versioned else None
+
+    async def add(
+        self,
+        keys: Mapping[str, Any],
+        tkn: Token,
+        *,
+        withVersion: bool = False,
+        ifVersion: Optional[int] = None,
+    ) -> Optional[int]:
+        """Store `keys` in the session; keys that already exist keep their value (SH_ADD).
+
+        Returns None, or the session's new version when given ``withVersion=True``
+        or ``ifVersion`` (unchanged when every key already existed).
+
+        Raises:
+            VersionMismatch: as for `set`.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_values(keys)}
+        versioned = _add_version_params(params, withVersion, ifVersion)
+        body = await self._conn.request("SH_ADD", params)
+        return _version_of("SH_ADD", body) if versioned else None
+
+    async def get(
+        self, keys: Union[str, Iterable[str]], tkn: Token, *, withVersion: bool = False
+    ) -> Union[Dict[str, Any], VersionedKeys]:
         """Read keys (SH_GET): a dict of name -> value holding only the keys that exist.
 
         `keys` is one name or an iterable of names (a tuple, list, set...).
+
+        With ``withVersion=True`` returns `VersionedKeys` ``(keys, version)``:
+        the keys and the version they were read at, in one step, so that a
+        write given ``ifVersion=version`` happens only if nobody wrote since.
         """
-        body = await self._conn.request("SH_GET", {"tkn": _token(tkn), "keys": _key_names(keys)})
-        return dict(body["keys"])
+        params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_names(keys)}
+        versioned = _add_version_params(params, withVersion)
+        body = await self._conn.request("SH_GET", params)
+        values = dict(body["keys"])
+        return VersionedKeys(values, _version_of("SH_GET", body)) if versioned else values
 
-    async def rmv(self, keys: Union[str, Iterable[str]], tkn: Token) -> None:
-        """Remove keys from the session (SH_RMV); absent names are ignored."""
-        await self._conn.request("SH_RMV", {"tkn": _token(tkn), "keys": _key_names(keys)})
+    async def rmv(
+        self,
+        keys: Union[str, Iterable[str]],
+        tkn: Token,
+        *,
+        withVersion: bool = False,
+        ifVersion: Optional[int] = None,
+    ) -> Optional[int]:
+        """Remove keys from the session (SH_RMV); absent names are ignored.
 
-    async def count(self, tkn: Token) -> int:
-        """How many keys the session holds (SH_COUNT)."""
-        body = await self._conn.request("SH_COUNT", {"tkn": _token(tkn)})
-        return int(body["cnt"])
+        Returns None, or the session's new version when given ``withVersion=True``
+        or ``ifVersion`` (unchanged when no key was there to remove).
 
-    async def contains(self, keys: Union[str, Iterable[str]], tkn: Token) -> List[str]:
-        """Which of `keys` exist in the session, in request order (SH_CONTAINS)."""
-        body = await self._conn.request(
-            "SH_CONTAINS", {"tkn": _token(tkn), "keys": _key_names(keys)}
-        )
-        return list(body["contains"])
+        Raises:
+            VersionMismatch: as for `set`.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_names(keys)}
+        versioned = _add_version_params(params, withVersion, ifVersion)
+        body = await self._conn.request("SH_RMV", params)
+        return _version_of("SH_RMV", body) if versioned else None
 
-    async def keys(self, tkn: Token) -> List[str]:
-        """The names of all keys in the session, in no particular order (SH_KEYS)."""
-        body = await self._conn.request("SH_KEYS", {"tkn": _token(tkn)})
-        return list(body["keys"])
+    async def count(self, tkn: Token, *, withVersion: bool = False) -> Union[int, Versioned]:
+        """How many keys the session holds (SH_COUNT).
 
-    async def clear(self, tkn: Token) -> int:
-        """Remove every key but keep the session (SH_CLEAR); returns how many were removed."""
-        body = await self._conn.request("SH_CLEAR", {"tkn": _token(tkn)})
-        return int(body["cnt"])
+        With ``withVersion=True``: `Versioned` ``(count, version)``.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn)}
+        versioned = _add_version_params(params, withVersion)
+        body = await self._conn.request("SH_COUNT", params)
+        return _result("SH_COUNT", int(body["cnt"]), body, versioned)
 
-    async def clear_set(self, keys: Mapping[str, Any], tkn: Token) -> int:
+    async def contains(
+        self, keys: Union[str, Iterable[str]], tkn: Token, *, withVersion: bool = False
+    ) -> Union[List[str], Versioned]:
+        """Which of `keys` exist in the session, in request order (SH_CONTAINS).
+
+        With ``withVersion=True``: `Versioned` ``(names, version)``.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_names(keys)}
+        versioned = _add_version_params(params, withVersion)
+        body = await self._conn.request("SH_CONTAINS", params)
+        return _result("SH_CONTAINS", list(body["contains"]), body, versioned)
+
+    async def keys(self, tkn: Token, *, withVersion: bool = False) -> Union[List[str], Versioned]:
+        """The names of all keys in the session, in no particular order (SH_KEYS).
+
+        With ``withVersion=True``: `Versioned` ``(names, version)``.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn)}
+        versioned = _add_version_params(params, withVersion)
+        body = await self._conn.request("SH_KEYS", params)
+        return _result("SH_KEYS", list(body["keys"]), body, versioned)
+
+    async def clear(
+        self, tkn: Token, *, withVersion: bool = False, ifVersion: Optional[int] = None
+    ) -> Union[int, Versioned]:
+        """Remove every key but keep the session (SH_CLEAR); returns how many were removed.
+
+        With ``withVersion=True`` or ``ifVersion``: `Versioned` ``(removed, version)``.
+
+        Raises:
+            VersionMismatch: as for `set`.
+        """
+        params: Dict[str, Any] = {"tkn": _token(tkn)}
+        versioned = _add_version_params(params, withVersion, ifVersion)
+        body = await self._conn.request("SH_CLEAR", params)
+        return _result("SH_CLEAR", int(body["cnt"]), body, versioned)
+
+    async def clear_set(
+        self,
+        keys: Mapping[str, Any],
+        tkn: Token,
+        *,
+        withVersion: bool = False,
+        ifVersion: Optional[int] = None,
+    ) -> Union[int, Versioned]:
         """Replace the session's keys with `keys` in one step (SH_CLEAR_SET).
 
-        Returns how many keys were removed before setting.
+        Returns how many keys were removed before setting; with
+        ``withVersion=True`` or ``ifVersion``, `Versioned` ``(removed, version)``.
+
+        Raises:
+            VersionMismatch: as for `set`.
         """
-        body = await self._conn.request(
-            "SH_CLEAR_SET", {"tkn": _token(tkn), "keys": _key_values(keys)}
-        )
-        return int(body["cnt"])
+        params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_values(keys)}
+        versioned = _add_version_params(params, withVersion, ifVersion)
+        body = await self._conn.request("SH_CLEAR_SET", params)
+        return _result("SH_CLEAR_SET", int(body["cnt"]), body, versioned)
+
+    async def incr(
+        self,
+        key: str,
+        tkn: Token,
+        by: int = 1,
+        *,
+        withVersion: bool = False,
+        ifVersion: Optional[int] = None,
+    ) -> Union[int, Versioned]:
+        """Add `by` to the integer stored at `key`; returns the new value (SH_INCR).
+
+        One step on the server, so concurrent increments never lose one
+        another. An absent key counts as 0 and is created (unless `by` is
+        0). `by` may be negative; `by=0` reads the value as an integer and
+        changes nothing. With ``withVersion=True`` or ``ifVersion``:
+        `Versioned` ``(value, version)``.
+
+        Raises:
+            TypeError: `key` is not a str; `by` is not an int.
+            ValueError: `by` is outside the signed 64-bit range.
+            ResponseError: ValueNotInteger (43) when the stored value is not
+                a JSON integer in the signed 64-bit range (a float such as
+                ``1.0``, a string, ...); IntegerOverflow (44) when the result
+                would leave that range; MemoryLimit (150) when creating the
+                key (or widening the number) would pass the memory limit.
+                Each of them changed nothing.
+            VersionMismatch: as for `set`.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        if isinstance(by, bool) or not isinstance(by, int):
+            raise TypeError(f"by must be an int, not {type(by).__name__}")
+        if not _I64_MIN <= by <= _I64_MAX:
+            raise ValueError(f"by must be a signed 64-bit int, got {by}")
+        params: Dict[str, Any] = {"tkn": _token(tkn), "key": key, "by": by}
+        versioned = _add_version_params(params, withVersion, ifVersion)
+        body = await self._conn.request("SH_INCR", params)
+        return _result("SH_INCR", int(body["value"]), body, versioned)
 
     # ---------------------------------------------------------------- persistence
 
@@ -565,3 +783,53 @@ def _check_dataset_name(name: str) -> None:
 
 def _without_st(body: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in body.items() if k != "st"}
+
+
+def _check_with_version(withVersion: bool) -> None:
+    # Checked here rather than left to the server (41): a truthy non-bool would
+    # otherwise be sent as given while the client decides the return shape by truth.
+    if not isinstance(withVersion, bool):
+        raise TypeError(f"withVersion must be a bool, not {type(withVersion).__name__}")
+
+
+def _add_version_params(
+    params: Dict[str, Any], withVersion: bool, ifVersion: Optional[int] = None
+) -> bool:
+    """Add ``withVersion``/``ifVersion`` to `params` when given (and only then,
+    so that calls without them send the bytes they always did).
+
+    Returns True when the reply will carry ``version``: the server adds it
+    for ``withVersion`` and to every successful write given ``ifVersion``.
+    """
+    _check_with_version(withVersion)
+    if ifVersion is not None:
+        if isinstance(ifVersion, bool) or not isinstance(ifVersion, int):
+            raise TypeError(f"ifVersion must be an int, not {type(ifVersion).__name__}")
+        if not 0 <= ifVersion <= _U64_MAX:
+            raise ValueError(f"ifVersion must be an unsigned 64-bit int, got {ifVersion}")
+    if withVersion:
+        params["withVersion"] = True
+    if ifVersion is not None:
+        params["ifVersion"] = ifVersion
+    return withVersion or ifVersion is not None
+
+
+def _version_of(command: str, body: Dict[str, Any]) -> int:
+    """The ``version`` of a reply that was asked for one.
+
+    A server from before versions ignores ``withVersion``/``ifVersion`` as
+    unknown parameters and answers without it; say so rather than fail with
+    a bare KeyError, since a write given ``ifVersion`` then ran unguarded.
+    """
+    version = body.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ProtocolError(
+            f"{command} answered without a version ({body!r}): the server does not support "
+            "versions, so withVersion was ignored and a write given ifVersion was not guarded"
+        )
+    return version
+
+
+def _result(command: str, value: Any, body: Dict[str, Any], versioned: bool) -> Any:
+    """`value` as the caller asked for it: alone, or with the version after the command."""
+    return Versioned(value, _version_of(command, body)) if versioned else value

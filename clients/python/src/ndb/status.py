@@ -1,7 +1,8 @@
 """Status codes of the NemesisDB protocol and the error raised for them.
 
 This module owns the one table of `st` values (docs/PROTOCOL.md, "Status
-values") and `ResponseError`. It knows nothing about sockets or commands.
+values"), `ResponseError` and its `VersionMismatch` subclass. It knows
+nothing about sockets or commands.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ class Status(IntEnum):
     ParamMissing = 26
     ValueTypeInvalid = 41
     ValueSize = 42
+    ValueNotInteger = 43
+    IntegerOverflow = 44
     SessionNotExist = 100
     SessionTokenInvalid = 101
     SessionOpenFail = 102
     SessionNewFail = 103
+    VersionMismatch = 104
     SaveComplete = 121
     SaveDirWriteFail = 122
     SaveError = 123
@@ -89,9 +93,44 @@ class ResponseError(Exception):
         return {}
 
 
-class ProtocolError(ConnectionError):
-    """The server broke the wire contract (a reply that matches no request).
+class VersionMismatch(ResponseError):
+    """A write given ``ifVersion`` found the session at another version (104).
 
-    The connection can no longer be trusted, so it is closed; every waiting
-    call fails with this error. It is a `ConnectionError`.
+    Nothing changed, not even a sliding deadline. The usual answer is to
+    read again (``get(..., withVersion=True)``) and retry the write with
+    the version just read.
+
+    Attributes:
+        version: the session's current version, as the server reported it
+            (None only if a server left it out of the reply).
+    """
+
+    version: Optional[int]
+
+    def __init__(self, command: str, response: Dict[str, Any], body: Dict[str, Any]) -> None:
+        super().__init__(command, response, body)
+        version = body.get("version")
+        # bool is an int to Python, never a version on the wire.
+        self.version = (
+            version if isinstance(version, int) and not isinstance(version, bool) else None
+        )
+
+
+def response_error(command: str, response: Dict[str, Any], body: Dict[str, Any]) -> ResponseError:
+    """The `ResponseError` for a failed reply: `VersionMismatch` for status 104,
+    so that compare-and-set loops can catch exactly the retryable failure."""
+    st = body.get("st")
+    if st == Status.VersionMismatch and not isinstance(st, bool):
+        return VersionMismatch(command, response, body)
+    return ResponseError(command, response, body)
+
+
+class ProtocolError(ConnectionError):
+    """The server broke the wire contract.
+
+    For a reply that matches no request the connection can no longer be
+    trusted, so it is closed; every waiting call fails with this error. A
+    reply that lacks the ``version`` a call asked for (a server from before
+    versions, which ignores ``withVersion``/``ifVersion``) fails only that
+    call. It is a `ConnectionError`.
     """
