@@ -335,6 +335,11 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         });
     };
     let p = Params { name, params, text };
+    if !takes_session(kind) && p.params.get("ifVersion").is_some() {
+        // Ignoring it would run the command unguarded (SH_END_ALL would end
+        // everything). Commands about one session check it with the rest.
+        return Err(p.reject(Status::ValueTypeInvalid, IF_VERSION_ONLY, None));
+    }
     match kind {
         CommandName::New => p.new_session(),
         CommandName::Open => Ok(Command::Open {
@@ -603,6 +608,21 @@ fn json_error_message(error: &simd_json::Error) -> &'static str {
     }
 }
 
+const IF_VERSION_ONLY: &str =
+    "ifVersion is only for SH_SET, SH_ADD, SH_RMV, SH_CLEAR, SH_CLEAR_SET, SH_INCR";
+
+/// Commands about one session, by token: they check `withVersion` and
+/// `ifVersion` with their other parameters (`Params::versioning`).
+fn takes_session(kind: CommandName) -> bool {
+    use CommandName::*;
+    match kind {
+        End | Info | Set | Add | ClearSet | Get | Rmv | Contains | Count | Keys | Clear | Touch
+        | Incr => true,
+        New | Open | EndAll | Exists | InfoAll | Save | Load | ServerInfo | OwnerSessions
+        | OwnerEnd => false,
+    }
+}
+
 /// Whether a command may be guarded by `ifVersion`.
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum VersionAccess {
@@ -845,11 +865,7 @@ impl Params<'_, '_, '_> {
         let expect = match (self.params.get("ifVersion"), access) {
             (None, _) => None,
             (Some(_), Reads) => {
-                return Err(self.reject(
-                    Status::ValueTypeInvalid,
-                    "ifVersion is only for SH_SET, SH_ADD, SH_RMV, SH_CLEAR, SH_CLEAR_SET, SH_INCR",
-                    Some(tkn),
-                ));
+                return Err(self.reject(Status::ValueTypeInvalid, IF_VERSION_ONLY, Some(tkn)));
             }
             (Some(value), Writes) => Some(u64_of(value).ok_or_else(|| {
                 self.reject(

@@ -497,11 +497,6 @@ async def test_parameters_the_server_refuses(
     assert await version(client, session) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: ifVersion is refused (41) only on commands that take tkn; PROTOCOL.md "
-    "says 41 on any command but the six writes (SH_END_ALL with ifVersion ends everything)",
-)
 async def test_if_version_is_refused_by_commands_without_a_session(fresh_server: Any) -> None:
     """A command that ifVersion cannot guard must not run as if it were not there.
     A server of its own: if SH_END_ALL ran, it would end every session on it."""

@@ -206,6 +206,7 @@ pub const SLOTS: &[&str] = &[
     r#"{"SH_RMV":{"tkn":$0,"keys":["k"],"ifVersion":@}}"#,
     r#"{"SH_END":{"tkn":$1,"ifVersion":@}}"#,
     r#"{"SH_NEW":{"withVersion":@}}"#,
+    r#"{"SH_END_ALL":{"ifVersion":@}}"#,
 ];
 
 /// Scalars that are hostile somewhere: every JSON type, numbers at and
@@ -339,7 +340,7 @@ pub fn allowed_statuses(command: &str) -> &'static [u64] {
         "SH_OPEN" => &[1, 12, 26, 41, 42, 102],
         "SH_END" | "SH_INFO" | "SH_COUNT" | "SH_KEYS" => &[1, 12, 41, 100, 101],
         "SH_CLEAR" => &[1, 12, 41, 100, 101, 104],
-        "SH_END_ALL" | "SH_INFO_ALL" | "SV_INFO" => &[1, 12],
+        "SH_END_ALL" | "SH_INFO_ALL" | "SV_INFO" => &[1, 12, 41],
         "SH_EXISTS" => &[1, 12, 26, 41],
         "SH_SAVE" => &[12, 14, 26, 41, 42, 121, 122, 123],
         "SH_LOAD" => &[12, 14, 26, 41, 42, 141, 142],
