@@ -124,6 +124,7 @@ fn encoding(c: &mut Criterion) {
                     ("user", &b"\"u1234567890abcde\""[..]),
                     ("cart", &b"[1,2,3]"[..]),
                 ],
+                None,
             );
             black_box(out.len())
         })

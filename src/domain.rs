@@ -59,4 +59,6 @@ pub struct NewSession {
     pub owner: Option<Box<str>>,
     /// Keys set with the creation, as `SH_SET` would set them.
     pub keys: Vec<KeyValue>,
+    /// `withVersion`: the answer carries the new session's version (1).
+    pub report_version: bool,
 }

@@ -1,4 +1,4 @@
-//! The shard file format (version 2; version 1 files still load), byte for byte as `docs/PERSISTENCE.md`
+//! The shard file format (version 3; versions 1 and 2 still load), byte for byte as `docs/PERSISTENCE.md`
 //! describes it: encoding records, and decoding and verifying a whole file.
 //!
 //! Decoding trusts nothing it reads: every length is checked against the bytes
@@ -20,8 +20,9 @@ pub const FILE_MAGIC: [u8; 8] = *b"NDBSNAP\0";
 pub const FOOTER_MAGIC: [u8; 8] = *b"NDBFOOT\0";
 /// The shard file format this code writes. It reads this one and every
 /// older one (`OLDEST_READABLE_VERSION`..=`FORMAT_VERSION`).
-pub const FORMAT_VERSION: u32 = 2;
-/// Version 1 had no owners or lifetimes (flag bits 6 and 7 unused).
+pub const FORMAT_VERSION: u32 = 3;
+/// Version 1 had no owners or lifetimes (flag bits 6 and 7 unused);
+/// version 2 no session versions (their sessions load at version 1).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Magic, format version, shard index.
 pub const HEADER_LEN: usize = 8 + 4 + 4;
@@ -60,6 +61,8 @@ pub struct SessionRecord {
     /// sessions with an owner or a lifetime (0 for the others, and for
     /// every session of a version 1 file).
     pub created_unix_ms: u64,
+    /// The session's version (1 for every session of a version 1 or 2 file).
+    pub version: u64,
     /// Key names and their values as compact JSON text (valid UTF-8 on load).
     pub keys: Vec<(Box<str>, Box<[u8]>)>,
 }
@@ -74,6 +77,7 @@ impl SessionRecord {
             expiry: self.expiry,
             owner: self.owner.as_deref(),
             created_unix_ms: self.created_unix_ms,
+            version: self.version,
         };
         encode_record(out, &head, self.keys.iter().map(|(k, v)| (&**k, &**v)));
     }
@@ -88,6 +92,7 @@ pub struct RecordHead<'a> {
     pub expiry: Option<ExpirySettings>,
     pub owner: Option<&'a str>,
     pub created_unix_ms: u64,
+    pub version: u64,
 }
 
 /// Appends one record's encoding to `out`. Parts are borrowed so a shard can
@@ -104,6 +109,7 @@ pub fn encode_record<'a>(
         expiry,
         owner,
         created_unix_ms,
+        version,
     } = *head;
     let lifetime_s = expiry.map_or(0, |e| e.max_lifetime_s);
     let mut flags = 0u8;
@@ -148,13 +154,15 @@ pub fn encode_record<'a>(
     if flags & (FLAG_OWNER | FLAG_LIFETIME) != 0 {
         out.extend_from_slice(&created_unix_ms.to_le_bytes());
     }
+    let mut varint = [0u8; 10];
+    let n = varint_encode(version, &mut varint);
+    out.extend_from_slice(&varint[..n]);
     // The key count precedes the keys. Store iterators know their length, so
     // the count is written from the size hint; should the iterator yield a
     // different number, the count is rewritten in place (a shift of this
     // record's key bytes only).
     let (low, high) = keys.size_hint();
     let hinted = if high == Some(low) { low as u64 } else { 0 };
-    let mut varint = [0u8; 10];
     let hinted_len = varint_encode(hinted, &mut varint);
     let count_at = out.len();
     out.extend_from_slice(&varint[..hinted_len]);
@@ -491,6 +499,16 @@ fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionReco
     } else {
         0
     };
+    let version_number = if version >= 3 {
+        let at = cur.pos;
+        let v = cur.varint("session version")?;
+        if v == 0 {
+            return Err((at, "session version 0 (versions start at 1)".into()));
+        }
+        v
+    } else {
+        1
+    };
     let count_at = cur.pos;
     let count = cur.varint("key count")?;
     // Every key takes at least 2 bytes (two empty lengths).
@@ -516,6 +534,7 @@ fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionReco
         expiry,
         owner,
         created_unix_ms,
+        version: version_number,
         keys,
     })
 }
@@ -538,10 +557,33 @@ pub(crate) mod tests {
 
     /// A whole file as the writer produces it, built in memory.
     pub(crate) fn file_bytes(shard: usize, records: &[SessionRecord]) -> Vec<u8> {
+        file_bytes_as(FORMAT_VERSION, shard, records)
+    }
+
+    /// A file in format `version`: before 3, records carry no session
+    /// version (theirs must be 1), so its varint, the byte before the key
+    /// section, is left out.
+    fn file_bytes_as(version: u32, shard: usize, records: &[SessionRecord]) -> Vec<u8> {
         let mut out = header(shard).to_vec();
+        out[8..12].copy_from_slice(&version.to_le_bytes());
         let mut keys = 0;
         for r in records {
-            r.encode(&mut out);
+            let mut record = Vec::new();
+            r.encode(&mut record);
+            if version < 3 {
+                assert_eq!(r.version, 1, "older formats have no versions");
+                let mut section = Vec::new();
+                let mut varint = [0u8; 10];
+                let n = varint_encode(r.keys.len() as u64, &mut varint);
+                section.extend_from_slice(&varint[..n]);
+                for (k, v) in &r.keys {
+                    put_bytes(&mut section, k.as_bytes());
+                    put_bytes(&mut section, v);
+                }
+                let version_at = record.len() - section.len() - 1;
+                assert_eq!(record.remove(version_at), 1);
+            }
+            out.extend_from_slice(&record);
             keys += r.keys.len() as u64;
         }
         out.extend_from_slice(&footer_without_crc(records.len() as u64, keys));
@@ -568,6 +610,7 @@ pub(crate) mod tests {
             expiry: r.expiry,
             owner: r.owner.as_deref(),
             created_unix_ms: r.created_unix_ms,
+            version: 1,
         }
     }
 
@@ -600,6 +643,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            version: 1,
             keys: values
                 .iter()
                 .enumerate()
@@ -618,6 +662,7 @@ pub(crate) mod tests {
                 expiry: Some(expiry(1 + u32::from(bits) * 1000, bits)),
                 owner: None,
                 created_unix_ms: 0,
+                version: 1,
                 keys: vec![kv("", b"\"empty key name\""), kv("ключ", b"1")],
             });
         }
@@ -628,6 +673,7 @@ pub(crate) mod tests {
             expiry: Some(expiry(u32::MAX, 7)),
             owner: None,
             created_unix_ms: 0,
+            version: 1,
             keys: Vec::new(),
         });
         records.push(SessionRecord {
@@ -637,6 +683,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            version: 1,
             keys: (0..1000)
                 .map(|i| kv(&format!("key{i}"), format!("{i}").as_bytes()))
                 .collect(),
@@ -651,6 +698,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            version: 1,
             keys: vec![kv("big", &big)],
         });
         records
@@ -766,6 +814,7 @@ pub(crate) mod tests {
             expiry,
             owner: None,
             created_unix_ms: 0,
+            version: 1,
         }
     }
 
@@ -778,8 +827,8 @@ pub(crate) mod tests {
             &plain(5, None, false, None),
             [("a", b"1".as_slice())].into_iter(),
         );
-        assert_eq!(out, [5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'a', 1, b'1']);
-        assert_eq!(header(7), *b"NDBSNAP\0\x02\0\0\0\x07\0\0\0");
+        assert_eq!(out, [5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, b'a', 1, b'1']);
+        assert_eq!(header(7), *b"NDBSNAP\0\x03\0\0\0\x07\0\0\0");
         let mut out = Vec::new();
         let e = ExpirySettings::idle(300, true, false, true);
         encode_record(
@@ -790,7 +839,7 @@ pub(crate) mod tests {
         let flags = 0b10_1111;
         assert_eq!(
             out,
-            [1, 0, 0, 0, 0, 0, 0, 0, flags, 1, b'n', 44, 1, 0, 0, 0]
+            [1, 0, 0, 0, 0, 0, 0, 0, flags, 1, b'n', 44, 1, 0, 0, 1, 0]
         );
         // Version 2: an owner, a lifetime (no idle duration), the creation time.
         let mut out = Vec::new();
@@ -801,6 +850,7 @@ pub(crate) mod tests {
         let head = RecordHead {
             owner: Some("ann"),
             created_unix_ms: 1,
+            version: 300,
             ..plain(2, None, false, Some(e))
         };
         encode_record(&mut out, &head, std::iter::empty());
@@ -809,7 +859,7 @@ pub(crate) mod tests {
             out,
             [
                 2, 0, 0, 0, 0, 0, 0, 0, flags, 0, 0, 0, 0, 0x10, 0x0e, 0, 0, 3, b'a', b'n', b'n',
-                1, 0, 0, 0, 0, 0, 0, 0, 0
+                1, 0, 0, 0, 0, 0, 0, 0, 0xac, 0x02, 0
             ]
         );
     }
@@ -862,18 +912,9 @@ pub(crate) mod tests {
         assert!(err.contains("bad magic"), "{err}");
 
         let mut b = small_file();
-        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&4u32.to_le_bytes());
         let err = decode_file(Path::new("mem"), &b).unwrap_err().to_string();
-        assert!(err.contains("format version 3"), "{err}");
-    }
-
-    /// `bytes` as a version 1 file: the header says 1, the CRC follows.
-    fn as_version_1(mut bytes: Vec<u8>) -> Vec<u8> {
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc_at = bytes.len() - 4;
-        let crc = crc32fast::hash(&bytes[..crc_at]);
-        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
-        bytes
+        assert!(err.contains("format version 4"), "{err}");
     }
 
     #[test]
@@ -882,7 +923,7 @@ pub(crate) mod tests {
             .into_iter()
             .filter(|r| r.owner.is_none() && r.expiry.is_none_or(|e| e.max_lifetime_s == 0))
             .collect();
-        let v1 = as_version_1(file_bytes(0, &records));
+        let v1 = file_bytes_as(1, 0, &records);
         assert_eq!(decode_file(Path::new("mem"), &v1).unwrap().records, records);
 
         let owned = SessionRecord {
@@ -890,12 +931,40 @@ pub(crate) mod tests {
             created_unix_ms: 7,
             ..records[0].clone()
         };
-        let v2 = file_bytes(0, std::slice::from_ref(&owned));
-        assert_eq!(decode_file(Path::new("mem"), &v2).unwrap().records, [owned]);
-        let err = decode_file(Path::new("mem"), &as_version_1(v2))
+        let v2 = file_bytes_as(2, 0, std::slice::from_ref(&owned));
+        assert_eq!(
+            decode_file(Path::new("mem"), &v2).unwrap().records,
+            std::slice::from_ref(&owned)
+        );
+        let err = decode_file(Path::new("mem"), &file_bytes_as(1, 0, &[owned]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown flag bits"), "{err}");
+    }
+
+    #[test]
+    fn version_3_keeps_session_versions_and_refuses_0() {
+        let mut records = sample_records();
+        for (r, version) in records
+            .iter_mut()
+            .zip([1, 2, 127, 128, u64::MAX].iter().cycle())
+        {
+            r.version = *version;
+        }
+        let bytes = file_bytes(0, &records);
+        assert_eq!(
+            decode_file(Path::new("mem"), &bytes).unwrap().records,
+            records
+        );
+
+        let zero = SessionRecord {
+            version: 0,
+            ..records[0].clone()
+        };
+        let err = decode_file(Path::new("mem"), &file_bytes(0, &[zero]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("session version 0"), "{err}");
     }
 
     /// Bytes with a valid CRC but garbage records: the structural checks alone
@@ -949,6 +1018,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            version: 1,
             keys: vec![kv("k", b"\"\xff\"")],
         };
         let bytes = file_bytes(0, &[r]);
@@ -967,6 +1037,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            version: 1,
             keys: Vec::new(),
         };
         let bytes = file_bytes(0, &[r]);

@@ -1,38 +1,70 @@
 //! Every response body the server sends, one function each: the field
 //! names of docs/PROTOCOL.md live here and nowhere else. Callers pass plain
 //! facts (counts, tokens, names); the functions append one response to `out`.
+//!
+//! A `version: Option<u64>` is the session's version when the request asked
+//! for it (`withVersion`, or a write given `ifVersion`): it ends the body.
 
 use super::{CommandName, Response, Status};
 use crate::domain::{ExpirySettings, Token};
 
 /// `{"<CMD>_RSP":{"st":1,"tkn":T}}`: a write that has nothing else to say.
-pub fn done(out: &mut Vec<u8>, command: CommandName, tkn: Token) {
+pub fn done(out: &mut Vec<u8>, command: CommandName, tkn: Token, version: Option<u64>) {
     Response::new(out, command, Status::Ok)
         .u64("tkn", tkn)
+        .opt_u64("version", version)
         .finish();
 }
 
 /// A success that reports how many keys it counted or removed (`cnt`).
-pub fn counted(out: &mut Vec<u8>, command: CommandName, tkn: Token, cnt: u64) {
+pub fn counted(
+    out: &mut Vec<u8>,
+    command: CommandName,
+    tkn: Token,
+    cnt: u64,
+    version: Option<u64>,
+) {
     Response::new(out, command, Status::Ok)
         .u64("tkn", tkn)
         .u64("cnt", cnt)
+        .opt_u64("version", version)
+        .finish();
+}
+
+/// `{"st":104,"tkn":T,"version":V}`: `ifVersion` did not match; nothing
+/// changed.
+pub fn version_mismatch(out: &mut Vec<u8>, command: CommandName, tkn: Token, version: u64) {
+    Response::new(out, command, Status::VersionMismatch)
+        .u64("tkn", tkn)
+        .u64("version", version)
+        .finish();
+}
+
+/// `SH_INCR`: the key and its new value.
+pub fn incremented(out: &mut Vec<u8>, tkn: Token, key: &str, value: i64, version: Option<u64>) {
+    Response::new(out, CommandName::Incr, Status::Ok)
+        .u64("tkn", tkn)
+        .str("key", key)
+        .i64("value", value)
+        .opt_u64("version", version)
         .finish();
 }
 
 /// `SH_NEW`: the new session's token, and its name if it has one.
-pub fn created(out: &mut Vec<u8>, tkn: Token, name: Option<&str>) {
+pub fn created(out: &mut Vec<u8>, tkn: Token, name: Option<&str>, version: Option<u64>) {
     Response::new(out, CommandName::New, Status::Ok)
         .u64("tkn", tkn)
         .opt_str("name", name)
+        .opt_u64("version", version)
         .finish();
 }
 
 /// `SH_OPEN`: the token of the shared session `name`.
-pub fn opened(out: &mut Vec<u8>, tkn: Token, name: &str) {
+pub fn opened(out: &mut Vec<u8>, tkn: Token, name: &str, version: Option<u64>) {
     Response::new(out, CommandName::Open, Status::Ok)
         .u64("tkn", tkn)
         .str("name", name)
+        .opt_u64("version", version)
         .finish();
 }
 
@@ -55,7 +87,7 @@ pub struct ExpiryInfo {
     pub lifetime_remaining_s: u64,
 }
 
-pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>) {
+pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>, version: Option<u64>) {
     let mut r = Response::new(out, CommandName::Info, Status::Ok)
         .u64("tkn", tkn)
         .opt_str("name", info.name)
@@ -79,7 +111,7 @@ pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>) {
         }
         r = r.end_object();
     }
-    r.finish();
+    r.opt_u64("version", version).finish();
 }
 
 /// `SH_GET`: the keys found, each with its stored JSON value.
@@ -87,34 +119,49 @@ pub fn values<'s>(
     out: &mut Vec<u8>,
     tkn: Token,
     found: impl IntoIterator<Item = (&'s str, &'s [u8])>,
+    version: Option<u64>,
 ) {
     Response::new(out, CommandName::Get, Status::Ok)
         .u64("tkn", tkn)
         .raw_object("keys", found)
+        .opt_u64("version", version)
         .finish();
 }
 
 /// `SH_CONTAINS`: the asked-for keys the session holds.
-pub fn contained<'s>(out: &mut Vec<u8>, tkn: Token, found: impl IntoIterator<Item = &'s str>) {
+pub fn contained<'s>(
+    out: &mut Vec<u8>,
+    tkn: Token,
+    found: impl IntoIterator<Item = &'s str>,
+    version: Option<u64>,
+) {
     Response::new(out, CommandName::Contains, Status::Ok)
         .u64("tkn", tkn)
         .str_array("contains", found)
+        .opt_u64("version", version)
         .finish();
 }
 
 /// `SH_KEYS`: every key name of the session.
-pub fn key_names<'s>(out: &mut Vec<u8>, tkn: Token, names: impl IntoIterator<Item = &'s str>) {
+pub fn key_names<'s>(
+    out: &mut Vec<u8>,
+    tkn: Token,
+    names: impl IntoIterator<Item = &'s str>,
+    version: Option<u64>,
+) {
     Response::new(out, CommandName::Keys, Status::Ok)
         .u64("tkn", tkn)
         .str_array("keys", names)
+        .opt_u64("version", version)
         .finish();
 }
 
 /// `SH_TOUCH`: milliseconds to the next deadline, -1 when it never expires.
-pub fn touched(out: &mut Vec<u8>, tkn: Token, ttl_ms: i64) {
+pub fn touched(out: &mut Vec<u8>, tkn: Token, ttl_ms: i64, version: Option<u64>) {
     Response::new(out, CommandName::Touch, Status::Ok)
         .u64("tkn", tkn)
         .i64("ttlMs", ttl_ms)
+        .opt_u64("version", version)
         .finish();
 }
 

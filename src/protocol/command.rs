@@ -65,6 +65,7 @@ command_table! {
     Touch => "SH_TOUCH",
     OwnerSessions => "SH_OWNER_SESSIONS",
     OwnerEnd => "SH_OWNER_END",
+    Incr => "SH_INCR",
 }
 
 #[cfg(test)]

@@ -10,6 +10,6 @@ pub mod response;
 mod status;
 
 pub use command::CommandName;
-pub use request::{Command, Rejection, RequestParser, parse_request};
+pub use request::{Command, Rejection, RequestParser, Versioning, parse_request};
 pub use response::{Response, encode_rejection, encode_status};
 pub use status::Status;

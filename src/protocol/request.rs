@@ -26,6 +26,8 @@ pub enum Command {
     New(NewSession),
     Open {
         name: Box<str>,
+        /// `withVersion`.
+        report_version: bool,
     },
     End {
         tkn: Token,
@@ -36,6 +38,7 @@ pub enum Command {
     },
     Info {
         tkn: Token,
+        v: Versioning,
     },
     InfoAll,
     Save {
@@ -48,41 +51,51 @@ pub enum Command {
     Set {
         tkn: Token,
         keys: Vec<KeyValue>,
+        v: Versioning,
     },
     Add {
         tkn: Token,
         keys: Vec<KeyValue>,
+        v: Versioning,
     },
     Get {
         tkn: Token,
         keys: Vec<Box<str>>,
+        v: Versioning,
     },
     Rmv {
         tkn: Token,
         keys: Vec<Box<str>>,
+        v: Versioning,
     },
     Contains {
         tkn: Token,
         keys: Vec<Box<str>>,
+        v: Versioning,
     },
     Count {
         tkn: Token,
+        v: Versioning,
     },
     Keys {
         tkn: Token,
+        v: Versioning,
     },
     Clear {
         tkn: Token,
+        v: Versioning,
     },
     ClearSet {
         tkn: Token,
         keys: Vec<KeyValue>,
+        v: Versioning,
     },
     ServerInfo,
     Touch {
         tkn: Token,
         /// Move the idle deadline to now + duration first.
         slide: bool,
+        v: Versioning,
     },
     OwnerSessions {
         owner: Box<str>,
@@ -92,6 +105,29 @@ pub enum Command {
         /// A session to keep ("everywhere but here").
         except: Option<Token>,
     },
+    Incr {
+        tkn: Token,
+        key: Box<str>,
+        by: i64,
+        v: Versioning,
+    },
+}
+
+/// What a request asks of its session's version: `withVersion`, `ifVersion`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Versioning {
+    /// Answer with the session's version after the command.
+    pub report: bool,
+    /// Write only if the session's version is this (writes only).
+    pub expect: Option<u64>,
+}
+
+impl Versioning {
+    /// Whether the answer carries `version`: asked for, or a conditional
+    /// write (whose success says the new version).
+    pub fn answered(self) -> bool {
+        self.report || self.expect.is_some()
+    }
 }
 
 impl Command {
@@ -99,17 +135,18 @@ impl Command {
     pub fn token(&self) -> Option<Token> {
         match self {
             Command::End { tkn }
-            | Command::Info { tkn }
+            | Command::Info { tkn, .. }
             | Command::Set { tkn, .. }
             | Command::Add { tkn, .. }
             | Command::Get { tkn, .. }
             | Command::Rmv { tkn, .. }
             | Command::Contains { tkn, .. }
-            | Command::Count { tkn }
-            | Command::Keys { tkn }
-            | Command::Clear { tkn }
+            | Command::Count { tkn, .. }
+            | Command::Keys { tkn, .. }
+            | Command::Clear { tkn, .. }
             | Command::ClearSet { tkn, .. }
-            | Command::Touch { tkn, .. } => Some(*tkn),
+            | Command::Touch { tkn, .. }
+            | Command::Incr { tkn, .. } => Some(*tkn),
             _ => None,
         }
     }
@@ -148,6 +185,7 @@ impl Command {
             Command::Touch { .. } => CommandName::Touch,
             Command::OwnerSessions { .. } => CommandName::OwnerSessions,
             Command::OwnerEnd { .. } => CommandName::OwnerEnd,
+            Command::Incr { .. } => CommandName::Incr,
         }
     }
 }
@@ -301,13 +339,23 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         CommandName::New => p.new_session(),
         CommandName::Open => Ok(Command::Open {
             name: p.session_name("name")?,
+            report_version: p.report_version(None)?,
         }),
-        CommandName::End => Ok(Command::End { tkn: p.token()? }),
+        CommandName::End => {
+            let tkn = p.token()?;
+            // Checked, then not needed: no session is left to have a version.
+            p.versioning(tkn, Reads)?;
+            Ok(Command::End { tkn })
+        }
         CommandName::EndAll => Ok(Command::EndAll),
         CommandName::Exists => Ok(Command::Exists {
             tkns: p.token_list("tkns")?,
         }),
-        CommandName::Info => Ok(Command::Info { tkn: p.token()? }),
+        CommandName::Info => {
+            let tkn = p.token()?;
+            let v = p.versioning(tkn, Reads)?;
+            Ok(Command::Info { tkn, v })
+        }
         CommandName::InfoAll => Ok(Command::InfoAll),
         CommandName::Save => {
             let name = p.dataset_name()?;
@@ -322,49 +370,55 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         }),
         CommandName::Set => {
             let tkn = p.token()?;
-            Ok(Command::Set {
-                tkn,
-                keys: p.key_values(Some(tkn))?,
-            })
+            let keys = p.key_values(Some(tkn))?;
+            let v = p.versioning(tkn, Writes)?;
+            Ok(Command::Set { tkn, keys, v })
         }
         CommandName::Add => {
             let tkn = p.token()?;
-            Ok(Command::Add {
-                tkn,
-                keys: p.key_values(Some(tkn))?,
-            })
+            let keys = p.key_values(Some(tkn))?;
+            let v = p.versioning(tkn, Writes)?;
+            Ok(Command::Add { tkn, keys, v })
         }
         CommandName::ClearSet => {
             let tkn = p.token()?;
-            Ok(Command::ClearSet {
-                tkn,
-                keys: p.key_values(Some(tkn))?,
-            })
+            let keys = p.key_values(Some(tkn))?;
+            let v = p.versioning(tkn, Writes)?;
+            Ok(Command::ClearSet { tkn, keys, v })
         }
         CommandName::Get => {
             let tkn = p.token()?;
-            Ok(Command::Get {
-                tkn,
-                keys: p.key_names(tkn)?,
-            })
+            let keys = p.key_names(tkn)?;
+            let v = p.versioning(tkn, Reads)?;
+            Ok(Command::Get { tkn, keys, v })
         }
         CommandName::Rmv => {
             let tkn = p.token()?;
-            Ok(Command::Rmv {
-                tkn,
-                keys: p.key_names(tkn)?,
-            })
+            let keys = p.key_names(tkn)?;
+            let v = p.versioning(tkn, Writes)?;
+            Ok(Command::Rmv { tkn, keys, v })
         }
         CommandName::Contains => {
             let tkn = p.token()?;
-            Ok(Command::Contains {
-                tkn,
-                keys: p.key_names(tkn)?,
-            })
+            let keys = p.key_names(tkn)?;
+            let v = p.versioning(tkn, Reads)?;
+            Ok(Command::Contains { tkn, keys, v })
         }
-        CommandName::Count => Ok(Command::Count { tkn: p.token()? }),
-        CommandName::Keys => Ok(Command::Keys { tkn: p.token()? }),
-        CommandName::Clear => Ok(Command::Clear { tkn: p.token()? }),
+        CommandName::Count => {
+            let tkn = p.token()?;
+            let v = p.versioning(tkn, Reads)?;
+            Ok(Command::Count { tkn, v })
+        }
+        CommandName::Keys => {
+            let tkn = p.token()?;
+            let v = p.versioning(tkn, Reads)?;
+            Ok(Command::Keys { tkn, v })
+        }
+        CommandName::Clear => {
+            let tkn = p.token()?;
+            let v = p.versioning(tkn, Writes)?;
+            Ok(Command::Clear { tkn, v })
+        }
         CommandName::ServerInfo => Ok(Command::ServerInfo),
         CommandName::Touch => {
             let tkn = p.token()?;
@@ -378,7 +432,8 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
                     )
                 })?,
             };
-            Ok(Command::Touch { tkn, slide })
+            let v = p.versioning(tkn, Reads)?;
+            Ok(Command::Touch { tkn, slide, v })
         }
         CommandName::OwnerSessions => Ok(Command::OwnerSessions { owner: p.owner()? }),
         CommandName::OwnerEnd => {
@@ -394,6 +449,22 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
                 })?),
             };
             Ok(Command::OwnerEnd { owner, except })
+        }
+        CommandName::Incr => {
+            let tkn = p.token()?;
+            let key = p.key_name(tkn)?;
+            let by = match p.params.get("by") {
+                None => 1,
+                Some(value) => i64_of(value).ok_or_else(|| {
+                    p.reject(
+                        Status::ValueTypeInvalid,
+                        "by must be a signed 64-bit integer",
+                        Some(tkn),
+                    )
+                })?,
+            };
+            let v = p.versioning(tkn, Writes)?;
+            Ok(Command::Incr { tkn, key, by, v })
         }
     }
 }
@@ -470,9 +541,25 @@ fn has_duplicate_names(object: &Object<'_, '_>) -> bool {
 /// Reads a token given as a JSON number or a decimal string.
 fn token_of(value: Value<'_, '_>) -> Option<Token> {
     match value.value_type() {
+        ValueType::String => value.as_str().and_then(parse_decimal_token),
+        _ => u64_of(value),
+    }
+}
+
+/// A JSON integer within u64 (no float, string or bigger number).
+fn u64_of(value: Value<'_, '_>) -> Option<u64> {
+    match value.value_type() {
         ValueType::U64 => value.as_u64(),
         ValueType::I64 => value.as_i64().and_then(|n| u64::try_from(n).ok()),
-        ValueType::String => value.as_str().and_then(parse_decimal_token),
+        _ => None,
+    }
+}
+
+/// A JSON integer within i64.
+fn i64_of(value: Value<'_, '_>) -> Option<i64> {
+    match value.value_type() {
+        ValueType::I64 => value.as_i64(),
+        ValueType::U64 => value.as_u64().and_then(|n| i64::try_from(n).ok()),
         _ => None,
     }
 }
@@ -515,6 +602,15 @@ fn json_error_message(error: &simd_json::Error) -> &'static str {
         _ => "request is not valid JSON",
     }
 }
+
+/// Whether a command may be guarded by `ifVersion`.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum VersionAccess {
+    Reads,
+    Writes,
+}
+
+use VersionAccess::{Reads, Writes};
 
 /// A command's parameter object, with the validators every command shares.
 struct Params<'a, 't, 'i> {
@@ -649,6 +745,7 @@ impl Params<'_, '_, '_> {
             expiry,
             owner,
             keys,
+            report_version: self.report_version(None)?,
         }))
     }
 
@@ -726,6 +823,56 @@ impl Params<'_, '_, '_> {
     }
 
     /// `keys` as an object of values; `tkn` is echoed in a rejection.
+    /// `withVersion`: false when absent.
+    fn report_version(&self, tkn: Option<Token>) -> Result<bool, Rejection> {
+        match self.params.get("withVersion") {
+            None => Ok(false),
+            Some(value) => bool_of(value).ok_or_else(|| {
+                self.reject(
+                    Status::ValueTypeInvalid,
+                    "withVersion must be a boolean",
+                    tkn,
+                )
+            }),
+        }
+    }
+
+    /// `withVersion`, and `ifVersion` where the command is a write it can
+    /// guard (anywhere else it is refused: ignoring it would run the
+    /// command unguarded).
+    fn versioning(&self, tkn: Token, access: VersionAccess) -> Result<Versioning, Rejection> {
+        let report = self.report_version(Some(tkn))?;
+        let expect = match (self.params.get("ifVersion"), access) {
+            (None, _) => None,
+            (Some(_), Reads) => {
+                return Err(self.reject(
+                    Status::ValueTypeInvalid,
+                    "ifVersion is only for SH_SET, SH_ADD, SH_RMV, SH_CLEAR, SH_CLEAR_SET, SH_INCR",
+                    Some(tkn),
+                ));
+            }
+            (Some(value), Writes) => Some(u64_of(value).ok_or_else(|| {
+                self.reject(
+                    Status::ValueTypeInvalid,
+                    "ifVersion must be an unsigned 64-bit integer",
+                    Some(tkn),
+                )
+            })?),
+        };
+        Ok(Versioning { report, expect })
+    }
+
+    /// `key`: one key name (`SH_INCR`).
+    fn key_name(&self, tkn: Token) -> Result<Box<str>, Rejection> {
+        match self.params.get("key").map(string_of) {
+            None => Err(self.reject(Status::ParamMissing, "key is required", Some(tkn))),
+            Some(Some(key)) => Ok(key.into()),
+            Some(None) => {
+                Err(self.reject(Status::ValueTypeInvalid, "key must be a string", Some(tkn)))
+            }
+        }
+    }
+
     fn key_values(&self, tkn: Option<Token>) -> Result<Vec<KeyValue>, Rejection> {
         match self.params.get("keys") {
             None => Err(self.reject(Status::ParamMissing, "keys is required", tkn)),
@@ -856,6 +1003,7 @@ mod tests {
                 expiry: None,
                 owner: None,
                 keys: Vec::new(),
+                report_version: false,
             }))
         );
         assert_eq!(status(r#"{"SH_NEW":{"name":""}}"#), Status::ValueSize);
@@ -912,6 +1060,7 @@ mod tests {
                 expiry: Some(ExpirySettings::idle(5, true, false, true)),
                 owner: None,
                 keys: Vec::new(),
+                report_version: false,
             }))
         );
     }
@@ -934,6 +1083,7 @@ mod tests {
                     ("a".into(), b"1".to_vec().into()),
                     ("b".into(), br#"{"c":[true]}"#.to_vec().into()),
                 ],
+                report_version: false,
             }))
         );
         let Ok(Command::New(new)) =
@@ -989,7 +1139,8 @@ mod tests {
             parse(r#"{"SH_TOUCH":{"tkn":"9"}}"#),
             Ok(Command::Touch {
                 tkn: 9,
-                slide: true
+                slide: true,
+                v: Versioning::default(),
             })
         );
         assert_eq!(
@@ -1003,7 +1154,7 @@ mod tests {
 
     #[test]
     fn values_are_kept_as_compact_json() {
-        let Ok(Command::Set { tkn, keys }) = parse(
+        let Ok(Command::Set { tkn, keys, .. }) = parse(
             r#"{"SH_SET":{"tkn":"7","keys":{"a": [1, 2.5, -3, 18446744073709551615], "b": {"x" : "q\"\u00e9"}}}}"#,
         ) else {
             panic!("SH_SET did not parse")
@@ -1076,7 +1227,8 @@ mod tests {
             parse(r#"{"SH_GET":{"tkn":1,"keys":["a",1,null,"b"]}}"#),
             Ok(Command::Get {
                 tkn: 1,
-                keys: vec!["a".into(), "b".into()]
+                keys: vec!["a".into(), "b".into()],
+                v: Versioning::default(),
             })
         );
         let r = parse(r#"{"SH_GET":{"tkn":1,"keys":{"a":1}}}"#).unwrap_err();

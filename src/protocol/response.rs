@@ -61,6 +61,14 @@ impl<'a> Response<'a> {
         self
     }
 
+    /// Adds the field only when there is a value.
+    pub fn opt_u64(self, name: &str, value: Option<u64>) -> Self {
+        match value {
+            Some(value) => self.u64(name, value),
+            None => self,
+        }
+    }
+
     pub fn i64(mut self, name: &str, value: i64) -> Self {
         let mut buf = itoa::Buffer::new();
         self.field(name)

@@ -6,7 +6,7 @@ use ahash::AHashSet;
 
 use crate::domain::{NewSession, Token};
 use crate::protocol::answer::{self, ExpiryInfo, SessionInfo};
-use crate::protocol::{Command, CommandName, Status, encode_status};
+use crate::protocol::{Command, CommandName, Status, Versioning, encode_status};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, Refusal, SessionStore};
 
@@ -49,7 +49,9 @@ pub fn new_session(
             return Status::SessionNewFail;
         }
     }
-    answer::created(out, tkn, new.name.as_deref());
+    // A new session's version is 1.
+    let version = new.report_version.then_some(1);
+    answer::created(out, tkn, new.name.as_deref(), version);
     store.create_session(tkn, new, now);
     Status::Ok
 }
@@ -75,12 +77,16 @@ pub fn open_session(
     store: &mut SessionStore,
     names: &SharedNames,
     name: &str,
+    report_version: bool,
     now: Millis,
     out: &mut Vec<u8>,
 ) -> Status {
-    match names.lookup(name) {
-        Some(tkn) if store.exists(tkn, now) => {
-            answer::opened(out, tkn, name);
+    match names
+        .lookup(name)
+        .and_then(|tkn| Some((tkn, store.version(tkn, now)?)))
+    {
+        Some((tkn, version)) => {
+            answer::opened(out, tkn, name, report_version.then_some(version));
             Status::Ok
         }
         _ => {
@@ -99,9 +105,51 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
         encode_status(out, name, Status::Unknown, None, Some("misrouted command"));
         return Status::Unknown;
     };
-    let result: Result<(), Refusal> = match command {
-        Command::End { .. } => store.end(tkn, now).map(|()| answer::done(out, name, tkn)),
-        Command::Info { .. } => store.read_with_extras(tkn, now).map(|(session, extras)| {
+    match execute(store, command, tkn, now, out) {
+        Ok(status) => status,
+        Err(Refusal::NoSession) => {
+            encode_status(out, name, Status::SessionNotExist, Some(tkn), None);
+            Status::SessionNotExist
+        }
+        Err(Refusal::MemoryLimit) => {
+            encode_status(out, name, Status::MemoryLimit, Some(tkn), Some(MEMORY_FULL));
+            Status::MemoryLimit
+        }
+        Err(Refusal::NotInteger) => {
+            let m = "the value is not a JSON integer within the signed 64-bit range";
+            encode_status(out, name, Status::ValueNotInteger, Some(tkn), Some(m));
+            Status::ValueNotInteger
+        }
+        Err(Refusal::Overflow) => {
+            let m = "the result would leave the signed 64-bit range";
+            encode_status(out, name, Status::IntegerOverflow, Some(tkn), Some(m));
+            Status::IntegerOverflow
+        }
+        Err(Refusal::VersionMismatch(version)) => {
+            answer::version_mismatch(out, name, tkn, version);
+            Status::VersionMismatch
+        }
+    }
+}
+
+/// Runs a command about session `tkn`; when it ran, its answer is in `out`;
+/// on a refusal nothing was written (nor changed).
+fn execute(
+    store: &mut SessionStore,
+    command: Command,
+    tkn: Token,
+    now: Millis,
+    out: &mut Vec<u8>,
+) -> Result<Status, Refusal> {
+    let name = command.kind();
+    match command {
+        Command::End { .. } => store
+            .end(tkn, now)
+            .map(|()| answer::done(out, name, tkn, None))
+            .map(|()| Status::Ok),
+        Command::Info { v, .. } => {
+            let version = read_version(store, tkn, v, now)?;
+            let (session, extras) = store.read_with_extras(tkn, now)?;
             let lifetime_end = extras.filter(|x| x.has_lifetime()).map(|x| x.lifetime_end);
             let info = SessionInfo {
                 name: session.name(),
@@ -119,43 +167,83 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
                     }
                 }),
             };
-            answer::session_info(out, tkn, &info);
-        }),
-        Command::Touch { slide, .. } => store
-            .touch(tkn, slide, now)
-            .map(|ttl_ms| answer::touched(out, tkn, ttl_ms)),
-        Command::Set { keys, .. } => store
-            .set(tkn, keys, now)
-            .map(|()| answer::done(out, name, tkn)),
-        Command::Add { keys, .. } => store
-            .add(tkn, keys, now)
-            .map(|()| answer::done(out, name, tkn)),
-        Command::ClearSet { keys, .. } => store
-            .clear_set(tkn, keys, now)
-            .map(|removed| answer::counted(out, name, tkn, removed as u64)),
-        Command::Get { keys, .. } => store.get(tkn, now).map(|session| {
+            answer::session_info(out, tkn, &info, version);
+            Ok(Status::Ok)
+        }
+        Command::Touch { slide, v, .. } => {
+            let version = read_version(store, tkn, v, now)?;
+            let ttl_ms = store.touch(tkn, slide, now)?;
+            answer::touched(out, tkn, ttl_ms, version);
+            Ok(Status::Ok)
+        }
+        Command::Get { keys, v, .. } => {
+            let version = read_version(store, tkn, v, now)?;
+            let session = store.get(tkn, now)?;
             let found = distinct(&keys).filter_map(|k| session.keys.get(k).map(|v| (k, v)));
-            answer::values(out, tkn, found);
-        }),
-        Command::Rmv { keys, .. } => store
-            .remove_keys(tkn, &keys, now)
-            .map(|()| answer::done(out, name, tkn)),
-        Command::Contains { keys, .. } => store.read(tkn, now).map(|session| {
+            answer::values(out, tkn, found, version);
+            Ok(Status::Ok)
+        }
+        Command::Contains { keys, v, .. } => {
+            let version = read_version(store, tkn, v, now)?;
+            let session = store.read(tkn, now)?;
             let found = keys
                 .iter()
                 .map(|k| k.as_ref())
                 .filter(|k| session.keys.contains(k));
-            answer::contained(out, tkn, found);
-        }),
-        Command::Count { .. } => store
-            .read(tkn, now)
-            .map(|session| answer::counted(out, name, tkn, session.keys.len() as u64)),
-        Command::Keys { .. } => store
-            .read(tkn, now)
-            .map(|session| answer::key_names(out, tkn, session.keys.iter().map(|(k, _)| k))),
-        Command::Clear { .. } => store
-            .clear(tkn, now)
-            .map(|removed| answer::counted(out, name, tkn, removed as u64)),
+            answer::contained(out, tkn, found, version);
+            Ok(Status::Ok)
+        }
+        Command::Count { v, .. } => {
+            let version = read_version(store, tkn, v, now)?;
+            let cnt = store.read(tkn, now)?.keys.len() as u64;
+            answer::counted(out, name, tkn, cnt, version);
+            Ok(Status::Ok)
+        }
+        Command::Keys { v, .. } => {
+            let version = read_version(store, tkn, v, now)?;
+            let session = store.read(tkn, now)?;
+            answer::key_names(out, tkn, session.keys.iter().map(|(k, _)| k), version);
+            Ok(Status::Ok)
+        }
+        Command::Set { keys, v, .. } => {
+            check_version(store, tkn, v, now)?;
+            store.set(tkn, keys, now)?;
+            answer::done(out, name, tkn, written_version(store, tkn, v, now));
+            Ok(Status::Ok)
+        }
+        Command::Add { keys, v, .. } => {
+            check_version(store, tkn, v, now)?;
+            store.add(tkn, keys, now)?;
+            answer::done(out, name, tkn, written_version(store, tkn, v, now));
+            Ok(Status::Ok)
+        }
+        Command::Rmv { keys, v, .. } => {
+            check_version(store, tkn, v, now)?;
+            store.remove_keys(tkn, &keys, now)?;
+            answer::done(out, name, tkn, written_version(store, tkn, v, now));
+            Ok(Status::Ok)
+        }
+        Command::ClearSet { keys, v, .. } => {
+            check_version(store, tkn, v, now)?;
+            let removed = store.clear_set(tkn, keys, now)?;
+            let version = written_version(store, tkn, v, now);
+            answer::counted(out, name, tkn, removed as u64, version);
+            Ok(Status::Ok)
+        }
+        Command::Clear { v, .. } => {
+            check_version(store, tkn, v, now)?;
+            let removed = store.clear(tkn, now)?;
+            let version = written_version(store, tkn, v, now);
+            answer::counted(out, name, tkn, removed as u64, version);
+            Ok(Status::Ok)
+        }
+        Command::Incr { key, by, v, .. } => {
+            check_version(store, tkn, v, now)?;
+            let value = store.incr(tkn, &key, by, now)?;
+            let version = written_version(store, tkn, v, now);
+            answer::incremented(out, tkn, &key, value, version);
+            Ok(Status::Ok)
+        }
         _ => {
             encode_status(
                 out,
@@ -164,19 +252,56 @@ pub fn run(store: &mut SessionStore, command: Command, now: Millis, out: &mut Ve
                 Some(tkn),
                 Some("misrouted command"),
             );
-            return Status::Unknown;
+            Ok(Status::Unknown)
         }
+    }
+}
+
+/// The version a read answers with, when asked. Reads never change it, so
+/// it is taken before the read (whose answer borrows the store).
+fn read_version(
+    store: &mut SessionStore,
+    tkn: Token,
+    v: Versioning,
+    now: Millis,
+) -> Result<Option<u64>, Refusal> {
+    if !v.report {
+        return Ok(None);
+    }
+    store.version(tkn, now).map(Some).ok_or(Refusal::NoSession)
+}
+
+/// `ifVersion`: the write runs only on that version. Checked in the same
+/// turn as the write, on the shard that owns the session: nothing can come
+/// between the two.
+fn check_version(
+    store: &mut SessionStore,
+    tkn: Token,
+    v: Versioning,
+    now: Millis,
+) -> Result<(), Refusal> {
+    let Some(expected) = v.expect else {
+        return Ok(());
     };
-    match result {
-        Ok(()) => Status::Ok,
-        Err(Refusal::NoSession) => {
-            encode_status(out, name, Status::SessionNotExist, Some(tkn), None);
-            Status::SessionNotExist
-        }
-        Err(Refusal::MemoryLimit) => {
-            encode_status(out, name, Status::MemoryLimit, Some(tkn), Some(MEMORY_FULL));
-            Status::MemoryLimit
-        }
+    match store.version(tkn, now) {
+        None => Err(Refusal::NoSession),
+        Some(current) if current != expected => Err(Refusal::VersionMismatch(current)),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The version a write answers with: the new one, when asked for or when
+/// the write was conditional.
+fn written_version(
+    store: &mut SessionStore,
+    tkn: Token,
+    v: Versioning,
+    now: Millis,
+) -> Option<u64> {
+    if v.answered() {
+        store.version(tkn, now)
+    } else {
+        None
     }
 }
 

@@ -211,7 +211,7 @@ impl Router {
         };
         match command {
             Command::New(new) => self.new_session(ticket, new, replies),
-            Command::Open { ref name } => match self.config.names.lookup(name) {
+            Command::Open { ref name, .. } => match self.config.names.lookup(name) {
                 Some(tkn) => self.route(ticket, tkn, command, replies),
                 None => self.answer_here(ticket, replies, |_, out| {
                     encode_status(out, CommandName::Open, Status::SessionOpenFail, None, None)
@@ -393,9 +393,17 @@ impl Router {
     /// Runs a command whose session (or owner) this shard owns.
     fn run_owned(&mut self, command: Command, out: &mut Vec<u8>) {
         let status = match command {
-            Command::Open { name } => {
-                exec::open_session(&mut self.store, &self.config.names, &name, self.now, out)
-            }
+            Command::Open {
+                name,
+                report_version,
+            } => exec::open_session(
+                &mut self.store,
+                &self.config.names,
+                &name,
+                report_version,
+                self.now,
+                out,
+            ),
             Command::New(new) => {
                 self.create_session(new, out);
                 return;

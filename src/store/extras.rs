@@ -1,4 +1,5 @@
-//! What only some sessions have: an owner, an absolute lifetime. Kept
+//! What only some sessions have: an owner, an absolute lifetime, a
+//! version past the 24 bits the session itself holds. Kept
 //! beside the session table in a dense slab, so a session without either
 //! pays nothing: the session holds a flag bit and, in what was padding, its
 //! slot here. (A map keyed by token cost twice as much per owned session:
@@ -31,6 +32,8 @@ pub struct Extras {
     pub lifetime_end: Millis,
     /// 0: no lifetime.
     pub max_lifetime_s: u32,
+    /// The session's version above its low 24 bits (in what was padding).
+    pub version_high: u32,
     /// The session these are for, and its neighbours in its owner's list.
     tkn: Token,
     prev: u32,
@@ -49,6 +52,7 @@ impl Extras {
             created_unix_ms,
             lifetime_end,
             max_lifetime_s,
+            version_high: 0,
             tkn: 0,
             prev: NONE,
             next: NONE,
@@ -90,7 +94,7 @@ impl ExtrasTable {
         self.slots.get(slot as usize)?.as_ref()
     }
 
-    fn get_mut(&mut self, slot: u32) -> Option<&mut Extras> {
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Extras> {
         self.slots.get_mut(slot as usize)?.as_mut()
     }
 
@@ -204,6 +208,12 @@ mod tests {
 
     fn extras(table: &mut ExtrasTable, owner: &str) -> Extras {
         Extras::new(Some(table.owner_name(owner)), 0, 0, 0)
+    }
+
+    /// The version's high bits sit in what was padding.
+    #[test]
+    fn a_slot_takes_64_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Extras>>(), 64);
     }
 
     #[test]

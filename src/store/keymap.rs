@@ -278,6 +278,23 @@ impl KeyMap {
         old
     }
 
+    /// Overwrites `key`'s value in place with one of the same length;
+    /// false (and nothing changed) when the key is absent or the length
+    /// differs.
+    pub fn overwrite(&mut self, key: &str, value: &[u8]) -> bool {
+        let old = match self {
+            KeyMap::Packed(bytes) => Self::packed_value(bytes, key).map(|range| &mut bytes[range]),
+            KeyMap::Large(large) => large.keys.get_mut(key).map(|v| &mut **v),
+        };
+        match old {
+            Some(old) if old.len() == value.len() => {
+                old.copy_from_slice(value);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sets `key` only if absent; returns true when it was added.
     pub fn add(&mut self, key: Box<str>, value: Box<[u8]>) -> bool {
         if self.contains(&key) {

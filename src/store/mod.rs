@@ -16,6 +16,8 @@ mod model_test;
 mod owners_test;
 mod snapshot;
 mod table;
+#[cfg(test)]
+mod versions_test;
 
 use std::sync::Arc;
 
@@ -54,11 +56,15 @@ pub struct Session {
     /// Where its owner and lifetime are in the extras table, when
     /// `HAS_EXTRAS` (in the struct's padding: sessions without pay nothing).
     extras: u32,
-    /// The last snapshot epoch that holds this session (see `snapshot.rs`).
-    saved_epoch: u16,
-    /// `SHARED`, the expiry flags, and whether the session has extras (an
-    /// owner, a lifetime). Expiry is kept flat, not as an `Option<Expiry>`
-    /// (24 bytes with padding), so a session takes 48 bytes instead of 56.
+    /// The low 24 bits of the session's version, little-endian; the bits
+    /// above live in its extras once it passes 2^24 - 1 writes. Three bytes
+    /// are what the 48 leave: a whole `u64` would make a session 56 bytes,
+    /// 8 more for every session for a carry that a rare few ever make.
+    version_low: [u8; 3],
+    /// `SHARED`, the expiry flags, whether the session has extras (an
+    /// owner, a lifetime, a version past 24 bits), and `SAVED`. Expiry is
+    /// kept flat, not as an `Option<Expiry>` (24 bytes with padding), so a
+    /// session takes 48 bytes instead of 56.
     flags: u8,
 }
 
@@ -70,6 +76,17 @@ const EXTEND_ON_GET: u8 = 8;
 const HAS_EXTRAS: u8 = 16;
 /// The session ends at its extras' `lifetime_end`; `deadline` is never later.
 const HAS_LIFETIME: u8 = 32;
+/// The snapshot under way holds this session already, or must not hold it
+/// (created after it began). A full snapshot clears it on every session as
+/// it lists them, so one bit does what a per-session epoch did.
+const SAVED: u8 = 64;
+
+/// The largest version the low bits hold; one more write carries into the
+/// extras.
+const VERSION_LOW_MAX: u32 = (1 << 24) - 1;
+/// The largest version a session holds (24 bits here, 32 in its extras);
+/// it stays there. Ten million writes a second take 228 years to reach it.
+pub const VERSION_MAX: u64 = (1 << 56) - 1;
 
 /// A session's expiry, as [`Session::expiry`] gives it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -107,7 +124,7 @@ impl Session {
     /// Sets the expiry; None also forgets the lifetime (the session is
     /// about to go, its timer spent).
     fn set_expiry(&mut self, expiry: Option<Expiry>) {
-        self.flags &= SHARED | HAS_EXTRAS;
+        self.flags &= SHARED | HAS_EXTRAS | SAVED;
         let Some(e) = expiry else {
             self.duration_s = 0;
             return;
@@ -134,6 +151,40 @@ impl Session {
     /// Its slot in the extras table, if it has an owner or a lifetime.
     fn extras_slot(&self) -> Option<u32> {
         (self.flags & HAS_EXTRAS != 0).then_some(self.extras)
+    }
+
+    fn version_low(&self) -> u32 {
+        let [a, b, c] = self.version_low;
+        u32::from_le_bytes([a, b, c, 0])
+    }
+
+    fn set_version_low(&mut self, low: u32) {
+        let [a, b, c, _] = (low & VERSION_LOW_MAX).to_le_bytes();
+        self.version_low = [a, b, c];
+    }
+
+    /// Counts one change to the keys. True when the low bits are full: the
+    /// caller carries into the extras ([`SessionStore::carry_version`]).
+    fn count_change(&mut self) -> bool {
+        let low = self.version_low();
+        if low == VERSION_LOW_MAX {
+            return true;
+        }
+        self.set_version_low(low + 1);
+        false
+    }
+
+    /// The whole version (its high bits are in `extras`, if it has any).
+    fn version(&self, extras: &ExtrasTable) -> u64 {
+        let high = self
+            .extras_slot()
+            .and_then(|slot| extras.get(slot))
+            .map_or(0, |x| x.version_high);
+        u64::from(high) << 24 | u64::from(self.version_low())
+    }
+
+    fn is_saved(&self) -> bool {
+        self.flags & SAVED != 0
     }
 }
 
@@ -174,6 +225,17 @@ fn duration_ms(settings: ExpirySettings) -> Millis {
     u64::from(settings.duration_s) * 1000
 }
 
+/// Encodes `session` into `snapshot` (as it is now) and marks it saved.
+fn save_into(snapshot: &mut Snapshot, session: &mut Session, extras: &ExtrasTable) {
+    session.flags |= SAVED;
+    let session = &*session;
+    snapshot.save(
+        session_extras(extras, session),
+        session,
+        session.version(extras),
+    );
+}
+
 /// A session's extras, if it has any.
 fn session_extras<'x>(extras: &'x ExtrasTable, session: &Session) -> Option<&'x Extras> {
     extras.get(session.extras_slot()?)
@@ -194,6 +256,12 @@ pub enum Refusal {
     NoSession,
     /// The write would take the store past its memory limit.
     MemoryLimit,
+    /// `SH_INCR` on a value that is not a JSON integer within i64.
+    NotInteger,
+    /// `SH_INCR` would leave the i64 range.
+    Overflow,
+    /// `ifVersion` named another version; this is the session's.
+    VersionMismatch(u64),
 }
 
 pub use Refusal::NoSession;
@@ -215,6 +283,23 @@ fn keys_cost(keys: &KeyMap) -> u64 {
 
 fn session_cost(name: Option<&str>, keys: &KeyMap) -> u64 {
     SESSION_OVERHEAD + name.map_or(0, |n| n.len() as u64) + keys_cost(keys)
+}
+
+/// A stored value read as a JSON integer (`-?(0|[1-9][0-9]*)`) within
+/// i64: None for anything else (floats, exponents, strings, bigger numbers).
+fn json_i64(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    // ASCII digits with an optional sign: valid UTF-8, and i64's own
+    // parser does the range check.
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// Which access is happening, for sliding expiry.
@@ -240,8 +325,6 @@ pub struct SessionStore {
     fired: Vec<(u64, u64)>,
     /// The snapshot being taken, if any; one at a time.
     snapshot: Option<Snapshot>,
-    /// Epoch of the latest snapshot begun.
-    snapshot_epoch: u16,
     /// Owners and lifetimes, for the sessions that have them.
     extras: ExtrasTable,
     /// Wall-clock time (ms since the Unix epoch) at shard-clock 0: creation
@@ -264,7 +347,6 @@ impl SessionStore {
             wheel: TimingWheel::new(0),
             fired: Vec::new(),
             snapshot: None,
-            snapshot_epoch: 0,
             extras: ExtrasTable::default(),
             wall_epoch_ms: 0,
         }
@@ -285,26 +367,31 @@ impl SessionStore {
         if self.snapshot.is_some() {
             return Err(SnapshotBusy);
         }
-        self.snapshot_epoch = match self.snapshot_epoch.checked_add(1) {
-            Some(epoch) => epoch,
-            None => {
-                // Once in 65,535 saves: forget the old marks.
-                for session in self.sessions.iter_mut() {
-                    session.saved_epoch = 0;
-                }
-                1
-            }
-        };
-        let epoch = self.snapshot_epoch;
         let snapshot = match only {
-            None => Snapshot::new(epoch, self.sessions.tokens().collect(), true, now),
+            None => {
+                let order = self
+                    .sessions
+                    .iter_mut()
+                    .map(|session| {
+                        session.flags &= !SAVED;
+                        session.tkn
+                    })
+                    .collect();
+                Snapshot::new(order, true, now)
+            }
             Some(tkns) => {
-                let mut snapshot = Snapshot::new(epoch, Vec::new(), false, now);
+                let mut snapshot = Snapshot::new(Vec::new(), false, now);
+                for &tkn in tkns {
+                    if let Some(session) = self.sessions.get_mut(tkn) {
+                        session.flags &= !SAVED;
+                    }
+                }
+                // A token listed twice is saved once.
                 for &tkn in tkns {
                     if let Some(session) = self.sessions.get_mut(tkn)
-                        && session.saved_epoch != epoch
+                        && !session.is_saved()
                     {
-                        snapshot.save(tkn, session, session_extras(&self.extras, session));
+                        save_into(&mut snapshot, session, &self.extras);
                     }
                 }
                 snapshot
@@ -326,9 +413,9 @@ impl SessionStore {
             };
             visited += 1;
             if let Some(session) = self.sessions.get_mut(tkn)
-                && session.saved_epoch != snapshot.epoch
+                && !session.is_saved()
             {
-                snapshot.save(tkn, session, session_extras(&self.extras, session));
+                save_into(snapshot, session, &self.extras);
             }
         }
         let chunk = snapshot.take();
@@ -349,17 +436,22 @@ impl SessionStore {
             return None;
         }
         let lifetime_s = record.expiry.map_or(0, |e| e.max_lifetime_s);
-        let extras = (record.owner.is_some() || lifetime_s > 0).then(|| {
+        let version = record.version.clamp(1, VERSION_MAX);
+        let version_high = (version >> 24) as u32;
+        let has_extras = record.owner.is_some() || lifetime_s > 0 || version_high > 0;
+        let extras = has_extras.then(|| {
             // Saturating: a file's creation time is not trusted to be sane.
             let end_unix = record
                 .created_unix_ms
                 .saturating_add(u64::from(lifetime_s) * 1000);
-            Extras::new(
+            let mut extras = Extras::new(
                 record.owner.as_deref().map(|o| self.extras.owner_name(o)),
                 record.created_unix_ms,
                 end_unix.saturating_sub(self.wall_epoch_ms),
                 lifetime_s,
-            )
+            );
+            extras.version_high = version_high;
+            extras
         });
         if extras
             .as_ref()
@@ -386,6 +478,9 @@ impl SessionStore {
         let keys = KeyMap::with_entries(record.name.as_deref(), record.keys);
         let count = keys.len() as u64;
         self.insert(record.tkn, keys, record.shared, record.expiry, extras, now);
+        if let Some(session) = self.sessions.get_mut(record.tkn) {
+            session.set_version_low(version as u32);
+        }
         Some(count)
     }
 
@@ -406,9 +501,9 @@ impl SessionStore {
         if let Some(snapshot) = &mut self.snapshot
             && snapshot.copy_on_write
             && let Some(session) = self.sessions.get_mut(tkn)
-            && session.saved_epoch != snapshot.epoch
+            && !session.is_saved()
         {
-            snapshot.save(tkn, session, session_extras(&self.extras, session));
+            save_into(snapshot, session, &self.extras);
         }
     }
 
@@ -475,11 +570,15 @@ impl SessionStore {
             self.remove(tkn);
         } else {
             self.used_bytes -= keys_cost(&session.keys);
-            self.key_count -= session.keys.clear() as u64;
+            let cleared = session.keys.clear();
+            self.key_count -= cleared as u64;
             expiry.deadline = next_period(expiry.deadline, expiry.settings, now)
                 .min(lifetime_end.unwrap_or(Millis::MAX));
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
             session.set_expiry(Some(expiry));
+            if cleared > 0 && session.count_change() {
+                self.carry_version(tkn);
+            }
         }
     }
 
@@ -584,9 +683,9 @@ impl SessionStore {
             duration_s: 0,
             timer: TimerKey::default(),
             extras: slot,
+            version_low: [1, 0, 0],
             // Not part of a snapshot already under way.
-            saved_epoch: self.snapshot_epoch,
-            flags,
+            flags: flags | SAVED,
         };
         session.set_expiry(expiry);
         self.sessions.insert(session);
@@ -613,10 +712,14 @@ impl SessionStore {
             }
             let session = self.sessions.get_mut(tkn)?;
             self.used_bytes -= keys_cost(&session.keys);
-            self.key_count -= session.keys.clear() as u64;
+            let cleared = session.keys.clear();
+            self.key_count -= cleared as u64;
             session.deadline =
                 next_period(e.deadline, e.settings, now).min(lifetime_end.unwrap_or(Millis::MAX));
             self.wheel.reschedule(e.timer, session.deadline);
+            if cleared > 0 && session.count_change() {
+                self.carry_version(tkn);
+            }
             // The rare path: look again rather than rely on the position.
             position = self.sessions.position(tkn)?;
         }
@@ -695,9 +798,9 @@ impl SessionStore {
         {
             while let Some(tkn) = snapshot.next_listed() {
                 if let Some(session) = self.sessions.get_mut(tkn)
-                    && session.saved_epoch != snapshot.epoch
+                    && !session.is_saved()
                 {
-                    snapshot.save(tkn, session, session_extras(&self.extras, session));
+                    save_into(snapshot, session, &self.extras);
                 }
             }
         }
@@ -750,6 +853,8 @@ impl SessionStore {
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let (mut added, mut bytes) = (0u64, 0i64);
+        // Setting a key counts as a change even to the value it had.
+        let carry = !keys.is_empty() && session.count_change();
         for (key, value) in keys {
             let (len, cost) = (value.len() as i64, entry_cost(&key, &value) as i64);
             match session.keys.set(key, value) {
@@ -762,6 +867,9 @@ impl SessionStore {
         }
         self.key_count += added;
         self.used_bytes = self.used_bytes.saturating_add_signed(bytes);
+        if carry {
+            self.carry_version(tkn);
+        }
         Ok(())
     }
 
@@ -787,6 +895,9 @@ impl SessionStore {
                 bytes += cost;
             }
         }
+        if added > 0 && session.count_change() {
+            self.carry_version(tkn);
+        }
         self.key_count += added;
         self.used_bytes += bytes;
         Ok(())
@@ -809,10 +920,14 @@ impl SessionStore {
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let removed = session.keys.clear();
+        let carry = (removed > 0 || !keys.is_empty()) && session.count_change();
         for (key, value) in keys {
             session.keys.set(key, value);
         }
         let (count, cost) = (session.keys.len(), keys_cost(&session.keys));
+        if carry {
+            self.carry_version(tkn);
+        }
         self.key_count = self.key_count - removed as u64 + count as u64;
         self.used_bytes = self.used_bytes - before + cost;
         Ok(removed)
@@ -835,6 +950,9 @@ impl SessionStore {
                 bytes += KEY_OVERHEAD + (key.len() + value_len) as u64;
             }
         }
+        if removed > 0 && session.count_change() {
+            self.carry_version(tkn);
+        }
         self.key_count -= removed;
         self.used_bytes -= bytes;
         Ok(())
@@ -847,9 +965,89 @@ impl SessionStore {
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let bytes = keys_cost(&session.keys);
         let removed = session.keys.clear();
+        if removed > 0 && session.count_change() {
+            self.carry_version(tkn);
+        }
         self.key_count -= removed as u64;
         self.used_bytes -= bytes;
         Ok(removed)
+    }
+
+    /// `SH_INCR`: adds `by` to the integer at `key` (absent: 0) and returns
+    /// the sum. The new digits overwrite the old ones in place when they are
+    /// as wide. By 0 changes nothing (not even an absent key).
+    pub fn incr(&mut self, tkn: Token, key: &str, by: i64, now: Millis) -> Result<i64, Refusal> {
+        let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
+        let old = session.keys.get(key);
+        let current = match old {
+            None => 0,
+            Some(bytes) => json_i64(bytes).ok_or(Refusal::NotInteger)?,
+        };
+        let sum = current.checked_add(by).ok_or(Refusal::Overflow)?;
+        if by == 0 {
+            // A write all the same: it slides, as an SH_ADD that adds nothing does.
+            self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
+            return Ok(sum);
+        }
+        let mut digits = itoa::Buffer::new();
+        let text = digits.format(sum).as_bytes();
+        let growth = match old {
+            Some(old) => text.len() as i64 - old.len() as i64,
+            None => entry_cost(key, text) as i64,
+        };
+        let added = old.is_none();
+        if !self.fits(growth) {
+            return Err(Refusal::MemoryLimit);
+        }
+        self.preserve(tkn);
+        let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
+        if !session.keys.overwrite(key, text) {
+            session.keys.set(key.into(), text.into());
+        }
+        let carry = session.count_change();
+        self.key_count += u64::from(added);
+        self.used_bytes = self.used_bytes.saturating_add_signed(growth);
+        if carry {
+            self.carry_version(tkn);
+        }
+        Ok(sum)
+    }
+
+    /// The session's version (expiry due applied first), or None when it
+    /// does not live.
+    pub fn version(&mut self, tkn: Token, now: Millis) -> Option<u64> {
+        self.live(tkn, now, Access::Read)?;
+        let session = self.sessions.get(tkn)?;
+        Some(session.version(&self.extras))
+    }
+
+    /// The session's low version bits were full: one more write moves the
+    /// count into its extras (made now if it has none). At `VERSION_MAX`
+    /// the version stays.
+    fn carry_version(&mut self, tkn: Token) {
+        let Some(session) = self.sessions.get_mut(tkn) else {
+            return;
+        };
+        match session.extras_slot() {
+            Some(slot) => {
+                if let Some(extras) = self.extras.get_mut(slot)
+                    && extras.version_high < u32::MAX
+                {
+                    extras.version_high += 1;
+                    session.set_version_low(0);
+                }
+            }
+            None => {
+                let mut extras = Extras::new(None, 0, 0, 0);
+                extras.version_high = 1;
+                // Accounted but never refused: the write that carries has
+                // been let in already.
+                self.used_bytes += extras.cost();
+                session.extras = self.extras.insert(tkn, extras);
+                session.flags |= HAS_EXTRAS;
+                session.set_version_low(0);
+            }
+        }
     }
 
     /// A session with its extras (owner, lifetime), for `SH_INFO`.
@@ -1081,6 +1279,7 @@ mod tests {
                 r.keys,
                 vec![("v".into(), tkn.to_string().into_bytes().into())]
             );
+            assert_eq!(r.version, 2, "the version as it was at the start");
         }
         assert_eq!(records[50].name.as_deref(), Some("exp"));
         assert!(s.snapshot_step(10).is_none(), "finished");
@@ -1088,10 +1287,30 @@ mod tests {
         s.begin_snapshot(5000, None).unwrap();
         let records = snapshot_records(&mut s, 1000, |_| {});
         assert!(records.iter().all(|r| r.tkn != 51));
-        // A list: only those, at once.
-        s.begin_snapshot(5000, Some(&[2, 3, 999])).unwrap();
+        // A list: only those, at once, each once.
+        s.begin_snapshot(5000, Some(&[2, 3, 999, 2])).unwrap();
         let records = snapshot_records(&mut s, 1, |_| {});
         assert_eq!(records.iter().map(|r| r.tkn).collect::<Vec<_>>(), [2, 3]);
+        // Saved again by the next full snapshot, with their versions now.
+        s.begin_snapshot(5000, None).unwrap();
+        let records = snapshot_records(&mut s, 3, |_| {});
+        // 51 at the start, less 7 ended and the expired one, plus 7 created.
+        assert_eq!(records.len(), 50);
+        assert_eq!(records.iter().find(|r| r.tkn == 6).unwrap().version, 3);
+        assert_eq!(records.iter().find(|r| r.tkn == 2).unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_snapshot_saves_keys_only_expiry_as_clients_would_see_it() {
+        let mut s = store();
+        s.create(1, None, false, Some(expiry(1, false, false, false)), 0);
+        s.set(1, vec![kv("a", "1")], 0).unwrap();
+        s.create(2, None, false, Some(expiry(1, false, false, false)), 0);
+        s.begin_snapshot(1500, None).unwrap();
+        let records = snapshot_records(&mut s, 10, |_| {});
+        assert_eq!((records[0].keys.len(), records[0].version), (0, 3));
+        assert_eq!((records[1].keys.len(), records[1].version), (0, 1));
+        assert_eq!(s.version(1, 1500), Some(3), "what the session itself says");
     }
 
     #[test]
@@ -1104,6 +1323,7 @@ mod tests {
             expiry: None,
             owner: None,
             keys: Vec::new(),
+            report_version: false,
         };
         assert!(s.can_create_session(&empty));
         s.create(1, None, false, None, 0);

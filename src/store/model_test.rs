@@ -1,7 +1,8 @@
-//! Model-based test of the store's expiry: random sequences of create /
-//! touch / end / advance-time / background-expiry against a plain reference
-//! model. Clients must see the same state at every step, whatever the
-//! background budget did or did not get to.
+//! Model-based test of the store's expiry and versions: random sequences of
+//! create / every write / read / end / advance-time / background-expiry
+//! against a plain reference model. Clients must see the same state (keys,
+//! deadline, version) at every step, whatever the background budget did or
+//! did not get to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,11 @@ use crate::shared_names::SharedNames;
 enum Op {
     Create(Option<ExpirySettings>, bool),
     Set(usize, u8),
+    Add(usize, u8),
+    Rmv(usize, u8),
+    Clear(usize),
+    ClearSet(usize, u8),
+    Incr(usize, u8, i64),
     Get(usize, u8),
     Read(usize),
     End(usize),
@@ -44,6 +50,11 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (settings(), any::<bool>()).prop_map(|(s, shared)| Op::Create(s, shared)),
         3 => (0usize..16, 0u8..4).prop_map(|(i, k)| Op::Set(i, k)),
+        1 => (0usize..16, 0u8..4).prop_map(|(i, k)| Op::Add(i, k)),
+        1 => (0usize..16, 0u8..4).prop_map(|(i, k)| Op::Rmv(i, k)),
+        1 => (0usize..16).prop_map(Op::Clear),
+        1 => (0usize..16, 0u8..4).prop_map(|(i, k)| Op::ClearSet(i, k)),
+        2 => (0usize..16, 0u8..4, -2i64..3).prop_map(|(i, k, by)| Op::Incr(i, k, by)),
         3 => (0usize..16, 0u8..4).prop_map(|(i, k)| Op::Get(i, k)),
         1 => (0usize..16).prop_map(Op::Read),
         1 => (0usize..16).prop_map(Op::End),
@@ -59,6 +70,8 @@ struct ModelSession {
     keys: BTreeMap<String, String>,
     expiry: Option<(ExpirySettings, Millis)>,
     name: Option<String>,
+    /// What PROTOCOL.md says it is: 1, plus one per change to the keys.
+    version: u64,
 }
 
 #[derive(Default)]
@@ -85,7 +98,10 @@ impl Model {
             }
             self.sessions.remove(&tkn);
         } else {
-            s.keys.clear();
+            if !s.keys.is_empty() {
+                s.keys.clear();
+                s.version += 1;
+            }
             let period = u64::from(settings.duration_s) * 1000;
             let mut next = deadline + period;
             while next <= now {
@@ -149,6 +165,7 @@ proptest! {
                         keys: BTreeMap::new(),
                         expiry: settings.map(|s| (s, now + u64::from(s.duration_s) * 1000)),
                         name: shared.then_some(name),
+                        version: 1,
                     });
                     tokens.push(tkn);
                 }
@@ -162,6 +179,81 @@ proptest! {
                         model.slide(tkn, now, false);
                         let s = model.sessions.get_mut(&tkn).unwrap();
                         s.keys.insert(format!("k{k}"), step.to_string());
+                        s.version += 1;
+                    }
+                }
+                Op::Add(i, k) => {
+                    let Some(tkn) = pick(i) else { continue };
+                    model.settle(tkn, now);
+                    let expected = model.sessions.contains_key(&tkn);
+                    let got = store.add(tkn, vec![kv(k, step)], now);
+                    prop_assert_eq!(got.is_ok(), expected, "add {} at {}", tkn, now);
+                    if expected {
+                        model.slide(tkn, now, false);
+                        let s = model.sessions.get_mut(&tkn).unwrap();
+                        if let std::collections::btree_map::Entry::Vacant(e) =
+                            s.keys.entry(format!("k{k}"))
+                        {
+                            e.insert(step.to_string());
+                            s.version += 1;
+                        }
+                    }
+                }
+                Op::Rmv(i, k) => {
+                    let Some(tkn) = pick(i) else { continue };
+                    model.settle(tkn, now);
+                    let expected = model.sessions.contains_key(&tkn);
+                    let got = store.remove_keys(tkn, &[format!("k{k}").into()], now);
+                    prop_assert_eq!(got.is_ok(), expected, "rmv {} at {}", tkn, now);
+                    if let Some(s) = model.sessions.get_mut(&tkn)
+                        && s.keys.remove(&format!("k{k}")).is_some()
+                    {
+                        s.version += 1;
+                    }
+                }
+                Op::Clear(i) => {
+                    let Some(tkn) = pick(i) else { continue };
+                    model.settle(tkn, now);
+                    let expected = model.sessions.get_mut(&tkn).map(|s| {
+                        let removed = s.keys.len();
+                        if removed > 0 {
+                            s.keys.clear();
+                            s.version += 1;
+                        }
+                        removed
+                    });
+                    prop_assert_eq!(store.clear(tkn, now).ok(), expected, "clear {} at {}", tkn, now);
+                }
+                Op::ClearSet(i, k) => {
+                    let Some(tkn) = pick(i) else { continue };
+                    model.settle(tkn, now);
+                    let expected = model.sessions.contains_key(&tkn);
+                    let got = store.clear_set(tkn, vec![kv(k, step)], now);
+                    prop_assert_eq!(got.is_ok(), expected, "clear_set {} at {}", tkn, now);
+                    if expected {
+                        model.slide(tkn, now, false);
+                        let s = model.sessions.get_mut(&tkn).unwrap();
+                        s.keys.clear();
+                        s.keys.insert(format!("k{k}"), step.to_string());
+                        s.version += 1;
+                    }
+                }
+                Op::Incr(i, k, by) => {
+                    let Some(tkn) = pick(i) else { continue };
+                    model.settle(tkn, now);
+                    let expected = model.sessions.get_mut(&tkn).map(|s| {
+                        let key = format!("k{k}");
+                        let old: i64 = s.keys.get(&key).map_or(0, |v| v.parse().unwrap());
+                        if by != 0 {
+                            s.keys.insert(key, (old + by).to_string());
+                            s.version += 1;
+                        }
+                        old + by
+                    });
+                    let got = store.incr(tkn, &format!("k{k}"), by, now);
+                    prop_assert_eq!(got.ok(), expected, "incr {} at {}", tkn, now);
+                    if expected.is_some() {
+                        model.slide(tkn, now, false);
                     }
                 }
                 Op::Get(i, k) => {
@@ -185,12 +277,16 @@ proptest! {
                     let Some(tkn) = pick(i) else { continue };
                     model.settle(tkn, now);
                     let expected = model.sessions.get(&tkn).map(|s| {
-                        (s.keys.len(), s.expiry.map(|(_, d)| d))
+                        (s.keys.len(), s.expiry.map(|(_, d)| d), s.version)
                     });
+                    let version = store.version(tkn, now);
                     let got = store
                         .read(tkn, now)
-                        .map(|s| (s.keys.len(), s.expiry().map(|e| e.deadline)));
-                    prop_assert_eq!(got.ok(), expected, "read {} at {}", tkn, now);
+                        .map(|s| (s.keys.len(), s.expiry().map(|e| e.deadline)))
+                        .ok()
+                        .zip(version)
+                        .map(|((keys, deadline), version)| (keys, deadline, version));
+                    prop_assert_eq!(got, expected, "read {} at {}", tkn, now);
                 }
                 Op::End(i) => {
                     let Some(tkn) = pick(i) else { continue };

@@ -21,6 +21,7 @@ fn new_session(owner: Option<&str>, expiry: Option<ExpirySettings>) -> NewSessio
         expiry,
         owner: owner.map(Into::into),
         keys: vec![("k".into(), b"1".to_vec().into())],
+        report_version: false,
     }
 }
 

@@ -4,8 +4,9 @@
 //! The snapshot is the sessions as they were when it began. Sessions are
 //! encoded in the order they were listed then; a session about to change
 //! before its turn is encoded first, as it still is (copy-on-write, as in
-//! Dragonfly's versioned snapshots). Each session carries the epoch of the
-//! last snapshot that holds it, so "already saved" costs no lookup.
+//! Dragonfly's versioned snapshots). Each session carries a `SAVED` bit,
+//! cleared on every session as a full snapshot lists them, so "already
+//! saved" costs no lookup.
 
 use super::{Extras, Millis, Session};
 use crate::domain::Token;
@@ -13,7 +14,6 @@ use crate::persist::{RecordHead, encode_record};
 
 /// A snapshot in progress.
 pub struct Snapshot {
-    pub(super) epoch: u16,
     /// Sessions to save, as listed at the start; those before `next` are
     /// done (or were saved early, or have gone).
     order: Vec<Token>,
@@ -40,9 +40,8 @@ pub struct Chunk {
 }
 
 impl Snapshot {
-    pub(super) fn new(epoch: u16, order: Vec<Token>, copy_on_write: bool, started: Millis) -> Self {
+    pub(super) fn new(order: Vec<Token>, copy_on_write: bool, started: Millis) -> Self {
         Snapshot {
-            epoch,
             order,
             next: 0,
             copy_on_write,
@@ -53,10 +52,10 @@ impl Snapshot {
         }
     }
 
-    /// Encodes `session` (and its extras) as it was at the start, unless
-    /// it had expired by then, and marks it saved.
-    pub(super) fn save(&mut self, tkn: Token, session: &mut Session, extras: Option<&Extras>) {
-        session.saved_epoch = self.epoch;
+    /// Encodes `session` (with its extras and whole version) as it was at
+    /// the start, unless it had expired by then. The caller marks it saved.
+    pub(super) fn save(&mut self, extras: Option<&Extras>, session: &Session, version: u64) {
+        let tkn = session.tkn;
         let expiry = session.expiry();
         let expired = expiry.is_some_and(|e| self.started >= e.deadline);
         let lifetime_over =
@@ -69,8 +68,13 @@ impl Snapshot {
             settings.max_lifetime_s = extras.map_or(0, |x| x.max_lifetime_s);
             settings
         });
-        // Keys-only expiry had emptied it by the start.
-        let keys = if expired { 0 } else { session.keys.len() };
+        // Keys-only expiry had emptied it by the start, counting a change
+        // if there was anything to clear.
+        let (keys, version) = match (expired, session.keys.is_empty()) {
+            (true, false) => (0, version.saturating_add(1).min(super::VERSION_MAX)),
+            (true, true) => (0, version),
+            (false, _) => (session.keys.len(), version),
+        };
         let head = RecordHead {
             tkn,
             name: session.name(),
@@ -78,6 +82,7 @@ impl Snapshot {
             expiry: settings,
             owner: extras.and_then(|x| x.owner.as_deref()),
             created_unix_ms: extras.map_or(0, |x| x.created_unix_ms),
+            version,
         };
         encode_record(&mut self.out, &head, session.keys.iter().take(keys));
         self.records += 1;

@@ -95,10 +95,6 @@ impl Sessions {
         Some(session)
     }
 
-    pub fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
-        self.slots.iter().map(|s| s.tkn)
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = &Session> {
         self.slots.iter()
     }

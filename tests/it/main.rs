@@ -19,3 +19,4 @@ mod persistence;
 mod props;
 mod server;
 mod support;
+mod versions;

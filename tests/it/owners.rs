@@ -351,7 +351,7 @@ fn a_version_1_snapshot_still_loads() {
     assert!(info.get("owner").is_none());
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("fixture") {
         let entry = entry.expect("entry");

@@ -10,12 +10,15 @@
 //!   request's command name plus `_RSP`, whose body is an object;
 //! - its `st` is in the status table, never 1000, and one the command can
 //!   answer with; the frame table's rows get exactly their status;
-//! - a successful body holds exactly its command's fields; any other body
+//! - a successful body holds exactly its command's fields (`version` only
+//!   when asked for); a 104 holds `st`, `tkn` and `version`; any other body
 //!   only `st`, `tkn` and `m`; a `tkn` echoes the one the request gave;
 //! - a response that is not Ok changed nothing: the totals and what the
 //!   seeded sessions hold are the same before and after;
 //! - `SH_SET`/`SH_CLEAR_SET` values come back from `SH_GET` as the same
-//!   JSON; `SH_INFO_ALL`/`SV_INFO` counts match the store's totals;
+//!   JSON, and so does the `value` of an `SH_INCR` (unless `by` was 0 on
+//!   an absent key); a session's version, probed before and after, moves
+//!   only on a successful write; `SH_INFO_ALL`/`SV_INFO` counts match the store's totals;
 //!   `SH_EXISTS` lists found tokens in request order.
 //!
 //! [`Harness::finish`] then ends every session it saw created and checks the
@@ -39,14 +42,15 @@ use simd_json::value::tape::Node;
 use simd_json::{OwnedValue, StaticNode};
 
 /// The status table of docs/PROTOCOL.md, without Unknown (1000).
-pub const STATUSES: [u64; 21] = [
-    1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 100, 101, 102, 103, 121, 122, 123, 141, 142, 150,
+pub const STATUSES: [u64; 24] = [
+    1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 43, 44, 100, 101, 102, 103, 104, 121, 122, 123, 141,
+    142, 150,
 ];
 
 /// Every command of docs/PROTOCOL.md, for generators; see
 /// [`allowed_statuses`]. Kept by hand, apart from the server's own command
 /// table, so a test can hold the two against each other.
-pub const COMMANDS: [&str; 22] = [
+pub const COMMANDS: [&str; 23] = [
     "SH_NEW",
     "SH_OPEN",
     "SH_END",
@@ -69,6 +73,7 @@ pub const COMMANDS: [&str; 22] = [
     "SH_TOUCH",
     "SH_OWNER_SESSIONS",
     "SH_OWNER_END",
+    "SH_INCR",
 ];
 
 /// The dispatcher's seed: fixed, so the tokens it mints (and `$N` in a
@@ -118,6 +123,13 @@ pub const VALID: &[&str] = &[
     r#"{"SH_TOUCH":{"tkn":"$0","slide":false}}"#,
     r#"{"SH_OWNER_SESSIONS":{"owner":"ann"}}"#,
     r#"{"SH_OWNER_END":{"owner":"ann","except":$2}}"#,
+    r#"{"SH_INCR":{"tkn":$0,"key":"c"}}"#,
+    r#"{"SH_INCR":{"tkn":"$1","key":"z","by":-9223372036854775808,"withVersion":true}}"#,
+    r#"{"SH_INCR":{"tkn":$0,"key":"k","by":0}}"#,
+    r#"{"SH_GET":{"tkn":$0,"keys":["c"],"withVersion":true}}"#,
+    r#"{"SH_SET":{"tkn":$0,"keys":{"c":1},"ifVersion":2}}"#,
+    r#"{"SH_CLEAR":{"tkn":$1,"ifVersion":3,"withVersion":false}}"#,
+    r#"{"SH_OPEN":{"name":"alpha","withVersion":true}}"#,
 ];
 
 /// Every parameter (and nested expiry field) of every command, with `@`
@@ -183,6 +195,17 @@ pub const SLOTS: &[&str] = &[
     r#"{"SH_OWNER_SESSIONS":{"owner":@}}"#,
     r#"{"SH_OWNER_END":{"owner":@}}"#,
     r#"{"SH_OWNER_END":{"owner":"ann","except":@}}"#,
+    r#"{"SH_INCR":{"tkn":@,"key":"n"}}"#,
+    r#"{"SH_INCR":{"tkn":$0,"key":@}}"#,
+    r#"{"SH_INCR":{"tkn":$1,"key":"n","by":@}}"#,
+    r#"{"SH_INCR":{"tkn":$0,"key":"c","by":@}}"#,
+    r#"{"SH_SET":{"tkn":$0,"keys":{"c":@}}}"#,
+    r#"{"SH_GET":{"tkn":$0,"keys":["c"],"withVersion":@}}"#,
+    r#"{"SH_SET":{"tkn":$1,"keys":{"v":1},"ifVersion":@}}"#,
+    r#"{"SH_INCR":{"tkn":$0,"key":"n","ifVersion":@}}"#,
+    r#"{"SH_RMV":{"tkn":$0,"keys":["k"],"ifVersion":@}}"#,
+    r#"{"SH_END":{"tkn":$1,"ifVersion":@}}"#,
+    r#"{"SH_NEW":{"withVersion":@}}"#,
 ];
 
 /// Scalars that are hostile somewhere: every JSON type, numbers at and
@@ -314,13 +337,16 @@ pub fn allowed_statuses(command: &str) -> &'static [u64] {
     match command {
         "SH_NEW" => &[1, 12, 26, 41, 42, 103, 150],
         "SH_OPEN" => &[1, 12, 26, 41, 42, 102],
-        "SH_END" | "SH_INFO" | "SH_COUNT" | "SH_KEYS" | "SH_CLEAR" => &[1, 12, 100, 101],
+        "SH_END" | "SH_INFO" | "SH_COUNT" | "SH_KEYS" => &[1, 12, 41, 100, 101],
+        "SH_CLEAR" => &[1, 12, 41, 100, 101, 104],
         "SH_END_ALL" | "SH_INFO_ALL" | "SV_INFO" => &[1, 12],
         "SH_EXISTS" => &[1, 12, 26, 41],
         "SH_SAVE" => &[12, 14, 26, 41, 42, 121, 122, 123],
         "SH_LOAD" => &[12, 14, 26, 41, 42, 141, 142],
-        "SH_SET" | "SH_ADD" | "SH_CLEAR_SET" => &[1, 12, 26, 41, 100, 101, 150],
-        "SH_GET" | "SH_RMV" | "SH_CONTAINS" => &[1, 12, 26, 41, 100, 101],
+        "SH_SET" | "SH_ADD" | "SH_CLEAR_SET" => &[1, 12, 26, 41, 100, 101, 104, 150],
+        "SH_RMV" => &[1, 12, 26, 41, 100, 101, 104],
+        "SH_GET" | "SH_CONTAINS" => &[1, 12, 26, 41, 100, 101],
+        "SH_INCR" => &[1, 12, 26, 41, 43, 44, 100, 101, 104, 150],
         "SH_TOUCH" => &[1, 12, 41, 100, 101],
         "SH_OWNER_SESSIONS" => &[1, 12, 26, 41, 42],
         "SH_OWNER_END" => &[1, 12, 26, 41, 42, 101],
@@ -332,24 +358,26 @@ pub fn allowed_statuses(command: &str) -> &'static [u64] {
 /// holds besides `st`: (always, sometimes).
 fn ok_fields(command: &str) -> (&'static [&'static str], &'static [&'static str]) {
     match command {
-        "SH_NEW" => (&["tkn"], &["name"]),
-        "SH_OPEN" => (&["tkn", "name"], &[]),
-        "SH_END" | "SH_SET" | "SH_ADD" | "SH_RMV" => (&["tkn"], &[]),
+        "SH_NEW" => (&["tkn"], &["name", "version"]),
+        "SH_OPEN" => (&["tkn", "name"], &["version"]),
+        "SH_END" => (&["tkn"], &[]),
+        "SH_SET" | "SH_ADD" | "SH_RMV" => (&["tkn"], &["version"]),
+        "SH_INCR" => (&["tkn", "key", "value"], &["version"]),
         "SH_END_ALL" => (&["cnt"], &[]),
         "SH_SAVE" => (&["name", "duration", "sessions", "keys"], &[]),
         "SH_LOAD" => (&["name", "sessions", "keys"], &[]),
         "SH_EXISTS" => (&["exist"], &[]),
         "SH_INFO" => (
             &["tkn", "shared", "keyCnt", "expires"],
-            &["name", "owner", "expiry"],
+            &["name", "owner", "expiry", "version"],
         ),
-        "SH_TOUCH" => (&["tkn", "ttlMs"], &[]),
+        "SH_TOUCH" => (&["tkn", "ttlMs"], &["version"]),
         "SH_OWNER_SESSIONS" => (&["owner", "tkns"], &[]),
         "SH_OWNER_END" => (&["owner", "cnt"], &[]),
         "SH_INFO_ALL" => (&["totalSessions", "totalKeys"], &[]),
-        "SH_GET" | "SH_KEYS" => (&["tkn", "keys"], &[]),
-        "SH_CONTAINS" => (&["tkn", "contains"], &[]),
-        "SH_COUNT" | "SH_CLEAR" | "SH_CLEAR_SET" => (&["tkn", "cnt"], &[]),
+        "SH_GET" | "SH_KEYS" => (&["tkn", "keys"], &["version"]),
+        "SH_CONTAINS" => (&["tkn", "contains"], &["version"]),
+        "SH_COUNT" | "SH_CLEAR" | "SH_CLEAR_SET" => (&["tkn", "cnt"], &["version"]),
         "SV_INFO" => (
             &[
                 "serverVersion",
@@ -385,6 +413,7 @@ fn takes_token(command: &str) -> bool {
             | "SH_CLEAR"
             | "SH_CLEAR_SET"
             | "SH_TOUCH"
+            | "SH_INCR"
     )
 }
 
@@ -748,6 +777,34 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
             .copied()
             .collect();
         only_fields(body_object, &allowed, &context);
+        // `version` only when asked for (or for a write with ifVersion).
+        if let Some(params) = params.as_object()
+            && !params.is_empty()
+        {
+            let reports = matches!(command.as_str(), "SH_NEW" | "SH_OPEN")
+                || takes_token(command) && command != "SH_END";
+            let guarded = matches!(
+                command.as_str(),
+                "SH_SET" | "SH_ADD" | "SH_RMV" | "SH_CLEAR" | "SH_CLEAR_SET" | "SH_INCR"
+            );
+            let asked = params.iter().any(|(k, v)| {
+                k == "withVersion" && *v == Json::Bool(true) && reports
+                    || k == "ifVersion" && guarded
+            });
+            assert_eq!(
+                body.get("version").is_some(),
+                asked,
+                "version in the body exactly when asked for{}",
+                context()
+            );
+        }
+    } else if status == 104 {
+        only_fields(body_object, &["st", "tkn", "version"], &context);
+        assert!(
+            body.get("version").and_then(Json::as_u64).is_some(),
+            "104 says the current version{}",
+            context()
+        );
     } else {
         only_fields(body_object, &["st", "tkn", "m"], &context);
     }
@@ -906,7 +963,7 @@ impl Harness {
             let tkn = self.tokens[i];
             for request in [
                 format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":{SEED_KEY_NAMES}}}}}"#),
-                format!(r#"{{"SH_INFO":{{"tkn":{tkn}}}}}"#),
+                format!(r#"{{"SH_INFO":{{"tkn":{tkn},"withVersion":true}}}}"#),
             ] {
                 probes.push(self.dispatcher.handle(request.as_bytes(), true));
             }
@@ -967,6 +1024,7 @@ impl Harness {
                 }
             }
             "SH_SET" | "SH_CLEAR_SET" => self.verify_round_trip(message, checked),
+            "SH_INCR" => self.verify_increment(message, checked),
             "SH_INFO_ALL" | "SV_INFO" => {
                 // Counts come from the same settled store as `totals`.
                 let (sessions, keys, bytes) = self.dispatcher.totals();
@@ -1038,6 +1096,40 @@ impl Harness {
             show(message),
             show(&response)
         );
+        self.snapshot = None;
+    }
+
+    /// After an Ok SH_INCR: `value` is an i64 and is what the key now holds
+    /// (a `by` of 0 on an absent key creates nothing).
+    fn verify_increment(&mut self, message: &[u8], checked: &Checked) {
+        let value = match checked.body.get("value") {
+            Some(Json::Int(n)) if i64::try_from(*n).is_ok() => *n,
+            other => panic!("SH_INCR value {other:?} is not an i64: {}", show(message)),
+        };
+        let tkn = checked.body["tkn"].as_u64().expect("checked");
+        let key = checked.body["key"].clone();
+        let get = format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":[{key}]}}}}"#);
+        let response = self.raw(&get);
+        let got = parse(&response).expect("checked");
+        let stored = got["SH_GET_RSP"]["keys"].get(key.as_str().expect("a name"));
+        let by_zero = parse(message)
+            .and_then(|r| r.as_object().map(|o| o[0].1.clone()))
+            .and_then(|p| p.get("by").cloned())
+            == Some(Json::Int(0));
+        match stored {
+            Some(stored) => assert_eq!(
+                stored,
+                &Json::Int(value),
+                "SH_GET after SH_INCR\nrequest: {:?}\nget: {:?}",
+                show(message),
+                show(&response)
+            ),
+            None => assert!(
+                by_zero && value == 0,
+                "SH_INCR left no key\nrequest: {:?}",
+                show(message)
+            ),
+        }
         self.snapshot = None;
     }
 
