@@ -17,12 +17,18 @@
 #   --client-cpus LIST  cores for loadtest (default 1); --threads = their count
 #   --duration S        seconds per run (default 5)
 #   --connections N     connections per run (default 50)
-#   --sessions N        sessions behind get/set/mixed/sliding (default 10000)
+#   --sessions N        sessions behind get/set/mixed/sliding/touch/incr/cas
+#                       (default 10000)
 #   --populate N        sessions for the memory measurement (default 1000000)
 #   --repeat N          run the whole matrix N times (default 1); the table
 #                       shows each column's median, and the spread of the
 #                       CPU ratio over the N runs
 #   --out FILE          where the table goes (default target/compare-redis.md)
+#   --workloads LIST    workloads to compare, space- or comma-separated
+#                       (default: all but populate, which the memory
+#                       measurement runs)
+#   --pipelines LIST    the --pipeline values each workload runs at (default
+#                       "1 16")
 set -euo pipefail
 
 SERVER_CPUS=0
@@ -31,7 +37,7 @@ DURATION=5
 CONNECTIONS=50
 SESSIONS=10000
 POPULATE=1000000
-WORKLOADS="get set mixed sliding touch lifecycle lifecycle-classic logout-all expiry"
+WORKLOADS="get set mixed sliding touch incr cas lifecycle lifecycle-classic logout-all expiry"
 PIPELINES="1 16"
 REPEAT=1
 OUT=""
@@ -44,11 +50,11 @@ while [ $# -gt 0 ]; do
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --sessions) SESSIONS="$2"; shift 2 ;;
         --populate) POPULATE="$2"; shift 2 ;;
-        --workloads) WORKLOADS="$2"; shift 2 ;;
-        --pipelines) PIPELINES="$2"; shift 2 ;;
+        --workloads) WORKLOADS="${2//,/ }"; shift 2 ;;
+        --pipelines) PIPELINES="${2//,/ }"; shift 2 ;;
         --repeat) REPEAT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -151,7 +157,7 @@ except (OSError, ValueError):
     rep = {}
 print(json.dumps({"server": name, "workload": workload, "pipeline": int(pipeline),
                   "cpu_s": rep.get("server_cpu_s"), "client_cpu_s": rep.get("client_cpu_s"),
-                  "r": json.loads(raw)}))
+                  "retries": rep.get("retries"), "r": json.loads(raw)}))
 EOF
     echo "  $name $workload pipeline $pipeline: $json" >&2
 }
@@ -221,6 +227,8 @@ for line in open(results):
         "cpu": cpu_per_m(d, "cpu_s"),
         "client": cpu_per_m(d, "client_cpu_s"),
         "errors": r.get("errors"),
+        # cas: lost compare-and-sets tried again, per completed operation.
+        "retries": d["retries"] / r["ops"] if d.get("retries") is not None and r.get("ops") else None,
     }
     rows.setdefault((d["workload"], d["pipeline"]), {}).setdefault(d["server"], []).append(run)
 
@@ -237,8 +245,8 @@ print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {sc
 print()
 print("| workload | pipeline | ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
       "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | CPU ours/Redis per run "
-      "| loadtest CPU s/M ops ours/Redis | errors ours/Redis |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| loadtest CPU s/M ops ours/Redis | errors ours/Redis | retries per op ours/Redis |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (w, p), d in rows.items():
     o, r = d.get("ours", []), d.get("redis", [])
     oo, ro = median(o, "ops"), median(r, "ops")
@@ -246,10 +254,13 @@ for (w, p), d in rows.items():
     per_run = [a["cpu"] / b["cpu"] for a, b in zip(o, r) if a["cpu"] and b["cpu"]]
     spread = ", ".join(f"{x:.2f}" for x in per_run) or "-"
     errors = f"{sum(x['errors'] or 0 for x in o)}/{sum(x['errors'] or 0 for x in r)}"
+    # Only workloads that retry (cas) have a number here.
+    retried = w == "cas" or any(x["retries"] for x in o + r)
+    retries = f"{fmt(median(o, 'retries'), 3)}/{fmt(median(r, 'retries'), 3)}" if retried else "-"
     print(f"| {w} | {p} | {fmt(oo)} | {fmt(median(o, 'p50'), 1)} | {fmt(median(o, 'p99'), 1)} "
           f"| {fmt(ro)} | {fmt(median(r, 'p50'), 1)} | {fmt(median(r, 'p99'), 1)} | {fmt(ratio, 2)} "
           f"| {fmt(median(o, 'cpu'), 2)} | {fmt(median(r, 'cpu'), 2)} | {spread} "
-          f"| {fmt(median(o, 'client'), 2)}/{fmt(median(r, 'client'), 2)} | {errors} |")
+          f"| {fmt(median(o, 'client'), 2)}/{fmt(median(r, 'client'), 2)} | {errors} | {retries} |")
 print()
 print(f"Memory after `populate` of {int(populate):,} sessions (keys user and cart, 3600 s expiry), "
       "from each fresh server's resident set:")
@@ -265,6 +276,12 @@ for line in open(memory):
 print()
 print("One operation (requests, ours / Redis): sliding = SH_GET with extendOnGet / HGET + EXPIRE "
       "(1 / 2); touch = SH_TOUCH slide on sessions with duration 3600 / PEXPIRE + PTTL (1 / 2); "
+      "incr = SH_INCR / HINCRBY of a counter (1 / 1); cas = compare-and-set increment of that "
+      "counter: SH_GET withVersion, then SH_SET ifVersion / WATCH + HGET, then MULTI + HSET + EXEC "
+      "(2 / 5 per attempt, two round trips on both; a lost write, 104 / nil EXEC, is retried from "
+      "the read and the operation counts once; on Redis a connection runs one cas at a time "
+      "between WATCH and EXEC, as WATCH is per connection, so its pipeline overlaps only the next "
+      "WATCH with the last EXEC); "
       "lifecycle = SH_NEW with keys, then SH_GET + SH_END / HSET + EXPIRE + HGETALL + DEL (3 / 4); "
       "lifecycle-classic = SH_NEW, then SH_SET + SH_GET + SH_END / the same 4 Redis commands (4 / 4; "
       "Redis has no server-chosen token, so its lifecycle is the same for both); logout-all = one "

@@ -23,6 +23,11 @@ pub enum Workload {
     Sliding,
     /// SH_TOUCH (slide) on sessions with duration 3600 | PEXPIRE 3600000 + PTTL
     Touch,
+    /// SH_INCR key counter of a random session | HINCRBY counter 1
+    Incr,
+    /// SH_GET counter withVersion, then SH_SET counter + 1 ifVersion, again on 104 |
+    /// WATCH + HGET, then MULTI + HSET + EXEC, again on a nil EXEC
+    Cas,
     /// SH_NEW with keys + SH_GET + SH_END | HSET + EXPIRE + HGETALL + DEL
     Lifecycle,
     /// SH_NEW + SH_SET + SH_GET + SH_END | HSET + EXPIRE + HGETALL + DEL
@@ -44,6 +49,8 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Sliding => "sliding",
             Workload::Touch => "touch",
+            Workload::Incr => "incr",
+            Workload::Cas => "cas",
             Workload::Lifecycle => "lifecycle",
             Workload::LifecycleClassic => "lifecycle-classic",
             Workload::LogoutAll => "logout-all",
@@ -56,7 +63,13 @@ impl Workload {
     pub fn needs_sessions(self) -> bool {
         matches!(
             self,
-            Workload::Get | Workload::Set | Workload::Mixed | Workload::Sliding | Workload::Touch
+            Workload::Get
+                | Workload::Set
+                | Workload::Mixed
+                | Workload::Sliding
+                | Workload::Touch
+                | Workload::Incr
+                | Workload::Cas
         )
     }
 }
@@ -97,8 +110,8 @@ struct Flags {
     #[arg(long)]
     requests: Option<u64>,
 
-    /// Sessions created before get/set/mixed/sliding/touch (untimed); logout-all: about this
-    /// many, 5 per owner; populate creates this many (or --requests)
+    /// Sessions created before get/set/mixed/sliding/touch/incr/cas (untimed); logout-all:
+    /// about this many, 5 per owner; populate creates this many (or --requests)
     #[arg(long, default_value_t = 10_000)]
     sessions: u64,
 

@@ -11,6 +11,12 @@
 //! Each pass over a connection reads everything available, handles every
 //! complete reply, refills the free slots and writes all new requests with one
 //! `write`, so a busy connection costs one `read` and one `write` per batch.
+//!
+//! An operation whose phase leaves state on the connection (Redis cas's
+//! WATCH, see [`Encoder::holds_connection`]) holds the connection until it
+//! writes its next phase: meanwhile other slots' phases wait in a queue, in
+//! order, and their time waiting counts in their latency. A compare-and-set
+//! that lost starts again from phase 0, up to [`MAX_RETRIES`] times.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -30,6 +36,10 @@ use crate::rng::Rng;
 use crate::timer::Timer;
 use crate::workload::{Carry, Check, Encoder, Expect, Lifetime, Op, member_id};
 use crate::ws;
+
+/// Lost compare-and-sets one operation may retry; one more is an error (a
+/// server that always answers "changed" must not spin a slot forever).
+pub const MAX_RETRIES: u32 = 1000;
 
 /// Where a phase's operations come from.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +97,8 @@ pub enum Msg {
         /// (original NemesisDB servers, for SH_SET and SH_GET): checked by
         /// command name and order only.
         untokened: u64,
+        /// Compare-and-sets that lost and were tried again (cas).
+        retries: u64,
     },
 }
 
@@ -103,6 +115,10 @@ struct Slot {
     more: bool,
     /// Replies that were not a success.
     errors: u32,
+    /// The current phase's compare-and-set lost: start again from phase 0.
+    lost: bool,
+    /// Times the operation started again.
+    retries: u32,
     /// What the replies so far returned, for the next phase.
     carry: Carry,
 }
@@ -139,6 +155,11 @@ pub struct Conn {
     tokens: Vec<(u64, u64)>,
     /// The replies a phase being written expects (reused).
     expects: Vec<Expect>,
+    /// The slot whose operation holds the connection (see
+    /// [`Encoder::holds_connection`]).
+    holder: Option<u16>,
+    /// Slots waiting to write a phase while another holds the connection.
+    waiting: VecDeque<u16>,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -175,6 +196,8 @@ impl Conn {
             last_progress: now,
             tokens: Vec::new(),
             expects: Vec::new(),
+            holder: None,
+            waiting: VecDeque::new(),
         })
     }
 
@@ -212,6 +235,8 @@ impl Conn {
         self.slots = vec![None; plan.pipeline];
         self.free = (0..plan.pipeline as u16).rev().collect();
         self.pending.clear();
+        self.holder = None;
+        self.waiting.clear();
         self.issued = 0;
         let c = plan.connections as u64;
         self.quota = match plan.requests {
@@ -277,16 +302,43 @@ impl Conn {
                 outstanding: 0,
                 more: false,
                 errors: 0,
+                lost: false,
+                retries: 0,
                 carry: Carry::default(),
             });
             self.send_phase(slot, plan, c);
         }
     }
 
-    /// Writes the current phase of the operation in `slot`.
+    /// Writes the current phase of the operation in `slot`, or queues it
+    /// while another slot holds the connection; a phase that lets go of the
+    /// connection lets the queued ones go out, in order, after it.
     fn send_phase(&mut self, slot: u16, plan: &Plan, c: &mut Collector) {
+        if self.holder.is_some_and(|h| h != slot) {
+            self.waiting.push_back(slot);
+            return;
+        }
+        self.write_phase(slot, plan, c);
+        self.send_waiting(plan, c);
+    }
+
+    /// Writes the queued phases, in order, while nobody holds the connection.
+    fn send_waiting(&mut self, plan: &Plan, c: &mut Collector) {
+        while self.holder.is_none()
+            && let Some(next) = self.waiting.pop_front()
+        {
+            self.write_phase(next, plan, c);
+        }
+    }
+
+    fn write_phase(&mut self, slot: u16, plan: &Plan, c: &mut Collector) {
         let Some(s) = self.slots[slot as usize].as_mut() else {
             return;
+        };
+        self.holder = if plan.encoder.holds_connection(s.op, s.phase) {
+            Some(slot)
+        } else {
+            self.holder.filter(|&h| h != slot)
         };
         self.expects.clear();
         s.more = plan.encoder.encode(
@@ -369,9 +421,12 @@ impl Conn {
     fn handle_replies(&mut self, now: Instant, plan: &Plan, c: &mut Collector) {
         while self.alive() && self.rstart < self.rend {
             let buf = &self.rbuf[self.rstart..self.rend];
-            // What this reply hands on: SH_NEW's token, SMEMBERS' list.
+            // What this reply hands on: SH_NEW's token, SMEMBERS' list,
+            // cas's read (version, counter); whether cas's write lost.
             let mut token = 0;
             let mut listed = None;
+            let mut read = None;
+            let mut lost = false;
             let (used, ok) = match plan.encoder.protocol() {
                 Protocol::Ws => match ws::parse_frame(buf) {
                     Ok(None) => break,
@@ -395,6 +450,8 @@ impl Conn {
                                     None => {}
                                 }
                                 token = j.token.unwrap_or(0);
+                                read = j.read;
+                                lost = j.lost;
                                 (f.total_len(), j.ok)
                             }
                             ws::OP_PING => {
@@ -431,6 +488,18 @@ impl Conn {
                                 let mut n = 0;
                                 resp::array_bulks(&buf[..used], |_| n += 1).is_some() && n == 4
                             }
+                            (_, Some(Check::Read)) => {
+                                // Redis has no version: EXEC checks WATCH's.
+                                read = redis_counter(&buf[..used]).map(|n| (0, n));
+                                read.is_some()
+                            }
+                            (_, Some(Check::Swapped)) => match resp::exec_ran(&buf[..used]) {
+                                Some(ran) => {
+                                    lost = !ran;
+                                    true
+                                }
+                                None => false,
+                            },
                             (resp::Reply::Integer(n), Some(Check::Positive)) => n >= 1,
                             (resp::Reply::Value, Some(Check::Positive)) => false,
                             _ => true,
@@ -449,17 +518,32 @@ impl Conn {
             };
             if !ok {
                 s.errors += 1;
+            } else if lost {
+                s.lost = true;
             } else if p.expect.check == Check::Token {
                 s.carry.token = token;
             } else if let Some(listed) = listed {
                 s.carry = listed;
+            } else if let Some((version, counter)) = read {
+                s.carry.version = version;
+                s.carry.counter = counter;
             }
             s.outstanding = s.outstanding.saturating_sub(1);
             if s.outstanding == 0 {
-                if s.more && s.errors == 0 {
+                if s.lost && s.errors == 0 && s.retries < MAX_RETRIES {
+                    // Another write came first: read again, write again.
+                    c.retries += 1;
+                    s.retries += 1;
+                    s.lost = false;
+                    s.phase = 0;
+                    s.carry = Carry::default();
+                    self.send_phase(p.slot, plan, c);
+                } else if s.more && s.errors == 0 && !s.lost {
                     s.phase += 1;
                     self.send_phase(p.slot, plan, c);
                 } else {
+                    // A write still lost after MAX_RETRIES retries is an error.
+                    s.errors += u32::from(s.lost && s.errors == 0);
                     self.complete(p.slot, now, plan, c);
                 }
             }
@@ -475,6 +559,11 @@ impl Conn {
             return;
         };
         self.free.push(slot);
+        if self.holder == Some(slot) {
+            // It failed before its next phase: the others may go on.
+            self.holder = None;
+            self.send_waiting(plan, c);
+        }
         c.record(now, now.saturating_duration_since(s.start), s.errors as u64);
         if let (Source::Setup(_), Op::Create { index, .. }, 0) = (plan.source, s.op, s.errors) {
             self.tokens.push((index, s.carry.token));
@@ -491,6 +580,8 @@ impl Conn {
             c.failed_connections += 1;
         }
         self.pending.clear();
+        self.holder = None;
+        self.waiting.clear();
         self.free = (0..self.slots.len() as u16).collect();
         self.slots.iter_mut().for_each(|s| *s = None);
         self.wbuf.clear();
@@ -519,6 +610,10 @@ struct Judged {
     /// The token it carries (read for SH_NEW and requests with a token).
     token: Option<u64>,
     fault: Option<Fault>,
+    /// cas's read: the session's version and its counter (absent: 0).
+    read: Option<(u64, u64)>,
+    /// cas's write lost to another (`st` 104): `ok`, and to be retried.
+    lost: bool,
 }
 
 /// Checks a reply against the request in front of the queue: a whole text
@@ -531,9 +626,14 @@ fn judge_ws(scanner: &ws::Scanner, body: &[u8], whole_text: bool, e: &Expect) ->
             ok: false,
             token: None,
             fault: Some(Fault::OtherCommand),
+            read: None,
+            lost: false,
         };
     }
-    let mut ok = whole_text && scanner.status(body) == Some(1);
+    let status = scanner.status(body);
+    // A compare-and-set another write beat: an answer, not an error.
+    let lost = e.check == Check::Swapped && status == Some(104);
+    let mut ok = whole_text && (status == Some(1) || lost);
     let mut token = None;
     let mut fault = None;
     if ok && (e.check == Check::Token || e.tkn.is_some()) {
@@ -547,6 +647,7 @@ fn judge_ws(scanner: &ws::Scanner, body: &[u8], whole_text: bool, e: &Expect) ->
             _ => {}
         }
     }
+    let mut read = None;
     ok = ok
         && match e.check {
             // SH_NEW's token is what the next phase uses.
@@ -554,9 +655,36 @@ fn judge_ws(scanner: &ws::Scanner, body: &[u8], whole_text: bool, e: &Expect) ->
             Check::Ttl => scanner.ttl_ms(body).is_some(),
             Check::Ended => scanner.count(body).is_some_and(|n| n >= 1),
             Check::Filled => scanner.has_both_keys(body),
+            Check::Counter => scanner.value(body).is_some_and(|n| n >= 1),
+            Check::Read => {
+                read = scanner.version(body).zip(scanner.counter(body));
+                read.is_some()
+            }
+            // A win moves the version on by one; a loss reports the
+            // session's version, which is not the one the write expected.
+            Check::Swapped => match (scanner.version(body), e.version) {
+                (Some(now), Some(sent)) if lost => now != sent,
+                (Some(now), Some(sent)) => sent.checked_add(1) == Some(now),
+                _ => false,
+            },
             Check::Ok | Check::Positive | Check::Members => true,
         };
-    Judged { ok, token, fault }
+    Judged {
+        ok,
+        token,
+        fault,
+        read: read.filter(|_| ok),
+        lost: ok && lost,
+    }
+}
+
+/// cas's Redis read (HGET of the counter): its value, 0 when the field is
+/// absent (nil); `None` when it is not an unsigned integer.
+fn redis_counter(reply: &[u8]) -> Option<u64> {
+    match resp::bulk_string(reply)? {
+        None => Some(0),
+        Some(digits) => resp::unsigned(digits),
+    }
 }
 
 /// Reads an SMEMBERS reply into `carry`: true when it lists 1 to
@@ -606,6 +734,7 @@ struct Collector {
     failed_connections: u64,
     mismatched: u64,
     untokened: u64,
+    retries: u64,
     last_completion: Instant,
 }
 
@@ -656,6 +785,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         failed_connections: 0,
         mismatched: 0,
         untokened: 0,
+        retries: 0,
         last_completion: plan.start,
     };
     let mut poll = match Poll::new() {
@@ -670,6 +800,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
                 failed_connections: c.failed_connections,
                 mismatched: c.mismatched,
                 untokened: c.untokened,
+                retries: c.retries,
             });
             return conns;
         }
@@ -801,6 +932,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         failed_connections: c.failed_connections,
         mismatched: c.mismatched,
         untokened: c.untokened,
+        retries: c.retries,
     });
     conns
 }
@@ -811,7 +943,12 @@ mod tests {
     use crate::workload::MAX_MEMBERS;
 
     fn expect(check: Check, reply: &'static [u8], tkn: Option<u64>) -> Expect {
-        Expect { check, reply, tkn }
+        Expect {
+            check,
+            reply,
+            tkn,
+            version: None,
+        }
     }
 
     fn judge(body: &str, e: Expect) -> Judged {
@@ -871,6 +1008,77 @@ mod tests {
         let end = expect(Check::Ended, b"SH_OWNER_END_RSP", None);
         assert!(judge(r#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u1","cnt":5}}"#, end).ok);
         assert!(!judge(r#"{"SH_OWNER_END_RSP":{"st":1,"owner":"u1","cnt":0}}"#, end).ok);
+    }
+
+    #[test]
+    fn incr_and_cas_replies() {
+        let incr = expect(Check::Counter, b"SH_INCR_RSP", Some(3));
+        let j = judge(
+            r#"{"SH_INCR_RSP":{"st":1,"tkn":3,"key":"counter","value":8}}"#,
+            incr,
+        );
+        assert_eq!((j.ok, j.fault, j.lost), (true, None, false));
+        assert!(!judge(r#"{"SH_INCR_RSP":{"st":1,"tkn":3,"key":"counter"}}"#, incr).ok);
+        assert!(!judge(r#"{"SH_INCR_RSP":{"st":43,"tkn":3}}"#, incr).ok);
+
+        // The read hands on the version and the counter (absent: 0).
+        let read = expect(Check::Read, b"SH_GET_RSP", Some(3));
+        let j = judge(
+            r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{"counter":12},"version":40}}"#,
+            read,
+        );
+        assert_eq!((j.ok, j.read), (true, Some((40, 12))));
+        let j = judge(
+            r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{},"version":1}}"#,
+            read,
+        );
+        assert_eq!((j.ok, j.read), (true, Some((1, 0))));
+        // No version (a server without withVersion), or a counter that is no
+        // unsigned integer: an error, nothing handed on.
+        let j = judge(
+            r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{"counter":1}}}"#,
+            read,
+        );
+        assert_eq!((j.ok, j.read), (false, None));
+        let j = judge(
+            r#"{"SH_GET_RSP":{"st":1,"tkn":3,"keys":{"counter":"1"},"version":2}}"#,
+            read,
+        );
+        assert_eq!((j.ok, j.read), (false, None));
+        let j = judge(
+            r#"{"SH_GET_RSP":{"st":1,"tkn":4,"keys":{},"version":2}}"#,
+            read,
+        );
+        assert_eq!(
+            (j.ok, j.fault, j.read),
+            (false, Some(Fault::OtherToken), None)
+        );
+
+        // The write: a win moves the version on by exactly one; a loss (104)
+        // reports another version and is retried, not counted as an error.
+        let write = Expect {
+            version: Some(40),
+            ..expect(Check::Swapped, b"SH_SET_RSP", Some(3))
+        };
+        let won = judge(r#"{"SH_SET_RSP":{"st":1,"tkn":3,"version":41}}"#, write);
+        assert_eq!((won.ok, won.lost), (true, false));
+        assert!(!judge(r#"{"SH_SET_RSP":{"st":1,"tkn":3,"version":43}}"#, write).ok);
+        assert!(!judge(r#"{"SH_SET_RSP":{"st":1,"tkn":3}}"#, write).ok);
+        let lost = judge(r#"{"SH_SET_RSP":{"st":104,"tkn":3,"version":42}}"#, write);
+        assert_eq!((lost.ok, lost.lost), (true, true));
+        let odd = judge(r#"{"SH_SET_RSP":{"st":104,"tkn":3,"version":40}}"#, write);
+        assert_eq!((odd.ok, odd.lost), (false, false));
+        let other = judge(r#"{"SH_SET_RSP":{"st":104,"tkn":5,"version":42}}"#, write);
+        assert_eq!((other.ok, other.lost), (false, false));
+        // 104 is a loss for a compare-and-set only.
+        let set = expect(Check::Ok, b"SH_SET_RSP", Some(3));
+        let j = judge(r#"{"SH_SET_RSP":{"st":104,"tkn":3,"version":42}}"#, set);
+        assert_eq!((j.ok, j.lost), (false, false));
+
+        assert_eq!(redis_counter(b"$-1\r\n"), Some(0));
+        assert_eq!(redis_counter(b"$3\r\n123\r\n"), Some(123));
+        assert_eq!(redis_counter(b"$2\r\n-1\r\n"), None);
+        assert_eq!(redis_counter(b":5\r\n"), None);
     }
 
     #[test]

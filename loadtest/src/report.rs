@@ -25,6 +25,10 @@ struct Report<'a> {
     /// CPU seconds the `--server-pid` process used during the timed run.
     server_cpu_s: Option<f64>,
     failed_connections: u64,
+    /// Compare-and-sets that lost and were tried again (cas; 0 for the
+    /// workloads that never retry). Each completed operation counts once in
+    /// `ops` however often it was retried.
+    retries: u64,
     /// Latency at each percentile, for plotting a distribution.
     percentiles: Vec<Percentile>,
     series: &'a [SecondStat],
@@ -78,6 +82,7 @@ pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome, meta: &Meta) -> R
         client_cpu_s: meta.client_cpu_s,
         server_cpu_s: meta.server_cpu_s,
         failed_connections: outcome.failed_connections,
+        retries: outcome.retries,
         percentiles: pct.clone(),
         series: &outcome.series,
     };

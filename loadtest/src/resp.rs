@@ -107,6 +107,58 @@ pub fn array_bulks<'a>(reply: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Optio
     (at == reply.len()).then_some(())
 }
 
+/// A whole bulk string reply: `Some(Some(bytes))`, `Some(None)` for nil
+/// (HGET of an absent field), `None` for any other reply.
+pub fn bulk_string(reply: &[u8]) -> Option<Option<&[u8]>> {
+    let nl = memchr(b'\n', reply)?;
+    if reply.first() != Some(&b'$') || nl < 2 || reply[nl - 1] != b'\r' {
+        return None;
+    }
+    let n = int(&reply[1..nl - 1]).ok()?;
+    if n < 0 {
+        return (reply.len() == nl + 1).then_some(None);
+    }
+    let start = nl + 1;
+    let end = start.checked_add(usize::try_from(n).ok()?)?;
+    (reply.len() == end + 2 && &reply[end..] == b"\r\n").then(|| Some(&reply[start..end]))
+}
+
+/// An EXEC reply: `Some(true)` when the transaction ran and each of its
+/// commands answered an integer, `Some(false)` when it did not run because a
+/// WATCHed key changed (a nil array), `None` for anything else (an error, an
+/// error inside the array, EXECABORT).
+pub fn exec_ran(reply: &[u8]) -> Option<bool> {
+    if reply == b"*-1\r\n" {
+        return Some(false);
+    }
+    let nl = memchr(b'\n', reply)?;
+    if reply.first() != Some(&b'*') || nl < 2 || reply[nl - 1] != b'\r' {
+        return None;
+    }
+    let n = int(&reply[1..nl - 1]).ok()?;
+    let mut at = nl + 1;
+    for _ in 0..n.max(0) {
+        let (used, r) = parse_reply(reply.get(at..)?).ok()??;
+        if !matches!(r, Reply::Integer(_)) {
+            return None;
+        }
+        at += used;
+    }
+    (n >= 1 && at == reply.len()).then_some(true)
+}
+
+/// Decimal digits only, as a u64 (a counter stored in a hash field).
+pub fn unsigned(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |v, &d| {
+        d.is_ascii_digit()
+            .then(|| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
+}
+
 fn int(s: &[u8]) -> Result<i64, Malformed> {
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
@@ -178,6 +230,25 @@ mod tests {
         assert_eq!(array_bulks(b"*1\r\n$-1\r\n", |_| {}), None);
         assert_eq!(array_bulks(b":1\r\n", |_| {}), None);
         assert_eq!(array_bulks(b"*1\r\n:5\r\n", |_| {}), None);
+    }
+
+    #[test]
+    fn bulk_strings_and_exec_replies_are_read() {
+        assert_eq!(bulk_string(b"$2\r\n17\r\n"), Some(Some(&b"17"[..])));
+        assert_eq!(bulk_string(b"$0\r\n\r\n"), Some(Some(&b""[..])));
+        assert_eq!(bulk_string(b"$-1\r\n"), Some(None));
+        assert_eq!(bulk_string(b"+OK\r\n"), None);
+        assert_eq!(bulk_string(b"$3\r\n17\r\n"), None);
+        assert_eq!(exec_ran(b"*1\r\n:0\r\n"), Some(true));
+        assert_eq!(exec_ran(b"*2\r\n:1\r\n:-3\r\n"), Some(true));
+        assert_eq!(exec_ran(b"*-1\r\n"), Some(false));
+        assert_eq!(exec_ran(b"*0\r\n"), None);
+        assert_eq!(exec_ran(b"*1\r\n-WRONGTYPE x\r\n"), None);
+        assert_eq!(exec_ran(b"-EXECABORT x\r\n"), None);
+        assert_eq!(unsigned(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(unsigned(b"18446744073709551616"), None);
+        assert_eq!(unsigned(b""), None);
+        assert_eq!(unsigned(b"1.5"), None);
     }
 
     #[test]

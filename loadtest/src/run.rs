@@ -106,7 +106,14 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         // Serializing plain numbers and strings cannot fail.
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else {
-        stats::print_table(&summary, cfg.threads, cfg.rate, outcome.failed_connections);
+        let retries = (cfg.workload == Workload::Cas).then_some(outcome.retries);
+        stats::print_table(
+            &summary,
+            cfg.threads,
+            cfg.rate,
+            outcome.failed_connections,
+            retries,
+        );
         print_cpu(&cpu, summary.ops);
     }
     Ok(summary)

@@ -40,6 +40,8 @@ pub struct Outcome {
     pub mismatched: u64,
     /// Successes that echoed no token (see `Msg::Done`).
     pub untokened: u64,
+    /// Compare-and-sets that lost and were tried again (see `Msg::Done`).
+    pub retries: u64,
 }
 
 /// A second still open for late ticks from slower threads.
@@ -64,7 +66,7 @@ pub fn collect(
 ) -> Outcome {
     let mut hist = new_histogram();
     let (mut ops, mut errors, mut failed, mut mismatched) = (0u64, 0u64, 0u64, 0u64);
-    let mut untokened = 0u64;
+    let (mut untokened, mut retries) = (0u64, 0u64);
     let mut open: BTreeMap<u64, Open> = BTreeMap::new();
     let mut closed: BTreeMap<u64, SecondStat> = BTreeMap::new();
     let mut done = 0;
@@ -103,11 +105,13 @@ pub fn collect(
                 failed_connections,
                 mismatched: m,
                 untokened: u,
+                retries: r,
             }) => {
                 done += 1;
                 failed += failed_connections;
                 mismatched += m;
                 untokened += u;
+                retries += r;
                 last = last.max(at);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -163,6 +167,7 @@ pub fn collect(
         failed_connections: failed,
         mismatched,
         untokened,
+        retries,
     }
 }
 
@@ -257,8 +262,15 @@ impl Latency {
     }
 }
 
-/// The readable summary printed without `--json`.
-pub fn print_table(s: &Summary, threads: usize, rate: Option<f64>, failed: u64) {
+/// The readable summary printed without `--json`; `retries` for workloads
+/// that retry (cas).
+pub fn print_table(
+    s: &Summary,
+    threads: usize,
+    rate: Option<f64>,
+    failed: u64,
+    retries: Option<u64>,
+) {
     let mode = match rate {
         Some(r) => format!("open loop at {} ops/s", group(r)),
         None => "closed loop".to_string(),
@@ -278,6 +290,17 @@ pub fn print_table(s: &Summary, threads: usize, rate: Option<f64>, failed: u64) 
     println!("  errors        {}", s.errors);
     if failed > 0 {
         println!("  failed conns  {failed}");
+    }
+    if let Some(r) = retries {
+        let per_op = if s.ops > 0 {
+            r as f64 / s.ops as f64
+        } else {
+            0.0
+        };
+        println!(
+            "  retries       {} ({per_op:.3} per operation)",
+            group(r as f64)
+        );
     }
     println!("  latency (us)  p50      p90      p99      p99.9    max");
     let l = &s.latency_us;

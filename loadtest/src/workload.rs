@@ -14,6 +14,8 @@
 //! | mixed             | 80% get, 20% set                                  | 80% HGET, 20% HSET                          |
 //! | sliding           | SH_GET (session: 3600 s, extendOnGet)             | HGET + EXPIRE 3600                          |
 //! | touch             | SH_TOUCH slide (session: 3600 s)                  | PEXPIRE 3600000 + PTTL                      |
+//! | incr              | SH_INCR key `counter` (by 1)                      | HINCRBY counter 1                           |
+//! | cas               | SH_GET withVersion ; SH_SET ifVersion (104: redo) | WATCH + HGET ; MULTI + HSET + EXEC (nil: redo) |
 //! | lifecycle         | SH_NEW (60 s) with keys ; SH_GET + SH_END         | HSET two fields + EXPIRE 60 + HGETALL + DEL |
 //! | lifecycle-classic | SH_NEW (60 s) ; SH_SET two keys + SH_GET + SH_END | HSET two fields + EXPIRE 60 + HGETALL + DEL |
 //! | logout-all        | SH_OWNER_END ; 5 x SH_NEW with owner and keys     | SMEMBERS ; DEL each + DEL set + 5 x HSET + SADD |
@@ -23,8 +25,26 @@
 //! A `;` separates phases: on nemesisdb the server picks the token, so the
 //! requests that use it can only go out once SH_NEW's reply is in; logging an
 //! owner out recreates its sessions only once the old ones are gone, and on
-//! Redis the sessions to delete are only known from SMEMBERS' reply. Every
-//! other Redis operation is a single phase, its keys named by the client.
+//! Redis the sessions to delete are only known from SMEMBERS' reply; cas
+//! writes what its read returned. Every other Redis operation is a single
+//! phase, its keys named by the client.
+//!
+//! cas is a compare-and-set increment of the session's `counter`: read it
+//! with the session's version, write it + 1 only if the version is still the
+//! one read. A write that lost (nemesisdb `st` 104, Redis EXEC's nil array)
+//! starts the operation again from its read (redo); the driver counts these
+//! retries, and the operation completes, as one, when a write wins. On Redis
+//! WATCH belongs to the connection, and EXEC (or an abort) clears every key
+//! the connection watches, so two cas operations of one connection must not
+//! overlap between WATCH and EXEC: [`Encoder::holds_connection`] says which
+//! phase leaves that state, and the driver writes no other operation's phase
+//! on the connection until the holder's next phase (ending in EXEC) is
+//! written. Commands on one connection run in order, so the next operation's
+//! WATCH can follow that EXEC in the same write: from pipeline 2 on, a Redis
+//! connection runs one cas per round trip (at pipeline 1, one per two), and
+//! a deeper pipeline adds nothing.
+//! nemesisdb's `ifVersion` is checked per request, so its cas operations
+//! pipeline freely.
 //!
 //! logout-all's owners are split over the timed run's operation slots
 //! ([`Owners`]): a slot only ever picks owners no other slot picks, so two
@@ -82,6 +102,15 @@ pub enum Op {
     Touch {
         session: u32,
     },
+    /// Add 1 to the session's `counter`.
+    Incr {
+        session: u32,
+    },
+    /// Read the session's `counter` and version, then write the counter + 1
+    /// if the version is unchanged; from the read again when it changed.
+    Cas {
+        session: u32,
+    },
     /// Create a session with its keys, read it and end it; `id` names it on
     /// Redis.
     Lifecycle {
@@ -123,8 +152,21 @@ pub enum Check {
     Ok,
     /// nemesisdb `st` 1 with a `tkn` (SH_NEW), which the next phase uses.
     Token,
-    /// Redis integer >= 1 (EXPIRE, PTTL, DEL or SADD of a key that must exist).
+    /// Redis integer >= 1 (EXPIRE, PTTL, DEL or SADD of a key that must exist,
+    /// HINCRBY of a counter that only goes up).
     Positive,
+    /// nemesisdb `st` 1 with a `value` of 1 or more (SH_INCR of a counter
+    /// that only goes up).
+    Counter,
+    /// cas's read, which hands on the counter (absent: 0): nemesisdb `st` 1
+    /// with a `version` and an unsigned integer `counter`, if any; Redis a
+    /// bulk string of an unsigned integer, or nil (HGET).
+    Read,
+    /// cas's write. A success: nemesisdb `st` 1 with `version` one above
+    /// [`Expect::version`]; Redis an EXEC that ran (an array of one integer).
+    /// A lost race, which starts the operation again: nemesisdb `st` 104 with
+    /// another `version`; Redis EXEC's nil array.
+    Swapped,
     /// nemesisdb `st` 1 with a `ttlMs` of 0 or more (SH_TOUCH of a session
     /// that expires).
     Ttl,
@@ -148,6 +190,8 @@ pub struct Expect {
     pub reply: &'static [u8],
     /// nemesisdb: the token a successful reply must echo, when it echoes one.
     pub tkn: Option<u64>,
+    /// nemesisdb: the `ifVersion` a compare-and-set sent ([`Check::Swapped`]).
+    pub version: Option<u64>,
 }
 
 impl Expect {
@@ -156,6 +200,7 @@ impl Expect {
             check,
             reply: b"",
             tkn: None,
+            version: None,
         }
     }
 }
@@ -168,6 +213,10 @@ pub struct Carry {
     /// Redis: the session ids SMEMBERS listed (see [`member_id`]).
     pub members: [u64; MAX_MEMBERS],
     pub n_members: u8,
+    /// cas: the session's version its read returned (nemesisdb).
+    pub version: u64,
+    /// cas: the counter its read returned.
+    pub counter: u64,
 }
 
 impl Carry {
@@ -236,9 +285,9 @@ impl Default for Owners {
         Owners::new(0, 1)
     }
 }
-/// The sessions that get/set/mixed/sliding/touch pick from: on nemesisdb each
-/// token's decimal digits, on Redis each key as an encoded bulk string, so a
-/// request is a few copies of ready bytes.
+/// The sessions that get/set/mixed/sliding/touch/incr/cas pick from: on
+/// nemesisdb each token's decimal digits, on Redis each key as an encoded
+/// bulk string, so a request is a few copies of ready bytes.
 #[derive(Debug, Default)]
 pub struct Sessions {
     arena: Vec<u8>,
@@ -328,6 +377,11 @@ struct Pieces {
     close2: Vec<u8>,
     touch_open: Vec<u8>,
     touch_close: Vec<u8>,
+    incr_open: Vec<u8>,
+    incr_close: Vec<u8>,
+    get_versioned: Vec<u8>,
+    cas_counter: Vec<u8>,
+    cas_if: Vec<u8>,
     new_forever: Vec<u8>,
     new_sliding: Vec<u8>,
     new_hour: Vec<u8>,
@@ -353,6 +407,12 @@ struct Pieces {
     pexpire: Vec<u8>,
     ms_3600000: Vec<u8>,
     pttl: Vec<u8>,
+    hincrby: Vec<u8>,
+    field_counter: Vec<u8>,
+    one: Vec<u8>,
+    watch: Vec<u8>,
+    multi_hset: Vec<u8>,
+    exec: Vec<u8>,
     hgetall: Vec<u8>,
     del: Vec<u8>,
     smembers: Vec<u8>,
@@ -361,6 +421,10 @@ struct Pieces {
 
 /// The owner name of owner `n` on nemesisdb is `u<n>`; its Redis set `o:<n>`.
 const OWNER_PREFIX: &str = "u";
+
+/// The key (Redis: hash field) incr and cas count in. Not among the keys
+/// set-up writes, so it starts absent, which both targets count as 0.
+pub const COUNTER: &str = "counter";
 
 impl Pieces {
     fn new(value: &str) -> Pieces {
@@ -389,6 +453,11 @@ impl Pieces {
             close2: b"}}".to_vec(),
             touch_open: br#"{"SH_TOUCH":{"tkn":"#.to_vec(),
             touch_close: br#","slide":true}}"#.to_vec(),
+            incr_open: br#"{"SH_INCR":{"tkn":"#.to_vec(),
+            incr_close: json(format!(r#","key":"{COUNTER}"}}}}"#)),
+            get_versioned: json(format!(r#","keys":["{COUNTER}"],"withVersion":true}}}}"#)),
+            cas_counter: json(format!(r#","keys":{{"{COUNTER}":"#)),
+            cas_if: br#"},"ifVersion":"#.to_vec(),
             new_forever: new(""),
             new_sliding: new(
                 r#""expiry":{"duration":3600,"deleteSession":true,"extendOnGet":true}"#,
@@ -421,6 +490,12 @@ impl Pieces {
             pexpire: b"*3\r\n$7\r\nPEXPIRE\r\n".to_vec(),
             ms_3600000: bulk(b"3600000"),
             pttl: b"*2\r\n$4\r\nPTTL\r\n".to_vec(),
+            hincrby: b"*4\r\n$7\r\nHINCRBY\r\n".to_vec(),
+            field_counter: bulk(COUNTER.as_bytes()),
+            one: bulk(b"1"),
+            watch: b"*2\r\n$5\r\nWATCH\r\n".to_vec(),
+            multi_hset: b"*1\r\n$5\r\nMULTI\r\n*4\r\n$4\r\nHSET\r\n".to_vec(),
+            exec: b"*1\r\n$4\r\nEXEC\r\n".to_vec(),
             hgetall: b"*2\r\n$7\r\nHGETALL\r\n".to_vec(),
             del: b"*2\r\n$3\r\nDEL\r\n".to_vec(),
             smembers: b"*2\r\n$8\r\nSMEMBERS\r\n".to_vec(),
@@ -450,6 +525,7 @@ const SET: &[u8] = b"SH_SET_RSP";
 const END: &[u8] = b"SH_END_RSP";
 const NEW: &[u8] = b"SH_NEW_RSP";
 const TOUCH: &[u8] = b"SH_TOUCH_RSP";
+const INCR: &[u8] = b"SH_INCR_RSP";
 const OWNER_END: &[u8] = b"SH_OWNER_END_RSP";
 
 impl Encoder {
@@ -510,6 +586,12 @@ impl Encoder {
             Workload::Touch => Op::Touch {
                 session: session(rng),
             },
+            Workload::Incr => Op::Incr {
+                session: session(rng),
+            },
+            Workload::Cas => Op::Cas {
+                session: session(rng),
+            },
             Workload::Lifecycle => Op::Lifecycle { id },
             Workload::LifecycleClassic => Op::LifecycleClassic { id },
             Workload::LogoutAll => Op::LogoutAll {
@@ -534,6 +616,14 @@ impl Encoder {
             // Quotas split `requests` = the session count, so id < it.
             Op::End { session: id as u32 }
         }
+    }
+
+    /// Whether phase `phase` of `op` leaves state on the connection that its
+    /// next phase relies on: Redis cas's WATCH, which any other operation's
+    /// EXEC on the connection would clear. No other operation may write a
+    /// phase on the connection until `op` has written its next one.
+    pub fn holds_connection(&self, op: Op, phase: u8) -> bool {
+        self.protocol == Protocol::Redis && matches!(op, Op::Cas { .. }) && phase == 0
     }
 
     /// Appends phase `phase` of `op` to `out`, and what each of its replies
@@ -566,7 +656,12 @@ impl Encoder {
         let p = &self.p;
         let mut text = |parts: &[&[u8]], check: Check, reply, tkn| {
             ws::write_frame(out, ws::OP_TEXT, parts, rng);
-            expects.push(Expect { check, reply, tkn });
+            expects.push(Expect {
+                check,
+                reply,
+                tkn,
+                version: None,
+            });
         };
         let session = |i: u32| {
             (
@@ -601,6 +696,41 @@ impl Encoder {
             Op::End { session: i } => {
                 let (t, tkn) = session(i);
                 text(&[&p.end_open, t, &p.close2], Check::Ok, END, tkn);
+            }
+            Op::Incr { session: i } => {
+                let (t, tkn) = session(i);
+                text(&[&p.incr_open, t, &p.incr_close], Check::Counter, INCR, tkn);
+            }
+            Op::Cas { session: i } if phase == 0 => {
+                let (t, tkn) = session(i);
+                text(&[&p.get_open, t, &p.get_versioned], Check::Read, GET, tkn);
+                return true;
+            }
+            Op::Cas { session: i } => {
+                let (t, tkn) = session(i);
+                let mut c = itoa::Buffer::new();
+                let counter = c.format(carry.counter.saturating_add(1)).as_bytes();
+                let version = b.format(carry.version).as_bytes();
+                ws::write_frame(
+                    out,
+                    ws::OP_TEXT,
+                    &[
+                        &p.set_open,
+                        t,
+                        &p.cas_counter,
+                        counter,
+                        &p.cas_if,
+                        version,
+                        &p.close2,
+                    ],
+                    rng,
+                );
+                expects.push(Expect {
+                    check: Check::Swapped,
+                    reply: SET,
+                    tkn,
+                    version: Some(carry.version),
+                });
             }
             Op::Lifecycle { .. } if phase == 0 => {
                 text(&[&p.new_minute_keys], Check::Token, NEW, None);
@@ -714,6 +844,28 @@ impl Encoder {
                 let k = self.sessions.get(session as usize);
                 put(out, &[&p.del, k]);
                 expect(Check::Positive);
+            }
+            Op::Incr { session } => {
+                let k = self.sessions.get(session as usize);
+                put(out, &[&p.hincrby, k, &p.field_counter, &p.one]);
+                expect(Check::Positive);
+            }
+            // WATCH before the read: a change after it aborts the EXEC.
+            Op::Cas { session } if phase == 0 => {
+                let k = self.sessions.get(session as usize);
+                put(out, &[&p.watch, k, &p.hget, k, &p.field_counter]);
+                expect(Check::Ok);
+                expect(Check::Read);
+                return true;
+            }
+            Op::Cas { session } => {
+                let k = self.sessions.get(session as usize);
+                put(out, &[&p.multi_hset, k, &p.field_counter]);
+                redis_key(out, b"", carry.counter.saturating_add(1));
+                out.extend_from_slice(&p.exec);
+                expect(Check::Ok);
+                expect(Check::Ok);
+                expect(Check::Swapped);
             }
             // No server-chosen token on Redis: both lifecycles are the same
             // four commands, pipelined.
@@ -1012,7 +1164,8 @@ mod tests {
             [Expect {
                 check: Check::Ttl,
                 reply: b"SH_TOUCH_RSP",
-                tkn: Some(5)
+                tkn: Some(5),
+                version: None,
             }]
         );
     }
@@ -1038,6 +1191,136 @@ mod tests {
         let (out, _, more) = phase(&e, Op::OwnerEnd { owner: 41 }, 0, &none);
         assert!(!more);
         assert_eq!(ws_json(&out), [json!({"SH_OWNER_END":{"owner":"u41"}})]);
+    }
+
+    #[test]
+    fn ws_incr_and_cas_requests() {
+        use serde_json::json;
+        let e = Encoder::new(
+            Protocol::Ws,
+            Workload::Cas,
+            "v",
+            Sessions::from_tokens([7, 9]),
+        );
+        let none = Carry::default();
+        let (out, expects, more) = phase(&e, Op::Incr { session: 1 }, 0, &none);
+        assert!(!more);
+        assert_eq!(
+            ws_json(&out),
+            [json!({"SH_INCR":{"tkn":9,"key":"counter"}})]
+        );
+        assert_eq!(
+            expects,
+            [Expect {
+                check: Check::Counter,
+                reply: b"SH_INCR_RSP",
+                tkn: Some(9),
+                version: None,
+            }]
+        );
+
+        let cas = Op::Cas { session: 0 };
+        assert!(
+            !e.holds_connection(cas, 0),
+            "ifVersion needs no connection state"
+        );
+        let (out, expects, more) = phase(&e, cas, 0, &none);
+        assert!(more);
+        assert_eq!(
+            ws_json(&out),
+            [json!({"SH_GET":{"tkn":7,"keys":["counter"],"withVersion":true}})]
+        );
+        assert_eq!(
+            (expects[0].check, expects[0].reply, expects[0].tkn),
+            (Check::Read, &b"SH_GET_RSP"[..], Some(7))
+        );
+        let read = Carry {
+            version: 41,
+            counter: 12,
+            ..Carry::default()
+        };
+        let (out, expects, more) = phase(&e, cas, 1, &read);
+        assert!(!more);
+        assert_eq!(
+            ws_json(&out),
+            [json!({"SH_SET":{"tkn":7,"keys":{"counter":13},"ifVersion":41}})]
+        );
+        assert_eq!(
+            expects,
+            [Expect {
+                check: Check::Swapped,
+                reply: b"SH_SET_RSP",
+                tkn: Some(7),
+                version: Some(41),
+            }]
+        );
+    }
+
+    #[test]
+    fn redis_incr_and_cas_commands() {
+        let e = Encoder::new(Protocol::Redis, Workload::Cas, "v", Sessions::redis_keys(3));
+        let none = Carry::default();
+        let (out, expects, more) = phase(&e, Op::Incr { session: 2 }, 0, &none);
+        assert!(!more);
+        assert_eq!(resp_commands(&out), [["HINCRBY", "s:2", "counter", "1"]]);
+        assert_eq!(expects, [Expect::redis(Check::Positive)]);
+
+        let cas = Op::Cas { session: 1 };
+        // WATCH stays on the connection until the EXEC of phase 1.
+        assert!(e.holds_connection(cas, 0));
+        assert!(!e.holds_connection(cas, 1));
+        assert!(!e.holds_connection(Op::Incr { session: 1 }, 0));
+        let (out, expects, more) = phase(&e, cas, 0, &none);
+        assert!(more);
+        assert_eq!(
+            resp_commands(&out),
+            [vec!["WATCH", "s:1"], vec!["HGET", "s:1", "counter"]]
+        );
+        assert_eq!(
+            expects,
+            [Expect::redis(Check::Ok), Expect::redis(Check::Read)]
+        );
+        let read = Carry {
+            counter: 99,
+            ..Carry::default()
+        };
+        let (out, expects, more) = phase(&e, cas, 1, &read);
+        assert!(!more);
+        assert_eq!(
+            resp_commands(&out),
+            [
+                vec!["MULTI"],
+                vec!["HSET", "s:1", "counter", "100"],
+                vec!["EXEC"]
+            ]
+        );
+        assert_eq!(
+            expects,
+            [
+                Expect::redis(Check::Ok),
+                Expect::redis(Check::Ok),
+                Expect::redis(Check::Swapped)
+            ]
+        );
+    }
+
+    #[test]
+    fn incr_and_cas_pick_sessions_by_the_seed() {
+        for w in [Workload::Incr, Workload::Cas] {
+            let e = Encoder::new(Protocol::Redis, w, "v", Sessions::redis_keys(50));
+            let (mut a, mut b) = (Rng::new(5, 2), Rng::new(5, 2));
+            let xs: Vec<Op> = (0..200).map(|i| e.choose(&mut a, i, 0)).collect();
+            let ys: Vec<Op> = (0..200).map(|i| e.choose(&mut b, i, 0)).collect();
+            assert_eq!(xs, ys);
+            let mut seen = [false; 50];
+            for op in xs {
+                let (Op::Incr { session } | Op::Cas { session }) = op else {
+                    panic!("{w:?} chose {op:?}");
+                };
+                seen[session as usize] = true;
+            }
+            assert!(seen.iter().filter(|&&s| s).count() > 40);
+        }
     }
 
     #[test]

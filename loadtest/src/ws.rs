@@ -198,9 +198,9 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
     }))
 }
 
-/// Finds the members `st`, `tkn`, `ttlMs` and `cnt` in a response body
-/// without building a JSON tree. Our requests never put a quote inside a
-/// value, so the first `"st"` key in a response is the status.
+/// Finds the members `st`, `tkn`, `ttlMs`, `cnt`, `value` and `version` in
+/// a response body without building a JSON tree. Our requests never put a
+/// quote inside a value, so the first `"st"` key in a response is the status.
 pub struct Scanner {
     st: memmem::Finder<'static>,
     tkn: memmem::Finder<'static>,
@@ -208,6 +208,9 @@ pub struct Scanner {
     cnt: memmem::Finder<'static>,
     user: memmem::Finder<'static>,
     cart: memmem::Finder<'static>,
+    value: memmem::Finder<'static>,
+    version: memmem::Finder<'static>,
+    counter: memmem::Finder<'static>,
 }
 
 impl Default for Scanner {
@@ -219,6 +222,9 @@ impl Default for Scanner {
             cnt: memmem::Finder::new(b"\"cnt\""),
             user: memmem::Finder::new(b"\"user\""),
             cart: memmem::Finder::new(b"\"cart\""),
+            value: memmem::Finder::new(b"\"value\""),
+            version: memmem::Finder::new(b"\"version\""),
+            counter: memmem::Finder::new(b"\"counter\""),
         }
     }
 }
@@ -263,6 +269,37 @@ impl Scanner {
     pub fn count(&self, body: &[u8]) -> Option<u64> {
         let at = self.cnt.find(body)? + 5;
         number_after_colon(&body[at..])
+    }
+
+    /// The `value` value (SH_INCR); `None` when negative or none.
+    pub fn value(&self, body: &[u8]) -> Option<u64> {
+        let at = self.value.find(body)? + 7;
+        number_after_colon(&body[at..])
+    }
+
+    /// The `version` value (`withVersion`, `ifVersion`).
+    pub fn version(&self, body: &[u8]) -> Option<u64> {
+        let at = self.version.find(body)? + 9;
+        number_after_colon(&body[at..])
+    }
+
+    /// The value of key `counter` in an SH_GET reply (incr and cas count
+    /// in it): 0 when the reply has no such key (an absent key counts as 0),
+    /// `None` when its value is not an unsigned integer.
+    pub fn counter(&self, body: &[u8]) -> Option<u64> {
+        match self.counter.find(body) {
+            None => Some(0),
+            Some(at) => {
+                let rest = &body[at + 9..];
+                // A number, not a string of digits.
+                let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+                let after = rest[colon + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                if after == Some(&b'"') {
+                    return None;
+                }
+                number_after_colon(rest)
+            }
+        }
     }
 }
 
@@ -397,6 +434,16 @@ mod tests {
         assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":"a"}}}"#));
         assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{"user":null,"cart":"b"}}}"#));
         assert!(!s.has_both_keys(br#"{"SH_GET_RSP":{"st":1,"keys":{}}}"#));
+        let incr = br#"{"SH_INCR_RSP":{"st":1,"tkn":5,"key":"counter","value":12}}"#;
+        assert_eq!(s.value(incr), Some(12));
+        assert_eq!(s.value(br#"{"SH_INCR_RSP":{"st":1,"value":-2}}"#), None);
+        let get = br#"{"SH_GET_RSP":{"st":1,"tkn":5,"keys":{"counter":7},"version":9}}"#;
+        assert_eq!((s.version(get), s.counter(get)), (Some(9), Some(7)));
+        let get = br#"{"SH_GET_RSP":{"st":1,"tkn":5,"keys":{},"version":1}}"#;
+        assert_eq!((s.version(get), s.counter(get)), (Some(1), Some(0)));
+        assert_eq!(s.counter(br#"{"keys":{"counter" : "7"}}"#), None);
+        assert_eq!(s.counter(br#"{"keys":{"counter":[7]}}"#), None);
+        assert_eq!(s.version(br#"{"SH_GET_RSP":{"st":1}}"#), None);
         assert_eq!(
             reply_name(br#"{"SH_GET_RSP":{"st":1}}"#),
             Some(&b"SH_GET_RSP"[..])

@@ -20,6 +20,8 @@ const WORKLOADS: &[&str] = &[
     "mixed",
     "sliding",
     "touch",
+    "incr",
+    "cas",
     "lifecycle",
     "lifecycle-classic",
     "logout-all",
@@ -193,9 +195,9 @@ fn open_loop_and_report_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Against Redis too, when this machine has one (skipped otherwise).
-#[test]
-fn every_workload_against_redis_if_installed() {
+/// Starts `redis-server` on a free port of 127.0.0.1 with `extra` flags;
+/// `None` when it is not installed.
+fn start_redis(extra: &[&str]) -> Option<(Guard, u16)> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         l.local_addr().expect("bound").port()
@@ -203,13 +205,11 @@ fn every_workload_against_redis_if_installed() {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        eprintln!("redis-server is not installed: skipping the Redis smoke test");
-        return;
-    };
-    let _redis = Guard(child);
+        .spawn()
+        .ok()?;
+    let redis = Guard(child);
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -218,7 +218,112 @@ fn every_workload_against_redis_if_installed() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+    Some((redis, port))
+}
+
+/// Against Redis too, when this machine has one (skipped otherwise).
+#[test]
+fn every_workload_against_redis_if_installed() {
+    let Some((_redis, port)) = start_redis(&[]) else {
+        eprintln!("redis-server is not installed: skipping the Redis smoke test");
+        return;
+    };
     every_workload(&format!("redis://127.0.0.1:{port}"));
+}
+
+/// `workload` on 2 sessions from 32 operation slots, so writes collide (cas
+/// retries the ones that lost). Returns the `--json` object and report.json.
+fn contended(url: &str, workload: &str, requests: u64) -> (serde_json::Value, serde_json::Value) {
+    // Tests run in parallel: each run gets its own directory.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("loadtest-smoke-{}-{n}", std::process::id()));
+    let dir_s = dir.to_string_lossy().to_string();
+    let v = loadtest(&[
+        "--url",
+        url,
+        "--workload",
+        workload,
+        "--requests",
+        &requests.to_string(),
+        "--sessions",
+        "2",
+        "--connections",
+        "4",
+        "--pipeline",
+        "8",
+        "--threads",
+        "2",
+        "--out",
+        &dir_s,
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("report.json")).expect("report.json is written"),
+    )
+    .expect("report.json is JSON");
+    let _ = std::fs::remove_dir_all(&dir);
+    (v, report)
+}
+
+/// Compare-and-set against the real server: lost writes (104) are retried,
+/// not errors, and every operation completes once.
+#[test]
+fn cas_retries_lost_writes_against_the_server() {
+    let (_server, port) = start_server();
+    let (v, report) = contended(&format!("ws://127.0.0.1:{port}/"), "cas", 2000);
+    check(&v, 2000, "cas on 2 sessions");
+    assert!(report["retries"].as_u64().unwrap_or(0) > 0, "{report}");
+}
+
+/// HGET of a session's counter over a fresh RESP connection (absent: 0).
+fn redis_counter(port: u16, key: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("redis is up");
+    let req = format!(
+        "*3\r\n$4\r\nHGET\r\n${}\r\n{key}\r\n$7\r\ncounter\r\n",
+        key.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut reply = String::new();
+    let mut chunk = [0u8; 256];
+    while reply != "$-1\r\n" && reply.matches("\r\n").count() < 2 {
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "redis closed");
+        reply.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    reply
+        .lines()
+        .nth(1)
+        .map_or(0, |l| l.parse().expect("a counter"))
+}
+
+/// The counters hold exactly one increment per completed operation: no
+/// compare-and-set lost an update (two of one connection's operations
+/// overlapping between WATCH and EXEC would), and none was applied twice.
+/// DEL is renamed away so the untimed teardown leaves the counters to read
+/// (each of its 2 DELs is an error).
+#[test]
+fn incr_and_cas_lose_no_update_on_redis_if_installed() {
+    let Some((_redis, port)) = start_redis(&["--rename-command", "DEL", "NODEL"]) else {
+        eprintln!("redis-server is not installed: skipping the Redis counter test");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut expected = 0;
+    for (workload, requests) in [("incr", 1000u64), ("cas", 2000)] {
+        let (v, report) = contended(&url, workload, requests);
+        assert_eq!(v["ops"], requests, "{workload}: {v}");
+        assert_eq!(
+            v["errors"], 2,
+            "{workload}: only the teardown's DELs fail: {v}"
+        );
+        if workload == "cas" {
+            assert!(report["retries"].as_u64().unwrap_or(0) > 0, "{report}");
+        }
+        expected += requests;
+        let counted = redis_counter(port, "s:0") + redis_counter(port, "s:1");
+        assert_eq!(counted, expected, "after {workload}");
+    }
 }
 
 /// A fake Redis on a free port: `reply` maps each command's first bytes to
