@@ -195,9 +195,21 @@ fn open_loop_and_report_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A running `redis-server`, killed on drop. Tests that start one run one
+/// at a time: a port found free by one test may be handed to the other
+/// before either server binds it, and the loser's server exits while its
+/// test talks to the winner's.
+struct Redis {
+    _server: Guard,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+static REDIS_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Starts `redis-server` on a free port of 127.0.0.1 with `extra` flags;
 /// `None` when it is not installed.
-fn start_redis(extra: &[&str]) -> Option<(Guard, u16)> {
+fn start_redis(extra: &[&str]) -> Option<(Redis, u16)> {
+    let turn = REDIS_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         l.local_addr().expect("bound").port()
@@ -209,7 +221,7 @@ fn start_redis(extra: &[&str]) -> Option<(Guard, u16)> {
         .stdout(Stdio::null())
         .spawn()
         .ok()?;
-    let redis = Guard(child);
+    let mut redis = Guard(child);
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -218,7 +230,18 @@ fn start_redis(extra: &[&str]) -> Option<(Guard, u16)> {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    Some((redis, port))
+    // Whoever answered, it must be ours.
+    assert!(
+        matches!(redis.0.try_wait(), Ok(None)),
+        "redis-server exited (port {port} taken?)"
+    );
+    Some((
+        Redis {
+            _server: redis,
+            _turn: turn,
+        },
+        port,
+    ))
 }
 
 /// Against Redis too, when this machine has one (skipped otherwise).
