@@ -115,6 +115,7 @@ pub fn session_info(out: &mut Vec<u8>, tkn: Token, info: &SessionInfo<'_>, versi
 }
 
 /// `SH_GET`: the keys found, each with its stored JSON value.
+#[inline]
 pub fn values<'s>(
     out: &mut Vec<u8>,
     tkn: Token,

@@ -335,7 +335,7 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         });
     };
     let p = Params { name, params, text };
-    if !takes_session(kind) && p.params.get("ifVersion").is_some() {
+    if !takes_session(kind) && p.params.maybe_versioned() && p.params.get("ifVersion").is_some() {
         // Ignoring it would run the command unguarded (SH_END_ALL would end
         // everything). Commands about one session check it with the rest.
         return Err(p.reject(Status::ValueTypeInvalid, IF_VERSION_ONLY, None));
@@ -511,6 +511,19 @@ impl<'t, 'i> Members<'t, 'i> {
             list,
             len: Some(len),
         })
+    }
+
+    /// Whether a name might be `withVersion` or `ifVersion` (one starts
+    /// with `w` or `i`): most requests have neither, and then skip both
+    /// lookups for a glance at each name's first byte.
+    fn maybe_versioned(&self) -> bool {
+        match self.len {
+            Some(len) => self.list[..len]
+                .iter()
+                .flatten()
+                .any(|(name, _)| matches!(name.as_bytes().first(), Some(b'w' | b'i'))),
+            None => true,
+        }
     }
 
     fn get(&self, name: &str) -> Option<Value<'t, 'i>> {
@@ -845,6 +858,9 @@ impl Params<'_, '_, '_> {
     /// `keys` as an object of values; `tkn` is echoed in a rejection.
     /// `withVersion`: false when absent.
     fn report_version(&self, tkn: Option<Token>) -> Result<bool, Rejection> {
+        if !self.params.maybe_versioned() {
+            return Ok(false);
+        }
         match self.params.get("withVersion") {
             None => Ok(false),
             Some(value) => bool_of(value).ok_or_else(|| {
@@ -860,7 +876,18 @@ impl Params<'_, '_, '_> {
     /// `withVersion`, and `ifVersion` where the command is a write it can
     /// guard (anywhere else it is refused: ignoring it would run the
     /// command unguarded).
+    #[inline]
     fn versioning(&self, tkn: Token, access: VersionAccess) -> Result<Versioning, Rejection> {
+        if self.params.maybe_versioned() {
+            self.versioning_given(tkn, access)
+        } else {
+            Ok(Versioning::default())
+        }
+    }
+
+    /// [`Params::versioning`] of a request that may give either.
+    #[inline(never)]
+    fn versioning_given(&self, tkn: Token, access: VersionAccess) -> Result<Versioning, Rejection> {
         let report = self.report_version(Some(tkn))?;
         let expect = match (self.params.get("ifVersion"), access) {
             (None, _) => None,
