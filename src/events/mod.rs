@@ -122,15 +122,18 @@ impl EventRing {
         }
     }
 
-    /// Appends an event (its `seq` is set here), dropping the oldest when
-    /// full.
-    pub fn push(&mut self, mut event: Event) {
+    /// Appends an event (its `seq` is set here); returns the oldest when
+    /// it had to make room.
+    pub fn push(&mut self, mut event: Event) -> Option<Event> {
         self.head += 1;
         event.seq = self.head;
-        if self.events.len() == self.capacity {
-            self.events.pop_front();
-        }
+        let evicted = if self.events.len() == self.capacity {
+            self.events.pop_front()
+        } else {
+            None
+        };
         self.events.push_back(event);
+        evicted
     }
 
     /// The latest sequence number (0 before any event).

@@ -337,6 +337,9 @@ pub struct SessionStore {
     /// Copy a session's keys into its end and expiry events, up to this
     /// many bytes: set only while some subscriber asked for keys.
     event_keys: Option<usize>,
+    /// Events the ring let go this turn, kept (only while subscribers are
+    /// registered here) so each subscriber can count what it lost.
+    evicted: Option<Vec<Event>>,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -358,7 +361,22 @@ impl SessionStore {
             wall_epoch_ms: 0,
             events: EventRing::new(crate::events::DEFAULT_RETENTION),
             event_keys: None,
+            evicted: None,
         }
+    }
+
+    /// Whether to keep the events the ring lets go, for subscribers to
+    /// count what they lost ([`SessionStore::take_evicted`]).
+    pub fn keep_evicted(&mut self, keep: bool) {
+        self.evicted = keep.then(|| self.evicted.take().unwrap_or_default());
+    }
+
+    /// The events the ring let go since the last call (while kept).
+    pub fn take_evicted(&mut self) -> Vec<Event> {
+        self.evicted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Keeps the last `capacity` events (forgetting any kept so far).
@@ -399,7 +417,11 @@ impl SessionStore {
             keys,
             keys_truncated,
         };
-        self.events.push(event);
+        if let Some(evicted) = self.events.push(event)
+            && let Some(kept) = &mut self.evicted
+        {
+            kept.push(evicted);
+        }
     }
 
     /// The wall-clock time at shard-clock 0, in ms since the Unix epoch.
