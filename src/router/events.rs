@@ -356,7 +356,7 @@ impl Router {
         for s in self.events.subscribers.values_mut() {
             s.lost += evicted
                 .iter()
-                .filter(|e| e.seq >= s.next && s.filter.passes(e))
+                .filter(|(seq, e)| *seq >= s.next && s.filter.passes(e))
                 .count() as u64;
         }
         let ring = self.store.events();
