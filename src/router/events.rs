@@ -351,6 +351,9 @@ impl Router {
     /// (as far as its credit goes), and connections that took events
     /// give their credit back.
     pub(super) fn events_turn(&mut self, replies: &mut dyn Replies) {
+        if self.events.subscribers.is_empty() && self.events.mine.is_empty() {
+            return;
+        }
         self.return_credit(replies);
         let evicted = self.store.take_evicted();
         for s in self.events.subscribers.values_mut() {
