@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(config.max_output_buffer, DEFAULT_MAX_OUTPUT_BUFFER);
         assert_eq!(config.event_retention, 500);
         let config =
-            Config::resolve(flags(&["--config", p, "--event-retention", "7"]), &[0]).unwrap();
+            Config::resolve(flags(&["--config", p, "--event-retention", "7"]), &[0, 1]).unwrap();
         assert_eq!(config.event_retention, 7, "the flag wins");
         assert!(Config::resolve(flags(&["--event-retention", "0"]), &[0]).is_err());
         assert_eq!(
