@@ -2,9 +2,12 @@
 
 # Layout
 
-- `ndb.sessionclient`: `SessionClient` (one method per command), `Session`,
-  and `Versioned`/`VersionedKeys`, the results of calls asked for a version.
-- `ndb.connection`: the pipelined WebSocket connection that matches replies to calls.
+- `ndb.sessionclient`: `SessionClient` (one method per command, and the
+  reconnection of its request connection), `Session`, and
+  `Versioned`/`VersionedKeys`, the results of calls asked for a version.
+- `ndb.connection`: the pipelined WebSocket connection that matches replies
+  to calls and sets pushed events aside, and the backoff between attempts
+  to reach a server.
 - `ndb.status`: the `Status` table, `ResponseError`, its `VersionMismatch`
   subclass and `ProtocolError`.
 """
