@@ -240,8 +240,7 @@ async def test_a_call_in_flight_at_the_loss_fails_and_is_not_sent_again(
         await c.create_session()
         restartable_server.stop()  # takes the requests, answers nothing
         in_flight = [
-            asyncio.ensure_future(c.create_session(name=f"once-{i}", shared=True))
-            for i in range(3)
+            asyncio.ensure_future(c.create_session(name=f"once-{i}", shared=True)) for i in range(3)
         ]
         await asyncio.sleep(0.3)
         assert not any(f.done() for f in in_flight)

@@ -35,6 +35,7 @@ load                   dict: ``name``, ``sessions``, ``keys``
 server_info            dict: ``serverVersion``, ``persistEnabled``, ``shards``,
                        ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``,
                        ``memoryUsed``, ``maxMemory``, ``sessionNotExist``
+events (not async)     `EventStream`: ``async for`` yields `Event` objects
 =====================  ==========================================================
 
 Versions (docs/PROTOCOL.md, "Versions, compare-and-set, increments"): with
@@ -51,16 +52,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Collection, Dict, List, NamedTuple, Optional, Tuple, Type, Union
 
 from .connection import Connection, retry
+from .events import Event, EventStream
 from .status import ProtocolError, ResponseError, Status, VersionMismatch
 
 __all__ = [
     "SessionClient",
     "Session",
+    "Event",
+    "EventStream",
     "Token",
     "Versioned",
     "VersionedKeys",
@@ -183,6 +188,9 @@ class SessionClient:
     it. Only `close`, a server that broke the contract (`ProtocolError`) or
     ``reconnect=False`` leave the client without a connection for good.
 
+    Session events (`events`) come on connections of their own, one per
+    subscription, which resume where they stopped in the same way.
+
     Use it directly::
 
         client = SessionClient()
@@ -211,10 +219,12 @@ class SessionClient:
             uri: server address opened by ``async with``; `open` may also be
                 called with it later.
             reconnect: open a new connection when the server goes away
-                (default); False: a lost connection fails every later call.
-            reconnect_timeout: how long, in seconds, a call keeps trying
-                to reach a server that went away before it raises
-                `ConnectionError`; None: for ever; 0: one attempt.
+                (default); False: a lost connection fails every later call,
+                and an event stream ends with `ConnectionError` instead of
+                resuming.
+            reconnect_timeout: how long, in seconds, a call (or an event
+                stream) keeps trying to reach a server that went away before
+                it raises `ConnectionError`; None: for ever; 0: one attempt.
                 Attempts start 50 ms apart and double to at most 2 s apart.
             connect_kwargs: passed to ``websockets.connect`` (e.g.
                 ``open_timeout``, ``ping_interval``).
@@ -238,6 +248,9 @@ class SessionClient:
         self._closed = False
         # The reconnection in progress, shared by every call that needs it.
         self._reconnecting: Optional["asyncio.Task[Connection]"] = None
+        # Event streams to close with the client; weak, so that one abandoned
+        # before its first iteration is not kept alive.
+        self._streams: "weakref.WeakSet[EventStream]" = weakref.WeakSet()
 
     # ----------------------------------------------------------------- connection
 
@@ -266,9 +279,12 @@ class SessionClient:
         await self.open(uri)
 
     async def close(self) -> None:
-        """Close the connection. Calls still waiting raise `ConnectionError`;
-        so does every later call. Idempotent."""
+        """Close the connection and every event stream of this client. Calls
+        still waiting raise `ConnectionError`; so does every later call.
+        Idempotent."""
         self._closed = True
+        for stream in list(self._streams):
+            await stream.aclose()
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         await self._conn.close()
@@ -353,6 +369,75 @@ class SessionClient:
             return conn
         finally:
             self._reconnecting = None
+
+    # --------------------------------------------------------------------- events
+
+    def events(
+        self,
+        events: Union[str, Iterable[str], None] = None,
+        *,
+        owner: Optional[str] = None,
+        withKeys: bool = False,
+        after: Optional[str] = None,
+    ) -> EventStream:
+        """Subscribe to session events (SH_SUBSCRIBE); iterate the result::
+
+            async for event in client.events(['expired'], withKeys=True):
+                ...
+
+        The subscription runs on a connection of its own (opened when the
+        iteration starts), so events never wait behind replies nor replies
+        behind events. When that connection drops it is reopened with
+        backoff, as calls reconnect, and the subscription resumes right
+        after the last event handed out: no event is skipped or repeated.
+        Events that are gone by then (the server keeps a bounded number)
+        come as one `Event` of kind ``'lost'`` whose ``lost`` says how many
+        (-1: unknown, after a server restart); so does a subscriber that
+        falls too far behind. Leaving the loop closes the connection.
+
+        Args:
+            events: the kinds wanted, any of ``'created'``, ``'ended'``,
+                ``'expired'``, ``'keysExpired'`` (one, or an iterable);
+                None: all of them.
+            owner: only sessions of this owner.
+            withKeys: ``ended``, ``expired`` and ``keysExpired`` events carry
+                the keys the session held (`Event.keys`).
+            after: a cursor (`Event.cursor`, `EventStream.cursor`) to resume
+                from, e.g. one saved by an earlier run; None: from now.
+
+        The server checks the parameters (the client sends them as given,
+        turning an iterable of kinds into a list): the first iteration raises
+        `ResponseError` ValueTypeInvalid (41) for `events` that is not a
+        list of strings, an `owner` that is not a str, a `withKeys` that is
+        not a bool or an `after` that is not a str, and ValueSize (42) for an
+        unknown or repeated kind or none at all, an owner that is empty or
+        over 256 bytes, or an `after` that is not a cursor of this server.
+        """
+        params: Dict[str, Any] = {}
+        if events is not None:
+            if isinstance(events, str):
+                events = [events]
+            elif isinstance(events, Iterable) and not isinstance(events, (bytes, Mapping)):
+                events = list(events)
+            params["events"] = events
+        if owner is not None:
+            params["owner"] = owner
+        if withKeys is not False:
+            params["withKeys"] = withKeys
+        stream = EventStream(self, params, after)
+        self._streams.add(stream)
+        return stream
+
+    def _event_endpoint(self) -> Tuple[str, Dict[str, Any]]:
+        """Where an event stream connects, and how."""
+        if self._closed:
+            raise ConnectionError("connection closed by client")
+        if not self._uri:
+            raise ConnectionError("not connected: call open() first (or give the uri)")
+        return self._uri, self._connect_kwargs
+
+    def _forget_stream(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
 
     # ------------------------------------------------------------------- sessions
 
