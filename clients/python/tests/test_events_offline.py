@@ -191,6 +191,44 @@ async def test_refused_subscription_raises_and_closes(fake_server: Any) -> None:
     assert len(seen) == 1  # a refusal is not retried
 
 
+async def test_start_subscribes_before_the_iteration(fake_server: Any) -> None:
+    """`start` (and entering `async with`) subscribes at once, only once; a loss
+    it learns of is the first thing the iteration hands out."""
+
+    async def script(ws: Any, record: List[Any]) -> None:
+        await subscribe(ws, record, st=160, lost=3, cursor="c5")
+        await ws.send(created(6, "c6"))
+        await until_closed(ws, record)
+
+    uri, seen = await scripted(fake_server, script)
+    async with SessionClient(uri) as c:
+        stream = c.events(after="c1")
+        await stream.start()
+        assert seen == [[{"after": "c1"}]] and stream.cursor == "c5"
+        await stream.start()
+        async with stream:  # entering subscribes no more
+            got = await take(stream.__aiter__(), 2)
+        assert [(e.event, e.lost, e.tkn) for e in got] == [("lost", 3, None), ("created", None, 6)]
+    await wait_for(lambda: seen[0][-1] == "closed")
+    assert len(seen) == 1 and len(seen[0]) == 2
+    with pytest.raises(ConnectionError, match="closed"):
+        await stream.start()
+
+
+async def test_a_refused_start_raises_and_closes(fake_server: Any) -> None:
+    async def script(ws: Any, record: List[Any]) -> None:
+        await subscribe(ws, record, st=41)
+        await until_closed(ws, record)
+
+    uri, seen = await scripted(fake_server, script)
+    async with SessionClient(uri) as c:
+        with pytest.raises(ResponseError) as e:
+            async with c.events(owner=5):  # type: ignore[arg-type]
+                raise AssertionError("entered a refused subscription")
+        assert e.value.st == Status.ValueTypeInvalid
+        await wait_for(lambda: seen[0][-1] == "closed")
+
+
 # ----------------------------------------------------------------------- events
 
 
@@ -231,7 +269,7 @@ async def test_pushed_events_become_event_objects(fake_server: Any) -> None:
     async with SessionClient(uri) as c:
         async with c.events(withKeys=True) as stream:
             events = stream.__aiter__()
-            assert stream.cursor is None
+            assert stream.cursor == "c0"  # `async with` subscribed: the answer's cursor
             got = await take(events, 5)
             assert stream.cursor == "c20"
     assert got[0] == Event("created", tkn=7, name="n", owner="ann", at=1000, cursor="c1")

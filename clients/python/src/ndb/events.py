@@ -173,11 +173,12 @@ class _Subscription:
 class EventStream:
     """A subscription to session events; iterate it with ``async for``.
 
-    Made by `SessionClient.events`; nothing is sent until the iteration
-    starts. It is iterated once. Leaving the loop (``break``, ``return``, an
-    exception) ends the subscription by closing its connection: at once with
-    ``async with client.events(...) as stream:`` or `aclose`, and otherwise
-    as soon as the abandoned loop is garbage collected (at once in CPython).
+    Made by `SessionClient.events`. It subscribes when the iteration starts,
+    or before: on entering ``async with client.events(...) as stream:``, or
+    at `start`. It is iterated once. Leaving the loop (``break``, ``return``,
+    an exception) ends the subscription by closing its connection: at once
+    with ``async with`` or `aclose`, and otherwise as soon as the abandoned
+    loop is garbage collected (at once in CPython).
 
     Raises from the iteration:
         ResponseError: the server refused the subscription (41/42 for bad
@@ -195,7 +196,12 @@ class EventStream:
         # not from the caller: a refusal of the caller's cursor is theirs to
         # see, of the server's own a sign that events were lost.
         self._cursor_from_server = False
+        # The subscription's connection: once `_lock` is free, None or answered.
         self._sub: Optional[_Subscription] = None
+        # Held while subscribing, so that `start` and the iteration make one subscription.
+        self._lock = asyncio.Lock()
+        # A `lost` event from subscribing in `start`, for the iteration to hand out first.
+        self._lost: Optional[Event] = None
         self._closed = False
         self._stop = asyncio.Event()
         self._iterated = False
@@ -224,6 +230,7 @@ class EventStream:
         return self._run()
 
     async def __aenter__(self) -> "EventStream":
+        await self.start()
         return self
 
     async def __aexit__(
@@ -233,6 +240,27 @@ class EventStream:
         tb: Optional[TracebackType],
     ) -> None:
         await self.aclose()
+
+    async def start(self) -> None:
+        """Subscribe now, rather than when the iteration starts. Once it returns
+        the server keeps every later event for this stream: events of sessions
+        created afterwards will be delivered. Nothing happens if the stream is
+        subscribed already.
+
+        Raises (and closes the stream):
+            ResponseError: the server refused the subscription.
+            ConnectionError: the server stayed out of reach for the client's
+                ``reconnect_timeout``, or the stream was closed.
+        """
+        if self._closed:
+            raise ConnectionError("event stream closed")
+        try:
+            await self._subscribed()
+        except BaseException:
+            await self.aclose()
+            raise
+        if self._closed:
+            raise ConnectionError("event stream closed")
 
     async def aclose(self) -> None:
         """End the subscription and close its connection. A loop waiting for
@@ -247,16 +275,18 @@ class EventStream:
     async def _run(self) -> AsyncIterator[Event]:
         try:
             while not self._closed:
+                if self._lost is not None:
+                    lost, self._lost = self._lost, None
+                    yield lost
+                    continue
                 sub = self._sub
-                if sub is None:
+                if sub is None or self._lock.locked():  # none, or `start` is making one
                     try:
-                        sub, lost = await self._subscribe()
+                        await self._subscribed()
                     except ConnectionError:
                         if self._closed:
                             return
                         raise
-                    if lost is not None:
-                        yield lost
                     continue
                 body = await sub.next()
                 if body is None:
@@ -272,6 +302,15 @@ class EventStream:
                 yield event
         finally:
             await self.aclose()
+
+    async def _subscribed(self) -> None:
+        """Make sure there is an answered subscription (unless closed); a
+        `lost` event from making it waits in `_lost`."""
+        async with self._lock:
+            if self._sub is None and not self._closed:
+                sub, lost = await self._subscribe()
+                self._sub = sub
+                self._lost = lost
 
     async def _subscribe(self) -> Tuple[_Subscription, Optional[Event]]:
         """Connect and subscribe from the cursor, retrying with backoff as the
