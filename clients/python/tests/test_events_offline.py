@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Tuple
 
 import pytest
 
-from ndb import Event, EventStream, ResponseError, SessionClient, Status
+from ndb import Event, EventStream, ProtocolError, ResponseError, SessionClient, Status
 from support import command_of, params_of, rsp
 
 pytestmark = pytest.mark.asyncio
@@ -522,6 +522,44 @@ async def test_reconnect_false_ends_the_stream_on_a_drop(fake_server: Any) -> No
         got: List[Event] = []
         with pytest.raises(ConnectionError, match="event connection lost"):
             async for event in stream:
+                got.append(event)
+    assert [e.tkn for e in got] == [1] and len(seen) == 1
+
+
+async def test_subscriptions_dropped_at_once_are_retried_with_backoff(
+    fake_server: Any,
+) -> None:
+    """A server that answers the subscription and hangs up before any event, again
+    and again, is tried a handful of times a second, not in a tight loop."""
+
+    async def script(ws: Any, record: List[Any]) -> None:
+        await subscribe(ws, record)
+        await ws.close()
+
+    uri, seen = await scripted(fake_server, script)
+    async with SessionClient(uri) as c:
+        stream = c.events()
+        consumer = asyncio.ensure_future(stream.__aiter__().__anext__())
+        await asyncio.sleep(1.0)
+        assert not consumer.done()
+        await stream.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(consumer, 5)
+    assert 3 <= len(seen) <= 12, len(seen)
+
+
+async def test_a_broken_event_connection_is_not_resumed(fake_server: Any) -> None:
+    async def script(ws: Any, record: List[Any]) -> None:
+        await subscribe(ws, record)
+        await ws.send(created(1, "c1"))
+        await ws.send(json.dumps({"SH_EVENT": [1]}))  # not an object
+        await until_closed(ws, record)
+
+    uri, seen = await scripted(fake_server, script)
+    async with SessionClient(uri) as c:
+        got: List[Event] = []
+        with pytest.raises(ProtocolError, match="malformed event"):
+            async for event in c.events():
                 got.append(event)
     assert [e.tkn for e in got] == [1] and len(seen) == 1
 

@@ -34,8 +34,8 @@ from typing import (
     Type,
 )
 
-from .connection import Connection, retry
-from .status import ResponseError, Status
+from .connection import Backoff, Connection, retry
+from .status import ProtocolError, ResponseError, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sessionclient import SessionClient
@@ -137,6 +137,8 @@ class _Subscription:
         self.queue: "asyncio.Queue[Optional[Dict[str, Any]]]" = asyncio.Queue(_QUEUE_SIZE)
         self.conn = Connection(on_event=self.queue.put, on_lost=self._on_lost)
         self.gone = False
+        # Events handed out: a subscription that ends without any made no progress.
+        self.delivered = 0
 
     def _on_lost(self, error: ConnectionError) -> None:
         self.gone = True
@@ -155,6 +157,7 @@ class _Subscription:
             if not self.queue.empty():
                 item = self.queue.get_nowait()
                 if item is not None:
+                    self.delivered += 1
                     return item
                 continue
             if self.gone:
@@ -167,6 +170,7 @@ class _Subscription:
                 continue
             item = await self.queue.get()
             if item is not None:
+                self.delivered += 1
                 return item
 
 
@@ -186,6 +190,8 @@ class EventStream:
         ConnectionError: the server stayed out of reach for the client's
             ``reconnect_timeout`` (or the connection dropped and the client
             was made with ``reconnect=False``). `cursor` says where to resume.
+        ProtocolError: the server broke the contract on the stream's
+            connection (a malformed message); that is not resumed.
     """
 
     def __init__(self, client: "SessionClient", params: Dict[str, Any], after: Any) -> None:
@@ -205,6 +211,10 @@ class EventStream:
         self._closed = False
         self._stop = asyncio.Event()
         self._iterated = False
+        # Between subscriptions that end without delivering anything, so that
+        # a server that takes subscriptions and drops them is not hammered.
+        self._backoff = Backoff()
+        self._resume_delay = 0.0
 
     @property
     def cursor(self) -> Optional[str]:
@@ -292,8 +302,19 @@ class EventStream:
                 if body is None:
                     if self._sub is sub:
                         self._sub = None
-                    if not self._closed and not self._client._reconnect:
-                        raise ConnectionError(f"event connection lost: {sub.conn.error}")
+                    error = sub.conn.error
+                    if self._closed:
+                        continue
+                    if isinstance(error, ProtocolError):
+                        # A server that broke the contract would break it again.
+                        raise ProtocolError(*error.args) from error
+                    if not self._client._reconnect:
+                        raise ConnectionError(f"event connection lost: {error}")
+                    if sub.delivered:
+                        self._backoff = Backoff()
+                        self._resume_delay = 0.0
+                    else:
+                        self._resume_delay = self._backoff.delay()
                     continue
                 event = Event.from_body(body)
                 if event.cursor is not None:
@@ -318,6 +339,13 @@ class EventStream:
         missed, the ``lost`` event to hand out first."""
         uri, connect_kwargs = self._client._event_endpoint()
         timeout = self._client._reconnect_timeout if self._client._reconnect else 0
+        if self._resume_delay:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self._resume_delay)
+            except asyncio.TimeoutError:
+                pass
+            if self._closed:
+                raise ConnectionError("event stream closed")
 
         async def attempt() -> Tuple[_Subscription, Optional[Event]]:
             sub = _Subscription()
