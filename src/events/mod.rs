@@ -340,13 +340,15 @@ impl Cursor {
     pub fn parse(text: &str, instance: u64, shards: usize) -> Result<Cursor, CursorError> {
         let mut parts = text.split('.');
         let head = parts.next().unwrap_or_default();
-        if head.len() != 16 || !head.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Exactly as `write` makes them: lower-case hex, no leading zeros.
+        if head.len() != 16 || !head.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(CursorError::Malformed);
         }
         let found = u64::from_str_radix(head, 16).map_err(|_| CursorError::Malformed)?;
         let positions = parts
             .map(|p| {
-                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                let leading_zero = p.len() > 1 && p.starts_with('0');
+                if p.is_empty() || leading_zero || !p.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(CursorError::Malformed);
                 }
                 p.parse::<u64>().map_err(|_| CursorError::Malformed)
@@ -490,6 +492,8 @@ mod tests {
             "0123456789abcdef.+1",
             "0123456789abcdef.18446744073709551616",
             "0123456789abcdef.1 ",
+            "0123456789ABCDEF.1",
+            "0123456789abcdef.01",
         ] {
             assert_eq!(
                 Cursor::parse(bad, c.instance, 1),
