@@ -417,6 +417,10 @@ impl Router {
                 });
             }
         }
+        // This shard's own subscribers just took events: their credit
+        // comes back now (which keeps the loop turning while a backlog
+        // lasts), not at whatever next wakes the shard.
+        self.return_credit(replies);
     }
 
     /// Credit back for events a connection has room for again; forgets
