@@ -74,6 +74,10 @@ pub struct Flags {
     /// (needs persistence).
     #[arg(long, value_name = "NAME")]
     pub save_on_shutdown: Option<String>,
+    /// Session events each shard keeps for subscribers (SH_SUBSCRIBE) to
+    /// read or resume from [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub event_retention: Option<usize>,
 }
 
 /// Which cores the shards run on.
@@ -114,6 +118,8 @@ pub struct Config {
     pub load: Option<Load>,
     /// Dataset to save when stopping.
     pub save_on_shutdown: Option<String>,
+    /// Events each shard keeps (1 or more).
+    pub event_retention: usize,
 }
 
 /// A dataset to load at start-up.
@@ -161,6 +167,7 @@ struct FileSettings {
     pin_cores: Option<String>,
     persist_enabled: bool,
     persist_path: Option<PathBuf>,
+    event_retention: Option<usize>,
 }
 
 impl Config {
@@ -257,6 +264,15 @@ impl Config {
             }
             Some(name) => Some(dataset("--save-on-shutdown", name)?),
         };
+        let event_retention = flags
+            .event_retention
+            .or(file.event_retention)
+            .unwrap_or(crate::events::DEFAULT_RETENTION);
+        if event_retention == 0 || event_retention > 100_000_000 {
+            return Err(invalid(
+                "event retention must be 1 to 100000000 events per shard",
+            ));
+        }
         Ok(Config {
             addr: SocketAddr::new(ip, port),
             shards,
@@ -269,6 +285,7 @@ impl Config {
             persist,
             load,
             save_on_shutdown,
+            event_retention,
         })
     }
 }
@@ -361,6 +378,9 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
     }
     if let Some(v) = root.get("maxPayload") {
         settings.max_payload = Some(uint("maxPayload", v)? as usize);
+    }
+    if let Some(v) = root.get("eventRetention") {
+        settings.event_retention = Some(uint("eventRetention", v)? as usize);
     }
     if let Some(v) = root.get("maxConnections") {
         settings.max_connections = Some(uint("maxConnections", v)? as usize);

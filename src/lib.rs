@@ -19,6 +19,7 @@
 //! - [`store`]: one shard's sessions and keys: lazy and background expiry, snapshots,
 //!   memory accounting.
 //! - [`expiry`]: the per-shard hashed timing wheel (no clock reads inside).
+//! - [`events`]: session events: the per-shard ring, filters, encoding, cursors.
 //! - [`persist`]: snapshot files and dataset versions (format, writer, loader).
 //! - [`shared_names`]: the server-wide map of shared session names.
 //!
@@ -30,6 +31,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod expiry;
 pub mod mesh;
 pub mod net;

@@ -244,6 +244,8 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let owners_scattered = Arc::new(AtomicBool::new(false));
+        // Tells this run's event cursors from an earlier run's.
+        let instance: u64 = rand::random();
         let (exit_sender, exits) = channel();
         let mut threads = Vec::with_capacity(config.shards);
         let (mut loaded_sessions, mut loaded_keys) = (0, 0);
@@ -263,6 +265,8 @@ impl Server {
                 persist: config.persist.clone(),
                 started,
                 wall_epoch_ms,
+                instance,
+                event_retention: config.event_retention,
                 owners_scattered: owners_scattered.clone(),
                 names: names.clone(),
                 mesh: mesh.clone(),

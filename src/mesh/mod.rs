@@ -16,6 +16,7 @@ use mio::Waker;
 use std::path::PathBuf;
 
 use crate::domain::Token;
+use crate::events::EventFilter;
 use crate::persist::{PersistError, SessionRecord, ShardFileSummary};
 use crate::protocol::Command;
 
@@ -57,6 +58,13 @@ pub enum Part {
         owner: Box<str>,
         except: Option<Token>,
     },
+    /// Register subscription `sub` (of the asking shard) with this shard's
+    /// ring, from position `after` (None: from now).
+    Subscribe {
+        sub: u64,
+        filter: Arc<EventFilter>,
+        after: Option<u64>,
+    },
 }
 
 /// What one shard counts for `SH_INFO_ALL` and `SV_INFO`.
@@ -86,6 +94,13 @@ pub enum PartResult {
     Settled,
     /// An owner's sessions on one shard, with their creation times.
     OwnerSessions(Vec<(u64, Token)>),
+    /// A subscription is registered here, after `position`; `lost` events
+    /// it asked for are no longer kept.
+    Subscribed {
+        shard: ShardId,
+        position: u64,
+        lost: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -121,6 +136,27 @@ pub enum Envelope {
     LoadRead {
         gather: usize,
         result: Result<Vec<SessionRecord>, PersistError>,
+    },
+    /// Events of shard `from` for subscription `sub` (of the receiving
+    /// shard): each its ring position and its encoding up to the cursor;
+    /// the subscription has now seen `from`'s ring up to `scanned_to`.
+    Events {
+        from: ShardId,
+        sub: u64,
+        events: Vec<(u64, Vec<u8>)>,
+        scanned_to: u64,
+    },
+    /// The subscriber's connection took `bytes` more of shard `from`'s
+    /// events: it may send that much more.
+    EventCredit {
+        from: ShardId,
+        sub: u64,
+        bytes: usize,
+    },
+    /// Subscription `sub` of shard `from` is over.
+    Unsubscribe {
+        from: ShardId,
+        sub: u64,
     },
 }
 

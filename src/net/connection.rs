@@ -477,6 +477,19 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Takes a sequence number for the next request.
+    /// Writes a message no request asked for (an event) after the answers
+    /// already owed, which keep their order.
+    pub fn push(&mut self, message: Vec<u8>, now: Instant) {
+        let seq = self.next_request();
+        self.respond(seq, message, now);
+    }
+
+    /// Whether the client has read most of what it was sent: less than
+    /// half the output limit waits.
+    pub fn has_room(&self) -> bool {
+        self.unsent() + self.held < self.limits.max_output_buffer / 2
+    }
+
     pub fn next_request(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -182,6 +182,27 @@ pub fn owner_ended(out: &mut Vec<u8>, owner: &str, cnt: u64) {
         .finish();
 }
 
+/// `SH_SUBSCRIBE`: where delivery starts; with `lost` (-1: unknown) when a
+/// resumed subscription missed events (160).
+pub fn subscribed(out: &mut Vec<u8>, cursor: &str, lost: Option<i64>) {
+    let status = if lost.is_some() {
+        Status::EventsLost
+    } else {
+        Status::Ok
+    };
+    let r = Response::new(out, CommandName::Subscribe, status).str("cursor", cursor);
+    match lost {
+        Some(lost) => r.i64("lost", lost),
+        None => r,
+    }
+    .finish();
+}
+
+/// `SH_UNSUBSCRIBE`.
+pub fn unsubscribed(out: &mut Vec<u8>) {
+    Response::new(out, CommandName::Unsubscribe, Status::Ok).finish();
+}
+
 /// `SH_END_ALL`: how many sessions ended.
 pub fn ended_all(out: &mut Vec<u8>, cnt: u64) {
     Response::new(out, CommandName::EndAll, Status::Ok)

@@ -66,6 +66,8 @@ command_table! {
     OwnerSessions => "SH_OWNER_SESSIONS",
     OwnerEnd => "SH_OWNER_END",
     Incr => "SH_INCR",
+    Subscribe => "SH_SUBSCRIBE",
+    Unsubscribe => "SH_UNSUBSCRIBE",
 }
 
 #[cfg(test)]

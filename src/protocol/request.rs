@@ -13,6 +13,7 @@ use super::CommandName;
 use super::Status;
 use super::raw;
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
+use crate::events::{EventFilter, EventKind};
 
 /// Longest session name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -111,6 +112,13 @@ pub enum Command {
         by: i64,
         v: Versioning,
     },
+    Subscribe {
+        filter: EventFilter,
+        /// The cursor to resume after, as given (checked by the router,
+        /// which knows the server instance and its shards).
+        after: Option<Box<str>>,
+    },
+    Unsubscribe,
 }
 
 /// What a request asks of its session's version: `withVersion`, `ifVersion`.
@@ -186,6 +194,8 @@ impl Command {
             Command::OwnerSessions { .. } => CommandName::OwnerSessions,
             Command::OwnerEnd { .. } => CommandName::OwnerEnd,
             Command::Incr { .. } => CommandName::Incr,
+            Command::Subscribe { .. } => CommandName::Subscribe,
+            Command::Unsubscribe => CommandName::Unsubscribe,
         }
     }
 }
@@ -471,6 +481,8 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             let v = p.versioning(tkn, Writes)?;
             Ok(Command::Incr { tkn, key, by, v })
         }
+        CommandName::Subscribe => p.subscribe(),
+        CommandName::Unsubscribe => Ok(Command::Unsubscribe),
     }
 }
 
@@ -632,7 +644,7 @@ fn takes_session(kind: CommandName) -> bool {
         End | Info | Set | Add | ClearSet | Get | Rmv | Contains | Count | Keys | Clear | Touch
         | Incr => true,
         New | Open | EndAll | Exists | InfoAll | Save | Load | ServerInfo | OwnerSessions
-        | OwnerEnd => false,
+        | OwnerEnd | Subscribe | Unsubscribe => false,
     }
 }
 
@@ -903,6 +915,76 @@ impl Params<'_, '_, '_> {
             })?),
         };
         Ok(Versioning { report, expect })
+    }
+
+    /// `SH_SUBSCRIBE`: which events, whose, with keys or not, from where.
+    fn subscribe(&self) -> Result<Command, Rejection> {
+        let kinds = match self.params.get("events") {
+            None => EventKind::ALL_BITS,
+            Some(events) => {
+                let Some(names) = events.as_array() else {
+                    return Err(self.reject(
+                        Status::ValueTypeInvalid,
+                        "events must be an array of event names",
+                        None,
+                    ));
+                };
+                let mut kinds = 0;
+                for name in names.iter() {
+                    let Some(name) = string_of(name) else {
+                        return Err(self.reject(
+                            Status::ValueTypeInvalid,
+                            "events must be an array of event names",
+                            None,
+                        ));
+                    };
+                    match EventKind::bit_of(name) {
+                        Some(bit) if kinds & bit == 0 => kinds |= bit,
+                        _ => {
+                            return Err(self.reject(
+                                Status::ValueSize,
+                                "events: each of created, ended, expired, keysExpired at most once",
+                                None,
+                            ));
+                        }
+                    }
+                }
+                if kinds == 0 {
+                    return Err(self.reject(
+                        Status::ValueSize,
+                        "events must name at least one event",
+                        None,
+                    ));
+                }
+                kinds
+            }
+        };
+        let owner = match self.params.get("owner") {
+            None => None,
+            Some(_) => Some(self.owner()?),
+        };
+        let with_keys = self
+            .optional_bool("withKeys", "withKeys must be a boolean")?
+            .unwrap_or(false);
+        let after = match self.params.get("after").map(string_of) {
+            None => None,
+            Some(Some(cursor)) => Some(cursor.into()),
+            Some(None) => {
+                return Err(self.reject(
+                    Status::ValueTypeInvalid,
+                    "after must be a cursor string",
+                    None,
+                ));
+            }
+        };
+        Ok(Command::Subscribe {
+            filter: EventFilter {
+                kinds,
+                owner,
+                with_keys,
+            },
+            after,
+        })
     }
 
     /// `key`: one key name (`SH_INCR`).

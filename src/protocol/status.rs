@@ -28,6 +28,7 @@ pub enum Status {
     LoadComplete = 141,
     LoadError = 142,
     MemoryLimit = 150,
+    EventsLost = 160,
     Unknown = 1000,
 }
 

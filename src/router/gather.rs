@@ -24,6 +24,8 @@ pub struct ServerFacts {
     pub persist_enabled: bool,
     pub uptime_s: u64,
     pub max_memory: u64,
+    /// This server's instance, for cursors.
+    pub instance: u64,
 }
 
 pub enum GatherKind {
@@ -51,6 +53,16 @@ pub enum GatherKind {
     OwnerEnd {
         owner: Box<str>,
         ended: u64,
+    },
+    /// `SH_SUBSCRIBE`: every shard's ring position for subscription `sub`.
+    Subscribe {
+        sub: u64,
+        positions: Vec<u64>,
+        lost: u64,
+        /// Resumed with `after`: the answer says whether anything was lost.
+        resumed: bool,
+        /// The cursor was another instance's: how much was lost is unknown.
+        unknown_loss: bool,
     },
 }
 
@@ -222,6 +234,21 @@ impl Gather {
                     save.error.get_or_insert(e);
                 }
             },
+            (
+                GatherKind::Subscribe {
+                    positions, lost, ..
+                },
+                PartResult::Subscribed {
+                    shard,
+                    position,
+                    lost: missed,
+                },
+            ) => {
+                if let Some(p) = positions.get_mut(shard) {
+                    *p = position;
+                }
+                *lost += missed;
+            }
             (GatherKind::Load(load), PartResult::Loaded { sessions, keys }) => {
                 load.sessions += sessions;
                 load.keys += keys;
@@ -246,6 +273,14 @@ impl Gather {
         }
         match std::mem::replace(&mut self.kind, GatherKind::end_all()) {
             GatherKind::NewShared(new) => Some(new),
+            _ => None,
+        }
+    }
+
+    /// A finished `SH_SUBSCRIBE`: its subscription and where it starts.
+    pub fn subscription(&self) -> Option<(u64, Vec<u64>)> {
+        match &self.kind {
+            GatherKind::Subscribe { sub, positions, .. } => Some((*sub, positions.clone())),
             _ => None,
         }
     }
@@ -321,6 +356,24 @@ impl Gather {
                 answer::owner_sessions(&mut out, &owner, found.into_iter().map(|(_, t)| t));
             }
             GatherKind::OwnerEnd { owner, ended } => answer::owner_ended(&mut out, &owner, ended),
+            GatherKind::Subscribe {
+                positions,
+                lost,
+                resumed,
+                unknown_loss,
+                ..
+            } => {
+                let cursor = crate::events::Cursor {
+                    instance: server.instance,
+                    positions,
+                };
+                let lost = match (resumed, unknown_loss, lost) {
+                    (true, true, _) => Some(-1),
+                    (true, false, n) if n > 0 => Some(i64::try_from(n).unwrap_or(i64::MAX)),
+                    _ => None,
+                };
+                answer::subscribed(&mut out, &cursor.to_text(), lost);
+            }
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns
                     .into_iter()

@@ -44,6 +44,8 @@ impl PostBack for Posted {
 #[derive(Default)]
 struct Answers {
     received: Vec<(u64, Vec<u8>)>,
+    /// Events pushed to the client (no request asked for them).
+    pushed: Vec<Vec<u8>>,
     /// Whether the shard being driven is the one the client is connected to.
     client_here: bool,
 }
@@ -55,6 +57,15 @@ impl Replies for Answers {
 
     fn answer_owned(&mut self, ticket: Ticket, response: Vec<u8>) {
         self.received.push((ticket.seq, response));
+    }
+
+    fn push(&mut self, _ticket: Ticket, message: Vec<u8>) -> bool {
+        self.pushed.push(message);
+        true
+    }
+
+    fn has_room(&self, _ticket: Ticket) -> Option<bool> {
+        Some(true)
     }
 
     fn connections(&self) -> u64 {
@@ -85,6 +96,9 @@ impl LocalDispatcher {
                     names: names.clone(),
                     owners_scattered: owners_scattered.clone(),
                     wall_epoch_ms: 0,
+                    instance: seed,
+                    max_payload: 1 << 20,
+                    event_retention: crate::events::DEFAULT_RETENTION,
                 };
                 let rng = StdRng::seed_from_u64(seed ^ id as u64);
                 Router::new(config, rng, posted.clone(), 0)
@@ -112,6 +126,11 @@ impl LocalDispatcher {
             };
             router.store.set_memory_limit(share);
         }
+    }
+
+    /// Events pushed to the client since the last call, in order.
+    pub fn take_pushed(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.answers.pushed)
     }
 
     /// Moves the clock on; background expiry runs as a shard turn would.

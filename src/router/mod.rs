@@ -15,6 +15,7 @@
 //! - `persistence`: this shard's side of `SH_SAVE` / `SH_LOAD`.
 //! - `harness`: [`LocalDispatcher`], shards in one thread, no sockets.
 
+mod events;
 mod exec;
 mod gather;
 mod harness;
@@ -58,6 +59,15 @@ pub trait Replies {
     /// must wait for earlier answers on its connection.
     fn answer(&mut self, ticket: Ticket, response: &[u8]);
 
+    /// Writes a message no request asked for (an event) on the connection
+    /// of `ticket`, after the answers it already owes; false when that
+    /// connection is gone.
+    fn push(&mut self, ticket: Ticket, message: Vec<u8>) -> bool;
+
+    /// Whether the connection of `ticket` has taken most of its output
+    /// (room for more events); None when it is gone.
+    fn has_room(&self, ticket: Ticket) -> Option<bool>;
+
     /// [`Replies::answer`] for a response already owned (from another shard).
     fn answer_owned(&mut self, ticket: Ticket, response: Vec<u8>) {
         self.answer(ticket, &response);
@@ -84,6 +94,13 @@ pub struct RouterConfig {
     pub owners_scattered: Arc<AtomicBool>,
     /// Wall-clock time (ms since the Unix epoch) at shard-clock 0.
     pub wall_epoch_ms: u64,
+    /// This run of the server, in event cursors: a cursor of an earlier
+    /// run is recognised as such.
+    pub instance: u64,
+    /// The largest message: bounds the keys copied into an event.
+    pub max_payload: usize,
+    /// Events each shard keeps for subscribers.
+    pub event_retention: usize,
 }
 
 impl RouterConfig {
@@ -139,12 +156,16 @@ pub struct Router {
     deferred_counts: Vec<PartReply>,
     /// Saves and loads under way on this shard.
     persist: PersistJobs,
+    /// Event subscriptions: of this shard's connections, and positions in
+    /// this shard's ring.
+    events: events::EventSubscriptions,
 }
 
 impl Router {
     pub fn new(config: RouterConfig, rng: StdRng, post: Arc<dyn PostBack>, now: Millis) -> Self {
         let mut store = SessionStore::new(config.names.clone());
         store.set_wall_epoch(config.wall_epoch_ms);
+        store.set_event_retention(config.event_retention);
         if config.max_memory > 0 {
             store.set_memory_limit((config.max_memory / config.shards as u64).max(1));
         }
@@ -162,6 +183,7 @@ impl Router {
             expiry_pending: false,
             deferred_counts: Vec::new(),
             persist: PersistJobs::default(),
+            events: events::EventSubscriptions::default(),
         }
     }
 
@@ -272,6 +294,8 @@ impl Router {
                 Some(root) => self.start_load(ticket, &root, name, replies),
                 None => self.persistence_disabled(ticket, CommandName::Load, replies),
             },
+            Command::Subscribe { filter, after } => self.subscribe(ticket, filter, after, replies),
+            Command::Unsubscribe => self.unsubscribe(ticket, replies),
             _ => match command.token() {
                 Some(tkn) => self.route(ticket, tkn, command, replies),
                 None => {
@@ -313,6 +337,9 @@ impl Router {
                         self.finish_gather(gather, replies);
                     }
                 }
+                envelope @ (Envelope::Events { .. }
+                | Envelope::EventCredit { .. }
+                | Envelope::Unsubscribe { .. }) => self.receive_events(envelope, replies),
             }
         }
     }
@@ -322,6 +349,7 @@ impl Router {
     pub fn end_turn(&mut self, replies: &mut dyn Replies) {
         self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
         self.persistence_step(replies);
+        self.events_turn(replies);
         if !self.expiry_pending {
             for reply in std::mem::take(&mut self.deferred_counts) {
                 self.answer_part(reply, Part::Counts, replies);
@@ -331,7 +359,7 @@ impl Router {
 
     /// Whether work is waiting for the next turn (so the loop must not sleep).
     pub fn has_work(&self) -> bool {
-        self.expiry_pending || self.persist.busy()
+        self.expiry_pending || self.persist.busy() || self.events.pending()
     }
 
     /// Whether the shard may exit: no save or load, and no commit in flight.
@@ -574,6 +602,9 @@ impl Router {
             Part::OwnerEnd { owner, except } => {
                 PartResult::Ended(self.store.owner_end(&owner, except, self.now))
             }
+            Part::Subscribe { sub, filter, after } => {
+                self.register_subscriber(reply, sub, filter, after)
+            }
         };
         self.send_part_result(reply, result, replies);
     }
@@ -620,8 +651,13 @@ impl Router {
             persist_enabled: self.config.persist.is_some(),
             uptime_s: self.now / 1000,
             max_memory: self.config.max_memory,
+            instance: self.config.instance,
         };
+        let subscription = g.subscription();
         replies.answer_owned(ticket, g.encode(&server, self.now));
+        if let Some((sub, positions)) = subscription {
+            self.subscription_answered(sub, positions, replies);
+        }
     }
 
     /// Builds a response here, in a buffer reused from one to the next,

@@ -47,6 +47,25 @@ impl Replies for Connections {
         }
     }
 
+    fn push(&mut self, ticket: Ticket, message: Vec<u8>) -> bool {
+        let now = self.now;
+        match self.live(ticket) {
+            Some(conn) if conn.is_open() => {
+                conn.push(message, now);
+                self.touched.push(ticket.conn);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn has_room(&self, ticket: Ticket) -> Option<bool> {
+        self.slab
+            .get(ticket.conn)
+            .filter(|conn| conn.id == ticket.conn_id && conn.is_open())
+            .map(Connection::has_room)
+    }
+
     fn connections(&self) -> u64 {
         self.slab.len() as u64
     }

@@ -59,6 +59,10 @@ pub struct ShardContext {
     pub started: Instant,
     /// The wall-clock time at `started`, in ms since the Unix epoch.
     pub wall_epoch_ms: u64,
+    /// This run of the server (random), for event cursors.
+    pub instance: u64,
+    /// Events each shard keeps for subscribers.
+    pub event_retention: usize,
     /// Set once owners are spread over shards (see `RouterConfig`).
     pub owners_scattered: Arc<AtomicBool>,
     pub names: Arc<SharedNames>,
@@ -108,6 +112,9 @@ impl Shard {
             names: ctx.names.clone(),
             owners_scattered: ctx.owners_scattered.clone(),
             wall_epoch_ms: ctx.wall_epoch_ms,
+            instance: ctx.instance,
+            max_payload: ctx.limits.max_payload,
+            event_retention: ctx.event_retention,
         };
         let rng: StdRng = rand::make_rng();
         let post = Arc::new(MeshPost(ctx.mesh.clone()));

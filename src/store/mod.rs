@@ -29,6 +29,7 @@ use snapshot::Snapshot;
 use table::Sessions;
 
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
+use crate::events::{Event, EventKind, EventRing, encode_keys};
 use crate::expiry::{TimerKey, TimingWheel};
 use crate::persist::SessionRecord;
 use crate::shared_names::SharedNames;
@@ -330,6 +331,12 @@ pub struct SessionStore {
     /// Wall-clock time (ms since the Unix epoch) at shard-clock 0: creation
     /// times are kept and saved in wall-clock time.
     wall_epoch_ms: u64,
+    /// This shard's session events (created, ended, expired), kept for
+    /// subscribers whether or not any is listening: one may resume.
+    events: EventRing,
+    /// Copy a session's keys into its end and expiry events, up to this
+    /// many bytes: set only while some subscriber asked for keys.
+    event_keys: Option<usize>,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -349,7 +356,50 @@ impl SessionStore {
             snapshot: None,
             extras: ExtrasTable::default(),
             wall_epoch_ms: 0,
+            events: EventRing::new(crate::events::DEFAULT_RETENTION),
+            event_keys: None,
         }
+    }
+
+    /// Keeps the last `capacity` events (forgetting any kept so far).
+    pub fn set_event_retention(&mut self, capacity: usize) {
+        self.events = EventRing::new(capacity);
+    }
+
+    /// Whether events copy the session's keys, and up to how many bytes.
+    pub fn set_event_keys(&mut self, max_bytes: Option<usize>) {
+        self.event_keys = max_bytes;
+    }
+
+    pub fn events(&self) -> &EventRing {
+        &self.events
+    }
+
+    /// Records what happens to session `tkn` (which still holds what it
+    /// held), at `now`; `deadline` for expiry events.
+    fn record(&mut self, tkn: Token, kind: EventKind, deadline: Option<Millis>, now: Millis) {
+        let Some(session) = self.sessions.get(tkn) else {
+            return;
+        };
+        let (keys, keys_truncated) = match self.event_keys {
+            Some(max) if kind != EventKind::Created => {
+                let (keys, truncated) = encode_keys(session.keys.iter(), max);
+                (Some(keys), truncated)
+            }
+            _ => (None, false),
+        };
+        let event = Event {
+            seq: 0,
+            kind,
+            tkn,
+            name: session.name().map(Box::from),
+            owner: session_extras(&self.extras, session).and_then(|x| x.owner.clone()),
+            at_unix_ms: self.wall_epoch_ms + now,
+            deadline_unix_ms: deadline.map(|d| self.wall_epoch_ms + d),
+            keys,
+            keys_truncated,
+        };
+        self.events.push(event);
     }
 
     /// The wall-clock time at shard-clock 0, in ms since the Unix epoch.
@@ -566,9 +616,25 @@ impl SessionStore {
             session.set_expiry(Some(expiry));
         } else if expiry.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
             // The timer is spent already; only the session goes.
+            let lifetime = lifetime_end == Some(expiry.deadline);
+            self.record(
+                tkn,
+                EventKind::Expired { lifetime },
+                Some(expiry.deadline),
+                now,
+            );
+            let Some(session) = self.sessions.get_mut(tkn) else {
+                return;
+            };
             session.set_expiry(None);
             self.remove(tkn);
         } else {
+            if !session.keys.is_empty() {
+                self.record(tkn, EventKind::KeysExpired, Some(expiry.deadline), now);
+            }
+            let Some(session) = self.sessions.get_mut(tkn) else {
+                return;
+            };
             self.used_bytes -= keys_cost(&session.keys);
             let cleared = session.keys.clear();
             self.key_count -= cleared as u64;
@@ -627,6 +693,12 @@ impl SessionStore {
     /// a lifetime, initial keys (set as `SH_SET` sets them). Room is checked
     /// with `can_create_session` by the caller.
     pub fn create_session(&mut self, tkn: Token, new: NewSession, now: Millis) {
+        self.create_session_quietly(tkn, new, now);
+        self.record(tkn, EventKind::Created, None, now);
+    }
+
+    /// [`SessionStore::create_session`] without its `created` event.
+    fn create_session_quietly(&mut self, tkn: Token, new: NewSession, now: Millis) {
         let lifetime_s = new.expiry.map_or(0, |e| e.max_lifetime_s);
         let extras = (new.owner.is_some() || lifetime_s > 0).then(|| {
             Extras::new(
@@ -707,8 +779,13 @@ impl SessionStore {
                 e,
             );
             if e.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
+                let lifetime = lifetime_end == Some(e.deadline);
+                self.record(tkn, EventKind::Expired { lifetime }, Some(e.deadline), now);
                 self.remove(tkn);
                 return None;
+            }
+            if !self.sessions.at_mut(position).keys.is_empty() {
+                self.record(tkn, EventKind::KeysExpired, Some(e.deadline), now);
             }
             let session = self.sessions.get_mut(tkn)?;
             self.used_bytes -= keys_cost(&session.keys);
@@ -785,6 +862,7 @@ impl SessionStore {
     pub fn end(&mut self, tkn: Token, now: Millis) -> Result<(), Refusal> {
         self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         self.preserve(tkn);
+        self.record(tkn, EventKind::Ended, None, now);
         self.remove(tkn);
         Ok(())
     }
@@ -804,20 +882,15 @@ impl SessionStore {
                 }
             }
         }
-        let extras = &self.extras;
-        let live = self
-            .sessions
-            .iter()
-            // Past its deadline, only a deleteSession session, or one past
-            // its lifetime, is gone.
-            .filter(|s| {
-                s.expiry().is_none_or(|e| {
-                    now < e.deadline
-                        || !e.settings.delete_session
-                            && lifetime_end(extras, s.extras_slot(), e).is_none_or(|end| now < end)
-                })
-            })
-            .count();
+        // Expiry due first (with its events): a session past its deadline
+        // expired, it was not ended.
+        let tokens: Vec<Token> = self.sessions.iter().map(|s| s.tkn).collect();
+        for &tkn in &tokens {
+            if self.live(tkn, now, Access::Read).is_some() {
+                self.record(tkn, EventKind::Ended, None, now);
+            }
+        }
+        let live = self.sessions.len();
         for session in self.sessions.drain() {
             if session.shared()
                 && let Some(name) = session.keys.name()

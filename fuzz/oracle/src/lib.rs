@@ -42,15 +42,15 @@ use simd_json::value::tape::Node;
 use simd_json::{OwnedValue, StaticNode};
 
 /// The status table of docs/PROTOCOL.md, without Unknown (1000).
-pub const STATUSES: [u64; 24] = [
+pub const STATUSES: [u64; 25] = [
     1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 43, 44, 100, 101, 102, 103, 104, 121, 122, 123, 141,
-    142, 150,
+    142, 150, 160,
 ];
 
 /// Every command of docs/PROTOCOL.md, for generators; see
 /// [`allowed_statuses`]. Kept by hand, apart from the server's own command
 /// table, so a test can hold the two against each other.
-pub const COMMANDS: [&str; 23] = [
+pub const COMMANDS: [&str; 25] = [
     "SH_NEW",
     "SH_OPEN",
     "SH_END",
@@ -74,6 +74,8 @@ pub const COMMANDS: [&str; 23] = [
     "SH_OWNER_SESSIONS",
     "SH_OWNER_END",
     "SH_INCR",
+    "SH_SUBSCRIBE",
+    "SH_UNSUBSCRIBE",
 ];
 
 /// The dispatcher's seed: fixed, so the tokens it mints (and `$N` in a
@@ -130,6 +132,9 @@ pub const VALID: &[&str] = &[
     r#"{"SH_SET":{"tkn":$0,"keys":{"c":1},"ifVersion":2}}"#,
     r#"{"SH_CLEAR":{"tkn":$1,"ifVersion":3,"withVersion":false}}"#,
     r#"{"SH_OPEN":{"name":"alpha","withVersion":true}}"#,
+    r#"{"SH_SUBSCRIBE":{"events":["expired","ended"],"owner":"ann","withKeys":true}}"#,
+    r#"{"SH_SUBSCRIBE":{"after":"0000000000000000.0.0"}}"#,
+    r#"{"SH_UNSUBSCRIBE":{}}"#,
 ];
 
 /// Every parameter (and nested expiry field) of every command, with `@`
@@ -207,6 +212,12 @@ pub const SLOTS: &[&str] = &[
     r#"{"SH_END":{"tkn":$1,"ifVersion":@}}"#,
     r#"{"SH_NEW":{"withVersion":@}}"#,
     r#"{"SH_END_ALL":{"ifVersion":@}}"#,
+    r#"{"SH_SUBSCRIBE":{"events":@}}"#,
+    r#"{"SH_SUBSCRIBE":{"events":["created",@]}}"#,
+    r#"{"SH_SUBSCRIBE":{"owner":@}}"#,
+    r#"{"SH_SUBSCRIBE":{"withKeys":@}}"#,
+    r#"{"SH_SUBSCRIBE":{"after":@}}"#,
+    r#"{"SH_UNSUBSCRIBE":{"x":@}}"#,
 ];
 
 /// Scalars that are hostile somewhere: every JSON type, numbers at and
@@ -348,6 +359,8 @@ pub fn allowed_statuses(command: &str) -> &'static [u64] {
         "SH_RMV" => &[1, 12, 26, 41, 100, 101, 104],
         "SH_GET" | "SH_CONTAINS" => &[1, 12, 26, 41, 100, 101],
         "SH_INCR" => &[1, 12, 26, 41, 43, 44, 100, 101, 104, 150],
+        "SH_SUBSCRIBE" => &[1, 12, 41, 42, 160],
+        "SH_UNSUBSCRIBE" => &[1, 12, 41],
         "SH_TOUCH" => &[1, 12, 41, 100, 101],
         "SH_OWNER_SESSIONS" => &[1, 12, 26, 41, 42],
         "SH_OWNER_END" => &[1, 12, 26, 41, 42, 101],
@@ -364,6 +377,8 @@ fn ok_fields(command: &str) -> (&'static [&'static str], &'static [&'static str]
         "SH_END" => (&["tkn"], &[]),
         "SH_SET" | "SH_ADD" | "SH_RMV" => (&["tkn"], &["version"]),
         "SH_INCR" => (&["tkn", "key", "value"], &["version"]),
+        "SH_SUBSCRIBE" => (&["cursor"], &[]),
+        "SH_UNSUBSCRIBE" => (&[], &[]),
         "SH_END_ALL" => (&["cnt"], &[]),
         "SH_SAVE" => (&["name", "duration", "sessions", "keys"], &[]),
         "SH_LOAD" => (&["name", "sessions", "keys"], &[]),
@@ -799,6 +814,13 @@ pub fn check(request: &[u8], text: bool, response: &[u8]) -> Checked {
                 context()
             );
         }
+    } else if status == 160 {
+        only_fields(body_object, &["st", "cursor", "lost"], &context);
+        assert!(
+            body.get("cursor").and_then(Json::as_str).is_some(),
+            "160 says where delivery starts{}",
+            context()
+        );
     } else if status == 104 {
         only_fields(body_object, &["st", "tkn", "version"], &context);
         assert!(
