@@ -234,6 +234,8 @@ pub struct EventStats {
     pub deadlines: Option<(u64, u64)>,
     /// When the last counted event arrived, µs since the Unix epoch.
     pub last_arrival_us: u64,
+    /// Why the subscriber's connection ended early, if it did.
+    pub failure: Option<String>,
 }
 
 impl EventStats {
@@ -250,6 +252,7 @@ impl EventStats {
                 .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
             deadlines: None,
             last_arrival_us: 0,
+            failure: None,
         }
     }
 
@@ -352,6 +355,7 @@ impl EventStats {
                 let us = self.last_arrival_us as i64 - (hi as i64) * 1000;
                 (us as f64 / 100.0).round() / 10.0
             }),
+            failure: self.failure.clone(),
         }
     }
 }
@@ -385,6 +389,9 @@ pub struct EventSummary {
     /// When the last counted event arrived, after the latest deadline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_after_last_deadline_ms: Option<f64>,
+    /// Why the subscriber's connection ended before the run did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -432,6 +439,9 @@ impl EventSummary {
                 "  deadlines     spread over {spread} ms; the last event arrived {last:.1} ms after the latest"
             );
         }
+        if let Some(f) = &self.failure {
+            println!("  subscriber    failed: {f}");
+        }
         println!("  event lag (ms) p50     p90      p99      p99.9    max");
         let l = &self.lag_ms;
         println!(
@@ -476,7 +486,7 @@ struct Control {
 /// The subscriber connection and its thread.
 pub struct Subscriber {
     control: Arc<Control>,
-    thread: JoinHandle<Result<EventStats, String>>,
+    thread: JoinHandle<EventStats>,
     /// Redis: `notify-keyspace-events` as it was before, to put back.
     pub redis_notify: Option<Vec<u8>>,
 }
@@ -516,9 +526,9 @@ impl Subscriber {
         let thread = std::thread::Builder::new()
             .name("subscriber".into())
             .spawn(move || {
-                let r = read_events(client, protocol, accept, expect, &c);
+                let stats = read_events(client, protocol, accept, expect, &c);
                 c.done.store(true, Ordering::Release);
-                r
+                stats
             })
             .map_err(|e| format!("subscriber thread: {e}"))?;
         Ok(Subscriber {
@@ -547,9 +557,17 @@ impl Subscriber {
     }
 
     fn join(self) -> Result<EventStats, String> {
-        self.thread
+        let stats = self
+            .thread
             .join()
-            .map_err(|_| "the subscriber thread panicked".to_string())?
+            .map_err(|_| "the subscriber thread panicked".to_string())?;
+        if let Some(f) = &stats.failure {
+            eprintln!(
+                "loadtest: the subscriber's connection failed after {} events: {f}",
+                stats.received()
+            );
+        }
+        Ok(stats)
     }
 }
 
@@ -623,46 +641,50 @@ fn read_events(
     accept: Accept,
     expect: Option<u64>,
     control: &Control,
-) -> Result<EventStats, String> {
+) -> EventStats {
     let scanner = EventScanner::default();
     let mut stats = EventStats::new(accept);
     let mut last_event = Instant::now();
     let mut told: Option<Instant> = None;
     loop {
-        match client.read_more() {
-            Ok(_) => {
-                let arrival = now_unix_us();
-                last_event = Instant::now();
-                while let Some(r) = client.next_message().map_err(|e| e.to_string())? {
-                    let m = client.message(r);
-                    match protocol {
-                        Protocol::Ws => {
-                            if let Some(e) = scanner.parse(m) {
-                                stats.add_ws(&e, arrival);
-                            }
+        let read = client.read_more().and_then(|_| {
+            let arrival = now_unix_us();
+            last_event = Instant::now();
+            while let Some(r) = client.next_message()? {
+                let m = client.message(r);
+                match protocol {
+                    Protocol::Ws => {
+                        if let Some(e) = scanner.parse(m) {
+                            stats.add_ws(&e, arrival);
                         }
-                        Protocol::Redis => {
-                            if let Some(key) = redis_expired_key(m) {
-                                stats.add_redis(key, arrival);
-                            }
+                    }
+                    Protocol::Redis => {
+                        if let Some(key) = redis_expired_key(m) {
+                            stats.add_redis(key, arrival);
                         }
                     }
                 }
             }
+            Ok(())
+        });
+        match read {
+            Ok(()) => {}
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                if control.state.load(Ordering::Acquire) == STOP {
-                    break;
+                if control.state.load(Ordering::Acquire) != STOP {
+                    stats.failure = Some(e.to_string());
                 }
-                return Err(format!("subscriber: {e}"));
+                return stats;
             }
         }
-        if expect.is_some_and(|n| stats.received() >= n) {
+        // Lost events never come: they count towards the expected.
+        if expect.is_some_and(|n| stats.received() + stats.lost >= n) {
             break;
         }
         match control.state.load(Ordering::Acquire) {
@@ -679,7 +701,7 @@ fn read_events(
         }
     }
     client.close();
-    Ok(stats)
+    stats
 }
 
 #[cfg(test)]

@@ -672,3 +672,70 @@ fn expiry_events_against_redis_if_installed() {
     // The probe's key went; the expiring ones expired.
     assert_eq!(redis_call(port, &["DBSIZE"]), ":0\r\n");
 }
+
+/// expiry-events on nemesisdb: every session's expired event arrives, none
+/// lost, none before its deadline.
+#[test]
+fn expiry_events_against_the_server() {
+    let (_server, port) = start_server();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (v, report) = with_report(&[
+        "--url",
+        &url,
+        "--workload",
+        "expiry-events",
+        "--sessions",
+        "3000",
+        "--connections",
+        "4",
+        "--duration",
+        "30",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["ops"].as_u64().unwrap_or(0) > 0, "the probe ran: {v}");
+    let e = &report["events"];
+    assert_eq!(e["received"], 3000, "{e}");
+    assert_eq!(e["expired"], 3000, "{e}");
+    assert_eq!(
+        (&e["lost"], &e["other"], &e["early"], &e["untimed"]),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
+        "{e}"
+    );
+    assert!(
+        e["deadline_spread_ms"].as_u64().unwrap_or(9999) < 1100,
+        "{e}"
+    );
+}
+
+/// `--subscribe` beside lifecycle: each operation creates and ends one
+/// session, so the subscriber sees one `created` and one `ended` per
+/// operation, nothing lost.
+#[test]
+fn subscribe_sees_every_event_of_a_run() {
+    let (_server, port) = start_server();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (v, report) = with_report(&[
+        "--url",
+        &url,
+        "--workload",
+        "lifecycle",
+        "--requests",
+        "2000",
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--threads",
+        "2",
+        "--subscribe",
+    ]);
+    check(&v, 2000, "lifecycle with --subscribe");
+    let e = &report["events"];
+    assert_eq!(
+        (&e["created"], &e["ended"]),
+        (&2000.into(), &2000.into()),
+        "{e}"
+    );
+    assert_eq!(e["received"], 4000, "{e}");
+    assert_eq!((&e["lost"], &e["expired"]), (&0.into(), &0.into()), "{e}");
+}
