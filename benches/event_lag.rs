@@ -6,7 +6,7 @@
 //! `expired` events, creates N sessions (default 100,000,
 //! `EVENT_LAG_SESSIONS` to change) over four connections (a connection's
 //! sessions live on its shard, so four spread them over both) with
-//! durations chosen so every deadline falls in the same second, then a
+//! durations chosen so the deadlines spread evenly over one second, then a
 //! second client sends `SH_GET`s on its own session one at a time from a
 //! second before that second to three seconds after it. Lag = the wall
 //! clock when the subscriber got the event minus the event's `deadline`.
@@ -26,7 +26,10 @@ use nemesisdb::config::Flags;
 use tungstenite::Message;
 
 const SETUP_CONNECTIONS: usize = 4;
-const BATCH: usize = 1000;
+/// Round trips one set-up connection spreads its sessions over...
+const BATCHES_PER_CONNECTION: usize = 50;
+/// ...unless that makes a round trip create more than this many.
+const MAX_BATCH: usize = 1000;
 
 fn now_unix_us() -> u64 {
     SystemTime::now()
@@ -119,8 +122,11 @@ fn main() {
     };
 
     // Every deadline lands in [t0 + horizon, t0 + horizon + 1): a session
-    // created `e` seconds in gets horizon - floor(e) seconds, and no batch
-    // starts in the last 100 ms of a second, so none straddles one.
+    // created `e` seconds in gets horizon - floor(e) seconds. The batches
+    // are paced evenly over set-up's first second (each connection's
+    // interleaved with the others'), so the deadlines spread evenly over
+    // that one, as loadtest's expiry-events does; no batch starts in the
+    // last 10 ms of a second, so none straddles one.
     let horizon = 5 + (sessions / 20_000) as u64;
     let t0 = Instant::now();
     let setup: Vec<_> = (0..SETUP_CONNECTIONS)
@@ -129,13 +135,20 @@ fn main() {
                 let mut ws = connect(addr);
                 let mine = sessions / SETUP_CONNECTIONS
                     + usize::from(c < sessions % SETUP_CONNECTIONS);
-                let mut created = 0;
-                while created < mine {
+                let size = mine.div_ceil(BATCHES_PER_CONNECTION).clamp(1, MAX_BATCH);
+                let batches = mine.div_ceil(size);
+                for j in 0..batches {
+                    let due = t0
+                        + Duration::from_secs_f64(
+                            (j * SETUP_CONNECTIONS + c) as f64
+                                / (batches * SETUP_CONNECTIONS) as f64,
+                        );
+                    thread::sleep(due.saturating_duration_since(Instant::now()));
                     let mut e = t0.elapsed();
-                    if e.subsec_millis() >= 900 {
-                        thread::sleep(Duration::from_millis(
-                            u64::from(1002 - e.subsec_millis()),
-                        ));
+                    if e.subsec_millis() >= 990 {
+                        thread::sleep(Duration::from_millis(u64::from(
+                            1002 - e.subsec_millis(),
+                        )));
                         e = t0.elapsed();
                     }
                     assert!(e.as_secs() + 2 < horizon, "populating took too long");
@@ -143,7 +156,7 @@ fn main() {
                         r#"{{"SH_NEW":{{"expiry":{{"duration":{},"deleteSession":true}},"keys":{{"user":"u123456","cart":[1,2,3]}}}}}}"#,
                         horizon - e.as_secs()
                     );
-                    let n = BATCH.min(mine - created);
+                    let n = size.min(mine - j * size);
                     for _ in 0..n {
                         ws.write(Message::text(new.clone())).unwrap();
                     }
@@ -152,7 +165,6 @@ fn main() {
                         let r = recv(&mut ws);
                         assert_eq!(field_u64(&r, "st"), 1, "SH_NEW: {r}");
                     }
-                    created += n;
                 }
             })
         })

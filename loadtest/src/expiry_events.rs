@@ -12,11 +12,15 @@
 //!
 //! nemesisdb durations are whole seconds from creation, so a session
 //! created `e` seconds into set-up gets `lead - floor(e)` seconds: every
-//! deadline lands in `[t0 + lead, t0 + lead + 1 s)`, spread over that second
-//! as creation went (mass_expiry's trick). A batch is never sent in the last
-//! 100 ms of a second of set-up, so no batch straddles one. Redis keys get
-//! `PEXPIREAT t0 + lead + i * 1000 / sessions` ms: spread evenly over the
-//! same second, and the subscriber knows each key's deadline from its name.
+//! deadline lands in `[t0 + lead, t0 + lead + 1 s)`, at `frac(e)` into that
+//! second (mass_expiry's trick). Set-up paces its batches evenly over its
+//! first second (each connection's 25 batches interleaved with the
+//! others'), so the deadlines spread evenly over the second, as Redis's do;
+//! a set-up slower than that wraps around within the same second, and no
+//! batch is sent in the last 10 ms of a second, so none straddles one.
+//! Redis keys get `PEXPIREAT t0 + lead + i * 1000 / sessions` ms: spread
+//! evenly over the same second, and the subscriber knows each key's
+//! deadline from its name.
 //!
 //! | target | subscriber | sessions | probe |
 //! |---|---|---|---|
@@ -42,8 +46,10 @@ use crate::ws;
 /// Redis keys of the expiring sessions are `ee:<i>`.
 const REDIS_PREFIX: &[u8] = b"ee:";
 const REDIS_PROBE: &[u8] = b"ee:probe";
-/// Sessions one set-up connection creates per round trip.
-const BATCH: u64 = 500;
+/// Round trips one set-up connection spreads its sessions over...
+const BATCHES_PER_CONNECTION: usize = 25;
+/// ...unless that makes a round trip create more than this many.
+const MAX_BATCH: usize = 500;
 /// Set-up connections at most (one thread each).
 const MAX_SETUP_CONNECTIONS: usize = 16;
 
@@ -218,8 +224,22 @@ fn set_up(
                 let mut client = Client::connect(&target, seed, c as u64)
                     .map_err(|e| format!("set-up connection {}: {e}", c + 1))?;
                 let mine: Vec<u64> = (c as u64..n).step_by(conns).collect();
+                let size = mine
+                    .len()
+                    .div_ceil(BATCHES_PER_CONNECTION)
+                    .clamp(1, MAX_BATCH);
+                let batches = mine.len().div_ceil(size);
                 let mut errors = 0;
-                for batch in mine.chunks(BATCH as usize) {
+                for (j, batch) in mine.chunks(size).enumerate() {
+                    if target.protocol == Protocol::Ws {
+                        // Batch j of connection c goes out at its share of
+                        // set-up's first second, interleaved with the others'.
+                        let due = t0
+                            + Duration::from_secs_f64(
+                                (j * conns + c) as f64 / (batches * conns) as f64,
+                            );
+                        thread::sleep(due.saturating_duration_since(Instant::now()));
+                    }
                     errors += create_batch(&mut client, batch, &value, n, t0, window_ms, lead)?;
                 }
                 client.close();
@@ -248,7 +268,7 @@ fn create_batch(
 ) -> Result<u64, String> {
     let io = |e: std::io::Error| format!("set-up: {e}");
     let mut e = t0.elapsed();
-    if e.subsec_millis() >= 900 {
+    if e.subsec_millis() >= 990 {
         // No batch straddles a second: its sessions' deadlines would.
         thread::sleep(Duration::from_millis(u64::from(1002 - e.subsec_millis())));
         e = t0.elapsed();
