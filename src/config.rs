@@ -465,7 +465,7 @@ mod tests {
                 // NemesisDB-style fields; unknown ones are ignored
                 "version": 5, "ip": "127.0.0.2", "port": 2000,
                 "maxPayload": 4096, /* block */ "shards": 2, "pinCores": [1, 0],
-                "maxConnections": 50, "maxMemory": 1000000,
+                "maxConnections": 50, "maxMemory": 1000000, "eventRetention": 500,
                 "persist": {"enabled": false, "path": "./data"}
             }"#,
         )
@@ -479,6 +479,15 @@ mod tests {
         assert_eq!(config.max_connections, 50);
         assert_eq!(config.max_memory, 1_000_000);
         assert_eq!(config.max_output_buffer, DEFAULT_MAX_OUTPUT_BUFFER);
+        assert_eq!(config.event_retention, 500);
+        let config =
+            Config::resolve(flags(&["--config", p, "--event-retention", "7"]), &[0, 1]).unwrap();
+        assert_eq!(config.event_retention, 7, "the flag wins");
+        assert!(Config::resolve(flags(&["--event-retention", "0"]), &[0]).is_err());
+        assert_eq!(
+            Config::resolve(flags(&[]), &[0]).unwrap().event_retention,
+            crate::events::DEFAULT_RETENTION
+        );
 
         std::fs::write(&path, r#"{"port": "x"}"#).unwrap();
         assert!(matches!(

@@ -65,24 +65,75 @@ impl EventKind {
     pub const ALL_BITS: u8 = 15;
 }
 
-/// One event, as the shard that owns the session recorded it.
+/// One event, as the shard that owns the session recorded it: 32 bytes in
+/// the ring (a full ring of 100,000 is 3.2 MB), what most sessions lack
+/// (a name, an owner, keys) in one allocation beside it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    /// Position in the shard's ring: 1 for its first event, then +1.
-    pub seq: u64,
-    pub kind: EventKind,
     pub tkn: Token,
-    pub name: Option<Box<str>>,
-    pub owner: Option<Arc<str>>,
     /// When it happened, ms since the Unix epoch.
     pub at_unix_ms: u64,
-    /// The deadline that passed (expiry events), ms since the Unix epoch.
-    pub deadline_unix_ms: Option<u64>,
-    /// The keys the session held, as a JSON object, when a subscriber on
-    /// the server asked for keys at the time.
-    pub keys: Option<Box<[u8]>>,
+    /// How long before `at` the deadline passed (expiry events; a deadline
+    /// is never after the expiry it causes); `u32::MAX`: none.
+    deadline_before_ms: u32,
+    pub kind: EventKind,
     /// `keys` holds only the whole keys that fit.
     pub keys_truncated: bool,
+    detail: Option<Box<EventDetail>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct EventDetail {
+    name: Option<Box<str>>,
+    owner: Option<Arc<str>>,
+    /// The keys the session held, as a JSON object, when a subscriber on
+    /// the server asked for keys at the time.
+    keys: Option<Box<[u8]>>,
+}
+
+impl Event {
+    pub fn new(
+        kind: EventKind,
+        tkn: Token,
+        at_unix_ms: u64,
+        deadline_unix_ms: Option<u64>,
+        name: Option<Box<str>>,
+        owner: Option<Arc<str>>,
+        keys: Option<(Box<[u8]>, bool)>,
+    ) -> Self {
+        let deadline_before_ms = deadline_unix_ms.map_or(u32::MAX, |d| {
+            u32::try_from(at_unix_ms.saturating_sub(d)).unwrap_or(u32::MAX - 1)
+        });
+        let keys_truncated = keys.as_ref().is_some_and(|(_, cut)| *cut);
+        let keys = keys.map(|(k, _)| k);
+        let detail = (name.is_some() || owner.is_some() || keys.is_some())
+            .then(|| Box::new(EventDetail { name, owner, keys }));
+        Event {
+            tkn,
+            at_unix_ms,
+            deadline_before_ms,
+            kind,
+            keys_truncated,
+            detail,
+        }
+    }
+
+    pub fn deadline_unix_ms(&self) -> Option<u64> {
+        (self.deadline_before_ms != u32::MAX)
+            .then(|| self.at_unix_ms - u64::from(self.deadline_before_ms))
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.detail.as_ref()?.name.as_deref()
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        self.detail.as_ref()?.owner.as_deref()
+    }
+
+    pub fn keys(&self) -> Option<&[u8]> {
+        self.detail.as_ref()?.keys.as_deref()
+    }
 }
 
 /// What a subscription receives.
@@ -101,7 +152,7 @@ impl EventFilter {
             && self
                 .owner
                 .as_deref()
-                .is_none_or(|owner| event.owner.as_deref() == Some(owner))
+                .is_none_or(|owner| event.owner() == Some(owner))
     }
 }
 
@@ -122,15 +173,23 @@ impl EventRing {
         }
     }
 
-    /// Appends an event (its `seq` is set here), dropping the oldest when
-    /// full.
-    pub fn push(&mut self, mut event: Event) {
-        self.head += 1;
-        event.seq = self.head;
-        if self.events.len() == self.capacity {
-            self.events.pop_front();
+    /// Appends an event as number `head() + 1`; returns the oldest (and
+    /// its number) when it had to make room.
+    pub fn push(&mut self, event: Event) -> Option<(u64, Event)> {
+        if self.events.capacity() == 0 {
+            // Sized once, exactly: a ring that doubled its way up would
+            // hold up to twice the memory.
+            self.events.reserve_exact(self.capacity);
         }
+        let evicted = if self.events.len() == self.capacity {
+            let seq = self.oldest();
+            self.events.pop_front().map(|e| (seq, e))
+        } else {
+            None
+        };
+        self.head += 1;
         self.events.push_back(event);
+        evicted
     }
 
     /// The latest sequence number (0 before any event).
@@ -157,17 +216,17 @@ pub fn encode_event_head(out: &mut Vec<u8>, event: &Event, with_keys: bool) {
     out.extend_from_slice(event.kind.name().as_bytes());
     out.extend_from_slice(b"\",\"tkn\":");
     push_u64(out, event.tkn);
-    if let Some(name) = &event.name {
+    if let Some(name) = event.name() {
         out.extend_from_slice(b",\"name\":");
         write_json_str(out, &[name]);
     }
-    if let Some(owner) = &event.owner {
+    if let Some(owner) = event.owner() {
         out.extend_from_slice(b",\"owner\":");
         write_json_str(out, &[owner]);
     }
     out.extend_from_slice(b",\"at\":");
     push_u64(out, event.at_unix_ms);
-    if let Some(deadline) = event.deadline_unix_ms {
+    if let Some(deadline) = event.deadline_unix_ms() {
         out.extend_from_slice(b",\"deadline\":");
         push_u64(out, deadline);
     }
@@ -180,7 +239,7 @@ pub fn encode_event_head(out: &mut Vec<u8>, event: &Event, with_keys: bool) {
     }
     if with_keys
         && event.kind != EventKind::Created
-        && let Some(keys) = &event.keys
+        && let Some(keys) = event.keys()
     {
         out.extend_from_slice(b",\"keys\":");
         out.extend_from_slice(keys);
@@ -281,13 +340,15 @@ impl Cursor {
     pub fn parse(text: &str, instance: u64, shards: usize) -> Result<Cursor, CursorError> {
         let mut parts = text.split('.');
         let head = parts.next().unwrap_or_default();
-        if head.len() != 16 || !head.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Exactly as `write` makes them: lower-case hex, no leading zeros.
+        if head.len() != 16 || !head.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(CursorError::Malformed);
         }
         let found = u64::from_str_radix(head, 16).map_err(|_| CursorError::Malformed)?;
         let positions = parts
             .map(|p| {
-                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                let leading_zero = p.len() > 1 && p.starts_with('0');
+                if p.is_empty() || leading_zero || !p.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(CursorError::Malformed);
                 }
                 p.parse::<u64>().map_err(|_| CursorError::Malformed)
@@ -314,31 +375,37 @@ mod tests {
     use super::*;
 
     fn event(kind: EventKind, owner: Option<&str>) -> Event {
-        Event {
-            seq: 0,
+        let expiry = matches!(kind, EventKind::Expired { .. } | EventKind::KeysExpired);
+        Event::new(
             kind,
-            tkn: 7,
-            name: Some("n\"".into()),
-            owner: owner.map(Arc::from),
-            at_unix_ms: 1000,
-            deadline_unix_ms: matches!(kind, EventKind::Expired { .. } | EventKind::KeysExpired)
-                .then_some(990),
-            keys: Some(b"{\"a\":1}".to_vec().into()),
-            keys_truncated: false,
-        }
+            7,
+            1000,
+            expiry.then_some(990),
+            Some("n\"".into()),
+            owner.map(Arc::from),
+            Some((b"{\"a\":1}".to_vec().into(), false)),
+        )
+    }
+
+    #[test]
+    fn an_event_takes_32_bytes_in_the_ring() {
+        assert_eq!(std::mem::size_of::<Event>(), 32);
     }
 
     #[test]
     fn the_ring_keeps_the_last_events_and_numbers_them() {
         let mut ring = EventRing::new(3);
         assert_eq!((ring.head(), ring.oldest()), (0, 1));
-        for _ in 0..5 {
-            ring.push(event(EventKind::Created, None));
+        let mut evicted = Vec::new();
+        for tkn in 1..=5 {
+            let e = Event::new(EventKind::Created, tkn, 0, None, None, None, None);
+            evicted.extend(ring.push(e).map(|(seq, e)| (seq, e.tkn)));
         }
+        assert_eq!(evicted, [(1, 1), (2, 2)]);
         assert_eq!((ring.head(), ring.oldest()), (5, 3));
         assert!(ring.get(2).is_none());
-        assert_eq!(ring.get(3).map(|e| e.seq), Some(3));
-        assert_eq!(ring.get(5).map(|e| e.seq), Some(5));
+        assert_eq!(ring.get(3).map(|e| e.tkn), Some(3));
+        assert_eq!(ring.get(5).map(|e| e.tkn), Some(5));
         assert!(ring.get(6).is_none());
     }
 
@@ -425,6 +492,8 @@ mod tests {
             "0123456789abcdef.+1",
             "0123456789abcdef.18446744073709551616",
             "0123456789abcdef.1 ",
+            "0123456789ABCDEF.1",
+            "0123456789abcdef.01",
         ] {
             assert_eq!(
                 Cursor::parse(bad, c.instance, 1),

@@ -56,6 +56,9 @@ pub struct Subscriber {
     next: u64,
     /// Bytes this shard may still send before the connection takes some.
     credit: usize,
+    /// Events for it (passing its filter) that the ring let go before it
+    /// read them.
+    lost: u64,
 }
 
 /// Both halves of this shard's subscriptions.
@@ -233,8 +236,10 @@ impl Router {
                 filter,
                 next: position + 1,
                 credit: CREDIT,
+                lost: 0,
             },
         );
+        self.store.keep_evicted(true);
         self.event_keys_changed();
         self.events.pending = true;
         PartResult::Subscribed {
@@ -250,6 +255,9 @@ impl Router {
         {
             self.events.with_keys -= 1;
             self.event_keys_changed();
+        }
+        if self.events.subscribers.is_empty() {
+            self.store.keep_evicted(false);
         }
     }
 
@@ -343,7 +351,17 @@ impl Router {
     /// (as far as its credit goes), and connections that took events
     /// give their credit back.
     pub(super) fn events_turn(&mut self, replies: &mut dyn Replies) {
+        if self.events.subscribers.is_empty() && self.events.mine.is_empty() {
+            return;
+        }
         self.return_credit(replies);
+        let evicted = self.store.take_evicted();
+        for s in self.events.subscribers.values_mut() {
+            s.lost += evicted
+                .iter()
+                .filter(|(seq, e)| *seq >= s.next && s.filter.passes(e))
+                .count() as u64;
+        }
         let ring = self.store.events();
         let (head, oldest) = (ring.head(), ring.oldest());
         if self.events.subscribers.is_empty()
@@ -361,10 +379,14 @@ impl Router {
             }
             let mut events = Vec::new();
             if s.next < oldest {
-                let mut lost = Vec::new();
-                encode_lost_head(&mut lost, oldest - s.next);
-                s.credit = s.credit.saturating_sub(lost.len());
-                events.push((oldest - 1, lost));
+                // Only what would have passed its filter counts.
+                if s.lost > 0 {
+                    let mut lost = Vec::new();
+                    encode_lost_head(&mut lost, s.lost);
+                    s.credit = s.credit.saturating_sub(lost.len());
+                    events.push((oldest - 1, lost));
+                }
+                s.lost = 0;
                 s.next = oldest;
             }
             let end = head.min(s.next + SCAN_BUDGET - 1);
@@ -436,5 +458,66 @@ impl Router {
         for sub in gone {
             self.end_subscription(sub);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::router::LocalDispatcher;
+
+    fn kinds(pushed: &[Vec<u8>]) -> Vec<String> {
+        pushed
+            .iter()
+            .map(|e| {
+                let text = String::from_utf8_lossy(e);
+                let at = text.find("\"event\":\"").expect("an event") + 9;
+                text[at..].split('"').next().unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+
+    /// On a manual clock: the wheel's expiry event is out in the turn its
+    /// deadline comes, not a tick later, from whichever shard owns it.
+    #[test]
+    fn expiry_events_leave_in_the_tick_they_are_due() {
+        let mut d = LocalDispatcher::with_shards(5, 2);
+        let r = d.handle(
+            br#"{"SH_SUBSCRIBE":{"events":["expired","keysExpired"]}}"#,
+            true,
+        );
+        assert!(String::from_utf8_lossy(&r).contains(r#""st":1"#));
+        for _ in 0..6 {
+            let r = d.handle(
+                br#"{"SH_NEW":{"keys":{"a":1},"expiry":{"duration":1,"deleteSession":true}}}"#,
+                true,
+            );
+            assert!(String::from_utf8_lossy(&r).contains(r#""st":1"#));
+        }
+        d.handle(
+            br#"{"SH_NEW":{"keys":{"a":1},"expiry":{"duration":2}}}"#,
+            true,
+        );
+        assert!(d.take_pushed().is_empty(), "created is filtered out");
+        d.advance(999);
+        assert!(d.take_pushed().is_empty(), "nothing is due yet");
+        d.advance(1);
+        let pushed = d.take_pushed();
+        assert_eq!(kinds(&pushed), ["expired"; 6]);
+        assert!(
+            pushed.iter().all(|e| String::from_utf8_lossy(e)
+                .contains(r#""at":1000,"deadline":1000,"reason":"idle""#)),
+            "{:?}",
+            pushed
+                .iter()
+                .map(|e| String::from_utf8_lossy(e))
+                .collect::<Vec<_>>()
+        );
+        d.advance(999);
+        assert!(d.take_pushed().is_empty());
+        d.advance(1);
+        assert_eq!(kinds(&d.take_pushed()), ["keysExpired"]);
+        // Its keys are gone: the next deadline clears nothing, says nothing.
+        d.advance(2000);
+        assert!(d.take_pushed().is_empty());
     }
 }

@@ -337,6 +337,10 @@ pub struct SessionStore {
     /// Copy a session's keys into its end and expiry events, up to this
     /// many bytes: set only while some subscriber asked for keys.
     event_keys: Option<usize>,
+    /// Events the ring let go this turn, with their numbers, kept (only
+    /// while subscribers are registered here) so each subscriber can count
+    /// what it lost.
+    evicted: Option<Vec<(u64, Event)>>,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -358,7 +362,22 @@ impl SessionStore {
             wall_epoch_ms: 0,
             events: EventRing::new(crate::events::DEFAULT_RETENTION),
             event_keys: None,
+            evicted: None,
         }
+    }
+
+    /// Whether to keep the events the ring lets go, for subscribers to
+    /// count what they lost ([`SessionStore::take_evicted`]).
+    pub fn keep_evicted(&mut self, keep: bool) {
+        self.evicted = keep.then(|| self.evicted.take().unwrap_or_default());
+    }
+
+    /// The events the ring let go since the last call (while kept).
+    pub fn take_evicted(&mut self) -> Vec<(u64, Event)> {
+        self.evicted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Keeps the last `capacity` events (forgetting any kept so far).
@@ -381,25 +400,24 @@ impl SessionStore {
         let Some(session) = self.sessions.get(tkn) else {
             return;
         };
-        let (keys, keys_truncated) = match self.event_keys {
-            Some(max) if kind != EventKind::Created => {
-                let (keys, truncated) = encode_keys(session.keys.iter(), max);
-                (Some(keys), truncated)
-            }
-            _ => (None, false),
+        let keys = match self.event_keys {
+            Some(max) if kind != EventKind::Created => Some(encode_keys(session.keys.iter(), max)),
+            _ => None,
         };
-        let event = Event {
-            seq: 0,
+        let event = Event::new(
             kind,
             tkn,
-            name: session.name().map(Box::from),
-            owner: session_extras(&self.extras, session).and_then(|x| x.owner.clone()),
-            at_unix_ms: self.wall_epoch_ms + now,
-            deadline_unix_ms: deadline.map(|d| self.wall_epoch_ms + d),
+            self.wall_epoch_ms + now,
+            deadline.map(|d| self.wall_epoch_ms + d),
+            session.name().map(Box::from),
+            session_extras(&self.extras, session).and_then(|x| x.owner.clone()),
             keys,
-            keys_truncated,
-        };
-        self.events.push(event);
+        );
+        if let Some(evicted) = self.events.push(event)
+            && let Some(kept) = &mut self.evicted
+        {
+            kept.push(evicted);
+        }
     }
 
     /// The wall-clock time at shard-clock 0, in ms since the Unix epoch.

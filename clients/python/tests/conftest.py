@@ -3,7 +3,9 @@ and a scripted fake server for replies the real one must never send.
 
 The binary comes from ``NEMESISDB_BIN`` (default ``<repo>/target/debug/nemesisdb``)
 and is started as ``BIN --ip 127.0.0.1 --port 0 --shards 2``; its startup line
-on stdout, ``listening on IP:PORT``, says where to connect.
+on stdout, ``listening on IP:PORT``, says where to connect. A server that
+tests restart (`restartable_server`) gets a fixed free port instead, so that
+it comes back where its clients knew it.
 
 Every test runs under a watchdog: a test that hangs dumps its stack and ends
 the run instead of stalling CI.
@@ -15,6 +17,7 @@ import faulthandler
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,23 +55,30 @@ class ServerStartError(Exception):
         self.stderr = stderr
 
 
-def start_server(*extra_args: str) -> "ServerProcess":
+def start_server(*extra_args: str, port: int = 0) -> "ServerProcess":
     try:
-        return ServerProcess(*extra_args)
+        return ServerProcess(*extra_args, port=port)
     except ServerStartError as e:
         raise pytest.fail.Exception(str(e)) from e
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the kernel's pick for a socket bound to 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class ServerProcess:
     """One running server binary; `uri` is where it listens."""
 
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, port: int = 0) -> None:
         binary = server_binary()
         if not binary.is_file():
             pytest.fail(f"server binary not found at {binary} (build it or set NEMESISDB_BIN)")
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [str(binary), "--ip", "127.0.0.1", "--port", "0", "--shards", "2", *extra_args],
+            [str(binary), "--ip", "127.0.0.1", "--port", str(port), "--shards", "2", *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -180,6 +190,47 @@ def make_server() -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for proc in started:
         proc.kill()
+
+
+class RestartableServer:
+    """A server that a test can kill and start again on the same port, as a
+    restart (or a crash and a supervisor) would. Its memory goes with it."""
+
+    def __init__(self, *extra_args: str) -> None:
+        self.extra_args = extra_args
+        self.process: Optional[ServerProcess] = None
+        # Another process could take the free port between two starts; the
+        # start then fails loudly rather than silently talking to a stranger.
+        self.port = free_port()
+        self.start()
+        self.uri = f"ws://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        self.process = start_server(*self.extra_args, port=self.port)
+        assert self.process.port == self.port
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+    def stop(self) -> None:
+        """Pause it (SIGSTOP): sockets stay open, nothing is answered."""
+        assert self.process is not None
+        self.process.stop()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@pytest.fixture
+def restartable_server() -> Iterator[RestartableServer]:
+    """A server of the test's own on a fixed port, for restarting under a client."""
+    server = RestartableServer()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

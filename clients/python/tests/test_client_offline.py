@@ -465,6 +465,31 @@ async def test_cancelled_call_does_not_shift_replies(fake_server: Any) -> None:
         assert slow.cancelled()
 
 
+async def test_pushed_events_between_replies_are_not_taken_for_replies(
+    fake_server: Any,
+) -> None:
+    """A connection that subscribed gets SH_EVENT messages between its answers
+    (this client never subscribes its request connection, but a server may
+    push anyway): they are set aside by name, and every call still gets its
+    own reply."""
+    event = json.dumps({"SH_EVENT": {"event": "created", "tkn": 5, "at": 1, "cursor": "c"}})
+
+    async def handler(ws: Any) -> None:
+        await ws.send(event)  # before any request
+        async for frame in ws:
+            p = params_of(frame)
+            for _ in range(p["tkn"] % 3):
+                await ws.send(event)
+            await ws.send(rsp("SH_COUNT", st=1, tkn=p["tkn"], cnt=p["tkn"] * 10))
+            await ws.send(event)
+
+    uri = await fake_server(handler)
+    async with SessionClient(uri) as c:
+        results = await asyncio.gather(*(c.count(i) for i in range(50)))
+        assert results == [i * 10 for i in range(50)]
+        assert c.is_open
+
+
 # --------------------------------------------------------------- broken contract
 
 
@@ -512,11 +537,25 @@ async def test_unsolicited_reply_fails_the_connection(fake_server: Any) -> None:
             await c.count(1)
 
 
-async def test_server_closing_fails_waiting_calls(fake_server: Any) -> None:
+async def test_server_closing_fails_waiting_calls_and_the_next_call_reconnects(
+    fake_server: Any,
+) -> None:
+    """The calls the server took but never answered fail and are not sent again
+    (the client cannot know whether they ran); the next call goes out on a new
+    connection."""
+    connections: List[List[int]] = []
+
     async def handler(ws: Any) -> None:
-        await ws.recv()
-        await ws.recv()
-        await ws.close()
+        seen: List[int] = []
+        connections.append(seen)
+        if len(connections) == 1:
+            seen.append(params_of(await ws.recv())["tkn"])
+            seen.append(params_of(await ws.recv())["tkn"])
+            await ws.close()
+            return
+        async for frame in ws:
+            seen.append(params_of(frame)["tkn"])
+            await ws.send(rsp("SH_COUNT", st=1, tkn=params_of(frame)["tkn"], cnt=7))
 
     uri = await fake_server(handler)
     async with SessionClient(uri) as c:
@@ -524,8 +563,10 @@ async def test_server_closing_fails_waiting_calls(fake_server: Any) -> None:
         for call in calls:
             with pytest.raises(ConnectionError):
                 await asyncio.wait_for(call, 5)
-        with pytest.raises(ConnectionError):
-            await c.count(3)
+        assert not c.is_open
+        assert await c.count(3) == 7
+        assert c.is_open
+    assert connections == [[0, 1], [3]]
 
 
 # ---------------------------------------------------------------- connection life
@@ -602,6 +643,219 @@ async def test_context_manager_without_uri(fake_server: Any) -> None:
         await c.open(uri)
         await c.count(1)
     assert not c.is_open
+
+
+# ------------------------------------------------------------------- reconnecting
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def counting_server(port: int, connections: List[List[str]], close_first: int = 0) -> Any:
+    """A fake server on `port` that records each connection's frames and answers
+    SH_COUNT with ``cnt`` = the connection's number (1, 2, ...). The first
+    `close_first` connections are closed by the server after their first frame,
+    unanswered."""
+    import websockets
+
+    async def handler(ws: Any, *_: Any) -> None:
+        seen: List[str] = []
+        connections.append(seen)
+        number = len(connections)
+        try:
+            async for frame in ws:
+                seen.append(frame)
+                if number <= close_first:
+                    await ws.close()
+                    return
+                await ws.send(rsp(command_of(frame), st=1, tkn=params_of(frame)["tkn"], cnt=number))
+        except Exception:
+            pass
+
+    return await websockets.serve(handler, "127.0.0.1", port)
+
+
+async def stop(server: Any) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def test_calls_during_an_outage_share_one_new_connection(fake_server: Any) -> None:
+    """The server drops the connection; the many calls made next all go out on
+    one new connection, not one each."""
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections, close_first=1)
+    try:
+        async with SessionClient(f"ws://127.0.0.1:{port}/") as c:
+            with pytest.raises(ConnectionError):
+                await c.count(0)
+            assert await asyncio.gather(*(c.count(i) for i in range(1, 21))) == [2] * 20
+    finally:
+        await stop(srv)
+    assert len(connections) == 2
+    assert [params_of(f)["tkn"] for f in connections[1]] == list(range(1, 21))
+
+
+async def test_a_call_waits_for_a_server_that_comes_back() -> None:
+    """A call made while nobody listens retries with backoff and goes out once
+    the server is back on its port; nothing is sent twice."""
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections)
+    c = SessionClient(f"ws://127.0.0.1:{port}/", reconnect_timeout=10)
+    await c.open()
+    try:
+        assert await c.count(1) == 1
+        await stop(srv)  # closes the connection too
+        for _ in range(100):
+            if not c.is_open:
+                break
+            await asyncio.sleep(0.02)
+        call = asyncio.ensure_future(c.count(2))
+        await asyncio.sleep(0.5)
+        assert not call.done()
+        srv = await counting_server(port, connections)
+        assert await asyncio.wait_for(call, 5) == 2
+        assert c.is_open
+    finally:
+        await c.close()
+        await stop(srv)
+    assert [[params_of(f)["tkn"] for f in frames] for frames in connections] == [[1], [2]]
+
+
+async def test_reconnecting_backs_off_and_gives_up_after_the_timeout() -> None:
+    """Against a port that accepts TCP but never speaks WebSocket, a call tries
+    a handful of times in its second (not hundreds), then raises."""
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections, close_first=1)
+    attempts = 0
+
+    async def refuse(reader: Any, writer: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()
+
+    c = SessionClient(f"ws://127.0.0.1:{port}/", reconnect_timeout=1.0)
+    await c.open()
+    try:
+        with pytest.raises(ConnectionError):
+            await c.count(0)  # the server closes the connection
+        await stop(srv)
+        tcp = await asyncio.start_server(refuse, "127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectionError, match="gave up after 1s"):
+            await c.count(1)
+        took = loop.time() - started
+        tcp.close()
+        await tcp.wait_closed()
+    finally:
+        await c.close()
+    assert 0.9 <= took < 5, took
+    assert 3 <= attempts <= 12, attempts
+
+
+async def test_reconnect_timeout_zero_tries_once() -> None:
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections, close_first=1)
+    attempts = 0
+
+    async def refuse(reader: Any, writer: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()
+
+    async with SessionClient(f"ws://127.0.0.1:{port}/", reconnect_timeout=0) as c:
+        with pytest.raises(ConnectionError):
+            await c.count(0)
+        await stop(srv)
+        tcp = await asyncio.start_server(refuse, "127.0.0.1", port)
+        try:
+            for _ in range(2):
+                with pytest.raises(ConnectionError):
+                    await c.count(1)
+        finally:
+            tcp.close()
+            await tcp.wait_closed()
+    assert attempts == 2  # one per call
+
+
+async def test_reconnect_false_keeps_the_connection_dead() -> None:
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections, close_first=1)
+    try:
+        async with SessionClient(f"ws://127.0.0.1:{port}/", reconnect=False) as c:
+            with pytest.raises(ConnectionError):
+                await c.count(0)
+            for _ in range(3):
+                with pytest.raises(ConnectionError):
+                    await c.count(1)
+            assert not c.is_open
+    finally:
+        await stop(srv)
+    assert len(connections) == 1
+
+
+async def test_close_ends_a_reconnection_in_progress() -> None:
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections, close_first=1)
+    c = SessionClient(f"ws://127.0.0.1:{port}/", reconnect_timeout=None)
+    await c.open()
+    with pytest.raises(ConnectionError):
+        await c.count(0)
+    await stop(srv)  # nobody listens: the next call would retry for ever
+    waiting = [asyncio.ensure_future(c.count(i)) for i in range(3)]
+    await asyncio.sleep(0.3)
+    assert not any(w.done() for w in waiting)
+    await c.close()
+    for w in waiting:
+        with pytest.raises(ConnectionError, match="closed by client"):
+            await asyncio.wait_for(w, 5)
+    with pytest.raises(ConnectionError):
+        await c.count(9)
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_reconnection() -> None:
+    port = free_port()
+    connections: List[List[str]] = []
+    srv = await counting_server(port, connections, close_first=1)
+    async with SessionClient(f"ws://127.0.0.1:{port}/", reconnect_timeout=10) as c:
+        with pytest.raises(ConnectionError):
+            await c.count(0)
+        await stop(srv)
+        impatient = asyncio.ensure_future(c.count(1))
+        patient = asyncio.ensure_future(c.count(2))
+        await asyncio.sleep(0.2)
+        impatient.cancel()
+        srv = await counting_server(port, connections)
+        try:
+            assert await asyncio.wait_for(patient, 5) == 2
+        finally:
+            await stop(srv)
+    assert impatient.cancelled()
+    assert [params_of(f)["tkn"] for f in connections[1]] == [2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"reconnect": 1}, TypeError),
+        ({"reconnect": "yes"}, TypeError),
+        ({"reconnect_timeout": -1}, ValueError),
+        ({"reconnect_timeout": float("nan")}, ValueError),
+    ],
+)
+async def test_reconnect_argument_errors(kwargs: Any, error: Any) -> None:
+    with pytest.raises(error):
+        SessionClient("ws://127.0.0.1:1/", **kwargs)
 
 
 # ------------------------------------------------- versions, compare-and-set, incr

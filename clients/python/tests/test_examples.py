@@ -57,9 +57,20 @@ async def test_shopping_basket(server: Any) -> None:
     assert result["alive"] is True
 
 
+@pytest.mark.asyncio
+async def test_expiring_carts(server: Any) -> None:
+    result = await load("expiring_carts").main(server.uri, 1)
+    assert result == {"saved": {"ann": ["tea", "scones"], "carl": ["kettle"]}, "left": []}
+
+
 @pytest.mark.parametrize(
     "script, args",
-    [("quickstart.py", []), ("pizza_delivery.py", []), ("shopping_basket.py", ["2"])],
+    [
+        ("quickstart.py", []),
+        ("pizza_delivery.py", []),
+        ("shopping_basket.py", ["2"]),
+        ("expiring_carts.py", ["1"]),
+    ],
 )
 def test_examples_run_as_scripts(server: Any, script: str, args: list) -> None:
     env = dict(os.environ)
@@ -169,3 +180,39 @@ async def test_readme_incr_example_runs(server: Any) -> None:
         result = await namespace["example"](client, session)
         assert (result["failed"], result["credit"]) == (1, 15)
         assert await client.incr("failedLogins", session, withVersion=True) == Versioned(2, 4)
+
+
+@pytest.mark.asyncio
+async def test_readme_events_example_runs(fresh_server: Any) -> None:
+    """The README's cart saver, run until it saved the carts that expired:
+    not the one checked out, not a session without a cart. Cancelling it
+    closes its subscription's connection."""
+    import asyncio
+
+    namespace: dict = {}
+    exec(readme_block("whose session expires, keys and all:"), namespace)
+    saved: dict = {}
+
+    async def save(tkn: int, owner: str, cart: list) -> None:
+        saved[tkn] = (owner, cart)
+
+    async with SessionClient(fresh_server.uri) as client:
+        saver = asyncio.ensure_future(namespace["save_expiring_carts"](client, save))
+        ann = await client.create_session(1, deleteSession=True, owner="ann", keys={"cart": [1]})
+        bob = await client.create_session(1, deleteSession=True, owner="bob", keys={"cart": [2]})
+        await client.create_session(1, deleteSession=True, keys={"other": 3})
+        await client.end_session(bob)  # checked out: ended, not expired
+        for _ in range(500):
+            if saved or saver.done():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the session without a cart expires too, unsaved
+        assert (await client.server_info())["connections"] == 2
+        saver.cancel()
+        await asyncio.gather(saver, return_exceptions=True)
+        assert saved == {ann.tkn: ("ann", [1])}
+        for _ in range(250):
+            if (await client.server_info())["connections"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (await client.server_info())["connections"] == 1

@@ -106,6 +106,27 @@ def test_api_names_and_docs() -> None:
     for name in ["Versioned", "VersionedKeys", "VersionMismatch"]:
         assert name in ndb.__all__ and getattr(ndb, name) is getattr(sessionclient, name), name
     assert issubclass(ndb.VersionMismatch, ndb.ResponseError)
+    # Events: a plain method returning the stream (so `async for` works on the call),
+    # every parameter but the kinds keyword-only; reconnect settings keyword-only.
+    from ndb import events
+
+    assert not inspect.iscoroutinefunction(SessionClient.events) and SessionClient.events.__doc__
+    params = inspect.signature(SessionClient.events).parameters
+    assert list(params) == ["self", "events", "owner", "withKeys", "after"]
+    assert [params[n].default for n in ["events", "owner", "withKeys", "after"]] == [
+        None,
+        None,
+        False,
+        None,
+    ]
+    for name in ["owner", "withKeys", "after"]:
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    for name in ["Event", "EventStream"]:
+        assert name in ndb.__all__ and getattr(ndb, name) is getattr(events, name), name
+    init = inspect.signature(SessionClient.__init__).parameters
+    assert init["reconnect"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert (init["reconnect"].default, init["reconnect_timeout"].default) == (True, 5.0)
+    assert ndb.Status.EventsLost == 160
 
 
 def test_py_typed_in_source() -> None:

@@ -1,5 +1,6 @@
 """Server-level behaviour through the real binary: SV_INFO, persistence being
-off, many concurrent calls on one client, and the server dying mid-call."""
+off, many concurrent calls on one client, the server dying mid-call, and
+the client reconnecting to a server restarted on its port."""
 
 from __future__ import annotations
 
@@ -148,7 +149,8 @@ async def test_many_clients_at_once(server: Any, unique: Callable[..., str]) -> 
 
 
 async def test_server_killed_while_calls_wait(fresh_server: Any) -> None:
-    client = SessionClient(fresh_server.uri)
+    # A short reconnect_timeout: the later call tries to reach the dead server that long.
+    client = SessionClient(fresh_server.uri, reconnect_timeout=0.5)
     await client.open()
     s = await client.create_session()
     await client.set({"a": 1}, s.tkn)
@@ -189,17 +191,102 @@ async def test_server_killed_under_load(fresh_server: Any) -> None:
     await client.close()
 
 
+async def heard_the_loss(client: SessionClient) -> None:
+    """Wait until the client has seen its connection close. (A call made before
+    that is sent on the dead socket and fails: the client cannot tell.)"""
+    for _ in range(250):
+        if not client.is_open:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the client never noticed the server was gone")
+
+
+async def test_calls_reconnect_after_a_server_restart(restartable_server: Any) -> None:
+    """The server restarts under an open client: the next call opens a new
+    connection by itself and reaches the new server (whose memory is empty)."""
+    async with SessionClient(restartable_server.uri) as c:
+        s = await c.create_session(keys={"a": 1})
+        restartable_server.restart()
+        await heard_the_loss(c)
+        with pytest.raises(ResponseError) as e:
+            await c.get("a", s)
+        assert e.value.st == Status.SessionNotExist  # a new server answered
+        assert c.is_open
+        t = await c.create_session(keys={"b": 2})
+        assert await c.get("b", t) == {"b": 2}
+        assert (await c.server_info())["sessions"] == 1
+
+
+async def test_a_call_while_the_server_is_down_waits_for_it(restartable_server: Any) -> None:
+    async with SessionClient(restartable_server.uri, reconnect_timeout=30) as c:
+        await c.create_session()
+        restartable_server.kill()
+        await heard_the_loss(c)
+        call = asyncio.ensure_future(c.create_session(name="after-restart", shared=True))
+        await asyncio.sleep(0.5)
+        assert not call.done()  # retrying with backoff, not failed
+        restartable_server.start()
+        s = await asyncio.wait_for(call, 20)
+        assert (await c.open_session("after-restart")).tkn == s.tkn
+        assert (await c.server_info())["sessions"] == 1
+
+
+async def test_a_call_in_flight_at_the_loss_fails_and_is_not_sent_again(
+    restartable_server: Any,
+) -> None:
+    """Requests the old server took but never answered raise ConnectionError;
+    the client does not send them to the new server behind the caller's back."""
+    async with SessionClient(restartable_server.uri) as c:
+        await c.create_session()
+        restartable_server.stop()  # takes the requests, answers nothing
+        in_flight = [
+            asyncio.ensure_future(c.create_session(name=f"once-{i}", shared=True)) for i in range(3)
+        ]
+        await asyncio.sleep(0.3)
+        assert not any(f.done() for f in in_flight)
+        restartable_server.restart()
+        for f in in_flight:
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(f, 10)
+        assert (await c.server_info())["sessions"] == 0
+        for i in range(3):
+            with pytest.raises(ResponseError) as e:
+                await c.open_session(f"once-{i}")
+            assert e.value.st == Status.SessionOpenFail
+        await c.create_session(name="once-0", shared=True)  # sent when asked again
+
+
+async def test_calls_fail_after_the_reconnect_timeout_and_work_once_it_is_back(
+    restartable_server: Any,
+) -> None:
+    async with SessionClient(restartable_server.uri, reconnect_timeout=0.5) as c:
+        await c.create_session()
+        restartable_server.kill()
+        await heard_the_loss(c)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectionError):
+            await c.create_session()
+        assert 0.4 < loop.time() - started < 5
+        restartable_server.start()
+        await c.create_session()
+        assert (await c.server_info())["sessions"] == 1
+
+
 async def test_message_over_max_payload_closes_connection(fresh_server: Any) -> None:
     """The server closes with 1009 on a frame over maxPayload (1 MiB by default):
-    the call and every later one raise ConnectionError."""
+    the call raises ConnectionError, and the next one goes out on a new
+    connection (the server itself is fine)."""
     async with SessionClient(fresh_server.uri) as c:
         s = await c.create_session()
         with pytest.raises(ConnectionError):
             await asyncio.wait_for(c.set({"big": "x" * (2 * 1024 * 1024)}, s.tkn), 10)
+        assert await c.count(s.tkn) == 0
+    async with SessionClient(fresh_server.uri, reconnect=False) as c:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(c.set({"big": "x" * (2 * 1024 * 1024)}, s.tkn), 10)
         with pytest.raises(ConnectionError):
             await c.count(s.tkn)
-    async with SessionClient(fresh_server.uri) as c:  # the server itself is fine
-        assert await c.count(s.tkn) == 0
 
 
 async def test_save_and_load_with_persistence(persist_server: Any) -> None:

@@ -2,14 +2,22 @@
 
 # Layout
 
-- `ndb.sessionclient`: `SessionClient` (one method per command), `Session`,
-  and `Versioned`/`VersionedKeys`, the results of calls asked for a version.
-- `ndb.connection`: the pipelined WebSocket connection that matches replies to calls.
+- `ndb.sessionclient`: `SessionClient` (one method per command, and the
+  reconnection of its request connection), `Session`, and
+  `Versioned`/`VersionedKeys`, the results of calls asked for a version.
+- `ndb.events`: `Event` and `EventStream`, what `SessionClient.events`
+  yields and returns: a subscription on a connection of its own that
+  resumes from its cursor.
+- `ndb.connection`: the pipelined WebSocket connection that matches replies
+  to calls and sets pushed events aside, and the backoff between attempts
+  to reach a server.
 - `ndb.status`: the `Status` table, `ResponseError`, its `VersionMismatch`
   subclass and `ProtocolError`.
 """
 
 from .sessionclient import (
+    Event,
+    EventStream,
     ProtocolError,
     ResponseError,
     Session,
@@ -24,6 +32,8 @@ from .sessionclient import (
 __all__ = [
     "SessionClient",
     "Session",
+    "Event",
+    "EventStream",
     "Token",
     "Versioned",
     "VersionedKeys",

@@ -12,19 +12,44 @@ equals the FIFO order. The reader hands each reply to the oldest future.
 
 A caller that is cancelled leaves its future in the FIFO; the reader drops
 the reply when it arrives, so later calls stay matched.
+
+Pushed events (``{"SH_EVENT": {...}}``, docs/PROTOCOL.md, "Events") arrive
+between replies on a subscribed connection. They are recognised by name
+before any matching, so they can never be taken for a reply; they go to the
+connection's `on_event` sink, or are dropped when it has none.
+
+The module also holds `Backoff` and `retry`: how the client spaces its
+attempts to reach a server that went away. A connection itself never
+reconnects: it is one socket's life, and `ndb.sessionclient` replaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections import deque
-from typing import Any, Collection, Deque, Dict, Optional, Tuple
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Collection,
+    Deque,
+    Dict,
+    Optional,
+    Tuple,
+    TypeVar,
+)
 
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from .status import ProtocolError, ResponseError, Status, response_error
+
+#: The name of a pushed event message; never the name of a reply.
+EVENT = "SH_EVENT"
+
+T = TypeVar("T")
 
 
 class Connection:
@@ -33,9 +58,25 @@ class Connection:
     Many coroutines may call `request` at once; each gets its own reply.
     When the connection drops, every waiting call and every later call
     raises `ConnectionError`.
+
+    Args:
+        on_event: awaited with the body of each pushed ``SH_EVENT``, in the
+            order they arrive. The reader waits for it, so a sink that stops
+            taking events stops the reading of the socket: that is how the
+            server learns to hold events back (it writes them only as fast as
+            the client reads). Replies behind those events wait too, which is
+            why subscriptions get a connection of their own.
+        on_lost: called once, with the error, when the connection becomes
+            unusable for any reason (dropped, broken contract, or `close`).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_event: Optional[Callable[[Dict[str, Any]], Awaitable[None]]] = None,
+        on_lost: Optional[Callable[[ConnectionError], None]] = None,
+    ) -> None:
+        self._on_event = on_event
+        self._on_lost = on_lost
         # The socket; None until `open` succeeds.
         self._ws: Any = None
         # (command, future) of sent requests, oldest first; the reader resolves the head.
@@ -51,6 +92,12 @@ class Connection:
     def is_open(self) -> bool:
         """True while requests can be sent."""
         return self._ws is not None and self._error is None
+
+    @property
+    def error(self) -> Optional[ConnectionError]:
+        """Why the connection is unusable (None while it is open or not yet opened):
+        a `ProtocolError` when the server broke the contract."""
+        return self._error
 
     async def open(self, uri: str, **connect_kwargs: Any) -> None:
         """Connect to `uri` and start the reader and writer tasks.
@@ -128,13 +175,20 @@ class Connection:
 
     def _fail(self, error: ConnectionError, cause: Optional[BaseException] = None) -> None:
         """Mark the connection dead and fail every waiting call with `error`."""
-        if self._error is None:
+        first = self._error is None
+        if first:
             error.__cause__ = cause
             self._error = error
         while self._pending:
             _, future = self._pending.popleft()
             if not future.done():
                 future.set_exception(self._fresh_error())
+        if first:
+            # Frames still queued will never go out; let the writer task end.
+            if self._outbox is not None:
+                self._outbox.put_nowait(None)
+            if self._on_lost is not None:
+                self._on_lost(self._fresh_error())
 
     def _fresh_error(self) -> ConnectionError:
         """A new exception per caller: one instance raised in many tasks would
@@ -164,7 +218,9 @@ class Connection:
         try:
             while True:
                 message = await self._ws.recv()
-                self._deliver(message)
+                event = self._deliver(message)
+                if event is not None and self._on_event is not None:
+                    await self._on_event(event)
                 if self._error is not None:
                     await self._close_quietly()
                     return
@@ -176,33 +232,42 @@ class Connection:
             self._fail(ConnectionError(f"connection lost: {e!r}"), e)
             await self._close_quietly()
 
-    def _deliver(self, message: Any) -> None:
-        """Decode one reply and resolve the oldest waiting future with it."""
+    def _deliver(self, message: Any) -> Optional[Dict[str, Any]]:
+        """Decode one message: resolve the oldest waiting future with a reply, or
+        return the body of a pushed event for the caller to hand on."""
         if not isinstance(message, str):
             self._fail(ProtocolError("server sent a binary frame"))
-            return
+            return None
         try:
             response = json.loads(message)
         except ValueError:
             self._fail(ProtocolError(f"server sent invalid JSON: {message[:200]!r}"))
-            return
+            return None
         if not isinstance(response, dict) or len(response) != 1:
             self._fail(ProtocolError(f"server sent a malformed reply: {message[:200]!r}"))
-            return
+            return None
+        name = next(iter(response))
+        if name == EVENT:
+            # Not a reply, whatever is waiting: it must not touch the FIFO.
+            body = response[name]
+            if not isinstance(body, dict):
+                self._fail(ProtocolError(f"server sent a malformed event: {message[:200]!r}"))
+                return None
+            return body
         if not self._pending:
             self._fail(
                 ProtocolError(f"server sent a reply with no request waiting: {message[:200]!r}")
             )
-            return
+            return None
         command, future = self._pending[0]
-        name = next(iter(response))
         if name != command + "_RSP" and name != "ERR":
             # Replies are matched by order, so a foreign name means they no longer line up.
             self._fail(ProtocolError(f"{command} was answered by {name}: {message[:200]!r}"))
-            return
+            return None
         self._pending.popleft()
         if not future.done():  # done means the caller was cancelled: drop the reply
             future.set_result(response)
+        return None
 
     async def _close_quietly(self) -> None:
         try:
@@ -220,3 +285,60 @@ def _body_of(command: str, response: Dict[str, Any], ok: Collection[int]) -> Dic
     if name == "ERR" or isinstance(st, bool) or st not in ok:
         raise response_error(command, response, body)
     return body
+
+
+class Backoff:
+    """The delays between attempts to reach a server: doubling from `first` up to `cap`.
+
+    Each delay is drawn from the upper half of its step, so that the many
+    clients one restart cut off do not all knock again in the same instant.
+    """
+
+    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
+        self._step = first
+        self._cap = cap
+
+    def delay(self) -> float:
+        step = self._step
+        self._step = min(step * 2, self._cap)
+        return random.uniform(step / 2, step)
+
+
+async def retry(
+    attempt: Callable[[], Awaitable[T]],
+    timeout: Optional[float],
+    stop: Optional[asyncio.Event] = None,
+) -> T:
+    """Await `attempt()` until it does not raise `ConnectionError`, with `Backoff`
+    delays between tries, and return what it returned.
+
+    Gives up, raising a `ConnectionError` that names the last failure, once
+    `timeout` seconds have passed (None: never; 0: after the first try) or
+    `stop` is set. A `ProtocolError` is raised at once: a server that broke
+    the contract is not one to wait for. Other exceptions pass through.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    backoff = Backoff()
+    while True:
+        try:
+            return await attempt()
+        except ProtocolError:
+            raise
+        except ConnectionError as e:
+            error = e
+        delay = backoff.delay()
+        if deadline is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ConnectionError(f"{error} (gave up after {timeout:g}s)") from error
+            delay = min(delay, remaining)
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            if stop.is_set():
+                raise ConnectionError(f"{error} (stopped while retrying)") from error

@@ -35,6 +35,7 @@ load                   dict: ``name``, ``sessions``, ``keys``
 server_info            dict: ``serverVersion``, ``persistEnabled``, ``shards``,
                        ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``,
                        ``memoryUsed``, ``maxMemory``, ``sessionNotExist``
+events (not async)     `EventStream`: ``async for`` yields `Event` objects
 =====================  ==========================================================
 
 Versions (docs/PROTOCOL.md, "Versions, compare-and-set, increments"): with
@@ -49,17 +50,22 @@ arguments every call sends and returns what it did before versions existed.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Dict, List, NamedTuple, Optional, Type, Union
+from typing import Any, Collection, Dict, List, NamedTuple, Optional, Tuple, Type, Union
 
-from .connection import Connection
+from .connection import Connection, retry
+from .events import Event, EventStream
 from .status import ProtocolError, ResponseError, Status, VersionMismatch
 
 __all__ = [
     "SessionClient",
     "Session",
+    "Event",
+    "EventStream",
     "Token",
     "Versioned",
     "VersionedKeys",
@@ -170,10 +176,20 @@ Token = Union[int, str, Session]
 class SessionClient:
     """Async client for a NemesisDB-protocol session server.
 
-    One client holds one WebSocket. It is safe to share between coroutines:
-    calls are pipelined and each gets its own reply. Every failed command
-    raises `ResponseError`; a lost connection raises `ConnectionError` in
-    every waiting call and every later one.
+    One client holds one WebSocket for its requests. It is safe to share
+    between coroutines: calls are pipelined and each gets its own reply.
+    Every failed command raises `ResponseError`.
+
+    When the connection drops (the server restarted, the network cut it),
+    every call waiting for a reply raises `ConnectionError` and is never
+    sent again: the client cannot know whether the server ran it. The next
+    call opens a new connection, retrying with backoff for up to
+    `reconnect_timeout` seconds; calls made meanwhile wait for it and share
+    it. Only `close`, a server that broke the contract (`ProtocolError`) or
+    ``reconnect=False`` leave the client without a connection for good.
+
+    Session events (`events`) come on connections of their own, one per
+    subscription, which resume where they stopped in the same way.
 
     Use it directly::
 
@@ -189,50 +205,98 @@ class SessionClient:
             ...
     """
 
-    def __init__(self, uri: Optional[str] = None, **connect_kwargs: Any) -> None:
+    def __init__(
+        self,
+        uri: Optional[str] = None,
+        *,
+        reconnect: bool = True,
+        reconnect_timeout: Optional[float] = 5.0,
+        **connect_kwargs: Any,
+    ) -> None:
         """Create a client; nothing connects until `open` (or ``async with``).
 
         Args:
             uri: server address opened by ``async with``; `open` may also be
                 called with it later.
+            reconnect: open a new connection when the server goes away
+                (default); False: a lost connection fails every later call,
+                and an event stream ends with `ConnectionError` instead of
+                resuming.
+            reconnect_timeout: how long, in seconds, a call (or an event
+                stream) keeps trying to reach a server that went away before
+                it raises `ConnectionError`; None: for ever; 0: one attempt.
+                Attempts start 50 ms apart and double to at most 2 s apart.
             connect_kwargs: passed to ``websockets.connect`` (e.g.
                 ``open_timeout``, ``ping_interval``).
+
+        Raises:
+            TypeError: `reconnect` is not a bool.
+            ValueError: `reconnect_timeout` is negative.
         """
+        if not isinstance(reconnect, bool):
+            raise TypeError(f"reconnect must be a bool, not {type(reconnect).__name__}")
+        if reconnect_timeout is not None and not reconnect_timeout >= 0:
+            raise ValueError(f"reconnect_timeout must be >= 0 or None, got {reconnect_timeout!r}")
         self._uri = uri
         self._connect_kwargs = connect_kwargs
+        self._reconnect = reconnect
+        self._reconnect_timeout = reconnect_timeout
         self._conn = Connection()
+        # open() succeeded: from then on a lost connection is replaced.
+        self._opened = False
+        # close() was called: nothing reconnects, no stream starts.
+        self._closed = False
+        # The reconnection in progress, shared by every call that needs it.
+        self._reconnecting: Optional["asyncio.Task[Connection]"] = None
+        # Event streams to close with the client; weak, so that one abandoned
+        # before its first iteration is not kept alive.
+        self._streams: "weakref.WeakSet[EventStream]" = weakref.WeakSet()
 
     # ----------------------------------------------------------------- connection
 
     async def open(self, uri: Optional[str] = None) -> None:
         """Connect to the server at `uri`, e.g. ``'ws://127.0.0.1:1987/'``.
 
+        One attempt: a server that cannot be reached now raises at once.
+        (Once open, a lost connection is replaced by the next call.)
+
         Raises:
             ConnectionError: the server could not be reached.
             ValueError: no uri here nor in the constructor.
-            RuntimeError: this client was already opened.
+            RuntimeError: this client was already opened (or closed).
         """
+        if self._opened or self._closed:
+            raise RuntimeError("connection already opened; use a new client")
         uri = uri if uri is not None else self._uri
         if not uri:
             raise ValueError("open() needs a uri such as 'ws://127.0.0.1:1987/'")
         self._uri = uri
         await self._conn.open(uri, **self._connect_kwargs)
+        self._opened = True
 
     async def listen(self, uri: str) -> None:
         """Same as `open`; the name used by older NemesisDB clients."""
         await self.open(uri)
 
     async def close(self) -> None:
-        """Close the connection. Calls still waiting raise `ConnectionError`. Idempotent."""
+        """Close the connection and every event stream of this client. Calls
+        still waiting raise `ConnectionError`; so does every later call.
+        Idempotent."""
+        self._closed = True
+        for stream in list(self._streams):
+            await stream.aclose()
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         await self._conn.close()
 
     @property
     def is_open(self) -> bool:
-        """True while the connection can carry requests."""
+        """True while the connection can carry requests. False after a drop
+        until the next call has reconnected."""
         return self._conn.is_open
 
     async def __aenter__(self) -> "SessionClient":
-        if self._uri is not None and not self._conn.is_open:
+        if self._uri is not None and not self._opened:
             await self.open()
         return self
 
@@ -243,6 +307,137 @@ class SessionClient:
         tb: Optional[TracebackType],
     ) -> None:
         await self.close()
+
+    async def _request(
+        self, command: str, params: Dict[str, Any], ok: Collection[int] = (Status.Ok,)
+    ) -> Dict[str, Any]:
+        """Send one request on the current connection, reconnecting first if it was lost."""
+        conn = await self._connection()
+        return await conn.request(command, params, ok)
+
+    async def _connection(self) -> Connection:
+        """The connection to send on: the current one while it is open, else a new one.
+
+        A call that never reached the wire is safe to send on a new
+        connection; one that did has already failed with the old one.
+        """
+        conn = self._conn
+        if conn.is_open:
+            return conn
+        if (
+            self._closed
+            or not self._opened
+            or not self._reconnect
+            or isinstance(conn.error, ProtocolError)
+        ):
+            return conn  # its request() raises the reason: not open, closed, broken
+        task = self._reconnecting
+        if task is None:
+            task = asyncio.ensure_future(self._replace_connection())
+            # Retrieved here so that a failure nobody waits for any more is not logged.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._reconnecting = task
+        try:
+            # Shielded: a caller that gives up must not cancel the attempt others wait for.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and self._closed:  # close() stopped it, not our caller
+                raise ConnectionError("connection closed by client") from None
+            raise
+        except ConnectionError as e:
+            # One exception instance raised in many tasks would collect all their tracebacks.
+            error = ConnectionError(*e.args)
+            error.__cause__ = e.__cause__
+            raise error from e.__cause__
+
+    async def _replace_connection(self) -> Connection:
+        try:
+            await self._conn.close()  # ends the lost one's tasks; its calls failed already
+            uri = self._uri
+            assert uri is not None
+
+            async def attempt() -> Connection:
+                conn = Connection()
+                await conn.open(uri, **self._connect_kwargs)
+                return conn
+
+            conn = await retry(attempt, self._reconnect_timeout)
+            if self._closed:
+                await conn.close()
+                raise ConnectionError("connection closed by client")
+            self._conn = conn
+            return conn
+        finally:
+            self._reconnecting = None
+
+    # --------------------------------------------------------------------- events
+
+    def events(
+        self,
+        events: Union[str, Iterable[str], None] = None,
+        *,
+        owner: Optional[str] = None,
+        withKeys: bool = False,
+        after: Optional[str] = None,
+    ) -> EventStream:
+        """Subscribe to session events (SH_SUBSCRIBE); iterate the result::
+
+            async for event in client.events(['expired'], withKeys=True):
+                ...
+
+        The subscription runs on a connection of its own (opened when the
+        iteration starts), so events never wait behind replies nor replies
+        behind events. When that connection drops it is reopened with
+        backoff, as calls reconnect, and the subscription resumes right
+        after the last event handed out: no event is skipped or repeated.
+        Events that are gone by then (the server keeps a bounded number)
+        come as one `Event` of kind ``'lost'`` whose ``lost`` says how many
+        (-1: unknown, after a server restart); so does a subscriber that
+        falls too far behind. Leaving the loop closes the connection.
+
+        Args:
+            events: the kinds wanted, any of ``'created'``, ``'ended'``,
+                ``'expired'``, ``'keysExpired'`` (one, or an iterable);
+                None: all of them.
+            owner: only sessions of this owner.
+            withKeys: ``ended``, ``expired`` and ``keysExpired`` events carry
+                the keys the session held (`Event.keys`).
+            after: a cursor (`Event.cursor`, `EventStream.cursor`) to resume
+                from, e.g. one saved by an earlier run; None: from now.
+
+        The server checks the parameters (the client sends them as given,
+        turning an iterable of kinds into a list): the first iteration raises
+        `ResponseError` ValueTypeInvalid (41) for `events` that is not a
+        list of strings, an `owner` that is not a str, a `withKeys` that is
+        not a bool or an `after` that is not a str, and ValueSize (42) for an
+        unknown or repeated kind or none at all, an owner that is empty or
+        over 256 bytes, or an `after` that is not a cursor of this server.
+        """
+        params: Dict[str, Any] = {}
+        if events is not None:
+            if isinstance(events, str):
+                events = [events]
+            elif isinstance(events, Iterable) and not isinstance(events, (bytes, Mapping)):
+                events = list(events)
+            params["events"] = events
+        if owner is not None:
+            params["owner"] = owner
+        if withKeys is not False:
+            params["withKeys"] = withKeys
+        stream = EventStream(self, params, after)
+        self._streams.add(stream)
+        return stream
+
+    def _event_endpoint(self) -> Tuple[str, Dict[str, Any]]:
+        """Where an event stream connects, and how."""
+        if self._closed:
+            raise ConnectionError("connection closed by client")
+        if not self._uri:
+            raise ConnectionError("not connected: call open() first (or give the uri)")
+        return self._uri, self._connect_kwargs
+
+    def _forget_stream(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
 
     # ------------------------------------------------------------------- sessions
 
@@ -344,7 +539,7 @@ class SessionClient:
         if keys is not None:
             params["keys"] = _key_values(keys)
         _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_NEW", params)
+        body = await self._request("SH_NEW", params)
         version = _version_of("SH_NEW", body) if withVersion else None
         return Session(body["tkn"], name, bool(shared), owner, version)
 
@@ -363,7 +558,7 @@ class SessionClient:
         _check_session_name(name)
         params: Dict[str, Any] = {"name": name}
         _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_OPEN", params)
+        body = await self._request("SH_OPEN", params)
         version = _version_of("SH_OPEN", body) if withVersion else None
         return Session(body["tkn"], body.get("name", name), True, version=version)
 
@@ -373,11 +568,11 @@ class SessionClient:
         Raises:
             ResponseError: SessionNotExist (100) when there is no such session.
         """
-        await self._conn.request("SH_END", {"tkn": _token(tkn)})
+        await self._request("SH_END", {"tkn": _token(tkn)})
 
     async def end_all_sessions(self) -> int:
         """Delete every session on the server (SH_END_ALL); returns how many ended."""
-        body = await self._conn.request("SH_END_ALL", {})
+        body = await self._request("SH_END_ALL", {})
         return int(body["cnt"])
 
     async def session_exists(self, tkns: Union[Token, Iterable[Token]]) -> List[int]:
@@ -388,7 +583,7 @@ class SessionClient:
         """
         if isinstance(tkns, (int, str, Session)):
             tkns = [tkns]
-        body = await self._conn.request("SH_EXISTS", {"tkns": [_token(t) for t in tkns]})
+        body = await self._request("SH_EXISTS", {"tkns": [_token(t) for t in tkns]})
         return [_as_int(t) for t in body["exist"]]
 
     async def session_info(self, tkn: Token, *, withVersion: bool = False) -> Dict[str, Any]:
@@ -408,11 +603,11 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn)}
         _add_version_params(params, withVersion)
-        return _without_st(await self._conn.request("SH_INFO", params))
+        return _without_st(await self._request("SH_INFO", params))
 
     async def session_info_all(self) -> Dict[str, Any]:
         """Server-wide totals (SH_INFO_ALL): ``{'totalSessions': n, 'totalKeys': m}``."""
-        return _without_st(await self._conn.request("SH_INFO_ALL", {}))
+        return _without_st(await self._request("SH_INFO_ALL", {}))
 
     async def touch(
         self, tkn: Token, slide: bool = True, *, withVersion: bool = False
@@ -436,7 +631,7 @@ class SessionClient:
             raise TypeError(f"slide must be a bool, not {type(slide).__name__}")
         params: Dict[str, Any] = {"tkn": _token(tkn), "slide": slide}
         versioned = _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_TOUCH", params)
+        body = await self._request("SH_TOUCH", params)
         return _result("SH_TOUCH", int(body["ttlMs"]), body, versioned)
 
     async def owner_sessions(self, owner: str) -> List[int]:
@@ -448,7 +643,7 @@ class SessionClient:
             ResponseError: ValueTypeInvalid (41) when `owner` is not a str;
                 ValueSize (42) when it is empty or over 256 bytes.
         """
-        body = await self._conn.request("SH_OWNER_SESSIONS", {"owner": owner})
+        body = await self._request("SH_OWNER_SESSIONS", {"owner": owner})
         return [_as_int(t) for t in body["tkns"]]
 
     async def owner_end(self, owner: str, except_tkn: Optional[Token] = None) -> int:
@@ -466,7 +661,7 @@ class SessionClient:
         params: Dict[str, Any] = {"owner": owner}
         if except_tkn is not None:
             params["except"] = _token(except_tkn)
-        body = await self._conn.request("SH_OWNER_END", params)
+        body = await self._request("SH_OWNER_END", params)
         return int(body["cnt"])
 
     # ----------------------------------------------------------------------- keys
@@ -496,7 +691,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_values(keys)}
         versioned = _add_version_params(params, withVersion, ifVersion)
-        body = await self._conn.request("SH_SET", params)
+        body = await self._request("SH_SET", params)
         return _version_of("SH_SET", body) if versioned else None
 
     async def add(
@@ -517,7 +712,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_values(keys)}
         versioned = _add_version_params(params, withVersion, ifVersion)
-        body = await self._conn.request("SH_ADD", params)
+        body = await self._request("SH_ADD", params)
         return _version_of("SH_ADD", body) if versioned else None
 
     async def get(
@@ -533,7 +728,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_names(keys)}
         versioned = _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_GET", params)
+        body = await self._request("SH_GET", params)
         values = dict(body["keys"])
         return VersionedKeys(values, _version_of("SH_GET", body)) if versioned else values
 
@@ -555,7 +750,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_names(keys)}
         versioned = _add_version_params(params, withVersion, ifVersion)
-        body = await self._conn.request("SH_RMV", params)
+        body = await self._request("SH_RMV", params)
         return _version_of("SH_RMV", body) if versioned else None
 
     async def count(self, tkn: Token, *, withVersion: bool = False) -> Union[int, Versioned]:
@@ -565,7 +760,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn)}
         versioned = _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_COUNT", params)
+        body = await self._request("SH_COUNT", params)
         return _result("SH_COUNT", int(body["cnt"]), body, versioned)
 
     async def contains(
@@ -577,7 +772,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_names(keys)}
         versioned = _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_CONTAINS", params)
+        body = await self._request("SH_CONTAINS", params)
         return _result("SH_CONTAINS", list(body["contains"]), body, versioned)
 
     async def keys(self, tkn: Token, *, withVersion: bool = False) -> Union[List[str], Versioned]:
@@ -587,7 +782,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn)}
         versioned = _add_version_params(params, withVersion)
-        body = await self._conn.request("SH_KEYS", params)
+        body = await self._request("SH_KEYS", params)
         return _result("SH_KEYS", list(body["keys"]), body, versioned)
 
     async def clear(
@@ -602,7 +797,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn)}
         versioned = _add_version_params(params, withVersion, ifVersion)
-        body = await self._conn.request("SH_CLEAR", params)
+        body = await self._request("SH_CLEAR", params)
         return _result("SH_CLEAR", int(body["cnt"]), body, versioned)
 
     async def clear_set(
@@ -623,7 +818,7 @@ class SessionClient:
         """
         params: Dict[str, Any] = {"tkn": _token(tkn), "keys": _key_values(keys)}
         versioned = _add_version_params(params, withVersion, ifVersion)
-        body = await self._conn.request("SH_CLEAR_SET", params)
+        body = await self._request("SH_CLEAR_SET", params)
         return _result("SH_CLEAR_SET", int(body["cnt"]), body, versioned)
 
     async def incr(
@@ -662,7 +857,7 @@ class SessionClient:
             raise ValueError(f"by must be a signed 64-bit int, got {by}")
         params: Dict[str, Any] = {"tkn": _token(tkn), "key": key, "by": by}
         versioned = _add_version_params(params, withVersion, ifVersion)
-        body = await self._conn.request("SH_INCR", params)
+        body = await self._request("SH_INCR", params)
         return _result("SH_INCR", int(body["value"]), body, versioned)
 
     # ---------------------------------------------------------------- persistence
@@ -690,7 +885,7 @@ class SessionClient:
             if isinstance(tkns, (int, str, Session)):
                 tkns = [tkns]
             params["tkns"] = [_token(t) for t in tkns]
-        body = await self._conn.request("SH_SAVE", params, ok=(Status.SaveComplete,))
+        body = await self._request("SH_SAVE", params, ok=(Status.SaveComplete,))
         return _without_st(body)
 
     async def load(self, name: str) -> Dict[str, Any]:
@@ -704,7 +899,7 @@ class SessionClient:
                 server has persistence off.
         """
         _check_dataset_name(name)
-        body = await self._conn.request("SH_LOAD", {"name": name}, ok=(Status.LoadComplete,))
+        body = await self._request("SH_LOAD", {"name": name}, ok=(Status.LoadComplete,))
         return _without_st(body)
 
     # --------------------------------------------------------------------- server
@@ -713,7 +908,7 @@ class SessionClient:
         """Server facts (SV_INFO): ``serverVersion``, ``persistEnabled``, ``shards``,
         ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``, ``memoryUsed``,
         ``maxMemory``, ``sessionNotExist``."""
-        return _without_st(await self._conn.request("SV_INFO", {}))
+        return _without_st(await self._request("SV_INFO", {}))
 
 
 # ---------------------------------------------------------------------- helpers

@@ -38,6 +38,7 @@ class Status(IntEnum):
     LoadComplete = 141
     LoadError = 142
     MemoryLimit = 150
+    EventsLost = 160
     Unknown = 1000
 
 
