@@ -39,6 +39,10 @@ pub enum Workload {
     Expiry,
     /// create --sessions sessions (duration 3600), then stop
     Populate,
+    /// --sessions sessions whose deadlines fall in one second, a subscriber
+    /// to their expiry (lag from deadline to arrival), and a second client's
+    /// SH_GET | HGET one at a time meanwhile. Redis: keyspace notifications
+    ExpiryEvents,
 }
 
 impl Workload {
@@ -56,6 +60,7 @@ impl Workload {
             Workload::LogoutAll => "logout-all",
             Workload::Expiry => "expiry",
             Workload::Populate => "populate",
+            Workload::ExpiryEvents => "expiry-events",
         }
     }
 
@@ -102,7 +107,9 @@ struct Flags {
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
 
-    /// Seconds to run (default 10 unless --requests is given)
+    /// Seconds to run (default 10 unless --requests is given); expiry-events:
+    /// the most seconds to wait for the events after the last deadline
+    /// (default 120)
     #[arg(long, conflicts_with = "requests")]
     duration: Option<f64>,
 
@@ -147,6 +154,13 @@ struct Flags {
     /// (from /proc/PID/stat), in the summary table and report.json
     #[arg(long)]
     server_pid: Option<u32>,
+
+    /// nemesisdb: one more connection subscribes to every session event
+    /// (SH_SUBSCRIBE) during the timed run and reads them as fast as they
+    /// come; reports events received, lost, and their lag (arrival minus
+    /// the deadline for expiries, minus `at` for the others)
+    #[arg(long)]
+    subscribe: bool,
 }
 
 /// Where the load goes, and which protocol it speaks.
@@ -198,6 +212,8 @@ pub struct Config {
     pub timeout: Duration,
     /// A process whose CPU time the timed run reports.
     pub server_pid: Option<u32>,
+    /// A subscriber to session events beside the workload (nemesisdb).
+    pub subscribe: bool,
 }
 
 impl Config {
@@ -232,12 +248,31 @@ impl Config {
             (None, Some(_)) => return Err("--duration must be a positive number of seconds".into()),
             // populate creates --sessions sessions and stops
             (None, None) if f.workload == Workload::Populate => Stop::Requests(f.sessions),
+            (None, None) if f.workload == Workload::ExpiryEvents => {
+                Stop::Duration(Duration::from_secs(120))
+            }
             (None, None) => Stop::Duration(Duration::from_secs(10)),
         };
         if let Some(r) = f.rate
             && !(r > 0.0 && r.is_finite())
         {
             return Err("--rate must be a positive number of operations per second".into());
+        }
+        if f.workload == Workload::ExpiryEvents {
+            if f.requests.is_some() || f.rate.is_some() {
+                return Err("expiry-events runs one probe request at a time until the \
+                     events are in: --requests and --rate do not apply"
+                    .into());
+            }
+        } else if f.subscribe && target.protocol == Protocol::Redis {
+            return Err(
+                "--subscribe is for nemesisdb: a Redis keyspace notification \
+                 names the key only, with no time of the event nor the key's deadline, \
+                 so its lag cannot be measured beside an arbitrary workload (the \
+                 expiry-events workload sets every key's expiry time itself and \
+                 measures Redis's expired notifications)"
+                    .into(),
+            );
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = f.threads.unwrap_or(cores);
@@ -259,6 +294,7 @@ impl Config {
             seed: f.seed,
             timeout: Duration::from_secs_f64(f.timeout),
             server_pid: f.server_pid,
+            subscribe: f.subscribe,
         })
     }
 }
@@ -343,5 +379,28 @@ mod tests {
         assert!(Flags::try_parse_from(["loadtest", "--requests", "5", "--duration", "1"]).is_err());
         let f = Flags::try_parse_from(["loadtest", "--rate=-1"]).unwrap();
         assert!(Config::from_flags(f).is_err());
+    }
+
+    #[test]
+    fn subscribe_and_expiry_events_validate() {
+        let parse = |args: &[&str]| {
+            let f = Flags::try_parse_from([&["loadtest"], args].concat()).unwrap();
+            Config::from_flags(f)
+        };
+        assert!(parse(&["--subscribe"]).unwrap().subscribe);
+        let redis = parse(&["--url", "redis://127.0.0.1:1", "--subscribe"]).unwrap_err();
+        assert!(redis.contains("--subscribe is for nemesisdb"), "{redis}");
+        let c = parse(&[
+            "--url",
+            "redis://127.0.0.1:1",
+            "--workload",
+            "expiry-events",
+        ])
+        .unwrap();
+        assert!(matches!(c.stop, Stop::Duration(d) if d.as_secs() == 120));
+        let c = parse(&["--workload", "expiry-events", "--duration", "5"]).unwrap();
+        assert!(matches!(c.stop, Stop::Duration(d) if d.as_secs() == 5));
+        assert!(parse(&["--workload", "expiry-events", "--requests", "5"]).is_err());
+        assert!(parse(&["--workload", "expiry-events", "--rate", "5"]).is_err());
     }
 }

@@ -12,6 +12,9 @@
 //! - `config`   flags -> validated `Config`
 //! - `run`      the phases of a run, threads, output
 //! - `driver`   one thread's mio event loop over many connections
+//! - `client`   one blocking connection (subscriber, expiry-events)
+//! - `events`   the event subscriber (`--subscribe`) and event lag statistics
+//! - `expiry_events` the expiry-events workload: its own phases and report
 //! - `workload` what an operation is on each target; pre-encoded requests
 //! - `ws`       WebSocket client framing, handshake, response scanning
 //! - `resp`     Redis RESP encoding and reply boundaries
@@ -20,8 +23,11 @@
 //! - `timer`    timerfd wake-ups for the open loop
 //! - `rng`      the seeded generator
 
+mod client;
 mod config;
 mod driver;
+mod events;
+mod expiry_events;
 mod report;
 mod resp;
 mod rng;

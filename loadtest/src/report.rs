@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::events::EventSummary;
 use crate::stats::{Outcome, SecondStat, Summary, us};
 
 #[derive(Serialize)]
@@ -32,6 +33,10 @@ struct Report<'a> {
     /// Latency at each percentile, for plotting a distribution.
     percentiles: Vec<Percentile>,
     series: &'a [SecondStat],
+    /// The subscriber's events (`--subscribe`, expiry-events); absent
+    /// without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'a EventSummary>,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -63,15 +68,21 @@ fn percentiles(h: &Histogram<u64>) -> Vec<Percentile> {
         .collect()
 }
 
-pub struct Meta {
+pub struct Meta<'a> {
     pub threads: usize,
     pub rate: Option<f64>,
     pub seed: u64,
     pub client_cpu_s: Option<f64>,
     pub server_cpu_s: Option<f64>,
+    pub events: Option<&'a EventSummary>,
 }
 
-pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome, meta: &Meta) -> Result<(), String> {
+pub fn write(
+    dir: &Path,
+    summary: &Summary,
+    outcome: &Outcome,
+    meta: &Meta<'_>,
+) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
     let pct = percentiles(&outcome.hist);
     let report = Report {
@@ -85,6 +96,7 @@ pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome, meta: &Meta) -> R
         retries: outcome.retries,
         percentiles: pct.clone(),
         series: &outcome.series,
+        events: meta.events,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let path = dir.join("report.json");

@@ -12,12 +12,17 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Protocol, Stop, Workload};
 use crate::driver::{self, Conn, Plan, Source};
+use crate::events::{Accept, Subscriber};
+use crate::expiry_events;
 use crate::report;
 use crate::stats::{self, Goal, Latency, Outcome, Summary, round1};
 use crate::workload::{Encoder, Lifetime, Owners, Sessions, value_text};
 
 /// Runs the whole benchmark; `Err` only when it could not run at all.
 pub fn run(cfg: &Config) -> Result<Summary, String> {
+    if cfg.workload == Workload::ExpiryEvents {
+        return expiry_events::run(cfg);
+    }
     let mut groups: Vec<Vec<Conn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     for i in 0..cfg.connections {
         let conn = Conn::connect(&cfg.target, i, cfg.seed)
@@ -40,6 +45,19 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         (groups, setup_errors)
     };
 
+    // Subscribed before the timed run, so it sees the run's events and
+    // none of set-up's.
+    let subscriber = if cfg.subscribe {
+        Some(Subscriber::start(
+            &cfg.target,
+            cfg.seed,
+            &[],
+            Accept::All,
+            None,
+        )?)
+    } else {
+        None
+    };
     let cpu_before = Cpu::now(cfg.server_pid);
     let start = Instant::now();
     let (requests, deadline, goal) = match cfg.stop {
@@ -74,6 +92,11 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // The events still on their way arrive before teardown's begin.
+    let events = match subscriber {
+        Some(s) => Some(s.finish()?.summary(None)),
+        None => None,
+    };
 
     // Untimed: end the sessions (or owners) set-up made, so runs do not pile
     // them up.
@@ -99,10 +122,16 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             seed: cfg.seed,
             client_cpu_s: cpu.client,
             server_cpu_s: cpu.server,
+            events: events.as_ref(),
         };
         report::write(dir, &summary, &outcome, &meta)?;
     }
     if cfg.json {
+        // The object's fields are fixed: the events go to stderr (and
+        // report.json).
+        if let Some(e) = &events {
+            eprintln!("loadtest: {}", e.line());
+        }
         // Serializing plain numbers and strings cannot fail.
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     } else {
@@ -114,7 +143,10 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             outcome.failed_connections,
             retries,
         );
-        print_cpu(&cpu, summary.ops);
+        if let Some(e) = &events {
+            e.print();
+        }
+        cpu.print(summary.ops);
     }
     Ok(summary)
 }
@@ -259,20 +291,20 @@ fn run_phase(
 }
 
 /// CPU seconds used so far by this process and, if asked, by the server.
-struct Cpu {
-    client: Option<f64>,
-    server: Option<f64>,
+pub struct Cpu {
+    pub client: Option<f64>,
+    pub server: Option<f64>,
 }
 
 impl Cpu {
-    fn now(server_pid: Option<u32>) -> Cpu {
+    pub fn now(server_pid: Option<u32>) -> Cpu {
         Cpu {
             client: proc_cpu_seconds("self"),
             server: server_pid.and_then(|p| proc_cpu_seconds(&p.to_string())),
         }
     }
 
-    fn since(&self, before: &Cpu) -> Cpu {
+    pub fn since(&self, before: &Cpu) -> Cpu {
         let d = |a: Option<f64>, b: Option<f64>| Some(((a? - b?) * 100.0).round() / 100.0);
         Cpu {
             client: d(self.client, before.client),
@@ -292,18 +324,20 @@ fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
-fn print_cpu(cpu: &Cpu, ops: u64) {
-    let per_m = |s: f64| if ops > 0 { s / ops as f64 * 1e6 } else { 0.0 };
-    if let Some(c) = cpu.client {
-        println!(
-            "  loadtest CPU  {c:.2} s ({:.2} s per million ops)",
-            per_m(c)
-        );
-    }
-    if let Some(s) = cpu.server {
-        println!(
-            "  server CPU    {s:.2} s ({:.2} s per million ops)",
-            per_m(s)
-        );
+impl Cpu {
+    pub fn print(&self, ops: u64) {
+        let per_m = |s: f64| if ops > 0 { s / ops as f64 * 1e6 } else { 0.0 };
+        if let Some(c) = self.client {
+            println!(
+                "  loadtest CPU  {c:.2} s ({:.2} s per million ops)",
+                per_m(c)
+            );
+        }
+        if let Some(s) = self.server {
+            println!(
+                "  server CPU    {s:.2} s ({:.2} s per million ops)",
+                per_m(s)
+            );
+        }
     }
 }

@@ -22,6 +22,8 @@
 //! | expiry            | SH_NEW (1-3 s) ; SH_SET two keys                  | HSET two fields + EXPIRE 1-3                |
 //! | populate          | SH_NEW (3600 s) ; SH_SET two keys                 | HSET two fields + EXPIRE 3600               |
 //!
+//! expiry-events is not built from these pieces: `expiry_events` runs it.
+//!
 //! A `;` separates phases: on nemesisdb the server picks the token, so the
 //! requests that use it can only go out once SH_NEW's reply is in; logging an
 //! owner out recreates its sessions only once the old ones are gone, and on
@@ -601,7 +603,8 @@ impl Encoder {
                 index: id,
                 lifetime: Lifetime::Seconds(1 + rng.below(3) as u8),
             },
-            Workload::Populate => Op::Create {
+            // expiry-events has a runner of its own and never comes here.
+            Workload::Populate | Workload::ExpiryEvents => Op::Create {
                 index: id,
                 lifetime: Lifetime::Hour,
             },

@@ -571,3 +571,171 @@ fn replies_without_a_token_are_not_errors() {
         assert!(!stderr.contains("out of order"), "{w}: {stderr}");
     }
 }
+
+/// Runs the generator expecting it to refuse its flags: exit status 2, and
+/// what it said on stderr.
+fn loadtest_refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .output()
+        .expect("loadtest runs");
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A run's report.json, written into a directory of its own.
+fn with_report(args: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("loadtest-events-{}-{n}", std::process::id()));
+    let dir_s = dir.to_string_lossy().to_string();
+    let v = loadtest(&[args, &["--out", &dir_s]].concat());
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("report.json")).expect("report.json is written"),
+    )
+    .expect("report.json is JSON");
+    let _ = std::fs::remove_dir_all(&dir);
+    (v, report)
+}
+
+/// A Redis command over a fresh connection; the reply as text.
+fn redis_call(port: u16, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("redis is up");
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).expect("write");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&reply).to_string()
+}
+
+/// Redis keyspace notifications carry no time: `--subscribe` is refused
+/// there, with the reason; expiry-events refuses a request count.
+#[test]
+fn subscribe_is_refused_for_redis() {
+    let said = loadtest_refused(&["--url", "redis://127.0.0.1:1", "--subscribe"]);
+    assert!(said.contains("--subscribe is for nemesisdb"), "{said}");
+    let said = loadtest_refused(&["--workload", "expiry-events", "--requests", "10"]);
+    assert!(said.contains("--requests"), "{said}");
+}
+
+/// expiry-events on Redis: every key's expired notification arrives, the
+/// probe ran, and the server's notification setting is put back.
+#[test]
+fn expiry_events_against_redis_if_installed() {
+    let Some((_redis, port)) = start_redis(&["--notify-keyspace-events", "Kg"]) else {
+        eprintln!("redis-server is not installed: skipping the Redis expiry-events test");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let (v, report) = with_report(&[
+        "--url",
+        &url,
+        "--workload",
+        "expiry-events",
+        "--sessions",
+        "3000",
+        "--connections",
+        "3",
+        "--duration",
+        "30",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["workload"], "expiry-events");
+    assert!(v["ops"].as_u64().unwrap_or(0) > 0, "the probe ran: {v}");
+    let e = &report["events"];
+    assert_eq!(e["expected"], 3000, "{e}");
+    assert_eq!(e["received"], 3000, "{e}");
+    assert_eq!(e["expired"], 3000, "{e}");
+    assert_eq!((&e["lost"], &e["other"]), (&0.into(), &0.into()), "{e}");
+    assert!(
+        e["deadline_spread_ms"].as_u64().unwrap_or(9999) < 1000,
+        "{e}"
+    );
+    assert!(e["lag_ms"]["max"].as_f64().unwrap_or(-1.0) >= 0.0, "{e}");
+    let setting = redis_call(port, &["CONFIG", "GET", "notify-keyspace-events"]);
+    assert!(
+        setting.contains("gK") || setting.contains("Kg"),
+        "{setting}"
+    );
+    // The probe's key went; the expiring ones expired.
+    assert_eq!(redis_call(port, &["DBSIZE"]), ":0\r\n");
+}
+
+/// expiry-events on nemesisdb: every session's expired event arrives, none
+/// lost, none before its deadline.
+#[test]
+fn expiry_events_against_the_server() {
+    let (_server, port) = start_server();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (v, report) = with_report(&[
+        "--url",
+        &url,
+        "--workload",
+        "expiry-events",
+        "--sessions",
+        "3000",
+        "--connections",
+        "4",
+        "--duration",
+        "30",
+    ]);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["ops"].as_u64().unwrap_or(0) > 0, "the probe ran: {v}");
+    let e = &report["events"];
+    assert_eq!(e["received"], 3000, "{e}");
+    assert_eq!(e["expired"], 3000, "{e}");
+    assert_eq!(
+        (&e["lost"], &e["other"], &e["early"], &e["untimed"]),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
+        "{e}"
+    );
+    assert!(
+        e["deadline_spread_ms"].as_u64().unwrap_or(9999) < 1100,
+        "{e}"
+    );
+}
+
+/// `--subscribe` beside lifecycle: each operation creates and ends one
+/// session, so the subscriber sees one `created` and one `ended` per
+/// operation, nothing lost.
+#[test]
+fn subscribe_sees_every_event_of_a_run() {
+    let (_server, port) = start_server();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (v, report) = with_report(&[
+        "--url",
+        &url,
+        "--workload",
+        "lifecycle",
+        "--requests",
+        "2000",
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--threads",
+        "2",
+        "--subscribe",
+    ]);
+    check(&v, 2000, "lifecycle with --subscribe");
+    let e = &report["events"];
+    assert_eq!(
+        (&e["created"], &e["ended"]),
+        (&2000.into(), &2000.into()),
+        "{e}"
+    );
+    assert_eq!(e["received"], 4000, "{e}");
+    assert_eq!((&e["lost"], &e["expired"]), (&0.into(), &0.into()), "{e}");
+}
