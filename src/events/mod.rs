@@ -148,11 +148,35 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn passes(&self, event: &Event) -> bool {
-        self.kinds & event.kind.bit() != 0
-            && self
-                .owner
-                .as_deref()
-                .is_none_or(|owner| event.owner() == Some(owner))
+        self.passes_parts(event.kind, event.owner())
+    }
+
+    pub fn passes_evicted(&self, event: &Evicted) -> bool {
+        self.passes_parts(event.kind, event.owner.as_deref())
+    }
+
+    fn passes_parts(&self, kind: EventKind, owner: Option<&str>) -> bool {
+        self.kinds & kind.bit() != 0 && self.owner.as_deref().is_none_or(|o| owner == Some(o))
+    }
+}
+
+/// What is kept of an event the ring let go while subscribers were
+/// registered: what their filters need to count it as lost, no more (never
+/// its keys: a mass end would otherwise hold a copy of every session's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evicted {
+    pub seq: u64,
+    pub kind: EventKind,
+    pub owner: Option<Arc<str>>,
+}
+
+impl Evicted {
+    pub fn of(seq: u64, event: &Event) -> Self {
+        Evicted {
+            seq,
+            kind: event.kind,
+            owner: event.detail.as_ref().and_then(|d| d.owner.clone()),
+        }
     }
 }
 

@@ -27,9 +27,6 @@ use crate::mesh::{Envelope, Part, PartResult, ShardId, Ticket};
 use crate::protocol::answer;
 use crate::protocol::{CommandName, Status, encode_status};
 
-/// Bytes of events a shard may send one subscription before the
-/// subscriber's connection has taken them.
-const CREDIT: usize = 256 * 1024;
 /// Ring entries a shard looks at for one subscription per turn, so a deep
 /// backlog (or a filter that matches little) never stalls the loop.
 const SCAN_BUDGET: u64 = 4096;
@@ -235,7 +232,7 @@ impl Router {
             Subscriber {
                 filter,
                 next: position + 1,
-                credit: CREDIT,
+                credit: self.config.event_credit,
                 lost: 0,
             },
         );
@@ -354,12 +351,12 @@ impl Router {
         if self.events.subscribers.is_empty() && self.events.mine.is_empty() {
             return;
         }
-        self.return_credit(replies);
+        self.return_event_credit(replies);
         let evicted = self.store.take_evicted();
         for s in self.events.subscribers.values_mut() {
             s.lost += evicted
                 .iter()
-                .filter(|(seq, e)| *seq >= s.next && s.filter.passes(e))
+                .filter(|e| e.seq >= s.next && s.filter.passes_evicted(e))
                 .count() as u64;
         }
         let ring = self.store.events();
@@ -420,12 +417,12 @@ impl Router {
         // This shard's own subscribers just took events: their credit
         // comes back now (which keeps the loop turning while a backlog
         // lasts), not at whatever next wakes the shard.
-        self.return_credit(replies);
+        self.return_event_credit(replies);
     }
 
     /// Credit back for events a connection has room for again; forgets
     /// subscriptions whose connection is gone.
-    fn return_credit(&mut self, replies: &mut dyn Replies) {
+    pub(super) fn return_event_credit(&mut self, replies: &mut dyn Replies) {
         if self.events.mine.is_empty() {
             return;
         }

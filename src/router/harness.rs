@@ -99,6 +99,7 @@ impl LocalDispatcher {
                     instance: seed,
                     max_payload: 1 << 20,
                     event_retention: crate::events::DEFAULT_RETENTION,
+                    event_credit: 256 * 1024,
                 };
                 let rng = StdRng::seed_from_u64(seed ^ id as u64);
                 Router::new(config, rng, posted.clone(), 0)

@@ -101,6 +101,10 @@ pub struct RouterConfig {
     pub max_payload: usize,
     /// Events each shard keeps for subscribers.
     pub event_retention: usize,
+    /// Bytes of events a shard may send one subscription before its
+    /// connection has read them: with every shard's in flight, a subscriber
+    /// never has more than its output limit unread.
+    pub event_credit: usize,
 }
 
 impl RouterConfig {
@@ -355,6 +359,13 @@ impl Router {
                 self.answer_part(reply, Part::Counts, replies);
             }
         }
+    }
+
+    /// After the turn's output went to the sockets: subscriptions whose
+    /// connection took its events give their credit back now (a connection
+    /// that emptied into the kernel sends no further wake-up).
+    pub fn after_flush(&mut self, replies: &mut dyn Replies) {
+        self.return_event_credit(replies);
     }
 
     /// Whether work is waiting for the next turn (so the loop must not sleep).

@@ -115,6 +115,7 @@ impl Shard {
             instance: ctx.instance,
             max_payload: ctx.limits.max_payload,
             event_retention: ctx.event_retention,
+            event_credit: (ctx.limits.max_output_buffer / (2 * ctx.shards)).clamp(1, 256 * 1024),
         };
         let rng: StdRng = rand::make_rng();
         let post = Arc::new(MeshPost(ctx.mesh.clone()));
@@ -194,6 +195,8 @@ impl Shard {
             self.router.end_turn(&mut self.conns);
             self.send_outbox();
             self.conns.finish_turn();
+            self.router.after_flush(&mut self.conns);
+            self.send_outbox();
             self.housekeeping(now);
         }
     }

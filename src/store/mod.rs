@@ -29,7 +29,7 @@ use snapshot::Snapshot;
 use table::Sessions;
 
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
-use crate::events::{Event, EventKind, EventRing, encode_keys};
+use crate::events::{Event, EventKind, EventRing, Evicted, encode_keys};
 use crate::expiry::{TimerKey, TimingWheel};
 use crate::persist::SessionRecord;
 use crate::shared_names::SharedNames;
@@ -340,7 +340,7 @@ pub struct SessionStore {
     /// Events the ring let go this turn, with their numbers, kept (only
     /// while subscribers are registered here) so each subscriber can count
     /// what it lost.
-    evicted: Option<Vec<(u64, Event)>>,
+    evicted: Option<Vec<Evicted>>,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -373,7 +373,7 @@ impl SessionStore {
     }
 
     /// The events the ring let go since the last call (while kept).
-    pub fn take_evicted(&mut self) -> Vec<(u64, Event)> {
+    pub fn take_evicted(&mut self) -> Vec<Evicted> {
         self.evicted
             .as_mut()
             .map(std::mem::take)
@@ -394,14 +394,57 @@ impl SessionStore {
         &self.events
     }
 
+    /// Records the expiry of a session about to be deleted: at its idle
+    /// deadline (`deleteSession`), or at its lifetime's end. Settled late
+    /// (a backlog, or a request finding it first), a keys-only session past
+    /// both says both: its keys expired at the idle deadline, then it ended
+    /// with its lifetime.
+    fn record_expiry(&mut self, tkn: Token, e: Expiry, lifetime_end: Option<Millis>, now: Millis) {
+        let ended_by_lifetime = lifetime_end
+            .filter(|&end| now >= end && (!e.settings.delete_session || end <= e.deadline));
+        match ended_by_lifetime {
+            Some(end) => {
+                let keys_first =
+                    e.deadline < end && self.sessions.get(tkn).is_some_and(|s| !s.keys.is_empty());
+                if keys_first {
+                    self.record(tkn, EventKind::KeysExpired, Some(e.deadline), now);
+                }
+                // Its keys went at the idle deadline: none are left to end with.
+                let event = (EventKind::Expired { lifetime: true }, Some(end));
+                self.record_keys(tkn, event, now, !keys_first);
+            }
+            None => self.record(
+                tkn,
+                EventKind::Expired { lifetime: false },
+                Some(e.deadline),
+                now,
+            ),
+        }
+    }
+
     /// Records what happens to session `tkn` (which still holds what it
     /// held), at `now`; `deadline` for expiry events.
     fn record(&mut self, tkn: Token, kind: EventKind, deadline: Option<Millis>, now: Millis) {
+        self.record_keys(tkn, (kind, deadline), now, true);
+    }
+
+    /// [`SessionStore::record`]; `with_keys` false: the event says the
+    /// session held no keys (they expired just before).
+    fn record_keys(
+        &mut self,
+        tkn: Token,
+        (kind, deadline): (EventKind, Option<Millis>),
+        now: Millis,
+        with_keys: bool,
+    ) {
         let Some(session) = self.sessions.get(tkn) else {
             return;
         };
         let keys = match self.event_keys {
-            Some(max) if kind != EventKind::Created => Some(encode_keys(session.keys.iter(), max)),
+            Some(max) if kind != EventKind::Created => {
+                let held = session.keys.iter().filter(|_| with_keys);
+                Some(encode_keys(held, max))
+            }
             _ => None,
         };
         let event = Event::new(
@@ -413,10 +456,10 @@ impl SessionStore {
             session_extras(&self.extras, session).and_then(|x| x.owner.clone()),
             keys,
         );
-        if let Some(evicted) = self.events.push(event)
+        if let Some((seq, evicted)) = self.events.push(event)
             && let Some(kept) = &mut self.evicted
         {
-            kept.push(evicted);
+            kept.push(Evicted::of(seq, &evicted));
         }
     }
 
@@ -634,13 +677,7 @@ impl SessionStore {
             session.set_expiry(Some(expiry));
         } else if expiry.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
             // The timer is spent already; only the session goes.
-            let lifetime = lifetime_end == Some(expiry.deadline);
-            self.record(
-                tkn,
-                EventKind::Expired { lifetime },
-                Some(expiry.deadline),
-                now,
-            );
+            self.record_expiry(tkn, expiry, lifetime_end, now);
             let Some(session) = self.sessions.get_mut(tkn) else {
                 return;
             };
@@ -797,8 +834,7 @@ impl SessionStore {
                 e,
             );
             if e.settings.delete_session || lifetime_end.is_some_and(|end| now >= end) {
-                let lifetime = lifetime_end == Some(e.deadline);
-                self.record(tkn, EventKind::Expired { lifetime }, Some(e.deadline), now);
+                self.record_expiry(tkn, e, lifetime_end, now);
                 self.remove(tkn);
                 return None;
             }

@@ -298,3 +298,49 @@ fn incr_slides_like_a_write() {
     assert_eq!(s.version(1, 27_999), Some(2));
     assert_eq!(s.version(1, 28_000), None);
 }
+
+/// A keys-only session with a lifetime, settled only after both its idle
+/// deadline and its lifetime passed (a backlog, or a request finding it
+/// first): its keys expired at the idle deadline, then it ended with its
+/// lifetime, and the end carries no keys.
+#[test]
+fn a_late_lifetime_expiry_says_what_happened_when() {
+    use crate::events::EventKind;
+    let mut s = store();
+    s.set_event_keys(Some(1 << 20));
+    let settings = ExpirySettings {
+        max_lifetime_s: 2,
+        ..ExpirySettings::idle(1, false, false, false)
+    };
+    let new = NewSession {
+        name: None,
+        shared: false,
+        expiry: Some(settings),
+        owner: None,
+        keys: vec![kv("a", "1")],
+        report_version: false,
+    };
+    s.create_session(1, new, 0);
+    assert_eq!(s.version(1, 2500), None, "gone: its lifetime is over");
+    let ring = s.events();
+    let events: Vec<_> = (ring.oldest()..=ring.head())
+        .filter_map(|seq| ring.get(seq))
+        .map(|e| (e.kind, e.deadline_unix_ms(), e.keys().map(<[u8]>::to_vec)))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (EventKind::Created, None, None),
+            (
+                EventKind::KeysExpired,
+                Some(1000),
+                Some(b"{\"a\":1}".to_vec())
+            ),
+            (
+                EventKind::Expired { lifetime: true },
+                Some(2000),
+                Some(b"{}".to_vec())
+            ),
+        ]
+    );
+}

@@ -421,3 +421,44 @@ fn bad_parameters_are_refused_and_subscribe_nothing() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(tkn(&events[0]), t);
 }
+
+/// With a small output limit, a backlog of events still flows: credit comes
+/// back as soon as the connection has taken its events, not at the next
+/// housekeeping tick (a quiet shard would otherwise send one credit's worth
+/// every half second, and the drain below would stop short).
+#[test]
+fn a_backlog_flows_under_a_small_output_limit() {
+    let server = two_shards(&["--max-output-buffer", "262144"]);
+    let mut sub = server.client();
+    assert_eq!(
+        st(&subscribe(
+            &mut sub,
+            r#"{"events":["ended"],"withKeys":true}"#
+        )),
+        1
+    );
+    let mut c = server.client();
+    let big = "x".repeat(5000);
+    let mut made = Vec::new();
+    for _ in 0..800 {
+        c.queue_text(format!(r#"{{"SH_NEW":{{"keys":{{"v":"{big}"}}}}}}"#));
+    }
+    c.flush();
+    for _ in 0..800 {
+        made.push(c.recv_json()["SH_NEW_RSP"]["tkn"].as_u64().unwrap());
+    }
+    for t in &made {
+        c.queue_text(format!(r#"{{"SH_END":{{"tkn":{t}}}}}"#));
+    }
+    c.flush();
+    for _ in 0..800 {
+        assert_eq!(c.recv_json()["SH_END_RSP"]["st"].as_u64(), Some(1));
+    }
+    let events = drain(&mut sub, QUIET);
+    assert_eq!(events.len(), made.len(), "4 MB of events, none held back");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["keys"]["v"].as_str().map(str::len) == Some(5000))
+    );
+}
