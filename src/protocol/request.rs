@@ -376,7 +376,7 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
             let name = p.dataset_name()?;
             let tkns = match p.params.get("tkns") {
                 None => None,
-                Some(_) => Some(p.token_list("tkns")?),
+                Some(_) => Some(p.save_tokens()?),
             };
             Ok(Command::Save { name, tkns })
         }
@@ -915,6 +915,38 @@ impl Params<'_, '_, '_> {
             })?),
         };
         Ok(Versioning { report, expect })
+    }
+
+    /// `SH_SAVE`'s `tkns`: unlike `SH_EXISTS`, an entry that is not a token
+    /// (41) or an empty list (42) refuses the save, as NemesisDB does: a
+    /// new version holding nothing would become the newest, and the next
+    /// `SH_LOAD` would load nothing.
+    fn save_tokens(&self) -> Result<Vec<Token>, Rejection> {
+        let invalid = || {
+            self.reject(
+                Status::ValueTypeInvalid,
+                "tkns must be an array of tokens",
+                None,
+            )
+        };
+        let items = self
+            .params
+            .get("tkns")
+            .and_then(|v| v.as_array())
+            .ok_or_else(invalid)?;
+        let tkns = items
+            .iter()
+            .map(token_of)
+            .collect::<Option<Vec<Token>>>()
+            .ok_or_else(invalid)?;
+        if tkns.is_empty() {
+            return Err(self.reject(
+                Status::ValueSize,
+                "tkns must name at least one session",
+                None,
+            ));
+        }
+        Ok(tkns)
     }
 
     /// `SH_SUBSCRIBE`: which events, whose, with keys or not, from where.

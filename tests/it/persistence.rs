@@ -116,6 +116,24 @@ fn subset_saves_and_dataset_errors() {
     let r = c.call(r#"{"SH_LOAD":{"name":"never-saved"}}"#);
     assert_eq!(st(&r), 142);
     assert!(r["m"].as_str().is_some());
+    // An empty list, or one with an entry that is not a token, saves
+    // nothing: "part" keeps its one version, still the one loaded.
+    let first = sessions[0].0;
+    for (tkns, status) in [
+        ("[]".to_string(), 42),
+        (format!(r#"[{first},"x"]"#), 41),
+        (format!("[{first},-1]"), 41),
+        (format!("[{first},1.5]"), 41),
+        (format!("[{first},null]"), 41),
+        ("{}".to_string(), 41),
+    ] {
+        let r = c.call(&format!(r#"{{"SH_SAVE":{{"name":"part","tkns":{tkns}}}}}"#));
+        assert_eq!(st(&r), status, "{tkns}: {r}");
+    }
+    assert_eq!(version_dirs(&dir.path().join("part")).len(), 1);
+    c.call(r#"{"SH_END_ALL":{}}"#);
+    let r = c.call(r#"{"SH_LOAD":{"name":"part"}}"#);
+    assert_eq!((st(&r), r["sessions"].as_u64()), (141, Some(2)), "{r}");
     for bad in ["..", "a/b", "", "x y"] {
         let r = c.call(&format!(r#"{{"SH_SAVE":{{"name":"{bad}"}}}}"#));
         assert_eq!(st(&r), 42, "{bad}");
