@@ -282,8 +282,8 @@ pub fn encode_lost_head(out: &mut Vec<u8>, lost: u64) {
 }
 
 /// Ends an event begun by `encode_*_head` with its cursor.
-pub fn encode_event_tail(out: &mut Vec<u8>, cursor: &Cursor) {
-    cursor.write(out);
+pub fn encode_event_tail(out: &mut Vec<u8>, instance: u64, positions: &[u64]) {
+    Cursor::write_parts(out, instance, positions);
     out.extend_from_slice(b"\"}}");
 }
 
@@ -342,13 +342,18 @@ pub enum CursorError {
 impl Cursor {
     /// `<instance, 16 hex digits>.<position of shard 0>.<shard 1>...`
     pub fn write(&self, out: &mut Vec<u8>) {
+        Cursor::write_parts(out, self.instance, &self.positions);
+    }
+
+    /// [`Cursor::write`] from its parts (no cursor built for each event).
+    pub fn write_parts(out: &mut Vec<u8>, instance: u64, positions: &[u64]) {
         let mut hex = [0u8; 16];
         for (i, digit) in hex.iter_mut().enumerate() {
-            let nibble = (self.instance >> (60 - 4 * i)) & 0xf;
+            let nibble = (instance >> (60 - 4 * i)) & 0xf;
             *digit = b"0123456789abcdef"[nibble as usize];
         }
         out.extend_from_slice(&hex);
-        for &position in &self.positions {
+        for &position in positions {
             out.push(b'.');
             push_u64(out, position);
         }
@@ -458,21 +463,21 @@ mod tests {
             &event(EventKind::Expired { lifetime: false }, Some("ann")),
             true,
         );
-        encode_event_tail(&mut out, &cursor);
+        encode_event_tail(&mut out, cursor.instance, &cursor.positions);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"SH_EVENT":{"event":"expired","tkn":7,"name":"n\"","owner":"ann","at":1000,"deadline":990,"reason":"idle","keys":{"a":1},"cursor":"00000000000000ab.3.0"}}"#
         );
         let mut out = Vec::new();
         encode_event_head(&mut out, &event(EventKind::Created, None), true);
-        encode_event_tail(&mut out, &cursor);
+        encode_event_tail(&mut out, cursor.instance, &cursor.positions);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"SH_EVENT":{"event":"created","tkn":7,"name":"n\"","at":1000,"cursor":"00000000000000ab.3.0"}}"#
         );
         let mut out = Vec::new();
         encode_lost_head(&mut out, 12);
-        encode_event_tail(&mut out, &cursor);
+        encode_event_tail(&mut out, cursor.instance, &cursor.positions);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"SH_EVENT":{"event":"lost","lost":12,"cursor":"00000000000000ab.3.0"}}"#

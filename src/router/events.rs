@@ -336,11 +336,7 @@ impl Router {
             return true;
         }
         s.owed[shard] += head.len();
-        let cursor = Cursor {
-            instance: self.config.instance,
-            positions: s.positions.clone(),
-        };
-        encode_event_tail(&mut head, &cursor);
+        encode_event_tail(&mut head, self.config.instance, &s.positions);
         replies.push(s.ticket, head)
     }
 
