@@ -456,6 +456,12 @@ impl SessionStore {
             session_extras(&self.extras, session).and_then(|x| x.owner.clone()),
             keys,
         );
+        self.push_event(event);
+    }
+
+    /// Appends to the ring, keeping what subscribers need of an event it
+    /// lets go.
+    fn push_event(&mut self, event: Event) {
         if let Some((seq, evicted)) = self.events.push(event)
             && let Some(kept) = &mut self.evicted
         {
@@ -748,16 +754,21 @@ impl SessionStore {
     /// a lifetime, initial keys (set as `SH_SET` sets them). Room is checked
     /// with `can_create_session` by the caller.
     pub fn create_session(&mut self, tkn: Token, new: NewSession, now: Millis) {
-        self.create_session_quietly(tkn, new, now);
-        self.record(tkn, EventKind::Created, None, now);
-    }
-
-    /// [`SessionStore::create_session`] without its `created` event.
-    fn create_session_quietly(&mut self, tkn: Token, new: NewSession, now: Millis) {
         let lifetime_s = new.expiry.map_or(0, |e| e.max_lifetime_s);
-        let extras = (new.owner.is_some() || lifetime_s > 0).then(|| {
+        let owner = new.owner.as_deref().map(|o| self.extras.owner_name(o));
+        // Built from what was asked: no lookup of the session just made.
+        let created = Event::new(
+            EventKind::Created,
+            tkn,
+            self.wall_epoch_ms + now,
+            None,
+            new.name.clone(),
+            owner.clone(),
+            None,
+        );
+        let extras = (owner.is_some() || lifetime_s > 0).then(|| {
             Extras::new(
-                new.owner.as_deref().map(|o| self.extras.owner_name(o)),
+                owner,
                 self.wall_epoch_ms + now,
                 now + u64::from(lifetime_s) * 1000,
                 lifetime_s,
@@ -768,6 +779,7 @@ impl SessionStore {
             keys.set(key, value);
         }
         self.insert(tkn, keys, new.shared, new.expiry, extras, now);
+        self.push_event(created);
     }
 
     fn insert(
