@@ -5,7 +5,7 @@
 //! restart, and bad parameters.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{Client, Server, one_client_per_shard, st};
 use simd_json::OwnedValue;
@@ -84,7 +84,6 @@ fn every_kind_with_and_without_keys() {
         st(&c.call(&format!(r#"{{"SH_END":{{"tkn":{ended}}}}}"#))),
         1
     );
-    let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1300));
     for (sub, keys) in [(&mut with, true), (&mut without, false)] {
         let events = drain(sub, QUIET);
@@ -119,9 +118,9 @@ fn every_kind_with_and_without_keys() {
         assert_eq!(e.get("keys").is_some(), keys, "{e}");
         let e = find("expired", lifetime);
         assert_eq!(e["reason"].as_str(), Some("lifetime"), "{e}");
-        // Sent when due, not when something next looked: the whole wait
-        // is the deadline plus delivery.
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // Sent when due, not when something next looked: nothing touched
+        // these sessions after they were made (the manual-clock test in
+        // src/router/events.rs pins the tick).
         // Cursors move on with every event.
         let cursors: HashSet<&str> = events
             .iter()
