@@ -655,6 +655,7 @@ mod tests {
                 expiry: None,
                 owner: None,
                 created_unix_ms: 0,
+                idle_deadline_unix_ms: 0,
                 version: 1,
                 keys: vec![("k".into(), b"1".as_slice().into())],
             }],
@@ -871,10 +872,10 @@ mod tests {
         flip(&file, 0);
 
         let mut b = fs::read(&file).unwrap();
-        b[8] = 4;
+        b[8] = 5;
         fs::write(&file, b).unwrap();
         let err = load(root.path(), "ds").unwrap_err().to_string();
-        assert!(err.contains("format version 4"), "{err}");
+        assert!(err.contains("format version 5"), "{err}");
 
         // A metadata format version from the future is an error, not a reason
         // to load something older.
@@ -882,7 +883,7 @@ mod tests {
         let text = fs::read_to_string(&meta).unwrap();
         fs::write(
             &meta,
-            text.replace("\"formatVersion\": 3", "\"formatVersion\": 9"),
+            text.replace("\"formatVersion\": 4", "\"formatVersion\": 9"),
         )
         .unwrap();
         let err = newest_complete(root.path(), "ds").unwrap_err();

@@ -1,4 +1,4 @@
-//! The shard file format (version 3; versions 1 and 2 still load), byte for byte as `docs/PERSISTENCE.md`
+//! The shard file format (version 4; versions 1 to 3 still load), byte for byte as `docs/PERSISTENCE.md`
 //! describes it: encoding records, and decoding and verifying a whole file.
 //!
 //! Decoding trusts nothing it reads: every length is checked against the bytes
@@ -20,9 +20,10 @@ pub const FILE_MAGIC: [u8; 8] = *b"NDBSNAP\0";
 pub const FOOTER_MAGIC: [u8; 8] = *b"NDBFOOT\0";
 /// The shard file format this code writes. It reads this one and every
 /// older one (`OLDEST_READABLE_VERSION`..=`FORMAT_VERSION`).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Version 1 had no owners or lifetimes (flag bits 6 and 7 unused);
-/// version 2 no session versions (their sessions load at version 1).
+/// version 2 no session versions (their sessions load at version 1);
+/// version 3 no idle deadlines (recovery gives their sessions now + duration).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Magic, format version, shard index.
 pub const HEADER_LEN: usize = 8 + 4 + 4;
@@ -63,6 +64,10 @@ pub struct SessionRecord {
     pub created_unix_ms: u64,
     /// The session's version (1 for every session of a version 1 or 2 file).
     pub version: u64,
+    /// The idle deadline when it was saved, in wall-clock ms since the Unix
+    /// epoch; 0 when it has none or the file predates version 4. Recovery
+    /// keeps it; `SH_LOAD` gives now + duration instead.
+    pub idle_deadline_unix_ms: u64,
     /// Key names and their values as compact JSON text (valid UTF-8 on load).
     pub keys: Vec<(Box<str>, Box<[u8]>)>,
 }
@@ -77,6 +82,7 @@ impl SessionRecord {
             expiry: self.expiry,
             owner: self.owner.as_deref(),
             created_unix_ms: self.created_unix_ms,
+            idle_deadline_unix_ms: self.idle_deadline_unix_ms,
             version: self.version,
         };
         encode_record(out, &head, self.keys.iter().map(|(k, v)| (&**k, &**v)));
@@ -93,6 +99,8 @@ pub struct RecordHead<'a> {
     pub owner: Option<&'a str>,
     pub created_unix_ms: u64,
     pub version: u64,
+    /// 0: none (see [`SessionRecord::idle_deadline_unix_ms`]).
+    pub idle_deadline_unix_ms: u64,
 }
 
 /// Appends one record's encoding to `out`. Parts are borrowed so a shard can
@@ -110,6 +118,7 @@ pub fn encode_record<'a>(
         owner,
         created_unix_ms,
         version,
+        idle_deadline_unix_ms,
     } = *head;
     let lifetime_s = expiry.map_or(0, |e| e.max_lifetime_s);
     let mut flags = 0u8;
@@ -157,6 +166,8 @@ pub fn encode_record<'a>(
     let mut varint = [0u8; 10];
     let n = varint_encode(version, &mut varint);
     out.extend_from_slice(&varint[..n]);
+    let n = varint_encode(idle_deadline_unix_ms, &mut varint);
+    out.extend_from_slice(&varint[..n]);
     // The key count precedes the keys. Store iterators know their length, so
     // the count is written from the size hint; should the iterator yield a
     // different number, the count is rewritten in place (a shift of this
@@ -178,7 +189,7 @@ pub fn encode_record<'a>(
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut varint = [0u8; 10];
     let n = varint_encode(bytes.len() as u64, &mut varint);
     out.extend_from_slice(&varint[..n]);
@@ -186,7 +197,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Unsigned LEB128: 7 bits per byte, low group first, high bit = more follow.
-fn varint_encode(mut v: u64, buf: &mut [u8; 10]) -> usize {
+pub(crate) fn varint_encode(mut v: u64, buf: &mut [u8; 10]) -> usize {
     let mut i = 0;
     loop {
         let low = (v & 0x7f) as u8;
@@ -342,19 +353,19 @@ pub fn read_shard_file(path: &Path, expected_len: u64) -> Result<DecodedFile, Pe
 }
 
 /// A position in bytes being decoded. Errors are (offset, reason).
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+pub(crate) struct Cursor<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) pos: usize,
 }
 
-type DecodeResult<T> = Result<T, (usize, String)>;
+pub(crate) type DecodeResult<T> = Result<T, (usize, String)>;
 
 impl<'a> Cursor<'a> {
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
-    fn take(&mut self, n: usize, what: &str) -> DecodeResult<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize, what: &str) -> DecodeResult<&'a [u8]> {
         if n > self.remaining() {
             return Err((
                 self.pos,
@@ -369,19 +380,19 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn u8(&mut self, what: &str) -> DecodeResult<u8> {
+    pub(crate) fn u8(&mut self, what: &str) -> DecodeResult<u8> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn u32(&mut self, what: &str) -> DecodeResult<u32> {
+    pub(crate) fn u32(&mut self, what: &str) -> DecodeResult<u32> {
         Ok(le_u32(self.take(4, what)?))
     }
 
-    fn u64(&mut self, what: &str) -> DecodeResult<u64> {
+    pub(crate) fn u64(&mut self, what: &str) -> DecodeResult<u64> {
         Ok(le_u64(self.take(8, what)?))
     }
 
-    fn varint(&mut self, what: &str) -> DecodeResult<u64> {
+    pub(crate) fn varint(&mut self, what: &str) -> DecodeResult<u64> {
         let start = self.pos;
         let mut v = 0u64;
         for i in 0..10 {
@@ -402,7 +413,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A varint length followed by that many bytes.
-    fn bytes(&mut self, what: &str) -> DecodeResult<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, what: &str) -> DecodeResult<&'a [u8]> {
         let at = self.pos;
         let len = self.varint(what)?;
         match usize::try_from(len) {
@@ -417,14 +428,14 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn utf8(&mut self, what: &str) -> DecodeResult<&'a str> {
+    pub(crate) fn utf8(&mut self, what: &str) -> DecodeResult<&'a str> {
         let at = self.pos;
         let b = self.bytes(what)?;
         std::str::from_utf8(b).map_err(|e| (at, format!("{what} is not valid UTF-8: {e}")))
     }
 }
 
-fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionRecord> {
+pub(crate) fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionRecord> {
     let at = cur.pos;
     let tkn = cur.u64("token")?;
     if tkn == 0 {
@@ -509,6 +520,11 @@ fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionReco
     } else {
         1
     };
+    let idle_deadline_unix_ms = if version >= 4 {
+        cur.varint("idle deadline")?
+    } else {
+        0
+    };
     let count_at = cur.pos;
     let count = cur.varint("key count")?;
     // Every key takes at least 2 bytes (two empty lengths).
@@ -535,17 +551,18 @@ fn decode_record(cur: &mut Cursor<'_>, version: u32) -> DecodeResult<SessionReco
         owner,
         created_unix_ms,
         version: version_number,
+        idle_deadline_unix_ms,
         keys,
     })
 }
 
-fn le_u32(b: &[u8]) -> u32 {
+pub(crate) fn le_u32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[..4]);
     u32::from_le_bytes(a)
 }
 
-fn le_u64(b: &[u8]) -> u64 {
+pub(crate) fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
@@ -560,9 +577,9 @@ pub(crate) mod tests {
         file_bytes_as(FORMAT_VERSION, shard, records)
     }
 
-    /// A file in format `version`: before 3, records carry no session
-    /// version (theirs must be 1), so its varint, the byte before the key
-    /// section, is left out.
+    /// A file in format `version`: before 4, records carry no idle
+    /// deadline (theirs must be 0); before 3, no session version either
+    /// (theirs must be 1). Those varints sit just before the key section.
     fn file_bytes_as(version: u32, shard: usize, records: &[SessionRecord]) -> Vec<u8> {
         let mut out = header(shard).to_vec();
         out[8..12].copy_from_slice(&version.to_le_bytes());
@@ -570,18 +587,25 @@ pub(crate) mod tests {
         for r in records {
             let mut record = Vec::new();
             r.encode(&mut record);
+            let mut section = Vec::new();
+            let mut varint = [0u8; 10];
+            let n = varint_encode(r.keys.len() as u64, &mut varint);
+            section.extend_from_slice(&varint[..n]);
+            for (k, v) in &r.keys {
+                put_bytes(&mut section, k.as_bytes());
+                put_bytes(&mut section, v);
+            }
+            let before_keys = record.len() - section.len() - 1;
+            if version < 4 {
+                assert_eq!(
+                    r.idle_deadline_unix_ms, 0,
+                    "older formats have no deadlines"
+                );
+                assert_eq!(record.remove(before_keys), 0);
+            }
             if version < 3 {
                 assert_eq!(r.version, 1, "older formats have no versions");
-                let mut section = Vec::new();
-                let mut varint = [0u8; 10];
-                let n = varint_encode(r.keys.len() as u64, &mut varint);
-                section.extend_from_slice(&varint[..n]);
-                for (k, v) in &r.keys {
-                    put_bytes(&mut section, k.as_bytes());
-                    put_bytes(&mut section, v);
-                }
-                let version_at = record.len() - section.len() - 1;
-                assert_eq!(record.remove(version_at), 1);
+                assert_eq!(record.remove(before_keys - 1), 1);
             }
             out.extend_from_slice(&record);
             keys += r.keys.len() as u64;
@@ -610,6 +634,7 @@ pub(crate) mod tests {
             expiry: r.expiry,
             owner: r.owner.as_deref(),
             created_unix_ms: r.created_unix_ms,
+            idle_deadline_unix_ms: r.idle_deadline_unix_ms,
             version: 1,
         }
     }
@@ -643,6 +668,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
             keys: values
                 .iter()
@@ -662,6 +688,7 @@ pub(crate) mod tests {
                 expiry: Some(expiry(1 + u32::from(bits) * 1000, bits)),
                 owner: None,
                 created_unix_ms: 0,
+                idle_deadline_unix_ms: 0,
                 version: 1,
                 keys: vec![kv("", b"\"empty key name\""), kv("ключ", b"1")],
             });
@@ -673,6 +700,7 @@ pub(crate) mod tests {
             expiry: Some(expiry(u32::MAX, 7)),
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
             keys: Vec::new(),
         });
@@ -683,6 +711,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
             keys: (0..1000)
                 .map(|i| kv(&format!("key{i}"), format!("{i}").as_bytes()))
@@ -698,6 +727,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
             keys: vec![kv("big", &big)],
         });
@@ -814,6 +844,7 @@ pub(crate) mod tests {
             expiry,
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
         }
     }
@@ -827,8 +858,8 @@ pub(crate) mod tests {
             &plain(5, None, false, None),
             [("a", b"1".as_slice())].into_iter(),
         );
-        assert_eq!(out, [5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, b'a', 1, b'1']);
-        assert_eq!(header(7), *b"NDBSNAP\0\x03\0\0\0\x07\0\0\0");
+        assert_eq!(out, [5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, b'a', 1, b'1']);
+        assert_eq!(header(7), *b"NDBSNAP\0\x04\0\0\0\x07\0\0\0");
         let mut out = Vec::new();
         let e = ExpirySettings::idle(300, true, false, true);
         encode_record(
@@ -839,7 +870,7 @@ pub(crate) mod tests {
         let flags = 0b10_1111;
         assert_eq!(
             out,
-            [1, 0, 0, 0, 0, 0, 0, 0, flags, 1, b'n', 44, 1, 0, 0, 1, 0]
+            [1, 0, 0, 0, 0, 0, 0, 0, flags, 1, b'n', 44, 1, 0, 0, 1, 0, 0]
         );
         // Version 2: an owner, a lifetime (no idle duration), the creation time.
         let mut out = Vec::new();
@@ -850,6 +881,7 @@ pub(crate) mod tests {
         let head = RecordHead {
             owner: Some("ann"),
             created_unix_ms: 1,
+            idle_deadline_unix_ms: 0,
             version: 300,
             ..plain(2, None, false, Some(e))
         };
@@ -859,7 +891,7 @@ pub(crate) mod tests {
             out,
             [
                 2, 0, 0, 0, 0, 0, 0, 0, flags, 0, 0, 0, 0, 0x10, 0x0e, 0, 0, 3, b'a', b'n', b'n',
-                1, 0, 0, 0, 0, 0, 0, 0, 0xac, 0x02, 0
+                1, 0, 0, 0, 0, 0, 0, 0, 0xac, 0x02, 0, 0
             ]
         );
     }
@@ -912,9 +944,9 @@ pub(crate) mod tests {
         assert!(err.contains("bad magic"), "{err}");
 
         let mut b = small_file();
-        b[8..12].copy_from_slice(&4u32.to_le_bytes());
+        b[8..12].copy_from_slice(&5u32.to_le_bytes());
         let err = decode_file(Path::new("mem"), &b).unwrap_err().to_string();
-        assert!(err.contains("format version 4"), "{err}");
+        assert!(err.contains("format version 5"), "{err}");
     }
 
     #[test]
@@ -929,6 +961,7 @@ pub(crate) mod tests {
         let owned = SessionRecord {
             owner: Some("ann".into()),
             created_unix_ms: 7,
+            idle_deadline_unix_ms: 0,
             ..records[0].clone()
         };
         let v2 = file_bytes_as(2, 0, std::slice::from_ref(&owned));
@@ -998,7 +1031,7 @@ pub(crate) mod tests {
     fn huge_claimed_lengths_are_rejected_before_allocating() {
         let mut body = Vec::new();
         body.extend_from_slice(&5u64.to_le_bytes());
-        body.push(0);
+        body.extend_from_slice(&[0, 1, 0]); // flags, version 1, no deadline
         body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
         let mut out = header(0).to_vec();
         out.extend_from_slice(&body);
@@ -1018,6 +1051,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
             keys: vec![kv("k", b"\"\xff\"")],
         };
@@ -1037,6 +1071,7 @@ pub(crate) mod tests {
             expiry: None,
             owner: None,
             created_unix_ms: 0,
+            idle_deadline_unix_ms: 0,
             version: 1,
             keys: Vec::new(),
         };

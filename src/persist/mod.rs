@@ -28,6 +28,7 @@
 mod dataset;
 mod error;
 mod format;
+pub mod log;
 mod stamp;
 mod writer;
 

@@ -494,10 +494,10 @@ impl SessionStore {
                         session.tkn
                     })
                     .collect();
-                Snapshot::new(order, true, now)
+                Snapshot::new(order, true, now, self.wall_epoch_ms)
             }
             Some(tkns) => {
-                let mut snapshot = Snapshot::new(Vec::new(), false, now);
+                let mut snapshot = Snapshot::new(Vec::new(), false, now, self.wall_epoch_ms);
                 for &tkn in tkns {
                     if let Some(session) = self.sessions.get_mut(tkn) {
                         session.flags &= !SAVED;

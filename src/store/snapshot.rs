@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub(super) copy_on_write: bool,
     /// When the snapshot began: what had expired by then is not saved.
     started: Millis,
+    /// Wall-clock ms at shard-clock 0: deadlines are saved in wall time.
+    wall_epoch_ms: u64,
     /// Encoded records not yet handed out.
     out: Vec<u8>,
     records: u64,
@@ -40,12 +42,18 @@ pub struct Chunk {
 }
 
 impl Snapshot {
-    pub(super) fn new(order: Vec<Token>, copy_on_write: bool, started: Millis) -> Self {
+    pub(super) fn new(
+        order: Vec<Token>,
+        copy_on_write: bool,
+        started: Millis,
+        wall_epoch_ms: u64,
+    ) -> Self {
         Snapshot {
             order,
             next: 0,
             copy_on_write,
             started,
+            wall_epoch_ms,
             out: Vec::new(),
             records: 0,
             keys: 0,
@@ -82,6 +90,11 @@ impl Snapshot {
             expiry: settings,
             owner: extras.and_then(|x| x.owner.as_deref()),
             created_unix_ms: extras.map_or(0, |x| x.created_unix_ms),
+            // An idle deadline of its own (not only a lifetime), still ahead.
+            idle_deadline_unix_ms: match expiry {
+                Some(e) if !expired && e.settings.duration_s > 0 => self.wall_epoch_ms + e.deadline,
+                _ => 0,
+            },
             version,
         };
         encode_record(&mut self.out, &head, session.keys.iter().take(keys));

@@ -33,6 +33,7 @@ fn restored(s: &mut SessionStore, tkn: Token, version: u64, owner: Option<&str>)
         expiry: None,
         owner: owner.map(Into::into),
         created_unix_ms: 0,
+        idle_deadline_unix_ms: 0,
         version,
         keys: vec![("n".into(), b"1".to_vec().into())],
     };
