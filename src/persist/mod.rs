@@ -33,8 +33,9 @@ mod stamp;
 mod writer;
 
 pub use dataset::{
-    LoadableVersion, MAX_DATASET_NAME_LEN, METADATA_FILE, METADATA_TEMP_FILE, VersionDir,
-    begin_version, begin_version_at, newest_complete, validate_dataset_name,
+    LoadableVersion, LogPositions, MAX_DATASET_NAME_LEN, METADATA_FILE, METADATA_TEMP_FILE,
+    VersionDir, begin_version, begin_version_at, newest_complete, newest_recoverable,
+    validate_dataset_name,
 };
 pub use error::PersistError;
 pub use format::{
