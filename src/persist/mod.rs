@@ -30,7 +30,7 @@
 
 mod dataset;
 mod error;
-mod format;
+pub(crate) mod format;
 pub mod in_progress;
 pub mod log;
 pub mod recovery;

@@ -11,6 +11,8 @@
 mod extras;
 mod keymap;
 #[cfg(test)]
+mod log_test;
+#[cfg(test)]
 mod model_test;
 #[cfg(test)]
 mod owners_test;
