@@ -305,8 +305,13 @@ impl Server {
             };
             let records = std::mem::take(&mut restore[id]);
             let mut shard = Shard::new(ctx, poll, listener, inbox)?;
+            // Recovered sessions are in the checkpoint already; a dataset
+            // loaded with --load-name is logged, as SH_LOAD is.
+            if !keep_deadlines && let Some(settings) = &log {
+                shard.start_log(settings.clone())?;
+            }
             let restored = shard.restore(records, keep_deadlines);
-            if let Some(settings) = &log {
+            if keep_deadlines && let Some(settings) = &log {
                 shard.start_log(settings.clone())?;
             }
             if config.persist.is_some() {
