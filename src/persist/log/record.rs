@@ -25,6 +25,8 @@ pub const MAX_RECORD_LEN: usize = 1 << 30;
 pub const SLOTS: u64 = 16384;
 /// The slot of a record that is about no single session (`EndAll`).
 pub const NO_SLOT: u16 = u16::MAX;
+/// The most a turn's buffer reserves up front.
+const MAX_KEPT_CAPACITY: usize = 1 << 20;
 /// The snapshot record format a `Put` body is written in.
 const PUT_FORMAT: u32 = FORMAT_VERSION;
 
@@ -116,8 +118,10 @@ impl ChangeBuffer {
         if self.buf.is_empty() {
             return None;
         }
-        // The next turn's buffer starts as large as this one was.
-        let capacity = self.buf.capacity();
+        // The next turn's buffer starts as large as this one was, up to a
+        // bound (one huge turn, a load, must not make every turn allocate
+        // that much).
+        let capacity = self.buf.capacity().min(MAX_KEPT_CAPACITY);
         Some(Batch {
             bytes: std::mem::replace(&mut self.buf, Vec::with_capacity(capacity)),
             last_seq: self.last_seq(),
