@@ -431,7 +431,7 @@ fn save_stores(
         files.push(file);
     }
     files.sort_by_key(|f| f.shard);
-    version.commit(&files).map_err(|e| e.to_string())?;
+    version.commit(&files, None).map_err(|e| e.to_string())?;
     Ok(SaveReport {
         version: version.path.clone(),
         sessions: files.iter().map(|f| f.sessions).sum(),

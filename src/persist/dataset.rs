@@ -56,6 +56,17 @@ fn checked_name(name: &str) -> Result<(), PersistError> {
     }
 }
 
+/// Where a full snapshot stands in the change log: the snapshot of shard
+/// `i` includes every change up to and including sequence number
+/// `positions[i]` of that shard's log in `generation` (0: none of it).
+/// Recovery replays each shard's log after its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPositions {
+    pub generation: u64,
+    /// By shard index; as many as the version has shard files.
+    pub positions: Vec<u64>,
+}
+
 /// A version directory being filled by one save.
 #[derive(Debug)]
 pub struct VersionDir {
@@ -161,11 +172,31 @@ impl VersionDir {
     /// `metadata.json` via a temp file + fsync + rename, and fsyncs the version,
     /// dataset and root directories. Blocks on the disk: call it off the event
     /// loop. Any error maps to status 123; the version then stays incomplete.
-    pub fn commit(&self, files: &[ShardFileSummary]) -> Result<(), PersistError> {
+    ///
+    /// `log` is given by full saves only (every session of every shard): it
+    /// makes the version a base recovery can replay the change log onto. A
+    /// save of listed tokens passes `None`.
+    pub fn commit(
+        &self,
+        files: &[ShardFileSummary],
+        log: Option<&LogPositions>,
+    ) -> Result<(), PersistError> {
         if files.is_empty() {
             return Err(PersistError::invalid(
                 &self.path,
                 "commit without shard files",
+            ));
+        }
+        if let Some(log) = log
+            && log.positions.len() != files.len()
+        {
+            return Err(PersistError::invalid(
+                &self.path,
+                format!(
+                    "{} log positions for {} shard files",
+                    log.positions.len(),
+                    files.len()
+                ),
             ));
         }
         let mut shards = BTreeSet::new();
@@ -199,7 +230,7 @@ impl VersionDir {
         }
         sync_dir(&self.path)?;
 
-        let text = self.metadata_text(files);
+        let text = self.metadata_text(files, log);
         let temp = self.path.join(METADATA_TEMP_FILE);
         let mut file = OpenOptions::new()
             .write(true)
@@ -232,7 +263,7 @@ impl VersionDir {
             .map_err(|e| PersistError::io(&self.path, "removing the partial version", e))
     }
 
-    fn metadata_text(&self, files: &[ShardFileSummary]) -> String {
+    fn metadata_text(&self, files: &[ShardFileSummary], log: Option<&LogPositions>) -> String {
         let mut files: Vec<&ShardFileSummary> = files.iter().collect();
         files.sort_by_key(|f| f.shard);
         let sessions: u64 = files.iter().map(|f| f.sessions).sum();
@@ -274,6 +305,14 @@ impl VersionDir {
             ));
         }
         s.push_str("  ],\n");
+        if let Some(log) = log {
+            let positions: Vec<String> = log.positions.iter().map(u64::to_string).collect();
+            s.push_str(&format!(
+                "  \"log\": {{\"generation\": {}, \"positions\": [{}]}},\n",
+                log.generation,
+                positions.join(", ")
+            ));
+        }
         s.push_str("  \"complete\": true\n");
         s.push_str("}\n");
         s
@@ -306,6 +345,9 @@ pub struct LoadableVersion {
     /// Newer versions passed over as incomplete, each as `"<version>: <why>"`,
     /// newest first: worth a log line, since a save was cut short there.
     pub skipped: Vec<String>,
+    /// Where this snapshot stands in the change log; `None` for a save of
+    /// listed tokens and for versions written before format 4.
+    pub log: Option<LogPositions>,
 }
 
 /// The newest complete version of dataset `name` under `root`.
@@ -318,6 +360,26 @@ pub struct LoadableVersion {
 /// unusable (unknown format version, wrong shape) is an error rather than a
 /// reason to fall back silently to an older one. Errors map to status 142.
 pub fn newest_complete(root: &Path, name: &str) -> Result<Option<LoadableVersion>, PersistError> {
+    newest_where(root, name, |_| true)
+}
+
+/// The newest complete version of dataset `name` that records its log
+/// positions (a full snapshot recovery can start from); complete versions
+/// without them are passed over (and listed in `skipped`), like incomplete
+/// ones. Errors as [`newest_complete`].
+pub fn newest_recoverable(
+    root: &Path,
+    name: &str,
+) -> Result<Option<LoadableVersion>, PersistError> {
+    newest_where(root, name, |v| v.log.is_some())
+}
+
+/// The newest complete version for which `wanted` holds.
+fn newest_where(
+    root: &Path,
+    name: &str,
+    wanted: impl Fn(&LoadableVersion) -> bool,
+) -> Result<Option<LoadableVersion>, PersistError> {
     checked_name(name)?;
     let dataset_dir = root.join(name);
     let mut versions = match versions(&dataset_dir) {
@@ -335,6 +397,10 @@ pub fn newest_complete(root: &Path, name: &str) -> Result<Option<LoadableVersion
             Metadata::Incomplete(why) => skipped.push(format!("{version}: {why}")),
             Metadata::Complete(mut value, meta_path) => {
                 let mut v = parse_metadata(&meta_path, &mut value)?;
+                if !wanted(&v) {
+                    skipped.push(format!("{version}: complete, but no log positions"));
+                    continue;
+                }
                 v.path = path;
                 v.name = name.to_owned();
                 v.version = version;
@@ -344,6 +410,36 @@ pub fn newest_complete(root: &Path, name: &str) -> Result<Option<LoadableVersion
         }
     }
     Ok(None)
+}
+
+/// Every version directory of dataset `name`, oldest first, each with its
+/// name and whether it is complete (`Some(has log positions)`) or not
+/// (`None`). A missing dataset has none.
+pub(crate) fn list_versions(
+    root: &Path,
+    name: &str,
+) -> Result<Vec<(String, PathBuf, Option<bool>)>, PersistError> {
+    checked_name(name)?;
+    let dataset_dir = root.join(name);
+    let mut versions = match versions(&dataset_dir) {
+        Ok(v) => v,
+        Err(PersistError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    versions.sort_by_key(|v| v.0);
+    let mut out = Vec::with_capacity(versions.len());
+    for (key, path) in versions {
+        let state = match read_metadata(&path)? {
+            Metadata::Incomplete(_) => None,
+            Metadata::Complete(mut value, meta_path) => {
+                Some(parse_metadata(&meta_path, &mut value)?.log.is_some())
+            }
+        };
+        out.push((key.name(), path, state));
+    }
+    Ok(out)
 }
 
 enum Metadata {
@@ -471,7 +567,38 @@ fn parse_metadata(
             )));
         }
     }
+    let log = match value.get("log") {
+        None => None,
+        Some(log) => {
+            let generation = u64_of(log, "generation")?;
+            let positions = log
+                .get("positions")
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| bad("\"log\" has no \"positions\" array".into()))?
+                .iter()
+                .map(|p| {
+                    p.as_u64()
+                        .ok_or_else(|| bad("a log position is not a non-negative integer".into()))
+                })
+                .collect::<Result<Vec<u64>, _>>()?;
+            let shard_files = u64_of(value, "shardFiles")?;
+            if positions.len() as u64 != shard_files || positions.len() != files.len() {
+                return Err(bad(format!(
+                    "{} log positions for {shard_files} shard files",
+                    positions.len()
+                )));
+            }
+            if generation == 0 {
+                return Err(bad("log generation 0".into()));
+            }
+            Some(LogPositions {
+                generation,
+                positions,
+            })
+        }
+    };
     Ok(LoadableVersion {
+        log,
         path: PathBuf::new(),
         name: String::new(),
         version: String::new(),
@@ -607,6 +734,35 @@ mod tests {
     /// Writes one file per entry of `shards` (in chunks of 3 records) into a
     /// new version; commits it if `commit`.
     fn save(root: &Path, name: &str, shards: &[Vec<SessionRecord>], commit: bool) -> VersionDir {
+        let dir = write_files(root, name, shards);
+        if commit {
+            let summaries = summaries(&dir, shards.len());
+            dir.commit(&summaries, None).unwrap();
+        }
+        dir
+    }
+
+    /// The summaries of the files [`write_files`] wrote.
+    fn summaries(dir: &VersionDir, shards: usize) -> Vec<ShardFileSummary> {
+        (0..shards)
+            .map(|i| {
+                let path = dir.path.join(shard_file_name(i));
+                let bytes = fs::metadata(&path).unwrap().len();
+                let d = read_shard_file(&path, bytes).unwrap();
+                ShardFileSummary {
+                    file_name: shard_file_name(i),
+                    shard: i,
+                    sessions: d.records.len() as u64,
+                    keys: d.keys,
+                    bytes,
+                    crc32: d.crc32,
+                }
+            })
+            .collect()
+    }
+
+    /// A new, uncommitted version with one file per entry of `shards`.
+    fn write_files(root: &Path, name: &str, shards: &[Vec<SessionRecord>]) -> VersionDir {
         let dir = begin_version(root, name).unwrap();
         let mut summaries = Vec::new();
         for (i, records) in shards.iter().enumerate() {
@@ -630,9 +786,6 @@ mod tests {
             }
             w.finish();
             summaries.push(rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap());
-        }
-        if commit {
-            dir.commit(&summaries).unwrap();
         }
         dir
     }
@@ -714,6 +867,61 @@ mod tests {
         assert!(text.contains("\"complete\": true"), "{text}");
         assert!(text.contains("\"file\": \"shard-2.ndb\""), "{text}");
         assert!(!dir.path.join(METADATA_TEMP_FILE).exists());
+    }
+
+    #[test]
+    fn log_positions_round_trip_and_pick_the_recoverable_version() {
+        let root = TempDir::new("log-positions");
+        let r = root.path();
+        assert_eq!(newest_recoverable(r, "ds").unwrap(), None);
+        let log = LogPositions {
+            generation: 3,
+            positions: vec![17, 0],
+        };
+        let full = write_files(r, "ds", &small_shards(1));
+        let files = summaries(&full, 2);
+        let short = LogPositions {
+            generation: 3,
+            positions: vec![1],
+        };
+        assert!(full.commit(&files, Some(&short)).is_err(), "one per shard");
+        full.commit(&files, Some(&log)).unwrap();
+        let text = fs::read_to_string(full.path.join(METADATA_FILE)).unwrap();
+        assert!(
+            text.contains("\"log\": {\"generation\": 3, \"positions\": [17, 0]}"),
+            "{text}"
+        );
+        // A newer save of listed tokens has no positions: the newest
+        // complete, but not recoverable.
+        let listed = save(r, "ds", &small_shards(2), true);
+        save(r, "ds", &small_shards(3), false);
+        let newest = newest_complete(r, "ds").unwrap().unwrap();
+        assert_eq!(
+            (newest.version.as_str(), newest.log.as_ref()),
+            (listed.version.as_str(), None)
+        );
+        let v = newest_recoverable(r, "ds").unwrap().unwrap();
+        assert_eq!(v.version, full.version);
+        assert_eq!(v.log, Some(log));
+        assert_eq!(v.skipped.len(), 2, "{:?}", v.skipped);
+        assert!(v.skipped[1].contains("no log positions"), "{:?}", v.skipped);
+        assert_eq!(v.read_all().unwrap()[0].tkn, 1);
+
+        // Positions that disagree with the shard count are refused.
+        let meta = full.path.join(METADATA_FILE);
+        fs::write(&meta, text.replace("[17, 0]", "[17]")).unwrap();
+        let err = newest_recoverable(r, "ds").unwrap_err().to_string();
+        assert!(err.contains("1 log positions for 2 shard files"), "{err}");
+        // Metadata of format 3 (no log member) still loads.
+        let old = text
+            .replace("\"formatVersion\": 4", "\"formatVersion\": 3")
+            .replace(
+                "  \"log\": {\"generation\": 3, \"positions\": [17, 0]},\n",
+                "",
+            );
+        fs::write(&meta, old).unwrap();
+        assert_eq!(newest_recoverable(r, "ds").unwrap(), None);
+        assert!(newest_complete(r, "ds").unwrap().is_some());
     }
 
     #[test]
@@ -921,7 +1129,7 @@ mod tests {
             }
             let mut files = truth.clone();
             lie(&mut files[0]);
-            copy.commit(&files).unwrap();
+            copy.commit(&files, None).unwrap();
             let err = load(root.path(), "ds").unwrap_err().to_string();
             assert!(err.contains("in the metadata"), "lie {i}: {err}");
         }
@@ -930,7 +1138,7 @@ mod tests {
         for f in &truth {
             fs::copy(dir.path.join(&f.file_name), copy.path.join(&f.file_name)).unwrap();
         }
-        copy.commit(&truth).unwrap();
+        copy.commit(&truth, None).unwrap();
         assert_eq!(load(root.path(), "ds").unwrap(), shards.concat());
 
         // Totals in the metadata that disagree with its own file list.
@@ -986,21 +1194,24 @@ mod tests {
                 crc32: 0,
             }
         };
-        assert!(dir.commit(&[]).is_err());
-        assert!(dir.commit(&[good(0), good(0)]).is_err());
+        assert!(dir.commit(&[], None).is_err());
+        assert!(dir.commit(&[good(0), good(0)], None).is_err());
         let mut renamed = good(0);
         renamed.file_name = "../shard-0.ndb".into();
-        assert!(dir.commit(&[renamed]).is_err());
+        assert!(dir.commit(&[renamed], None).is_err());
         let mut wrong_size = good(0);
         wrong_size.bytes += 1;
-        assert!(dir.commit(&[wrong_size]).is_err());
+        assert!(dir.commit(&[wrong_size], None).is_err());
         let mut absent = good(1);
         absent.shard = 5;
         absent.file_name = shard_file_name(5);
-        assert!(dir.commit(&[absent]).is_err());
+        assert!(dir.commit(&[absent], None).is_err());
         assert_eq!(newest_complete(root.path(), "ds").unwrap(), None);
-        dir.commit(&[good(0), good(1)]).unwrap();
-        assert!(dir.commit(&[good(0), good(1)]).is_err(), "committed twice");
+        dir.commit(&[good(0), good(1)], None).unwrap();
+        assert!(
+            dir.commit(&[good(0), good(1)], None).is_err(),
+            "committed twice"
+        );
         assert!(dir.discard().is_err(), "a committed version is kept");
         assert!(newest_complete(root.path(), "ds").unwrap().is_some());
     }

@@ -29,6 +29,16 @@ pub enum PersistError {
         offset: Option<u64>,
         reason: String,
     },
+    /// The change log cannot be replayed as it is: a corrupt record before
+    /// its tail, a gap in sequence numbers, a missing segment, a generation
+    /// no snapshot builds on. `offset` is the byte in `path` where it was
+    /// found, when there is one; the reason says what an operator can do
+    /// (e.g. start with `--log-repair`). Fatal at start-up.
+    Log {
+        path: PathBuf,
+        offset: Option<u64>,
+        reason: String,
+    },
     /// A complete version's `metadata.json` is unusable (wrong shape, unknown
     /// format version, impossible values).
     Metadata { path: PathBuf, reason: String },
@@ -62,6 +72,18 @@ impl PersistError {
         reason: impl Into<String>,
     ) -> Self {
         PersistError::Corrupt {
+            path: path.into(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn log(
+        path: impl Into<PathBuf>,
+        offset: Option<u64>,
+        reason: impl Into<String>,
+    ) -> Self {
+        PersistError::Log {
             path: path.into(),
             offset,
             reason: reason.into(),
@@ -107,6 +129,20 @@ impl fmt::Display for PersistError {
                 offset: None,
                 reason,
             } => write!(f, "corrupt snapshot file {}: {reason}", path.display()),
+            PersistError::Log {
+                path,
+                offset: Some(offset),
+                reason,
+            } => write!(
+                f,
+                "change log {} at byte {offset}: {reason}",
+                path.display()
+            ),
+            PersistError::Log {
+                path,
+                offset: None,
+                reason,
+            } => write!(f, "change log {}: {reason}", path.display()),
             PersistError::Metadata { path, reason } => {
                 write!(f, "unusable snapshot metadata {}: {reason}", path.display())
             }

@@ -22,6 +22,9 @@
 //! - `format`: the shard file bytes: records, header, footer, verification.
 //! - `writer`: [`ShardFileWriter`], one background thread per shard file.
 //! - `dataset`: dataset names, version directories, metadata, loading.
+//! - `log`: the change log (records, segments, the writer thread, reading).
+//! - `recovery`: snapshot + log replay at start-up, the start-up checkpoint,
+//!   log compaction and version retention.
 //! - `stamp`: version directory names (UTC timestamps), from a given time.
 //! - `error`: [`PersistError`].
 
@@ -29,18 +32,23 @@ mod dataset;
 mod error;
 mod format;
 pub mod log;
+mod recovery;
 mod stamp;
 mod writer;
 
 pub use dataset::{
-    LoadableVersion, MAX_DATASET_NAME_LEN, METADATA_FILE, METADATA_TEMP_FILE, VersionDir,
-    begin_version, begin_version_at, newest_complete, validate_dataset_name,
+    LoadableVersion, LogPositions, MAX_DATASET_NAME_LEN, METADATA_FILE, METADATA_TEMP_FILE,
+    VersionDir, begin_version, begin_version_at, newest_complete, newest_recoverable,
+    validate_dataset_name,
 };
 pub use error::PersistError;
 pub use format::{
     DecodedFile, FILE_MAGIC, FOOTER_LEN, FOOTER_MAGIC, FORMAT_VERSION, HEADER_LEN,
     OLDEST_READABLE_VERSION, RecordHead, SessionRecord, decode_file, encode_record,
     read_shard_file,
+};
+pub use recovery::{
+    Recovery, compact, delete_generations_before, recover, retain_versions, write_checkpoint,
 };
 pub use writer::{OnDone, ShardFileSummary, ShardFileWriter, shard_file_name};
 

@@ -90,7 +90,7 @@ pub struct SaveSettlement {
 impl SaveSettlement {
     pub fn run(self) -> Result<(), PersistError> {
         match self.files {
-            Some(files) => self.version.commit(&files),
+            Some(files) => self.version.commit(&files, None),
             None => {
                 // A partial version is never loaded; removing it is tidiness.
                 let _ = self.version.discard();
