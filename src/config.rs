@@ -10,6 +10,8 @@ use clap::Parser;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
+pub use crate::persist::log::FsyncPolicy;
+
 pub const DEFAULT_PORT: u16 = 1987;
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -78,6 +80,28 @@ pub struct Flags {
     /// read or resume from [default: 100000].
     #[arg(long, value_name = "N")]
     pub event_retention: Option<usize>,
+    /// Seconds between periodic snapshots (0 = none) [default: 300 with
+    /// persistence, else 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub snapshot_every: Option<u64>,
+    /// Dataset the periodic snapshots (and recovery) use [default: auto].
+    #[arg(long, value_name = "NAME")]
+    pub snapshot_name: Option<String>,
+    /// Complete snapshot versions kept after each one [default: 3].
+    #[arg(long, value_name = "N")]
+    pub snapshot_keep: Option<usize>,
+    /// Change log: fsync "always" (before answering), "everysec", "no"
+    /// (the kernel decides) or "off" (no log) [default: everysec with
+    /// persistence].
+    #[arg(long, value_name = "always|everysec|no|off")]
+    pub log_fsync: Option<String>,
+    /// A change-log segment is closed at this size [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    /// At start-up, truncate a change log that is damaged before its end
+    /// (losing what follows the damage) instead of refusing to start.
+    #[arg(long)]
+    pub log_repair: bool,
 }
 
 /// Which cores the shards run on.
@@ -120,7 +144,27 @@ pub struct Config {
     pub save_on_shutdown: Option<String>,
     /// Events each shard keeps (1 or more).
     pub event_retention: usize,
+    /// Periodic snapshots and the change log (with persistence only).
+    pub durability: Durability,
 }
+
+/// Periodic snapshots and the change log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durability {
+    /// Seconds between snapshots; 0: none.
+    pub snapshot_every_s: u64,
+    pub snapshot_name: String,
+    pub snapshot_keep: usize,
+    /// None: no change log.
+    pub log: Option<FsyncPolicy>,
+    pub log_segment_bytes: u64,
+    pub log_repair: bool,
+}
+
+/// Seconds between periodic snapshots when persistence is on.
+pub const DEFAULT_SNAPSHOT_EVERY_S: u64 = 300;
+/// A change-log segment's size before the next begins.
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// A dataset to load at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +212,10 @@ struct FileSettings {
     persist_enabled: bool,
     persist_path: Option<PathBuf>,
     event_retention: Option<usize>,
+    snapshot_every: Option<u64>,
+    snapshot_name: Option<String>,
+    snapshot_keep: Option<usize>,
+    log_fsync: Option<String>,
 }
 
 impl Config {
@@ -178,6 +226,16 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let flags_durability = DurabilityFlags {
+            snapshot_every: flags.snapshot_every,
+            snapshot_name: flags.snapshot_name.clone(),
+            snapshot_keep: flags.snapshot_keep,
+            log_fsync: flags.log_fsync.clone(),
+            log_segment_bytes: flags.log_segment_bytes,
+            log_repair: flags.log_repair,
+        };
+        let persist_on = flags.persist_path.is_some() || file.persist_enabled;
+        let durability = resolve_durability(&flags_durability, &file, persist_on)?;
         let ip = flags
             .ip
             .or(file.ip)
@@ -225,7 +283,11 @@ impl Config {
             None => Pinning::None,
             Some(spec) => parse_pinning(&spec, shards, available_cores)?,
         };
-        let persist = match (flags.persist_path, file.persist_enabled, file.persist_path) {
+        let persist = match (
+            flags.persist_path,
+            file.persist_enabled,
+            file.persist_path.clone(),
+        ) {
             (Some(path), _, _) => Some(path),
             (None, true, Some(path)) => Some(path),
             (None, true, None) => {
@@ -286,8 +348,77 @@ impl Config {
             load,
             save_on_shutdown,
             event_retention,
+            durability,
         })
     }
+}
+
+/// The durability flags, taken out before the others are consumed.
+struct DurabilityFlags {
+    snapshot_every: Option<u64>,
+    snapshot_name: Option<String>,
+    snapshot_keep: Option<usize>,
+    log_fsync: Option<String>,
+    log_segment_bytes: Option<u64>,
+    log_repair: bool,
+}
+
+fn resolve_durability(
+    flags: &DurabilityFlags,
+    file: &FileSettings,
+    persist: bool,
+) -> Result<Durability, ConfigError> {
+    let every = flags.snapshot_every.or(file.snapshot_every);
+    let fsync = flags.log_fsync.clone().or_else(|| file.log_fsync.clone());
+    if !persist {
+        let asked = every.is_some_and(|s| s > 0)
+            || fsync.as_deref().is_some_and(|f| f != "off")
+            || flags.log_repair;
+        if asked {
+            return Err(invalid(
+                "periodic snapshots and the change log need persistence (--persist-path)",
+            ));
+        }
+    }
+    let log = match fsync.as_deref() {
+        None if persist => Some(FsyncPolicy::EverySec),
+        None | Some("off") => None,
+        Some("always") => Some(FsyncPolicy::Always),
+        Some("everysec") => Some(FsyncPolicy::EverySec),
+        Some("no") => Some(FsyncPolicy::No),
+        Some(other) => {
+            return Err(invalid(format!(
+                "log fsync must be always, everysec, no or off, not \"{other}\""
+            )));
+        }
+    };
+    let snapshot_name = flags
+        .snapshot_name
+        .clone()
+        .or_else(|| file.snapshot_name.clone())
+        .unwrap_or_else(|| "auto".into());
+    if !crate::persist::validate_dataset_name(&snapshot_name) {
+        return Err(invalid(format!(
+            "--snapshot-name: \"{snapshot_name}\" is not a dataset name"
+        )));
+    }
+    let snapshot_keep = flags.snapshot_keep.or(file.snapshot_keep).unwrap_or(3);
+    if snapshot_keep == 0 {
+        return Err(invalid("snapshot keep must be at least 1"));
+    }
+    let log_segment_bytes = flags.log_segment_bytes.unwrap_or(DEFAULT_LOG_SEGMENT_BYTES);
+    if log_segment_bytes < 4096 {
+        return Err(invalid("log segment bytes must be at least 4096"));
+    }
+    let default_every = if persist { DEFAULT_SNAPSHOT_EVERY_S } else { 0 };
+    Ok(Durability {
+        snapshot_every_s: every.unwrap_or(default_every),
+        snapshot_name,
+        snapshot_keep,
+        log,
+        log_segment_bytes,
+        log_repair: flags.log_repair,
+    })
 }
 
 /// Parses "auto" or a list like "0,2,4-6" into one core per shard.
@@ -418,6 +549,20 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
         if let Some(v) = persist.get("path") {
             let path = v.as_str().ok_or("persist.path must be a string")?;
             settings.persist_path = Some(path.into());
+        }
+        if let Some(v) = persist.get("snapshotEvery") {
+            settings.snapshot_every = Some(uint("persist.snapshotEvery", v)?);
+        }
+        if let Some(v) = persist.get("snapshotName") {
+            let name = v.as_str().ok_or("persist.snapshotName must be a string")?;
+            settings.snapshot_name = Some(name.into());
+        }
+        if let Some(v) = persist.get("snapshotKeep") {
+            settings.snapshot_keep = Some(uint("persist.snapshotKeep", v)? as usize);
+        }
+        if let Some(v) = persist.get("logFsync") {
+            let policy = v.as_str().ok_or("persist.logFsync must be a string")?;
+            settings.log_fsync = Some(policy.into());
         }
     }
     Ok(settings)

@@ -20,7 +20,10 @@
 //!   memory accounting.
 //! - [`expiry`]: the per-shard hashed timing wheel (no clock reads inside).
 //! - [`events`]: session events: the per-shard ring, filters, encoding, cursors.
-//! - [`persist`]: snapshot files and dataset versions (format, writer, loader).
+//! - [`persist`]: snapshot files and dataset versions (format, writer, loader), the
+//!   change log (records, segments, writer threads) and recovery.
+//! - [`startup`]: start-up recovery from the snapshot and the change log, and its
+//!   checkpoint.
 //! - [`shared_names`]: the server-wide map of shared session names.
 //!
 //! A request's path: `shard` reads a WebSocket message off a connection ->
@@ -41,4 +44,5 @@ pub mod router;
 pub mod server;
 pub mod shard;
 pub mod shared_names;
+pub mod startup;
 pub mod store;

@@ -62,8 +62,38 @@ fn main() -> ExitCode {
             load.took.as_millis()
         );
     }
+    if let Some(r) = server.recovery() {
+        for warning in &r.warnings {
+            eprintln!("nemesisdb: recovery: warning: {warning}");
+        }
+        println!(
+            "recovered {} sessions from {} and {} log records in {} ms{}",
+            r.sessions,
+            r.base
+                .as_deref()
+                .map_or("no snapshot".into(), |b| format!("snapshot {b}")),
+            r.replayed,
+            r.took.as_millis(),
+            r.checkpoint
+                .as_deref()
+                .map_or(String::new(), |c| format!("; checkpoint {c}")),
+        );
+    }
     if let Some(path) = &config.persist {
-        println!("snapshots: {}", path.display());
+        let d = &config.durability;
+        println!(
+            "persistence: {} (change log: {}, snapshots: {})",
+            path.display(),
+            d.log.map_or("off", |p| p.name()),
+            if d.snapshot_every_s > 0 {
+                format!(
+                    "every {} s as dataset {}, keeping {}",
+                    d.snapshot_every_s, d.snapshot_name, d.snapshot_keep
+                )
+            } else {
+                "on request".into()
+            },
+        );
     }
     let stopper = server.stopper();
     std::thread::spawn(move || {

@@ -16,8 +16,10 @@ use crate::mesh::{self, Address, ShardId};
 use crate::net::connection::Limits;
 use crate::net::listener::bind_shared;
 use crate::persist::{self, SessionRecord, ShardFileWriter};
+use crate::router::{LogSettings, SnapshotSchedule};
 use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
+use crate::startup::{self, RecoveryReport};
 use crate::store::SessionStore;
 
 /// File descriptors kept for everything but client connections: listeners,
@@ -59,6 +61,8 @@ pub struct Server {
     threads: Vec<JoinHandle<Option<SessionStore>>>,
     exits: Receiver<ShardExit>,
     loaded: Option<LoadReport>,
+    /// What start-up recovery found, if anything.
+    recovery: Option<RecoveryReport>,
     /// The shard clocks' epoch.
     started: Instant,
     /// Where and as what to save when stopping.
@@ -131,6 +135,7 @@ pub enum StartError {
     Listen(SocketAddr, io::Error),
     PersistPath(PathBuf, io::Error),
     Load(String),
+    Recovery(String),
     Io(io::Error),
 }
 
@@ -142,6 +147,7 @@ impl fmt::Display for StartError {
                 write!(f, "cannot use {} for snapshots: {e}", path.display())
             }
             StartError::Load(reason) => write!(f, "cannot load the start-up dataset: {reason}"),
+            StartError::Recovery(reason) => write!(f, "recovery failed: {reason}"),
             StartError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -216,13 +222,37 @@ impl Server {
         if let Some(path) = &config.persist {
             prepare_persist_path(path)?;
         }
+        let recovered = match &config.persist {
+            Some(root) => Some(startup::recover(config, root).map_err(StartError::Recovery)?),
+            None => None,
+        };
+        let mut recovery = recovered.as_ref().and_then(|r| r.report.clone());
+        if let (Some(report), Some(load)) = (&mut recovery, &config.load) {
+            report.warnings.push(format!(
+                "--load-name {} skipped: recovery restored the sessions this server held",
+                load.name
+            ));
+        }
+        let log_generation = recovered.as_ref().map_or(1, |r| r.generation);
         let load_started = Instant::now();
-        let (mut restore, loaded_version) = match &config.load {
-            Some(load) => {
+        let (mut restore, loaded_version) = match (&config.load, recovered) {
+            // What recovery found is newer than any dataset named to load.
+            (_, Some(r)) if r.report.is_some() => (r.per_shard, None),
+            (Some(load), _) => {
                 let (per_shard, version) = read_startup_load(load, config.shards)?;
                 (per_shard, Some(version))
             }
-            None => ((0..config.shards).map(|_| Vec::new()).collect(), None),
+            (None, _) => ((0..config.shards).map(|_| Vec::new()).collect(), None),
+        };
+        let keep_deadlines = recovery.is_some();
+        let log = match (&config.persist, config.durability.log) {
+            (Some(root), Some(policy)) => Some(LogSettings {
+                dir: root.join(crate::persist::log::LOG_DIR),
+                generation: log_generation,
+                policy,
+                segment_bytes: config.durability.log_segment_bytes,
+            }),
+            _ => None,
         };
         let listeners = bind_shared(config.addr, config.shards)
             .map_err(|e| StartError::Listen(config.addr, e))?;
@@ -275,7 +305,18 @@ impl Server {
             };
             let records = std::mem::take(&mut restore[id]);
             let mut shard = Shard::new(ctx, poll, listener, inbox)?;
-            let restored = shard.restore(records);
+            let restored = shard.restore(records, keep_deadlines);
+            if let Some(settings) = &log {
+                shard.start_log(settings.clone())?;
+            }
+            if config.persist.is_some() {
+                let schedule = SnapshotSchedule {
+                    every_ms: config.durability.snapshot_every_s * 1000,
+                    name: config.durability.snapshot_name.clone().into(),
+                    keep: config.durability.snapshot_keep,
+                };
+                shard.schedule_snapshots(schedule, id == 0);
+            }
             loaded_sessions += restored.sessions;
             loaded_keys += restored.keys;
             let core = match &config.pinning {
@@ -324,6 +365,7 @@ impl Server {
             threads,
             exits,
             loaded,
+            recovery,
             started,
             save_on_shutdown: config.persist.clone().zip(config.save_on_shutdown.clone()),
         })
@@ -338,6 +380,11 @@ impl Server {
     }
 
     /// What the start-up load added, if there was one.
+    /// What start-up recovery found and did (None: nothing to recover).
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
     pub fn loaded(&self) -> Option<&LoadReport> {
         self.loaded.as_ref()
     }

@@ -85,7 +85,12 @@ pub enum PartResult {
     /// Indexes (from the request) of the tokens that exist.
     Exists(Vec<u32>),
     /// The shard's file is written (and fsynced), or why not.
-    Saved(Result<ShardFileSummary, PersistError>),
+    /// A shard's file of a save; with `log_seq`, the save was of every
+    /// session and holds that shard's changes up to that log record.
+    Saved {
+        result: Result<ShardFileSummary, PersistError>,
+        log_seq: Option<u64>,
+    },
     /// Sessions and keys actually added.
     Loaded {
         sessions: u64,
@@ -158,6 +163,11 @@ pub enum Envelope {
         from: ShardId,
         sub: u64,
     },
+    /// This shard's change log is on disk up to this record (from its
+    /// log writer thread).
+    LogSynced(u64),
+    /// This shard's change log failed: the server must stop.
+    LogFailed(String),
 }
 
 /// How a helper thread (a snapshot writer, a dataset reader) hands its

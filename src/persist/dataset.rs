@@ -588,9 +588,6 @@ fn parse_metadata(
                     positions.len()
                 )));
             }
-            if generation == 0 {
-                return Err(bad("log generation 0".into()));
-            }
             Some(LogPositions {
                 generation,
                 positions,

@@ -31,8 +31,9 @@
 mod dataset;
 mod error;
 mod format;
+pub mod in_progress;
 pub mod log;
-mod recovery;
+pub mod recovery;
 mod stamp;
 mod writer;
 

@@ -3,7 +3,11 @@
 
 use crate::domain::{NewSession, Token};
 use crate::mesh::{PartResult, Ticket};
-use crate::persist::{PersistError, ShardFileSummary, VersionDir};
+use std::path::{Path, PathBuf};
+
+use crate::persist::{
+    LogPositions, PersistError, ShardFileSummary, VersionDir, in_progress, recovery,
+};
 use crate::protocol::answer::{self, ServerInfo};
 use crate::protocol::{CommandName, Status};
 use crate::store::Millis;
@@ -74,6 +78,9 @@ pub struct SaveProgress {
     /// When the save was asked for, for the `duration` it reports.
     started: Millis,
     files: Vec<ShardFileSummary>,
+    /// Each shard's last change-log record in the snapshot; None once a
+    /// part was not a full save (a list of tokens).
+    log_seqs: Option<Vec<(usize, u64)>>,
     /// The first failure, if any; the version is then discarded.
     error: Option<PersistError>,
     /// Set once `commit` has run: the save is final.
@@ -85,18 +92,88 @@ pub struct SaveSettlement {
     version: VersionDir,
     /// The files to commit; None: a part failed, remove the version.
     files: Option<Vec<ShardFileSummary>>,
+    /// Each shard's last log record in a full save, by shard.
+    log_seqs: Option<Vec<u64>>,
+    /// The change-log generation the positions are in (0: no log).
+    generation: u64,
+    /// What follows a save of the snapshot dataset.
+    upkeep: Option<Upkeep>,
+}
+
+/// After a save of the snapshot dataset commits: old versions go (all but
+/// the newest `keep` complete ones), and the log it covers.
+#[derive(Clone, Debug)]
+pub struct Upkeep {
+    pub keep: usize,
+    /// `<persist>/log`, when the log is on.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl SaveSettlement {
+    /// The log generation its positions are in, and what follows it.
+    pub fn set_context(&mut self, generation: u64, upkeep: Option<Upkeep>) {
+        self.generation = generation;
+        self.upkeep = upkeep;
+    }
+
+    /// The dataset saved.
+    pub fn dataset(&self) -> &str {
+        &self.version.name
+    }
+
+    /// Commits (or discards) the version, then does the upkeep; upkeep
+    /// failures are warnings (the save itself stands).
     pub fn run(self) -> Result<(), PersistError> {
-        match self.files {
-            Some(files) => self.version.commit(&files, None),
-            None => {
-                // A partial version is never loaded; removing it is tidiness.
-                let _ = self.version.discard();
-                Ok(())
+        let Some(files) = &self.files else {
+            in_progress::end(&self.version.path);
+            // A partial version is never loaded; removing it is tidiness.
+            let _ = self.version.discard();
+            return Ok(());
+        };
+        let result = self.commit(files);
+        in_progress::end(&self.version.path);
+        if result.is_ok()
+            && let Some(upkeep) = &self.upkeep
+        {
+            for warning in self.upkeep(upkeep) {
+                eprintln!("nemesisdb: after saving {}: {warning}", self.version.name);
             }
         }
+        result
+    }
+
+    fn commit(&self, files: &[ShardFileSummary]) -> Result<(), PersistError> {
+        let log = self.log_seqs.as_ref().map(|seqs| LogPositions {
+            generation: self.generation,
+            positions: seqs.clone(),
+        });
+        self.version.commit(files, log.as_ref())
+    }
+
+    fn upkeep(&self, upkeep: &Upkeep) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (Some(log_dir), Some(seqs)) = (&upkeep.log_dir, &self.log_seqs) {
+            let covered = LogPositions {
+                generation: self.generation,
+                positions: seqs.clone(),
+            };
+            if let Err(e) = recovery::compact(log_dir, &covered) {
+                warnings.push(format!("compacting the change log: {e}"));
+            }
+        }
+        let Some(root) = self.version.path.parent().and_then(Path::parent) else {
+            return warnings;
+        };
+        let dataset_dir = self.version.path.parent().map(Path::to_path_buf);
+        let saving = |version: &str| {
+            dataset_dir
+                .as_ref()
+                .is_some_and(|d| in_progress::contains(&d.join(version)))
+        };
+        if let Err(e) = recovery::retain_versions(root, &self.version.name, upkeep.keep, &saving) {
+            warnings.push(format!("removing old versions: {e}"));
+        }
+        warnings
     }
 }
 
@@ -135,8 +212,39 @@ impl GatherKind {
             version: Some(version),
             started: now,
             files: Vec::new(),
+            log_seqs: Some(Vec::new()),
             error: None,
             committed: false,
+        })
+    }
+
+    /// A save that failed before any shard took part.
+    pub fn save_failed(name: Box<str>, error: PersistError, now: Millis) -> Self {
+        GatherKind::Save(SaveProgress {
+            name,
+            version: None,
+            started: now,
+            files: Vec::new(),
+            log_seqs: None,
+            error: Some(error),
+            committed: false,
+        })
+    }
+
+    /// How a save went, in a line for the server's log; None for other kinds.
+    pub fn save_report(&self, now: Millis) -> Option<String> {
+        let GatherKind::Save(save) = self else {
+            return None;
+        };
+        let sessions: u64 = save.files.iter().map(|f| f.sessions).sum();
+        let took = now.saturating_sub(save.started);
+        Some(match (&save.error, save.committed) {
+            (None, true) => format!(
+                "dataset {}: {sessions} sessions saved in {took} ms",
+                save.name
+            ),
+            (Some(e), _) => format!("dataset {}: failed: {e}", save.name),
+            (None, false) => format!("dataset {}: failed: not committed", save.name),
         })
     }
 
@@ -151,19 +259,24 @@ impl GatherKind {
 }
 
 pub struct Gather {
-    pub ticket: Ticket,
+    /// Who asked; None for the server's own work (a periodic snapshot).
+    pub ticket: Option<Ticket>,
     kind: GatherKind,
     /// Parts not answered yet.
     remaining: usize,
 }
 
 impl Gather {
-    pub fn new(ticket: Ticket, kind: GatherKind, parts: usize) -> Self {
+    pub fn new(ticket: Option<Ticket>, kind: GatherKind, parts: usize) -> Self {
         Gather {
             ticket,
             kind,
             remaining: parts,
         }
+    }
+
+    pub fn kind(&self) -> &GatherKind {
+        &self.kind
     }
 
     pub fn is_complete(&self) -> bool {
@@ -192,9 +305,16 @@ impl Gather {
         };
         let version = save.version.take()?;
         save.files.sort_by_key(|f| f.shard);
+        let log_seqs = save.log_seqs.as_mut().map(|seqs| {
+            seqs.sort_unstable();
+            seqs.iter().map(|&(_, seq)| seq).collect()
+        });
         Some(SaveSettlement {
             version,
             files: save.error.is_none().then(|| save.files.clone()),
+            log_seqs,
+            generation: 0,
+            upkeep: None,
         })
     }
 
@@ -228,12 +348,18 @@ impl Gather {
                 totals.memory_used += counts.memory_used;
                 totals.session_not_exist += counts.session_not_exist;
             }
-            (GatherKind::Save(save), PartResult::Saved(result)) => match result {
-                Ok(file) => save.files.push(file),
-                Err(e) => {
-                    save.error.get_or_insert(e);
+            (GatherKind::Save(save), PartResult::Saved { result, log_seq }) => {
+                match (log_seq, &mut save.log_seqs, &result) {
+                    (Some(seq), Some(seqs), Ok(file)) => seqs.push((file.shard, seq)),
+                    _ => save.log_seqs = None,
                 }
-            },
+                match result {
+                    Ok(file) => save.files.push(file),
+                    Err(e) => {
+                        save.error.get_or_insert(e);
+                    }
+                }
+            }
             (
                 GatherKind::Subscribe {
                     positions, lost, ..

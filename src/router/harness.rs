@@ -98,6 +98,7 @@ impl LocalDispatcher {
                     wall_epoch_ms: 0,
                     instance: seed,
                     max_payload: 1 << 20,
+                    snapshots: None,
                     event_retention: crate::events::DEFAULT_RETENTION,
                     event_credit: 256 * 1024,
                 };

@@ -15,12 +15,14 @@
 //! - `persistence`: this shard's side of `SH_SAVE` / `SH_LOAD`.
 //! - `harness`: [`LocalDispatcher`], shards in one thread, no sockets.
 
+mod durability;
 mod events;
 mod exec;
 mod gather;
 mod harness;
 mod persistence;
 
+pub use durability::{LogSettings, SnapshotSchedule};
 pub use harness::LocalDispatcher;
 
 use std::path::PathBuf;
@@ -105,6 +107,8 @@ pub struct RouterConfig {
     /// connection has read them: with every shard's in flight, a subscriber
     /// never has more than its output limit unread.
     pub event_credit: usize,
+    /// Periodic snapshots, on the shard that starts them.
+    pub snapshots: Option<SnapshotSchedule>,
 }
 
 impl RouterConfig {
@@ -163,6 +167,8 @@ pub struct Router {
     /// Event subscriptions: of this shard's connections, and positions in
     /// this shard's ring.
     events: events::EventSubscriptions,
+    /// The change log, answers waiting for it, periodic snapshots.
+    durability: durability::Durability,
 }
 
 impl Router {
@@ -188,16 +194,17 @@ impl Router {
             deferred_counts: Vec::new(),
             persist: PersistJobs::default(),
             events: events::EventSubscriptions::default(),
+            durability: durability::Durability::default(),
         }
     }
 
     /// Adds sessions loaded at start-up (all owned by this shard), before
-    /// serving.
-    pub fn restore(&mut self, records: Vec<SessionRecord>) -> Restored {
+    /// serving; `keep_deadlines` (recovery) keeps their idle deadlines.
+    pub fn restore(&mut self, records: Vec<SessionRecord>, keep_deadlines: bool) -> Restored {
         let mut restored = Restored::default();
         for record in records {
             self.config.note_owner_placement(&record);
-            if let Some(keys) = self.store.restore(record, self.now) {
+            if let Some(keys) = self.store.restore(record, self.now, keep_deadlines) {
                 restored.sessions += 1;
                 restored.keys += keys;
             }
@@ -291,7 +298,7 @@ impl Router {
                 self.fan_out(ticket, GatherKind::exists(tkns), parts, replies);
             }
             Command::Save { name, tkns } => match self.config.persist.clone() {
-                Some(root) => self.start_save(ticket, &root, name, tkns, replies),
+                Some(root) => self.start_save(Some(ticket), &root, name, tkns, replies),
                 None => self.persistence_disabled(ticket, CommandName::Save, replies),
             },
             Command::Load { name } => match self.config.persist.clone() {
@@ -323,8 +330,14 @@ impl Router {
                     command,
                 } => {
                     let mut response = Vec::with_capacity(96);
+                    let before = self.store.log_seq();
                     self.run_owned(command, &mut response);
-                    self.outbox[from].push(Envelope::Reply { ticket, response });
+                    let reply = Envelope::Reply { ticket, response };
+                    if self.must_hold(before) {
+                        self.hold(durability::Held::Send(from, reply));
+                    } else {
+                        self.outbox[from].push(reply);
+                    }
                 }
                 Envelope::Reply { ticket, response } => replies.answer_owned(ticket, response),
                 Envelope::Part { from, gather, part } => {
@@ -344,6 +357,8 @@ impl Router {
                 envelope @ (Envelope::Events { .. }
                 | Envelope::EventCredit { .. }
                 | Envelope::Unsubscribe { .. }) => self.receive_events(envelope, replies),
+                Envelope::LogSynced(seq) => self.log_report(Ok(seq), replies),
+                Envelope::LogFailed(why) => self.log_report(Err(why), replies),
             }
         }
     }
@@ -352,6 +367,7 @@ impl Router {
     /// step of any save or load, and counts that were waiting for expiry.
     pub fn end_turn(&mut self, replies: &mut dyn Replies) {
         self.expiry_pending = self.store.expire_due(self.now, EXPIRY_BUDGET);
+        self.snapshot_turn(replies);
         self.persistence_step(replies);
         self.events_turn(replies);
         if !self.expiry_pending {
@@ -359,6 +375,8 @@ impl Router {
                 self.answer_part(reply, Part::Counts, replies);
             }
         }
+        // Last: everything this turn changed.
+        self.flush_log();
     }
 
     /// After the turn's output went to the sockets: subscriptions whose
@@ -373,14 +391,19 @@ impl Router {
         self.expiry_pending || self.persist.busy() || self.events.pending()
     }
 
-    /// Whether the shard may exit: no save or load, and no commit in flight.
+    /// Whether the shard may exit: no save or load, no commit in flight,
+    /// no answer waiting for the disk.
     pub fn is_idle(&self) -> bool {
-        !self.persist.busy() && !self.persist.committing()
+        !self.persist.busy() && !self.persist.committing() && !self.durability.holding()
     }
 
-    /// The next session deadline, for the event loop's sleep.
+    /// The next session deadline or periodic snapshot, for the event
+    /// loop's sleep.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.store.next_expiry()
+        match (self.store.next_expiry(), self.next_snapshot()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// This turn's messages for other shards, one batch per shard.
@@ -392,10 +415,13 @@ impl Router {
             .map(|(shard, batch)| (shard, std::mem::take(batch)))
     }
 
-    /// Stops: abandons a save in progress and hands back the sessions (for
-    /// a save on shutdown).
+    /// Stops: abandons a save in progress, writes what the log holds (the
+    /// writer fsyncs it as it ends) and hands back the sessions (for a save
+    /// on shutdown).
     pub fn into_store(mut self) -> SessionStore {
         self.persist.abort();
+        self.flush_log();
+        self.durability = durability::Durability::default();
         self.store
     }
 
@@ -546,7 +572,19 @@ impl Router {
         parts: Vec<(ShardId, Part)>,
         replies: &mut dyn Replies,
     ) {
-        let gather = self.gathers.insert(Gather::new(ticket, kind, parts.len()));
+        let gather = self
+            .gathers
+            .insert(Gather::new(Some(ticket), kind, parts.len()));
+        self.send_parts(gather, parts, replies);
+    }
+
+    /// Sends each part of gather `gather` to its shard, running ours here.
+    fn send_parts(
+        &mut self,
+        gather: usize,
+        parts: Vec<(ShardId, Part)>,
+        replies: &mut dyn Replies,
+    ) {
         let mut local = Vec::new();
         for (shard, part) in parts {
             if shard == self.config.id {
@@ -617,7 +655,7 @@ impl Router {
                 self.register_subscriber(reply, sub, filter, after)
             }
         };
-        self.send_part_result(reply, result, replies);
+        self.send_part_result_durably(reply, result, replies);
     }
 
     fn send_part_result(
@@ -646,15 +684,21 @@ impl Router {
 
     fn finish_gather(&mut self, gather: usize, replies: &mut dyn Replies) {
         let mut g = self.gathers.remove(gather);
-        let ticket = g.ticket;
-        if let Some(new) = g.take_new_session() {
-            self.create_where_owned(ticket, new, replies);
-            return;
-        }
-        if let Some(settlement) = g.take_save_settlement() {
+        if let Some(mut settlement) = g.take_save_settlement() {
+            let upkeep = self.upkeep_after(settlement.dataset());
+            settlement.set_context(self.durability.generation(), upkeep);
             // Back in the slab until the commit reports.
             let gather = self.gathers.insert(g);
             self.settle_save(gather, settlement, replies);
+            return;
+        }
+        let Some(ticket) = g.ticket else {
+            // The server's own: a periodic snapshot.
+            self.snapshot_done(g.kind());
+            return;
+        };
+        if let Some(new) = g.take_new_session() {
+            self.create_where_owned(ticket, new, replies);
             return;
         }
         let server = gather::ServerFacts {
@@ -681,8 +725,13 @@ impl Router {
     ) {
         let mut out = std::mem::take(&mut self.reply);
         out.clear();
+        let before = self.store.log_seq();
         build(self, &mut out);
-        replies.answer(ticket, &out);
+        if self.must_hold(before) {
+            self.hold(durability::Held::Answer(ticket, out.clone()));
+        } else {
+            replies.answer(ticket, &out);
+        }
         self.reply = out;
     }
 

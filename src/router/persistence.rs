@@ -85,10 +85,11 @@ impl PersistJobs {
 }
 
 impl Router {
-    /// `SH_SAVE` arrived here: create the version, ask every shard for its file.
+    /// `SH_SAVE` arrived here (or a periodic snapshot is due: no ticket):
+    /// create the version, ask every shard for its file.
     pub(super) fn start_save(
         &mut self,
-        ticket: Ticket,
+        ticket: Option<Ticket>,
         root: &Path,
         name: Box<str>,
         tkns: Option<Vec<Token>>,
@@ -98,6 +99,11 @@ impl Router {
             Ok(version) => version,
             Err(e) => {
                 let why = e.to_string();
+                let Some(ticket) = ticket else {
+                    let kind = GatherKind::save_failed(name, e, self.now);
+                    self.snapshot_done(&kind);
+                    return;
+                };
                 self.answer_here(ticket, replies, |_, out| {
                     answer::persist_failed(
                         out,
@@ -111,6 +117,7 @@ impl Router {
             }
         };
         let dir = version.path.clone();
+        persist::in_progress::begin(&dir);
         let shards = self.config.shards;
         let mut only: Vec<Option<Vec<Token>>> = match &tkns {
             None => vec![None; shards],
@@ -130,7 +137,8 @@ impl Router {
             })
             .collect();
         let kind = GatherKind::save(name, version, self.now);
-        self.fan_out(ticket, kind, parts, replies);
+        let gather = self.gathers.insert(Gather::new(ticket, kind, shards));
+        self.send_parts(gather, parts, replies);
     }
 
     /// This shard's part of a save: start its snapshot and file. The result
@@ -155,6 +163,7 @@ impl Router {
             PartReply::Local { gather } => (self.config.id, gather),
             PartReply::Remote { from, gather } => (from, gather),
         };
+        let full = only.is_none();
         if self
             .store
             .begin_snapshot(self.now, only.as_deref())
@@ -162,16 +171,23 @@ impl Router {
         {
             // Unreachable while saves queue above; refuse rather than panic.
             let e = PersistError::invalid(dir, "this shard is already saving");
-            self.send_part_result(reply, PartResult::Saved(Err(e)), replies);
+            let result = PartResult::Saved {
+                result: Err(e),
+                log_seq: None,
+            };
+            self.send_part_result(reply, result, replies);
             return;
         }
+        // A full snapshot holds every change up to here: later records
+        // start a new segment, so the older ones can go once it commits.
+        let log_seq = full.then(|| self.log_checkpoint());
         let post = self.post.clone();
         let on_done = Box::new(move |result| {
             post.post(
                 target,
                 vec![Envelope::PartDone {
                     gather,
-                    result: PartResult::Saved(result),
+                    result: PartResult::Saved { result, log_seq },
                 }],
             );
         });
@@ -179,7 +195,11 @@ impl Router {
             Ok(writer) => self.persist.save = Some(writer),
             Err(e) => {
                 self.store.abort_snapshot();
-                self.send_part_result(reply, PartResult::Saved(Err(e)), replies);
+                let result = PartResult::Saved {
+                    result: Err(e),
+                    log_seq: None,
+                };
+                self.send_part_result(reply, result, replies);
             }
         }
     }
@@ -222,9 +242,9 @@ impl Router {
         name: Box<str>,
         replies: &mut dyn Replies,
     ) {
-        let gather = self
-            .gathers
-            .insert(Gather::new(ticket, GatherKind::load(name.clone()), 1));
+        let gather =
+            self.gathers
+                .insert(Gather::new(Some(ticket), GatherKind::load(name.clone()), 1));
         let (root, post, me) = (root.to_path_buf(), self.post.clone(), self.config.id);
         let spawned = std::thread::Builder::new()
             .name("snapshot-reader".into())
@@ -327,7 +347,7 @@ impl Router {
             for record in job.records.by_ref().take(budget) {
                 budget -= 1;
                 self.config.note_owner_placement(&record);
-                if let Some(keys) = self.store.restore(record, self.now) {
+                if let Some(keys) = self.store.restore(record, self.now, false) {
                     job.sessions += 1;
                     job.keys += keys;
                 }
@@ -342,7 +362,7 @@ impl Router {
                 sessions: job.sessions,
                 keys: job.keys,
             };
-            self.send_part_result(job.reply, result, replies);
+            self.send_part_result_durably(job.reply, result, replies);
         }
     }
 }

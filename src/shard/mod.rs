@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use crate::mesh::{Address, Inbox, MeshPost, ShardId, Ticket};
 use crate::net::connection::{Limits, Permit, ReadOutcome};
 use crate::persist::SessionRecord;
-use crate::router::{Router, RouterConfig};
+use crate::router::{LogSettings, Router, RouterConfig, SnapshotSchedule};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use connections::Connections;
@@ -116,6 +116,7 @@ impl Shard {
             max_payload: ctx.limits.max_payload,
             event_retention: ctx.event_retention,
             event_credit: (ctx.limits.max_output_buffer / (2 * ctx.shards)).clamp(1, 256 * 1024),
+            snapshots: None,
         };
         let rng: StdRng = rand::make_rng();
         let post = Arc::new(MeshPost(ctx.mesh.clone()));
@@ -133,9 +134,21 @@ impl Shard {
         })
     }
 
-    /// Adds sessions loaded at start-up that this shard owns, before serving.
-    pub fn restore(&mut self, records: Vec<SessionRecord>) -> Restored {
-        self.router.restore(records)
+    /// Adds sessions loaded at start-up that this shard owns, before
+    /// serving; `keep_deadlines` for recovery.
+    pub fn restore(&mut self, records: Vec<SessionRecord>, keep_deadlines: bool) -> Restored {
+        self.router.restore(records, keep_deadlines)
+    }
+
+    /// Logs every change from now on.
+    pub fn start_log(&mut self, settings: LogSettings) -> io::Result<()> {
+        self.router.start_log(settings)
+    }
+
+    /// Knows the snapshot dataset; with `periodic`, takes the periodic
+    /// snapshots (one shard does).
+    pub fn schedule_snapshots(&mut self, schedule: SnapshotSchedule, periodic: bool) {
+        self.router.schedule_snapshots(schedule, periodic);
     }
 
     /// Runs the event loop until the server stops; hands back the sessions
@@ -193,6 +206,9 @@ impl Shard {
             }
             self.read_connections();
             self.router.end_turn(&mut self.conns);
+            if let Some(why) = self.router.log_failure() {
+                return Err(io::Error::other(format!("change log: {why}")));
+            }
             self.send_outbox();
             self.conns.finish_turn();
             self.router.after_flush(&mut self.conns);

@@ -31,7 +31,8 @@ use table::Sessions;
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
 use crate::events::{Event, EventKind, EventRing, Evicted, encode_keys};
 use crate::expiry::{TimerKey, TimingWheel};
-use crate::persist::SessionRecord;
+use crate::persist::log::{Batch, ChangeBuffer};
+use crate::persist::{RecordHead, SessionRecord};
 use crate::shared_names::SharedNames;
 
 /// Milliseconds on the server's monotonic clock.
@@ -303,6 +304,23 @@ fn json_i64(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
+/// When an inserted session's idle period runs from: now, or (recovery)
+/// a deadline it already had.
+#[derive(Copy, Clone, Debug)]
+struct Start {
+    now: Millis,
+    idle_deadline: Option<Millis>,
+}
+
+impl Start {
+    fn now(now: Millis) -> Start {
+        Start {
+            now,
+            idle_deadline: None,
+        }
+    }
+}
+
 /// Which access is happening, for sliding expiry.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Access {
@@ -341,6 +359,8 @@ pub struct SessionStore {
     /// while subscribers are registered here) so each subscriber can count
     /// what it lost.
     evicted: Option<Vec<Evicted>>,
+    /// Every change, as change-log records for this turn (None: no log).
+    log: Option<ChangeBuffer>,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -363,6 +383,65 @@ impl SessionStore {
             events: EventRing::new(crate::events::DEFAULT_RETENTION),
             event_keys: None,
             evicted: None,
+            log: None,
+        }
+    }
+
+    /// Records every change from now on, the first as `next_seq`.
+    pub fn enable_log(&mut self, next_seq: u64) {
+        self.log = Some(ChangeBuffer::new(next_seq));
+    }
+
+    /// The change-log records written since the last call.
+    pub fn take_log(&mut self) -> Option<Batch> {
+        self.log.as_mut()?.take()
+    }
+
+    /// The sequence number of the last change-log record (0: none, or no log).
+    pub fn log_seq(&self) -> u64 {
+        self.log.as_ref().map_or(0, ChangeBuffer::last_seq)
+    }
+
+    /// Logs session `tkn` whole, as it now is (created or loaded).
+    fn log_put(&mut self, tkn: Token) {
+        let (Some(log), Some(session)) = (&mut self.log, self.sessions.get(tkn)) else {
+            return;
+        };
+        let extras = session_extras(&self.extras, session);
+        let expiry = session.expiry();
+        let head = RecordHead {
+            tkn,
+            name: session.name(),
+            shared: session.shared(),
+            expiry: expiry.map(|e| ExpirySettings {
+                max_lifetime_s: extras.map_or(0, |x| x.max_lifetime_s),
+                ..e.settings
+            }),
+            owner: extras.and_then(|x| x.owner.as_deref()),
+            created_unix_ms: extras.map_or(0, |x| x.created_unix_ms),
+            version: session.version(&self.extras),
+            idle_deadline_unix_ms: expiry
+                .filter(|e| e.settings.duration_s > 0)
+                .map_or(0, |e| self.wall_epoch_ms + e.deadline),
+        };
+        log.put(&head, session.keys.iter());
+    }
+
+    /// Logs a write to session `tkn`: `write` gets the log and the version
+    /// the session has once the write counts.
+    fn log_write(&mut self, tkn: Token, write: impl FnOnce(&mut ChangeBuffer, u64)) {
+        if let (Some(log), Some(session)) = (&mut self.log, self.sessions.get(tkn)) {
+            let next = session.version(&self.extras).saturating_add(1);
+            write(log, next.min(VERSION_MAX));
+        }
+    }
+
+    /// Logs that idle expiry cleared the keys of `tkn` (now at its new
+    /// deadline and version).
+    fn log_keys_expired(&mut self, tkn: Token) {
+        if let (Some(log), Some(session)) = (&mut self.log, self.sessions.get(tkn)) {
+            let deadline = self.wall_epoch_ms + session.deadline;
+            log.keys_expired(tkn, session.version(&self.extras), deadline);
         }
     }
 
@@ -548,7 +627,15 @@ impl SessionStore {
     /// added: its token exists (that session is left as it is), its
     /// lifetime is over, its shared name belongs to another session, or it
     /// would pass the memory limit.
-    pub fn restore(&mut self, record: SessionRecord, now: Millis) -> Option<u64> {
+    ///
+    /// With `keep_deadline` (recovery), the idle deadline the record carries
+    /// is kept as it was (what passed it meanwhile expires at once).
+    pub fn restore(
+        &mut self,
+        record: SessionRecord,
+        now: Millis,
+        keep_deadline: bool,
+    ) -> Option<u64> {
         if record.tkn == 0 || self.sessions.contains(record.tkn) {
             return None;
         }
@@ -592,12 +679,29 @@ impl SessionStore {
                 return None;
             }
         }
+        let deadline = (keep_deadline && record.idle_deadline_unix_ms > 0).then(|| {
+            record
+                .idle_deadline_unix_ms
+                .saturating_sub(self.wall_epoch_ms)
+        });
         let keys = KeyMap::with_entries(record.name.as_deref(), record.keys);
         let count = keys.len() as u64;
-        self.insert(record.tkn, keys, record.shared, record.expiry, extras, now);
-        if let Some(session) = self.sessions.get_mut(record.tkn) {
+        let tkn = record.tkn;
+        self.insert(
+            tkn,
+            keys,
+            record.shared,
+            record.expiry,
+            extras,
+            Start {
+                now,
+                idle_deadline: deadline,
+            },
+        );
+        if let Some(session) = self.sessions.get_mut(tkn) {
             session.set_version_low(version as u32);
         }
+        self.log_put(tkn);
         Some(count)
     }
 
@@ -706,6 +810,7 @@ impl SessionStore {
             if cleared > 0 && session.count_change() {
                 self.carry_version(tkn);
             }
+            self.log_keys_expired(tkn);
         }
     }
 
@@ -747,7 +852,15 @@ impl SessionStore {
         expiry: Option<ExpirySettings>,
         now: Millis,
     ) {
-        self.insert(tkn, KeyMap::new(name.as_deref()), shared, expiry, None, now);
+        self.insert(
+            tkn,
+            KeyMap::new(name.as_deref()),
+            shared,
+            expiry,
+            None,
+            Start::now(now),
+        );
+        self.log_put(tkn);
     }
 
     /// [`SessionStore::create`] with everything `SH_NEW` may give: an owner,
@@ -778,7 +891,8 @@ impl SessionStore {
         for (key, value) in new.keys {
             keys.set(key, value);
         }
-        self.insert(tkn, keys, new.shared, new.expiry, extras, now);
+        self.insert(tkn, keys, new.shared, new.expiry, extras, Start::now(now));
+        self.log_put(tkn);
         self.push_event(created);
     }
 
@@ -789,8 +903,9 @@ impl SessionStore {
         shared: bool,
         expiry: Option<ExpirySettings>,
         extras: Option<Extras>,
-        now: Millis,
+        start: Start,
     ) {
+        let Start { now, idle_deadline } = start;
         // Callers check for collisions first; keep everything right regardless.
         self.remove(tkn);
         self.used_bytes += session_cost(keys.name(), &keys);
@@ -800,7 +915,10 @@ impl SessionStore {
             .filter(|x| x.has_lifetime())
             .map(|x| x.lifetime_end);
         let expiry = expiry.map(|settings| {
-            let deadline = deadline_after(settings, now, lifetime_end);
+            let deadline = match idle_deadline {
+                Some(d) if settings.duration_s > 0 => d.min(lifetime_end.unwrap_or(Millis::MAX)),
+                _ => deadline_after(settings, now, lifetime_end),
+            };
             Expiry {
                 settings,
                 deadline,
@@ -863,6 +981,7 @@ impl SessionStore {
             if cleared > 0 && session.count_change() {
                 self.carry_version(tkn);
             }
+            self.log_keys_expired(tkn);
             // The rare path: look again rather than rely on the position.
             position = self.sessions.position(tkn)?;
         }
@@ -877,11 +996,21 @@ impl SessionStore {
             && let Some(e) = session.expiry()
         {
             // O(1): the wheel is not touched; the timer re-files on fire.
+            let before = session.deadline;
             session.deadline = deadline_after(
                 e.settings,
                 now,
                 lifetime_end(&self.extras, session.extras_slot(), e),
             );
+            // Logged when it crosses into a later step of max(1 s,
+            // duration / 10): so the logged deadline is never more than a
+            // step behind, at one record per step, not per read.
+            if let Some(log) = &mut self.log {
+                let step = (u64::from(session.duration_s) * 100).max(1000);
+                if before / step != session.deadline / step {
+                    log.deadline(tkn, self.wall_epoch_ms + session.deadline);
+                }
+            }
         }
         Some(session)
     }
@@ -889,6 +1018,9 @@ impl SessionStore {
     /// Removes a session, its timer, its extras, and its shared name.
     fn remove(&mut self, tkn: Token) -> Option<Session> {
         let session = self.sessions.remove(tkn)?;
+        if let Some(log) = &mut self.log {
+            log.end_session(tkn);
+        }
         self.key_count -= session.keys.len() as u64;
         self.used_bytes -= session_cost(session.name(), &session.keys);
         if let Some(e) = session.expiry() {
@@ -957,6 +1089,9 @@ impl SessionStore {
             }
         }
         let live = self.sessions.len();
+        if let Some(log) = &mut self.log {
+            log.end_all();
+        }
         for session in self.sessions.drain() {
             if session.shared()
                 && let Some(name) = session.keys.name()
@@ -989,6 +1124,11 @@ impl SessionStore {
             return Err(Refusal::MemoryLimit);
         }
         self.preserve(tkn);
+        if !keys.is_empty() {
+            self.log_write(tkn, |log, version| {
+                log.set(tkn, false, version, keys.iter().map(|(k, v)| (&**k, &**v)));
+            });
+        }
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let (mut added, mut bytes) = (0u64, 0i64);
@@ -1024,6 +1164,9 @@ impl SessionStore {
             return Err(Refusal::MemoryLimit);
         }
         self.preserve(tkn);
+        if self.log.is_some() {
+            self.log_added(tkn, &keys);
+        }
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let (mut added, mut bytes) = (0, 0);
@@ -1042,6 +1185,46 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Logs the keys an `SH_ADD` of `keys` is about to add: those absent,
+    /// each at its first mention (a later one is not added).
+    fn log_added(&mut self, tkn: Token, keys: &[KeyValue]) {
+        let Some(session) = self.sessions.get(tkn) else {
+            return;
+        };
+        let added: Vec<(&str, &[u8])> = keys
+            .iter()
+            .enumerate()
+            .filter(|&(i, (k, _))| {
+                !session.keys.contains(k) && !keys[..i].iter().any(|(e, _)| e == k)
+            })
+            .map(|(_, (k, v))| (&**k, &**v))
+            .collect();
+        if !added.is_empty()
+            && let Some(log) = &mut self.log
+        {
+            let next = session.version(&self.extras).saturating_add(1);
+            log.set(tkn, false, next.min(VERSION_MAX), added.into_iter());
+        }
+    }
+
+    /// Logs the keys an `SH_RMV` of `keys` is about to remove: those present.
+    fn log_removed(&mut self, tkn: Token, keys: &[Box<str>]) {
+        let Some(session) = self.sessions.get(tkn) else {
+            return;
+        };
+        let present: Vec<&str> = keys
+            .iter()
+            .filter(|k| session.keys.contains(k))
+            .map(|k| &**k)
+            .collect();
+        if !present.is_empty()
+            && let Some(log) = &mut self.log
+        {
+            let next = session.version(&self.extras).saturating_add(1);
+            log.remove(tkn, next.min(VERSION_MAX), present.into_iter());
+        }
+    }
+
     /// `SH_CLEAR_SET`: returns how many keys were removed before setting.
     pub fn clear_set(
         &mut self,
@@ -1056,6 +1239,13 @@ impl SessionStore {
             return Err(Refusal::MemoryLimit);
         }
         self.preserve(tkn);
+        let changes =
+            !keys.is_empty() || self.sessions.get(tkn).is_some_and(|s| !s.keys.is_empty());
+        if changes {
+            self.log_write(tkn, |log, version| {
+                log.set(tkn, true, version, keys.iter().map(|(k, v)| (&**k, &**v)));
+            });
+        }
         // Only a write that is carried out slides the deadline.
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         let removed = session.keys.clear();
@@ -1081,6 +1271,9 @@ impl SessionStore {
     ) -> Result<(), Refusal> {
         self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         self.preserve(tkn);
+        if self.log.is_some() {
+            self.log_removed(tkn, keys);
+        }
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let (mut removed, mut bytes) = (0, 0);
         for key in keys {
@@ -1101,6 +1294,9 @@ impl SessionStore {
     pub fn clear(&mut self, tkn: Token, now: Millis) -> Result<usize, Refusal> {
         self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         self.preserve(tkn);
+        if self.sessions.get(tkn).is_some_and(|s| !s.keys.is_empty()) {
+            self.log_write(tkn, |log, version| log.clear(tkn, version));
+        }
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let bytes = keys_cost(&session.keys);
         let removed = session.keys.clear();
@@ -1139,6 +1335,9 @@ impl SessionStore {
             return Err(Refusal::MemoryLimit);
         }
         self.preserve(tkn);
+        self.log_write(tkn, |log, version| {
+            log.set(tkn, false, version, std::iter::once((key, text)));
+        });
         let session = self.live(tkn, now, Access::SetAdd).ok_or(NoSession)?;
         if !session.keys.overwrite(key, text) {
             session.keys.set(key.into(), text.into());
@@ -1216,6 +1415,9 @@ impl SessionStore {
         let session = self.sessions.get_mut(tkn).ok_or(NoSession)?;
         if slide && session.duration_s > 0 {
             session.deadline = deadline_after(e.settings, now, end);
+            if let Some(log) = &mut self.log {
+                log.deadline(tkn, self.wall_epoch_ms + session.deadline);
+            }
         }
         Ok(i64::try_from(session.deadline.saturating_sub(now)).unwrap_or(i64::MAX))
     }

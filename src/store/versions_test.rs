@@ -37,7 +37,7 @@ fn restored(s: &mut SessionStore, tkn: Token, version: u64, owner: Option<&str>)
         version,
         keys: vec![("n".into(), b"1".to_vec().into())],
     };
-    assert!(s.restore(record, 0).is_some());
+    assert!(s.restore(record, 0, false).is_some());
 }
 
 /// One request's worth of store calls.

@@ -221,8 +221,10 @@ fn start_failure(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn corrupt_and_truncated_files_are_refused_with_142() {
     let dir = TempDir::new("corrupt");
+    // No change log: the restart below must start empty, not recover.
+    let no_log = ["--log-fsync", "off"];
     {
-        let server = persistent(&dir, "1", &[]);
+        let server = persistent(&dir, "1", &no_log);
         let mut c = server.client();
         populate(&mut c);
         assert_eq!(st(&c.call(r#"{"SH_SAVE":{"name":"good"}}"#)), 121);
@@ -237,7 +239,7 @@ fn corrupt_and_truncated_files_are_refused_with_142() {
     let bytes = std::fs::read(file("short")).unwrap();
     std::fs::write(file("short"), &bytes[..bytes.len() - 10]).unwrap();
 
-    let server = persistent(&dir, "2", &[]);
+    let server = persistent(&dir, "2", &no_log);
     let mut c = server.client();
     for dataset in ["flipped", "short"] {
         let r = c.call(&format!(r#"{{"SH_LOAD":{{"name":"{dataset}"}}}}"#));

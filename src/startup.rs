@@ -1,0 +1,116 @@
+//! Start-up recovery: the sessions a crash (or a stop) left in the newest
+//! snapshot of the snapshot dataset and in the change log after it, with
+//! their absolute deadlines; then, when the log is on, a checkpoint (a
+//! snapshot of exactly that state) so this run's log starts a new
+//! generation from nothing. `docs/PERSISTENCE.md`, "Recovery".
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::mesh;
+use crate::persist::log::LOG_DIR;
+use crate::persist::recovery::{self, Recovery};
+use crate::persist::{LogPositions, SessionRecord};
+
+/// What recovery found and did, for the start-up line.
+#[derive(Clone, Debug)]
+pub struct RecoveryReport {
+    /// The snapshot version it began from, if any.
+    pub base: Option<String>,
+    /// Log records applied after it.
+    pub replayed: u64,
+    /// Sessions recovered (before any that expired meanwhile go).
+    pub sessions: u64,
+    /// The checkpoint written, if any.
+    pub checkpoint: Option<String>,
+    pub warnings: Vec<String>,
+    pub took: Duration,
+}
+
+/// The state the shards start from.
+pub struct Recovered {
+    /// Sessions by shard.
+    pub per_shard: Vec<Vec<SessionRecord>>,
+    /// The generation this run's log writes.
+    pub generation: u64,
+    /// Where the log lives.
+    pub log_dir: PathBuf,
+    /// None: nothing was there to recover.
+    pub report: Option<RecoveryReport>,
+}
+
+/// Recovers what `root` holds for `config` (persistence on).
+pub fn recover(config: &Config, root: &Path) -> Result<Recovered, String> {
+    let started = Instant::now();
+    let durability = &config.durability;
+    let log_dir = root.join(LOG_DIR);
+    let Recovery {
+        records,
+        base,
+        replayed,
+        next_generation,
+        had_log,
+        warnings,
+        ..
+    } = recovery::recover(root, &durability.snapshot_name, durability.log_repair)
+        .map_err(|e| e.to_string())?;
+    let shards = config.shards;
+    if base.is_none() && !had_log {
+        if durability.log.is_some() {
+            std::fs::create_dir_all(&log_dir)
+                .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+        }
+        return Ok(Recovered {
+            per_shard: (0..shards).map(|_| Vec::new()).collect(),
+            generation: next_generation,
+            log_dir,
+            report: None,
+        });
+    }
+    let sessions = records.len() as u64;
+    // A log that was replayed is done with: the checkpoint holds its state,
+    // and this run logs a new generation after it.
+    let checkpoint = if durability.log.is_some() || had_log {
+        let positions = LogPositions {
+            generation: next_generation,
+            positions: vec![0; shards],
+        };
+        let version = recovery::write_checkpoint(
+            root,
+            &durability.snapshot_name,
+            shards,
+            records.clone(),
+            positions,
+        )
+        .map_err(|e| format!("writing the recovery checkpoint: {e}"))?;
+        if log_dir.exists() {
+            recovery::delete_generations_before(&log_dir, next_generation)
+                .map_err(|e| e.to_string())?;
+        }
+        Some(version)
+    } else {
+        None
+    };
+    if durability.log.is_some() {
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    }
+    let mut per_shard: Vec<Vec<SessionRecord>> = (0..shards).map(|_| Vec::new()).collect();
+    for record in records {
+        per_shard[mesh::shard_of(record.tkn, shards)].push(record);
+    }
+    Ok(Recovered {
+        per_shard,
+        generation: next_generation,
+        log_dir,
+        report: Some(RecoveryReport {
+            base,
+            replayed,
+            sessions,
+            checkpoint,
+            warnings,
+            took: started.elapsed(),
+        }),
+    })
+}
