@@ -11,6 +11,7 @@
 //! variables, change the working directory or keep global state; scratch
 //! directories carry the process id and a name of their own.
 
+mod durability;
 mod events;
 mod expiry;
 mod hostile;

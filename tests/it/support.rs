@@ -22,6 +22,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Lines the server printed on stdout after its startup line (such as
+    /// the recovery line), collected in the background.
+    pub stdout: mpsc::Receiver<String>,
     /// Lines the server printed on stderr, collected in the background (so
     /// the pipe never fills); shown when a test fails with the server up.
     pub stderr: mpsc::Receiver<String>,
@@ -64,6 +67,7 @@ impl Server {
         Server {
             child,
             addr,
+            stdout: line_rx,
             stderr: err_rx,
         }
     }
