@@ -41,7 +41,7 @@ pub use format::{
     OLDEST_READABLE_VERSION, RecordHead, SessionRecord, decode_file, encode_record,
     read_shard_file,
 };
-pub use writer::{OnDone, ShardFileSummary, ShardFileWriter, shard_file_name};
+pub use writer::{OnDone, OnRoom, QUEUE_LIMIT, ShardFileSummary, ShardFileWriter, shard_file_name};
 
 #[cfg(test)]
 pub(crate) mod test_support {
