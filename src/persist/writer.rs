@@ -11,8 +11,8 @@
 //! waits for the disk instead of holding its encoded snapshot in memory. The
 //! shard never blocks on it: [`ShardFileWriter::try_write_chunk`] hands a
 //! chunk back when the queue is full, and the thread calls `on_room` once
-//! there is room again. The thread runs at the lowest priority (nice 19):
-//! on a core it shares with a busy shard it takes what the shard leaves.
+//! there is room again. The thread runs in the idle scheduling class: on a
+//! core it shares with a busy shard it takes only what the shard leaves.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -250,15 +250,19 @@ impl ShardFileWriter {
     }
 }
 
-/// Lowers the calling thread to nice 19, best effort: on a core shared
-/// with a shard, the shard's requests come first and the file is written
-/// with what it leaves (a tiny share at worst, so a save always ends).
+/// Puts the calling thread in the idle scheduling class (nice 19 where
+/// that is refused), best effort: on a core it shares with a shard, any
+/// request the shard wakes for runs first, and the file is written in the
+/// time the shard leaves (a tiny share at worst, so a save always ends).
 fn lowest_priority() {
-    // SAFETY: gettid and setpriority take no pointers and touch only the
-    // calling thread's scheduling.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration;
+    // pid 0 and gettid name the calling thread only.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        }
     }
 }
 
