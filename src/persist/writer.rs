@@ -177,6 +177,7 @@ impl ShardFileWriter {
                 crc32: 0,
             },
             flags: Arc::clone(&flags),
+            unsynced: 0,
         };
         Ok((ShardFileWriter { tx, flags, path }, job, rx))
     }
@@ -273,7 +274,16 @@ struct Job {
     crc: crc32fast::Hasher,
     summary: ShardFileSummary,
     flags: Arc<Flags>,
+    /// Bytes written since the file was last synced (see [`SYNC_EVERY`]).
+    unsynced: usize,
 }
+
+/// The writer syncs its file every this many bytes (Redis's
+/// `rdb-save-incremental-fsync`, 4 MB too): the kernel writes the file
+/// back a little at a time, on this idle-class thread, instead of all at
+/// once at the final fsync or in a burst of writeback that takes the CPU
+/// from the shard.
+const SYNC_EVERY: usize = 4 << 20;
 
 impl Job {
     fn run(mut self, rx: Receiver<Msg>, on_done: OnDone, on_room: OnRoom) {
@@ -368,6 +378,14 @@ impl Job {
             .map_err(|e| PersistError::io(&self.path, "writing", e))?;
         self.crc.update(bytes);
         self.summary.bytes += bytes.len() as u64;
+        self.unsynced += bytes.len();
+        if self.unsynced >= SYNC_EVERY {
+            self.unsynced = 0;
+            self.out
+                .flush()
+                .and_then(|()| self.out.get_ref().sync_data())
+                .map_err(|e| PersistError::io(&self.path, "fsyncing", e))?;
+        }
         Ok(())
     }
 }
