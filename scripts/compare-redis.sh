@@ -48,6 +48,18 @@
 #   --event-sessions N  sessions expiring in the same second (default 100000)
 #   --event-wait S      seconds to wait for the events after the last deadline
 #                       (default 120; Redis expires lazily and by sampling)
+#   --persist           instead of the above, issue #17's measurements, one
+#                       table each (--out defaults to target/compare-redis-persist.md):
+#                       save latency: --persist-sessions sessions (keys user
+#                       and cart) on each server, an open-loop `loadtest
+#                       --workload get --rate --persist-rate --connections 20`,
+#                       and --save-at 3 s into it a snapshot (ours: SH_SAVE;
+#                       Redis: BGSAVE, polled to its end); p99 and max of the
+#                       operations in flight during the save, and of the
+#                       others (no save). Ours runs one shard per
+#                       --server-cpus core, Redis under taskset on them.
+#   --persist-sessions N  sessions behind the save (default 1000000)
+#   --persist-rate R    the open loop's total rate, ops/s (default 50000)
 set -euo pipefail
 
 SERVER_CPUS=0
@@ -64,6 +76,9 @@ EVENTS=0
 EVENT_SESSIONS=100000
 EVENT_WAIT=120
 SERVER_CPUS_GIVEN=0
+PERSIST=0
+PERSIST_SESSIONS=1000000
+PERSIST_RATE=50000
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -80,7 +95,10 @@ while [ $# -gt 0 ]; do
         --events) EVENTS=1; shift ;;
         --event-sessions) EVENT_SESSIONS="$2"; shift 2 ;;
         --event-wait) EVENT_WAIT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
+        --persist) PERSIST=1; shift ;;
+        --persist-sessions) PERSIST_SESSIONS="$2"; shift 2 ;;
+        --persist-rate) PERSIST_RATE="$2"; shift 2 ;;
+        -h|--help) sed -n '2,63p' "$0"; exit 0 ;;
         *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -91,6 +109,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ "$EVENTS" = 1 ]; then
     OUT="${OUT:-$TARGET_DIR/compare-redis-events.md}"
     [ "$SERVER_CPUS_GIVEN" = 1 ] || SERVER_CPUS="0,1"
+elif [ "$PERSIST" = 1 ]; then
+    OUT="${OUT:-$TARGET_DIR/compare-redis-persist.md}"
 else
     OUT="${OUT:-$TARGET_DIR/compare-redis.md}"
 fi
@@ -125,7 +145,8 @@ fi
 
 echo "compare-redis: building (release)" >&2
 cargo build --release -q -p nemesisdb -p loadtest
-NDB="$TARGET_DIR/release/nemesisdb"
+# NEMESISDB_BIN measures another build (e.g. an earlier commit) with this script.
+NDB="${NEMESISDB_BIN:-$TARGET_DIR/release/nemesisdb}"
 LOADTEST="$TARGET_DIR/release/loadtest"
 
 OURS_PID=""
@@ -199,6 +220,127 @@ print(json.dumps({"server": name, "workload": workload, "pipeline": int(pipeline
 EOF
     echo "  $name $workload pipeline $pipeline: $json" >&2
 }
+
+if [ "$PERSIST" = 1 ]; then
+    # Issue #17. Each measurement is a function that starts its own servers
+    # (persistence on) and writes one markdown section; the sections are
+    # joined into $OUT in order. More tables go after save_latency_table.
+    PERSIST_DIR="$WORK/persist"
+    # start_persist_servers [OUR FLAGS...] -> OURS_PID/PORT, REDIS_PID/PORT
+    start_persist_servers() {
+        rm -rf "$PERSIST_DIR"
+        mkdir -p "$PERSIST_DIR/ours" "$PERSIST_DIR/redis"
+        taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" \
+            --persist-path "$PERSIST_DIR/ours" "$@" > "$WORK/ours.log" 2>&1 &
+        OURS_PID=$!
+        OURS_PORT=""
+        for _ in $(seq 100); do
+            OURS_PORT="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
+            [ -n "$OURS_PORT" ] && break
+            sleep 0.1
+        done
+        [ -n "$OURS_PORT" ] || { echo "compare-redis: nemesisdb did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+        REDIS_PORT="$(free_port)"
+        taskset -c "$SERVER_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+            --dir "$PERSIST_DIR/redis" --save '' --appendonly no --daemonize no \
+            > "$WORK/redis.log" 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
+            sleep 0.1
+        done
+    }
+
+    # Save latency: a snapshot of --persist-sessions sessions under an open
+    # loop of gets, on each server in turn.
+    save_latency_table() {
+        local name url pid
+        start_persist_servers
+        for name in ours redis; do
+            if [ "$name" = ours ]; then
+                url="ws://127.0.0.1:$OURS_PORT/"; pid="$OURS_PID"
+            else
+                url="redis://127.0.0.1:$REDIS_PORT"; pid="$REDIS_PID"
+            fi
+            rm -rf "$WORK/save-$name"
+            taskset -c "$CLIENT_CPUS" "$LOADTEST" --url "$url" --workload get \
+                --rate "$PERSIST_RATE" --connections 20 --threads "$CLIENT_THREADS" \
+                --sessions "$PERSIST_SESSIONS" --duration 8 --save-at 3 --server-pid "$pid" \
+                --out "$WORK/save-$name" --json > /dev/null 2> "$WORK/save-$name.err" || true
+            echo "  $name: $(grep 'loadtest: save:' "$WORK/save-$name.err" || tail -3 "$WORK/save-$name.err")" >&2
+        done
+        stop_servers
+        python3 - "$WORK/save-ours/report.json" "$WORK/save-redis/report.json" \
+            "$PERSIST_SESSIONS" "$PERSIST_RATE" "$SHARDS" "$SERVER_CPUS" "$CLIENT_CPUS" \
+            "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+            "$(redis-server --version | awk '{print $3}')" > "$WORK/persist-save.md" <<'EOF'
+import json, sys
+ours_path, redis_path, n, rate, shards, scpus, ccpus, rev, rver = sys.argv[1:]
+
+def load(path):
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return {}
+
+def ms(x):
+    return "-" if x is None else f"{x / 1000:,.2f}"
+
+cols = []
+for rep in (load(ours_path), load(redis_path)):
+    sv, s = rep.get("save", {}), rep.get("summary", {})
+    during, outside = sv.get("during_us", {}), sv.get("outside_us", {})
+    cols.append([
+        f"{sv['took_ms']:,.0f} ({sv['status']})" if sv else "-",
+        f"{sv['during_ops']:,}" if sv else "-",
+        ms(during.get("p50")), ms(during.get("p99")), ms(during.get("max")),
+        ms(outside.get("p99")), ms(outside.get("max")),
+        f"{s['ops_per_sec']:,.0f}" if s else "-",
+        f"{s.get('errors', '-')}",
+        f"{rep['server_cpu_s']:.2f}" if rep.get("server_cpu_s") is not None else "-",
+    ])
+rows = [
+    "save took, ms",
+    "gets in flight during the save",
+    "during the save: p50, ms",
+    "during the save: p99, ms",
+    "during the save: max, ms",
+    "no save (the rest of the run): p99, ms",
+    "no save (the rest of the run): max, ms",
+    "gets/s over the run",
+    "errors",
+    "server CPU s over the run",
+]
+plural = "s" if shards != "1" else ""
+print("### Save latency")
+print()
+print(f"nemesisdb ({rev}, {shards} shard{plural} on cpus {scpus}) vs Redis "
+      f"{rver.replace('v=', '')} (same cpus); loadtest on cpus {ccpus}. {int(n):,} sessions "
+      f"(keys user and cart, 16-byte values), an open loop of {int(rate):,} gets/s over 20 "
+      "connections for 8 s; 3 s in, another connection asks for a snapshot (ours: SH_SAVE, "
+      "answered once the version is committed; Redis: BGSAVE, then INFO persistence every "
+      "5 ms until the background save is over). Latency runs from each get's scheduled send "
+      "time; \"during\" counts every get in flight at any moment of the save.")
+print()
+print("| | nemesisdb | Redis |")
+print("|---|---:|---:|")
+for name, a, b in zip(rows, *cols):
+    print(f"| {name} | {a} | {b} |")
+print()
+EOF
+    }
+
+    echo "compare-redis: persist: servers on cpus $SERVER_CPUS ($SHARDS shards for ours)," \
+         "loadtest on cpus $CLIENT_CPUS" >&2
+    mkdir -p "$(dirname "$OUT")"
+    : > "$OUT.tmp"
+    save_latency_table
+    cat "$WORK/persist-save.md" >> "$OUT.tmp"
+    mv "$OUT.tmp" "$OUT"
+    cat "$OUT"
+    echo "compare-redis: table written to $OUT" >&2
+    exit 0
+fi
 
 if [ "$EVENTS" = 1 ]; then
     # The measuring is loadtest's (expiry-events); this runs it on each

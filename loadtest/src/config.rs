@@ -161,6 +161,12 @@ struct Flags {
     /// the deadline for expiries, minus `at` for the others)
     #[arg(long)]
     subscribe: bool,
+
+    /// Ask for a snapshot this many seconds into the timed run, on one more
+    /// connection (nemesisdb: SH_SAVE of dataset `loadtest`, which needs
+    /// persistence on; Redis: BGSAVE), and report latency while it ran
+    #[arg(long)]
+    save_at: Option<f64>,
 }
 
 /// Where the load goes, and which protocol it speaks.
@@ -214,6 +220,8 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// A subscriber to session events beside the workload (nemesisdb).
     pub subscribe: bool,
+    /// When to ask for a snapshot, into the timed run.
+    pub save_at: Option<Duration>,
 }
 
 impl Config {
@@ -274,6 +282,14 @@ impl Config {
                     .into(),
             );
         }
+        let save_at = match f.save_at {
+            Some(_) if f.workload == Workload::ExpiryEvents => {
+                return Err("--save-at does not apply to expiry-events".into());
+            }
+            Some(s) if s >= 0.0 && s.is_finite() && s < 1e6 => Some(Duration::from_secs_f64(s)),
+            Some(_) => return Err("--save-at must be a number of seconds".into()),
+            None => None,
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = f.threads.unwrap_or(cores);
         if threads == 0 {
@@ -295,6 +311,7 @@ impl Config {
             timeout: Duration::from_secs_f64(f.timeout),
             server_pid: f.server_pid,
             subscribe: f.subscribe,
+            save_at,
         })
     }
 }

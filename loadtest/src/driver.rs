@@ -33,6 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::{Protocol, Target};
 use crate::resp;
 use crate::rng::Rng;
+use crate::save::SaveWindow;
 use crate::timer::Timer;
 use crate::workload::{Carry, Check, Encoder, Expect, Lifetime, Op, member_id};
 use crate::ws;
@@ -74,6 +75,8 @@ pub struct Plan {
     pub connections: usize,
     /// Completed operations, for the progress bar (`None`: nobody watches).
     pub progress: Option<Arc<AtomicU64>>,
+    /// `--save-at`: operations are sorted by whether they overlap the save.
+    pub save: Option<Arc<SaveWindow>>,
 }
 
 /// What a thread reports to the collector.
@@ -99,8 +102,14 @@ pub enum Msg {
         untokened: u64,
         /// Compare-and-sets that lost and were tried again (cas).
         retries: u64,
+        /// With `--save-at`: latencies of the operations in flight during
+        /// the save, and of the others.
+        save: Option<SplitLatency>,
     },
 }
+
+/// Latencies of the operations in flight during a save, and of the others.
+pub type SplitLatency = Box<[Histogram<u64>; 2]>;
 
 /// An operation in flight in one slot.
 #[derive(Clone, Copy, Debug)]
@@ -736,6 +745,8 @@ struct Collector {
     untokened: u64,
     retries: u64,
     last_completion: Instant,
+    /// `--save-at`: the save's window, and latencies during it and outside.
+    save: Option<(Arc<SaveWindow>, SplitLatency)>,
 }
 
 impl Collector {
@@ -745,7 +756,22 @@ impl Collector {
         self.unpublished += 1;
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.interval.hist.saturating_record(ns);
+        if let Some((window, hists)) = &mut self.save {
+            let during = window.overlaps(now.checked_sub(latency).unwrap_or(now), now);
+            hists[usize::from(!during)].saturating_record(ns);
+        }
         self.last_completion = now.max(self.last_completion);
+    }
+
+    fn done(&mut self) -> Msg {
+        Msg::Done {
+            at: self.last_completion,
+            failed_connections: self.failed_connections,
+            mismatched: self.mismatched,
+            untokened: self.untokened,
+            retries: self.retries,
+            save: self.save.take().map(|(_, hists)| hists),
+        }
     }
 
     /// Hands finished seconds to the collector.
@@ -787,6 +813,10 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         untokened: 0,
         retries: 0,
         last_completion: plan.start,
+        save: plan.save.as_ref().map(|w| {
+            let hists = Box::new([new_histogram(), new_histogram()]);
+            (Arc::clone(w), hists)
+        }),
     };
     let mut poll = match Poll::new() {
         Ok(p) => p,
@@ -795,13 +825,9 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
                 conn.fail(&mut c);
             }
             c.send_interval();
-            let _ = c.tx.send(Msg::Done {
-                at: Instant::now(),
-                failed_connections: c.failed_connections,
-                mismatched: c.mismatched,
-                untokened: c.untokened,
-                retries: c.retries,
-            });
+            c.last_completion = Instant::now();
+            let done = c.done();
+            let _ = c.tx.send(done);
             return conns;
         }
     };
@@ -927,13 +953,8 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         p.fetch_add(std::mem::take(&mut c.unpublished), Ordering::Relaxed);
     }
     c.send_interval();
-    let _ = c.tx.send(Msg::Done {
-        at: c.last_completion,
-        failed_connections: c.failed_connections,
-        mismatched: c.mismatched,
-        untokened: c.untokened,
-        retries: c.retries,
-    });
+    let done = c.done();
+    let _ = c.tx.send(done);
     conns
 }
 

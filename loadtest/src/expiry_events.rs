@@ -176,6 +176,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             client_cpu_s: cpu.client,
             server_cpu_s: cpu.server,
             events: Some(&events),
+            save: None,
         };
         report::write(dir, &summary, &outcome, &meta)?;
     }
@@ -457,6 +458,7 @@ impl Probe {
             mismatched: 0,
             untokened: 0,
             retries: 0,
+            save: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! - `workload` what an operation is on each target; pre-encoded requests
 //! - `ws`       WebSocket client framing, handshake, response scanning
 //! - `resp`     Redis RESP encoding and reply boundaries
+//! - `save`     `--save-at`: a snapshot during the run, latency while it ran
 //! - `stats`    per-second series, totals, progress bar, summary
 //! - `report`   `--out`: report.json and latency.svg
 //! - `timer`    timerfd wake-ups for the open loop
@@ -32,6 +33,7 @@ mod report;
 mod resp;
 mod rng;
 mod run;
+mod save;
 mod stats;
 mod timer;
 mod workload;

@@ -12,6 +12,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::events::EventSummary;
+use crate::save::SaveSummary;
 use crate::stats::{Outcome, SecondStat, Summary, us};
 
 #[derive(Serialize)]
@@ -37,6 +38,9 @@ struct Report<'a> {
     /// without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<&'a EventSummary>,
+    /// `--save-at`: the save and latency while it ran; absent without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    save: Option<&'a SaveSummary>,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -75,6 +79,7 @@ pub struct Meta<'a> {
     pub client_cpu_s: Option<f64>,
     pub server_cpu_s: Option<f64>,
     pub events: Option<&'a EventSummary>,
+    pub save: Option<&'a SaveSummary>,
 }
 
 pub fn write(
@@ -97,6 +102,7 @@ pub fn write(
         percentiles: pct.clone(),
         series: &outcome.series,
         events: meta.events,
+        save: meta.save,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let path = dir.join("report.json");

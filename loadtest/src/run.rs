@@ -15,6 +15,7 @@ use crate::driver::{self, Conn, Plan, Source};
 use crate::events::{Accept, Subscriber};
 use crate::expiry_events;
 use crate::report;
+use crate::save::{self, SaveSummary, SaveWindow};
 use crate::stats::{self, Goal, Latency, Outcome, Summary, round1};
 use crate::workload::{Encoder, Lifetime, Owners, Sessions, value_text};
 
@@ -60,6 +61,11 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     };
     let cpu_before = Cpu::now(cfg.server_pid);
     let start = Instant::now();
+    let window = cfg.save_at.map(|_| Arc::new(SaveWindow::new(start)));
+    let saver = match (cfg.save_at, &window) {
+        (Some(at), Some(w)) => Some(save::start(&cfg.target, cfg.seed, at, Arc::clone(w))?),
+        _ => None,
+    };
     let (requests, deadline, goal) = match cfg.stop {
         Stop::Requests(n) => (Some(n), None, Goal::Requests(n)),
         Stop::Duration(d) => (None, Some(start + d), Goal::Duration(d)),
@@ -86,8 +92,10 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         start,
         connections: cfg.connections,
         progress: bar.as_ref().map(|_| Arc::clone(&progress)),
+        save: window,
     };
     let (mut groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
+    let save = saver.map(|s| save_summary(cfg, s, &outcome));
     let cpu = Cpu::now(cfg.server_pid).since(&cpu_before);
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -123,6 +131,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             client_cpu_s: cpu.client,
             server_cpu_s: cpu.server,
             events: events.as_ref(),
+            save: save.as_ref(),
         };
         report::write(dir, &summary, &outcome, &meta)?;
     }
@@ -131,6 +140,12 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         // report.json).
         if let Some(e) = &events {
             eprintln!("loadtest: {}", e.line());
+        }
+        if let Some(s) = &save {
+            eprintln!(
+                "loadtest: save: {}",
+                serde_json::to_string(s).unwrap_or_default()
+            );
         }
         // Serializing plain numbers and strings cannot fail.
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -146,12 +161,38 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         if let Some(e) = &events {
             e.print();
         }
+        if let Some(s) = &save {
+            save::print(s);
+        }
         cpu.print(summary.ops);
     }
     Ok(summary)
 }
 
 type Groups = Vec<Vec<Conn>>;
+
+/// Waits for the save (a run shorter than `--save-at` never asked for it)
+/// and sums up latency during it and outside.
+fn save_summary(
+    cfg: &Config,
+    saver: std::thread::JoinHandle<(f64, String)>,
+    outcome: &Outcome,
+) -> SaveSummary {
+    let (took_ms, status) = saver
+        .join()
+        .unwrap_or_else(|_| (0.0, "the save thread panicked".into()));
+    let empty = [driver::new_histogram(), driver::new_histogram()];
+    let [during, outside] = outcome.save.as_ref().unwrap_or(&empty);
+    SaveSummary {
+        at_s: cfg.save_at.map_or(0.0, |d| d.as_secs_f64()),
+        took_ms,
+        status,
+        during_ops: during.len(),
+        during_us: Latency::of(during),
+        outside_ops: outside.len(),
+        outside_us: Latency::of(outside),
+    }
+}
 
 /// Creates `--sessions` sessions with keys `user` and `cart` (untimed) and
 /// returns what the workload picks from, with the number of errors.
@@ -226,6 +267,7 @@ fn untimed_plan(cfg: &Config, encoder: Arc<Encoder>, source: Source, requests: u
         start: Instant::now(),
         connections: cfg.connections,
         progress: None,
+        save: None,
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Outcome {
     pub untokened: u64,
     /// Compare-and-sets that lost and were tried again (see `Msg::Done`).
     pub retries: u64,
+    /// `--save-at`: latencies during the save and outside it (see `Msg::Done`).
+    pub save: Option<[Histogram<u64>; 2]>,
 }
 
 /// A second still open for late ticks from slower threads.
@@ -72,6 +74,7 @@ pub fn collect(
     let mut done = 0;
     let mut last = start;
     let mut last_rate = 0.0;
+    let mut save: Option<[Histogram<u64>; 2]> = None;
     while done < threads {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Msg::Tick {
@@ -106,7 +109,14 @@ pub fn collect(
                 mismatched: m,
                 untokened: u,
                 retries: r,
+                save: s,
             }) => {
+                if let Some(s) = s {
+                    let all = save.get_or_insert_with(|| [new_histogram(), new_histogram()]);
+                    for (all, h) in all.iter_mut().zip(s.iter()) {
+                        let _ = all.add(h);
+                    }
+                }
                 done += 1;
                 failed += failed_connections;
                 mismatched += m;
@@ -168,6 +178,7 @@ pub fn collect(
         mismatched,
         untokened,
         retries,
+        save,
     }
 }
 

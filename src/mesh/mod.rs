@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use crate::domain::Token;
 use crate::events::EventFilter;
-use crate::persist::{PersistError, SessionRecord, ShardFileSummary};
+use crate::persist::{PersistError, SessionRecord, ShardFileSummary, VersionDir};
 use crate::protocol::Command;
 
 pub type ShardId = usize;
@@ -136,6 +136,15 @@ pub enum Envelope {
     SaveSettled {
         gather: usize,
         result: Result<(), PersistError>,
+    },
+    /// The version directory of an `SH_SAVE` was created (or not) by a
+    /// helper thread: the save fans out from here.
+    SaveVersionReady {
+        /// None: a periodic snapshot.
+        ticket: Option<Ticket>,
+        name: Box<str>,
+        tkns: Option<Vec<Token>>,
+        result: Result<VersionDir, PersistError>,
     },
     /// A dataset was read from disk for `SH_LOAD` (by a reader thread).
     LoadRead {

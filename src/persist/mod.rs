@@ -51,7 +51,7 @@ pub use format::{
 pub use recovery::{
     Recovery, compact, delete_generations_before, recover, retain_versions, write_checkpoint,
 };
-pub use writer::{OnDone, ShardFileSummary, ShardFileWriter, shard_file_name};
+pub use writer::{OnDone, OnRoom, QUEUE_LIMIT, ShardFileSummary, ShardFileWriter, shard_file_name};
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -6,13 +6,20 @@
 //! them, keeps the running CRC32 and counts, and on [`ShardFileWriter::finish`]
 //! writes the footer and fsyncs. It owns only its file: the version directory's
 //! fsync and the metadata are [`super::VersionDir::commit`]'s job.
+//!
+//! The queue between them is bounded ([`QUEUE_LIMIT`] bytes), so a save
+//! waits for the disk instead of holding its encoded snapshot in memory. The
+//! shard never blocks on it: [`ShardFileWriter::try_write_chunk`] hands a
+//! chunk back when the queue is full, and the thread calls `on_room` once
+//! there is room again. The thread runs in the idle scheduling class: on a
+//! core it shares with a busy shard it takes only what the shard leaves.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use super::PersistError;
@@ -38,6 +45,13 @@ pub struct ShardFileSummary {
 /// Called on the writer thread, once, with the finished file or the failure.
 pub type OnDone = Box<dyn FnOnce(Result<ShardFileSummary, PersistError>) + Send>;
 
+/// Called on the writer thread when a full queue has room again.
+pub type OnRoom = Box<dyn Fn() + Send>;
+
+/// Bytes of chunks queued and not yet written past which the queue is full:
+/// a few hundred thousand sessions' worth at most, in memory at once.
+pub const QUEUE_LIMIT: usize = 4 << 20;
+
 /// The file name a shard's data file has inside a version directory.
 pub fn shard_file_name(shard: usize) -> String {
     format!("shard-{shard}.ndb")
@@ -61,6 +75,17 @@ struct Flags {
     /// Set by the thread once it failed (and has called `on_done`): further
     /// chunks are discarded, so the shard may stop encoding.
     failed: AtomicBool,
+    /// Bytes queued and not yet written; full at [`QUEUE_LIMIT`].
+    queued: AtomicUsize,
+    /// A blocking [`ShardFileWriter::write_chunk`] waits here for room.
+    room: Condvar,
+    room_lock: Mutex<()>,
+}
+
+impl Flags {
+    fn has_room(&self) -> bool {
+        self.queued.load(Ordering::Acquire) < QUEUE_LIMIT || self.failed.load(Ordering::Acquire)
+    }
 }
 
 /// Handle to a shard file being written. Dropping it without [`finish`]
@@ -85,6 +110,42 @@ impl ShardFileWriter {
         shard: usize,
         on_done: OnDone,
     ) -> Result<ShardFileWriter, PersistError> {
+        Self::start_with_room(version_dir, shard, on_done, Box::new(|| {}))
+    }
+
+    /// [`start`](Self::start), and `on_room` is called (on the writer
+    /// thread) whenever a full queue has room again: a shard that stopped
+    /// encoding because [`try_write_chunk`](Self::try_write_chunk) handed a
+    /// chunk back may go on.
+    pub fn start_with_room(
+        version_dir: &Path,
+        shard: usize,
+        on_done: OnDone,
+        on_room: OnRoom,
+    ) -> Result<ShardFileWriter, PersistError> {
+        let (writer, job, rx) = Self::open(version_dir, shard)?;
+        let spawned = thread::Builder::new()
+            .name(format!("snapshot-writer-{shard}"))
+            .spawn(move || {
+                lowest_priority();
+                job.run(rx, on_done, on_room)
+            });
+        if let Err(e) = spawned {
+            let _ = fs::remove_file(&writer.path);
+            return Err(PersistError::io(
+                &writer.path,
+                "starting the writer thread for",
+                e,
+            ));
+        }
+        Ok(writer)
+    }
+
+    /// Creates the file with its header: the handle, and the thread's job.
+    fn open(
+        version_dir: &Path,
+        shard: usize,
+    ) -> Result<(ShardFileWriter, Job, Receiver<Msg>), PersistError> {
         let file_name = shard_file_name(shard);
         let path = version_dir.join(&file_name);
         let file = OpenOptions::new()
@@ -116,22 +177,44 @@ impl ShardFileWriter {
                 crc32: 0,
             },
             flags: Arc::clone(&flags),
+            unsynced: 0,
         };
-        let spawned = thread::Builder::new()
-            .name(format!("snapshot-writer-{shard}"))
-            .spawn(move || job.run(rx, on_done));
-        if let Err(e) = spawned {
-            let _ = fs::remove_file(&path);
-            return Err(PersistError::io(&path, "starting the writer thread for", e));
-        }
-        Ok(ShardFileWriter { tx, flags, path })
+        Ok((ShardFileWriter { tx, flags, path }, job, rx))
     }
 
     /// Queues a chunk of encoded records (concatenated `encode_record` outputs)
-    /// with how many records and keys it holds. Never blocks: the queue is
-    /// unbounded, so the caller bounds chunk sizes and how far it runs ahead.
-    /// After a failure the chunk is discarded (see [`failed`](Self::failed)).
+    /// with how many records and keys it holds, waiting while the queue is
+    /// full: for threads that may block (never an event loop). After a
+    /// failure the chunk is discarded (see [`failed`](Self::failed)).
     pub fn write_chunk(&self, bytes: Vec<u8>, records: u64, keys: u64) {
+        let flags = &*self.flags;
+        if !flags.has_room() {
+            let mut guard = flags.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !flags.has_room() {
+                guard = flags.room.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        self.send(bytes, records, keys);
+    }
+
+    /// Queues a chunk if the queue has room (one chunk may take it past the
+    /// limit); otherwise hands it back untouched. Never blocks. Once the
+    /// writer has failed, every chunk is taken and discarded.
+    pub fn try_write_chunk(&self, bytes: Vec<u8>, records: u64, keys: u64) -> Result<(), Vec<u8>> {
+        if !self.flags.has_room() {
+            return Err(bytes);
+        }
+        self.send(bytes, records, keys);
+        Ok(())
+    }
+
+    /// Whether [`try_write_chunk`](Self::try_write_chunk) would take a chunk now.
+    pub fn has_room(&self) -> bool {
+        self.flags.has_room()
+    }
+
+    fn send(&self, bytes: Vec<u8>, records: u64, keys: u64) {
+        self.flags.queued.fetch_add(bytes.len(), Ordering::AcqRel);
         // A send error means the thread has already failed and reported it.
         let _ = self.tx.send(Msg::Chunk {
             bytes,
@@ -168,6 +251,22 @@ impl ShardFileWriter {
     }
 }
 
+/// Puts the calling thread in the idle scheduling class (nice 19 where
+/// that is refused), best effort: on a core it shares with a shard, any
+/// request the shard wakes for runs first, and the file is written in the
+/// time the shard leaves (a tiny share at worst, so a save always ends).
+fn lowest_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration;
+    // pid 0 and gettid name the calling thread only.
+    unsafe {
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        }
+    }
+}
+
 /// The writer thread's state.
 struct Job {
     out: BufWriter<File>,
@@ -175,15 +274,26 @@ struct Job {
     crc: crc32fast::Hasher,
     summary: ShardFileSummary,
     flags: Arc<Flags>,
+    /// Bytes written since the file was last synced (see [`SYNC_EVERY`]).
+    unsynced: usize,
 }
 
+/// The writer syncs its file every this many bytes (Redis's
+/// `rdb-save-incremental-fsync`, 4 MB too): the kernel writes the file
+/// back a little at a time, on this idle-class thread, instead of all at
+/// once at the final fsync or in a burst of writeback that takes the CPU
+/// from the shard.
+const SYNC_EVERY: usize = 4 << 20;
+
 impl Job {
-    fn run(mut self, rx: Receiver<Msg>, on_done: OnDone) {
-        let result = self.write_all(&rx);
+    fn run(mut self, rx: Receiver<Msg>, on_done: OnDone, on_room: OnRoom) {
+        let result = self.write_all(&rx, &on_room);
         let result = match result {
             Ok(()) => Ok(self.summary),
             Err(e) => {
                 self.flags.failed.store(true, Ordering::Release);
+                // Whoever waits for room may go on (to a discarded chunk).
+                self.room_again(&on_room);
                 // Close before removing; a failure to remove is reported
                 // alongside, since the file then stays behind.
                 drop(self.out);
@@ -203,7 +313,19 @@ impl Job {
         on_done(result);
     }
 
-    fn write_all(&mut self, rx: &Receiver<Msg>) -> Result<(), PersistError> {
+    /// Wakes a blocked `write_chunk` and tells the shard.
+    fn room_again(&self, on_room: &OnRoom) {
+        drop(
+            self.flags
+                .room_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.flags.room.notify_all();
+        on_room();
+    }
+
+    fn write_all(&mut self, rx: &Receiver<Msg>, on_room: &OnRoom) -> Result<(), PersistError> {
         loop {
             match rx.recv() {
                 Ok(Msg::Chunk {
@@ -217,6 +339,10 @@ impl Job {
                     self.write(&bytes)?;
                     self.summary.sessions += records;
                     self.summary.keys += keys;
+                    let before = self.flags.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    if before >= QUEUE_LIMIT && before - bytes.len() < QUEUE_LIMIT {
+                        self.room_again(on_room);
+                    }
                 }
                 Ok(Msg::Finish) => {
                     let footer = footer_without_crc(self.summary.sessions, self.summary.keys);
@@ -252,6 +378,14 @@ impl Job {
             .map_err(|e| PersistError::io(&self.path, "writing", e))?;
         self.crc.update(bytes);
         self.summary.bytes += bytes.len() as u64;
+        self.unsynced += bytes.len();
+        if self.unsynced >= SYNC_EVERY {
+            self.unsynced = 0;
+            self.out
+                .flush()
+                .and_then(|()| self.out.get_ref().sync_data())
+                .map_err(|e| PersistError::io(&self.path, "fsyncing", e))?;
+        }
         Ok(())
     }
 }
@@ -323,6 +457,62 @@ mod tests {
         assert_eq!(decoded.crc32, summary.crc32);
         assert_eq!(decoded.shard, 2);
         assert_eq!(decoded.records, expected);
+    }
+
+    #[test]
+    fn a_full_queue_hands_chunks_back_until_the_thread_makes_room() {
+        let dir = TempDir::new("writer-bounded");
+        // The job is run by hand below, so the queue fills first.
+        let (w, job, rx) = ShardFileWriter::open(dir.path(), 0).unwrap();
+        let records = sample_records();
+        let mut one = Vec::new();
+        records[0].encode(&mut one);
+        let mut queued = 0u64;
+        while w.has_room() {
+            w.try_write_chunk(one.clone(), 1, records[0].keys.len() as u64)
+                .unwrap();
+            queued += 1;
+        }
+        assert!(queued as usize * one.len() >= QUEUE_LIMIT);
+        // Full: the chunk comes back as it was, and nothing is queued.
+        let back = w.try_write_chunk(one.clone(), 1, 0).unwrap_err();
+        assert_eq!(back, one);
+        let w = Arc::new(w);
+        // A blocking write waits for room.
+        let (wrote_tx, wrote_rx) = mpsc::channel();
+        let blocked = {
+            let (w, one, keys) = (Arc::clone(&w), one.clone(), records[0].keys.len() as u64);
+            std::thread::spawn(move || {
+                w.write_chunk(one, 1, keys);
+                let _ = wrote_tx.send(());
+            })
+        };
+        assert!(wrote_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        let (room_tx, room_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            job.run(
+                rx,
+                Box::new(move |r| {
+                    let _ = done_tx.send(r);
+                }),
+                Box::new(move || {
+                    let _ = room_tx.send(());
+                }),
+            )
+        });
+        room_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        wrote_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        blocked.join().unwrap();
+        let Ok(w) = Arc::try_unwrap(w) else {
+            panic!("the blocked writer still holds the handle")
+        };
+        w.finish();
+        let summary = wait(&done_rx).unwrap();
+        assert_eq!(summary.sessions, queued + 1);
+        let decoded = read_shard_file(&dir.path().join("shard-0.ndb"), summary.bytes).unwrap();
+        assert_eq!(decoded.records.len() as u64, queued + 1);
+        assert!(decoded.records.iter().all(|r| *r == records[0]));
     }
 
     #[test]

@@ -233,12 +233,17 @@ impl Router {
         self.start_save(None, &root, name, None, replies);
     }
 
-    /// A periodic snapshot finished (`error`: why it failed).
+    /// A periodic snapshot finished: says how it went.
     pub(super) fn snapshot_done(&mut self, kind: &GatherKind) {
-        self.durability.snapshot_running = false;
+        self.snapshot_ended();
         if let Some(line) = kind.save_report(self.now) {
             eprintln!("nemesisdb: periodic snapshot: {line}");
         }
+    }
+
+    /// No periodic snapshot is running any more.
+    pub(super) fn snapshot_ended(&mut self) {
+        self.durability.snapshot_running = false;
     }
 
     /// When the next periodic snapshot is due, for the event loop's sleep.

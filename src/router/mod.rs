@@ -344,6 +344,12 @@ impl Router {
                     self.answer_part(PartReply::Remote { from, gather }, part, replies);
                 }
                 Envelope::PartDone { gather, result } => self.merge_part(gather, result, replies),
+                Envelope::SaveVersionReady {
+                    ticket,
+                    name,
+                    tkns,
+                    result,
+                } => self.save_version_ready(ticket, name, tkns, result, replies),
                 Envelope::LoadRead { gather, result } => {
                     self.loaded_from_disk(gather, result, replies)
                 }
@@ -388,7 +394,7 @@ impl Router {
 
     /// Whether work is waiting for the next turn (so the loop must not sleep).
     pub fn has_work(&self) -> bool {
-        self.expiry_pending || self.persist.busy() || self.events.pending()
+        self.expiry_pending || self.persist.has_work() || self.events.pending()
     }
 
     /// Whether the shard may exit: no save or load, no commit in flight,

@@ -1,9 +1,11 @@
 //! A shard's side of `SH_SAVE` and `SH_LOAD`.
 //!
-//! Saving: the shard that got the request creates the version directory and
-//! fans out a part to every shard; each snapshots its store a chunk per turn
-//! (copy-on-write keeps it point-in-time) into a background file writer,
-//! whose completion comes back through the mesh; once every file is in,
+//! Saving: the shard that got the request has a helper thread create the
+//! version directory (mkdir and fsyncs stay off the event loop), then fans
+//! out a part to every shard; each snapshots its store a small chunk per
+//! turn (copy-on-write keeps it point-in-time) into a background file
+//! writer, pausing while the writer's bounded queue is full, whose
+//! completion comes back through the mesh; once every file is in,
 //! a helper thread commits the version (its fsyncs stay off the event
 //! loop) and the gatherer answers. Saves asked of a shard that is already
 //! saving wait their turn there. Loading: a reader thread reads and
@@ -21,9 +23,14 @@ use crate::persist::{self, PersistError, SessionRecord, ShardFileWriter};
 use crate::protocol::answer;
 use crate::protocol::{CommandName, Status};
 
-/// Sessions a turn encodes for a save, or adds for a load: a couple of
-/// milliseconds of work, so requests never wait long behind either.
+/// Sessions a turn adds for a load: a couple of milliseconds of work, so
+/// requests never wait long behind it.
 pub(super) const PERSIST_BUDGET: usize = 2048;
+
+/// Sessions a turn encodes for a save: a few hundred microseconds, so a
+/// save of a million sessions adds well under a millisecond to any request
+/// (it runs in the time requests leave, turn after turn).
+pub(super) const SAVE_BUDGET: usize = 256;
 
 /// Saves and loads under way on one shard.
 #[derive(Default)]
@@ -34,7 +41,7 @@ pub(super) struct PersistJobs {
     save_queue: VecDeque<QueuedSave>,
     /// Saved sessions waiting to be added, a batch per turn.
     loading: VecDeque<LoadJob>,
-    /// Save versions being committed by helper threads.
+    /// Save versions being created or committed by helper threads.
     commits_in_flight: usize,
 }
 
@@ -53,12 +60,21 @@ struct LoadJob {
 }
 
 impl PersistJobs {
-    /// Whether save or load work is waiting for the next turn.
+    /// Whether save or load work is under way.
     pub(super) fn busy(&self) -> bool {
         self.save.is_some() || !self.save_queue.is_empty() || !self.loading.is_empty()
     }
 
-    /// Whether a version is being committed by a helper thread.
+    /// Whether the next turn has save or load work it can do: a save whose
+    /// writer is full waits for its wake-up instead.
+    pub(super) fn has_work(&self) -> bool {
+        match &self.save {
+            Some(writer) => writer.has_room() || !self.loading.is_empty(),
+            None => self.busy(),
+        }
+    }
+
+    /// Whether a version is being created or committed by a helper thread.
     pub(super) fn committing(&self) -> bool {
         self.commits_in_flight > 0
     }
@@ -86,7 +102,8 @@ impl PersistJobs {
 
 impl Router {
     /// `SH_SAVE` arrived here (or a periodic snapshot is due: no ticket):
-    /// create the version, ask every shard for its file.
+    /// a helper thread creates the version (mkdir and fsyncs), then
+    /// [`Router::save_version_ready`] fans out.
     pub(super) fn start_save(
         &mut self,
         ticket: Option<Ticket>,
@@ -95,7 +112,58 @@ impl Router {
         tkns: Option<Vec<Token>>,
         replies: &mut dyn Replies,
     ) {
-        let version = match persist::begin_version(root, &name) {
+        let (root, post, me) = (root.to_path_buf(), self.post.clone(), self.config.id);
+        let job_name = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-version".into())
+            .spawn(move || {
+                let result = persist::begin_version(&root, &job_name);
+                let ready = Envelope::SaveVersionReady {
+                    ticket,
+                    name: job_name,
+                    tkns,
+                    result,
+                };
+                post.post(me, vec![ready]);
+            });
+        match spawned {
+            Ok(_) => self.persist.commits_in_flight += 1,
+            Err(source) => {
+                let why = PersistError::Thread {
+                    role: "snapshot version",
+                    source,
+                }
+                .to_string();
+                let Some(ticket) = ticket else {
+                    eprintln!("nemesisdb: periodic snapshot: dataset {name}: failed: {why}");
+                    self.snapshot_ended();
+                    return;
+                };
+                self.answer_here(ticket, replies, |_, out| {
+                    answer::persist_failed(
+                        out,
+                        CommandName::Save,
+                        Status::SaveDirWriteFail,
+                        &name,
+                        &why,
+                    )
+                });
+            }
+        }
+    }
+
+    /// The version directory of a save is created (or could not be): ask
+    /// every shard for its file, or answer 122.
+    pub(super) fn save_version_ready(
+        &mut self,
+        ticket: Option<Ticket>,
+        name: Box<str>,
+        tkns: Option<Vec<Token>>,
+        result: Result<persist::VersionDir, PersistError>,
+        replies: &mut dyn Replies,
+    ) {
+        self.persist.commits_in_flight = self.persist.commits_in_flight.saturating_sub(1);
+        let version = match result {
             Ok(version) => version,
             Err(e) => {
                 let why = e.to_string();
@@ -191,7 +259,10 @@ impl Router {
                 }],
             );
         });
-        match ShardFileWriter::start(dir, self.config.id, on_done) {
+        // An empty batch wakes this shard to go on encoding.
+        let (post, me) = (self.post.clone(), self.config.id);
+        let on_room = Box::new(move || post.post(me, Vec::new()));
+        match ShardFileWriter::start_with_room(dir, self.config.id, on_done, on_room) {
             Ok(writer) => self.persist.save = Some(writer),
             Err(e) => {
                 self.store.abort_snapshot();
@@ -324,9 +395,18 @@ impl Router {
             self.store.abort_snapshot();
             self.persist.save = None;
         }
-        if let Some(chunk) = self.store.snapshot_step(PERSIST_BUDGET) {
+        // A full writer: encode nothing (copy-on-write bytes wait in the
+        // snapshot) until it says there is room.
+        let room = self
+            .persist
+            .save
+            .as_ref()
+            .is_none_or(ShardFileWriter::has_room);
+        if room && let Some(chunk) = self.store.snapshot_step(SAVE_BUDGET) {
             if let Some(writer) = &self.persist.save {
-                writer.write_chunk(chunk.bytes, chunk.records, chunk.keys);
+                // Cannot come back: the writer had room, and only this
+                // thread adds to its queue.
+                let _ = writer.try_write_chunk(chunk.bytes, chunk.records, chunk.keys);
             }
             if chunk.done
                 && let Some(writer) = self.persist.save.take()

@@ -81,8 +81,10 @@ const HAS_EXTRAS: u8 = 16;
 /// The session ends at its extras' `lifetime_end`; `deadline` is never later.
 const HAS_LIFETIME: u8 = 32;
 /// The snapshot under way holds this session already, or must not hold it
-/// (created after it began). A full snapshot clears it on every session as
-/// it lists them, so one bit does what a per-session epoch did.
+/// (created after it began). Set only while a full snapshot has not yet
+/// reached the session's position: the walk clears it as it passes, so
+/// with no snapshot under way it is clear on every session and beginning
+/// one touches none (one bit does what a per-session epoch did).
 const SAVED: u8 = 64;
 
 /// The largest version the low bits hold; one more write carries into the
@@ -555,8 +557,10 @@ impl SessionStore {
         self.wall_epoch_ms = unix_ms;
     }
 
-    /// Begins a point-in-time snapshot: of every session, or (`only`) of
-    /// the listed ones that exist, which are encoded at once.
+    /// Begins a point-in-time snapshot: of every session (walked a slice
+    /// per [`snapshot_step`](Self::snapshot_step), in table order; nothing
+    /// is listed up front), or (`only`) of the listed ones that exist,
+    /// which are encoded at once.
     pub fn begin_snapshot(
         &mut self,
         now: Millis,
@@ -566,30 +570,21 @@ impl SessionStore {
             return Err(SnapshotBusy);
         }
         let snapshot = match only {
-            None => {
-                let order = self
-                    .sessions
-                    .iter_mut()
-                    .map(|session| {
-                        session.flags &= !SAVED;
-                        session.tkn
-                    })
-                    .collect();
-                Snapshot::new(order, true, now, self.wall_epoch_ms)
-            }
+            None => Snapshot::new(true, now, self.wall_epoch_ms),
             Some(tkns) => {
-                let mut snapshot = Snapshot::new(Vec::new(), false, now, self.wall_epoch_ms);
-                for &tkn in tkns {
-                    if let Some(session) = self.sessions.get_mut(tkn) {
-                        session.flags &= !SAVED;
-                    }
-                }
+                let mut snapshot = Snapshot::new(false, now, self.wall_epoch_ms);
                 // A token listed twice is saved once.
                 for &tkn in tkns {
                     if let Some(session) = self.sessions.get_mut(tkn)
                         && !session.is_saved()
                     {
                         save_into(&mut snapshot, session, &self.extras);
+                    }
+                }
+                // Clear again: SAVED is set only ahead of a full walk.
+                for &tkn in tkns {
+                    if let Some(session) = self.sessions.get_mut(tkn) {
+                        session.flags &= !SAVED;
                     }
                 }
                 snapshot
@@ -603,24 +598,52 @@ impl SessionStore {
     /// everything encoded so far; None when no snapshot is being taken.
     /// The chunk with `done` set ends the snapshot.
     pub fn snapshot_step(&mut self, budget: usize) -> Option<Chunk> {
+        self.snapshot_walk(budget);
         let snapshot = self.snapshot.as_mut()?;
-        let mut visited = 0;
-        while visited < budget {
-            let Some(tkn) = snapshot.next_listed() else {
-                break;
-            };
-            visited += 1;
-            if let Some(session) = self.sessions.get_mut(tkn)
-                && !session.is_saved()
-            {
-                save_into(snapshot, session, &self.extras);
-            }
-        }
-        let chunk = snapshot.take();
+        let chunk = snapshot.take(self.sessions.len());
         if chunk.done {
             self.snapshot = None;
         }
         Some(chunk)
+    }
+
+    /// Moves a full snapshot's walk on by up to `budget` positions: a
+    /// session not yet saved is saved as it is now; the bit of one that
+    /// was (copy-on-write) or is new since the start is cleared.
+    fn snapshot_walk(&mut self, budget: usize) {
+        let Some(snapshot) = self.snapshot.as_mut().filter(|s| s.copy_on_write) else {
+            return;
+        };
+        let end = self
+            .sessions
+            .len()
+            .min(snapshot.next.saturating_add(budget));
+        while snapshot.next < end {
+            let session = self.sessions.at_mut(snapshot.next);
+            snapshot.next += 1;
+            if !session.is_saved() {
+                save_into(snapshot, session, &self.extras);
+            }
+            session.flags &= !SAVED;
+        }
+    }
+
+    /// After a removal moved the table's last session to `position`: if
+    /// the walk had passed `position` but not the last one, the moved
+    /// session is saved now (unless it was saved or is new) and counts as
+    /// passed.
+    fn snapshot_moved(&mut self, position: usize) {
+        let Some(snapshot) = self.snapshot.as_mut().filter(|s| s.copy_on_write) else {
+            return;
+        };
+        // The moved session was at the old last position, now `len`.
+        if position < snapshot.next && self.sessions.len() >= snapshot.next {
+            let session = self.sessions.at_mut(position);
+            if !session.is_saved() {
+                save_into(snapshot, session, &self.extras);
+            }
+            session.flags &= !SAVED;
+        }
     }
 
     /// Adds a saved session with a fresh idle deadline (now + duration)
@@ -709,7 +732,19 @@ impl SessionStore {
 
     /// Stops the snapshot being taken (its file is abandoned).
     pub fn abort_snapshot(&mut self) {
-        self.snapshot = None;
+        // What the walk had not reached may hold SAVED: clear it, as the
+        // walk would have (one pass over the rest; aborts are rare).
+        if let Some(snapshot) = self.snapshot.take().filter(|s| s.copy_on_write) {
+            for position in snapshot.next..self.sessions.len() {
+                self.sessions.at_mut(position).flags &= !SAVED;
+            }
+        }
+    }
+
+    /// Whether a full snapshot's walk is under way (new sessions are
+    /// marked so it passes them by).
+    fn snapshot_walking(&self) -> bool {
+        self.snapshot.as_ref().is_some_and(|s| s.copy_on_write)
     }
 
     /// Bytes encoded by copy-on-write and not yet handed out: the shard
@@ -723,10 +758,13 @@ impl SessionStore {
     fn preserve(&mut self, tkn: Token) {
         if let Some(snapshot) = &mut self.snapshot
             && snapshot.copy_on_write
-            && let Some(session) = self.sessions.get_mut(tkn)
-            && !session.is_saved()
+            && let Some(position) = self.sessions.position(tkn)
+            && position >= snapshot.next
         {
-            save_into(snapshot, session, &self.extras);
+            let session = self.sessions.at_mut(position);
+            if !session.is_saved() {
+                save_into(snapshot, session, &self.extras);
+            }
         }
     }
 
@@ -944,7 +982,7 @@ impl SessionStore {
             extras: slot,
             version_low: [1, 0, 0],
             // Not part of a snapshot already under way.
-            flags: flags | SAVED,
+            flags: flags | if self.snapshot_walking() { SAVED } else { 0 },
         };
         session.set_expiry(expiry);
         self.sessions.insert(session);
@@ -1019,9 +1057,12 @@ impl SessionStore {
 
     /// Removes a session, its timer, its extras, and its shared name.
     fn remove(&mut self, tkn: Token) -> Option<Session> {
-        let session = self.sessions.remove(tkn)?;
+        let (session, moved_to) = self.sessions.remove(tkn)?;
         if let Some(log) = &mut self.log {
             log.end_session(tkn);
+        }
+        if let Some(position) = moved_to {
+            self.snapshot_moved(position);
         }
         self.key_count -= session.keys.len() as u64;
         self.used_bytes -= session_cost(session.name(), &session.keys);
@@ -1071,17 +1112,7 @@ impl SessionStore {
     /// One pass over every session: an admin command, not a hot path.
     pub fn end_all(&mut self, now: Millis) -> u64 {
         // A snapshot under way keeps what it has not reached yet.
-        if let Some(snapshot) = &mut self.snapshot
-            && snapshot.copy_on_write
-        {
-            while let Some(tkn) = snapshot.next_listed() {
-                if let Some(session) = self.sessions.get_mut(tkn)
-                    && !session.is_saved()
-                {
-                    save_into(snapshot, session, &self.extras);
-                }
-            }
-        }
+        self.snapshot_walk(usize::MAX);
         // Expiry due first (with its events): a session past its deadline
         // expired, it was not ended.
         let tokens: Vec<Token> = self.sessions.iter().map(|s| s.tkn).collect();
@@ -1641,6 +1672,39 @@ mod tests {
         assert_eq!(records.len(), 50);
         assert_eq!(records.iter().find(|r| r.tkn == 6).unwrap().version, 3);
         assert_eq!(records.iter().find(|r| r.tkn == 2).unwrap().version, 2);
+    }
+
+    #[test]
+    fn the_walk_by_position_keeps_sessions_that_removals_move_behind_it() {
+        let mut s = store();
+        for tkn in 1..=10 {
+            s.create(tkn, None, false, None, 0);
+        }
+        s.begin_snapshot(0, None).unwrap();
+        let mut first = true;
+        let records = snapshot_records(&mut s, 5, |s| {
+            if std::mem::take(&mut first) {
+                // The walk has passed 1..=5. A new session goes last; each
+                // end moves the last session behind the walk: first the
+                // new one (not to be saved), then 10 (saved there and then).
+                s.create(11, None, false, None, 0);
+                s.end(2, 0).unwrap();
+                s.end(3, 0).unwrap();
+            }
+        });
+        let tkns: Vec<Token> = records.iter().map(|r| r.tkn).collect();
+        assert_eq!(tkns, (1..=10).collect::<Vec<_>>());
+        // An aborted walk leaves no mark: the next snapshot saves them all.
+        s.begin_snapshot(0, None).unwrap();
+        let _ = s.snapshot_step(2);
+        s.set(9, vec![kv("k", "v")], 0).unwrap();
+        s.create(12, None, false, None, 0);
+        s.abort_snapshot();
+        s.begin_snapshot(0, None).unwrap();
+        let records = snapshot_records(&mut s, 3, |_| {});
+        let tkns: Vec<Token> = records.iter().map(|r| r.tkn).collect();
+        assert_eq!(tkns, [1, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(records[6].keys.len(), 1, "9 as it is now");
     }
 
     #[test]

@@ -1,23 +1,24 @@
 //! Point-in-time snapshots of one shard's sessions, encoded a chunk per
 //! event-loop turn so a save never freezes the shard.
 //!
-//! The snapshot is the sessions as they were when it began. Sessions are
-//! encoded in the order they were listed then; a session about to change
-//! before its turn is encoded first, as it still is (copy-on-write, as in
-//! Dragonfly's versioned snapshots). Each session carries a `SAVED` bit,
-//! cleared on every session as a full snapshot lists them, so "already
-//! saved" costs no lookup.
+//! The snapshot is the sessions as they were when it began. A full
+//! snapshot walks the session table by position, a slice per turn, so
+//! beginning one costs nothing however many sessions there are; a session
+//! about to change before the walk reaches it is encoded first, as it still
+//! is (copy-on-write, as in Dragonfly's versioned snapshots). A `SAVED` bit
+//! marks sessions ahead of the walk that must not be encoded again (saved
+//! early) or at all (created since the start); the walk clears it as it
+//! passes, and a removal that moves the table's last session behind the
+//! walk saves it then (see `SessionStore::snapshot_moved`).
 
 use super::{Extras, Millis, Session};
-use crate::domain::Token;
 use crate::persist::{RecordHead, encode_record};
 
 /// A snapshot in progress.
 pub struct Snapshot {
-    /// Sessions to save, as listed at the start; those before `next` are
-    /// done (or were saved early, or have gone).
-    order: Vec<Token>,
-    next: usize,
+    /// The next table position the walk visits: sessions before it are
+    /// done (a full snapshot only).
+    pub(super) next: usize,
     /// Whether sessions not yet reached must be saved before they change:
     /// false when the snapshot is an explicit list encoded up front.
     pub(super) copy_on_write: bool,
@@ -42,14 +43,8 @@ pub struct Chunk {
 }
 
 impl Snapshot {
-    pub(super) fn new(
-        order: Vec<Token>,
-        copy_on_write: bool,
-        started: Millis,
-        wall_epoch_ms: u64,
-    ) -> Self {
+    pub(super) fn new(copy_on_write: bool, started: Millis, wall_epoch_ms: u64) -> Self {
         Snapshot {
-            order,
             next: 0,
             copy_on_write,
             started,
@@ -102,28 +97,18 @@ impl Snapshot {
         self.keys += keys as u64;
     }
 
-    /// The next token to visit in list order, if any remain.
-    pub(super) fn next_listed(&mut self) -> Option<Token> {
-        let tkn = self.order.get(self.next).copied()?;
-        self.next += 1;
-        Some(tkn)
-    }
-
     pub(super) fn pending_bytes(&self) -> usize {
         self.out.len()
     }
 
-    /// Hands out what is encoded so far.
-    pub(super) fn take(&mut self) -> Chunk {
-        let chunk = Chunk {
+    /// Hands out what is encoded so far; `sessions` is the table's size
+    /// (a full snapshot is done once its walk has passed them all).
+    pub(super) fn take(&mut self, sessions: usize) -> Chunk {
+        Chunk {
             bytes: std::mem::take(&mut self.out),
             records: std::mem::take(&mut self.records),
             keys: std::mem::take(&mut self.keys),
-            done: self.next >= self.order.len(),
-        };
-        if chunk.done {
-            self.order = Vec::new();
+            done: !self.copy_on_write || self.next >= sessions,
         }
-        chunk
     }
 }

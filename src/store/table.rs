@@ -72,7 +72,10 @@ impl Sessions {
             .insert_unique(hash, position, |&i| hasher.hash_one(slots[i as usize].tkn));
     }
 
-    pub fn remove(&mut self, tkn: Token) -> Option<Session> {
+    /// Removes a session; the last one moves into its place, and the
+    /// position it moved to comes back with it (a snapshot's walk by
+    /// position must hear of it).
+    pub fn remove(&mut self, tkn: Token) -> Option<(Session, Option<usize>)> {
         let hash = self.hash(tkn);
         let slots = &self.slots;
         let entry = self
@@ -83,24 +86,21 @@ impl Sessions {
         let position = position as usize;
         let session = self.slots.swap_remove(position);
         // The last session moved into the hole: point its index entry there.
-        if let Some(moved) = self.slots.get(position) {
-            let (moved_tkn, last) = (moved.tkn, self.slots.len() as u32);
-            if let Some(i) = self
-                .index
-                .find_mut(self.hasher.hash_one(moved_tkn), |&i| i == last)
-            {
-                *i = position as u32;
-            }
+        let Some(moved) = self.slots.get(position) else {
+            return Some((session, None));
+        };
+        let (moved_tkn, last) = (moved.tkn, self.slots.len() as u32);
+        if let Some(i) = self
+            .index
+            .find_mut(self.hasher.hash_one(moved_tkn), |&i| i == last)
+        {
+            *i = position as u32;
         }
-        Some(session)
+        Some((session, Some(position)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Session> {
         self.slots.iter()
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
-        self.slots.iter_mut()
     }
 
     /// Removes every session, handing them out.

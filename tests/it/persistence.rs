@@ -142,6 +142,17 @@ fn subset_saves_and_dataset_errors() {
     std::fs::write(dir.path().join("blocked"), b"a file, not a directory").unwrap();
     let r = c.call(r#"{"SH_SAVE":{"name":"blocked"}}"#);
     assert_eq!(st(&r), 122, "{r}");
+    // The directory is made on a helper thread: requests pipelined behind
+    // SH_SAVE are answered after it, in order, whether it fails or not.
+    for (name, status) in [("blocked", 122), ("ordered", 121)] {
+        c.queue_text(format!(r#"{{"SH_SAVE":{{"name":"{name}"}}}}"#));
+        c.queue_text(r#"{"SV_INFO":{}}"#.to_string());
+        c.flush();
+        let save = body(&c.recv_json(), "SH_SAVE_RSP");
+        assert_eq!(st(&save), status, "{save}");
+        assert_eq!(st(&body(&c.recv_json(), "SV_INFO_RSP")), 1);
+    }
+    assert!(dir.path().join("blocked").is_file(), "nothing written");
 }
 
 fn version_dirs(dataset: &Path) -> Vec<PathBuf> {
