@@ -58,6 +58,12 @@
 #                       operations in flight during the save, and of the
 #                       others (no save). Ours runs one shard per
 #                       --server-cpus core, Redis under taskset on them.
+#                       Then the change log's cost: set and mixed at each
+#                       --pipelines value with ours at --log-fsync off,
+#                       everysec, always and Redis at appendonly no,
+#                       appendfsync everysec, always (snapshots off on both):
+#                       ops/s, server CPU per op, p99, and the issue's target
+#                       ratios; --repeat N repeats that matrix (medians).
 #   --persist-sessions N  sessions behind the save (default 1000000)
 #   --persist-rate R    the open loop's total rate, ops/s (default 50000)
 set -euo pipefail
@@ -98,7 +104,7 @@ while [ $# -gt 0 ]; do
         --persist) PERSIST=1; shift ;;
         --persist-sessions) PERSIST_SESSIONS="$2"; shift 2 ;;
         --persist-rate) PERSIST_RATE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,63p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,69p' "$0"; exit 0 ;;
         *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -255,7 +261,8 @@ if [ "$PERSIST" = 1 ]; then
     # loop of gets, on each server in turn.
     save_latency_table() {
         local name url pid
-        start_persist_servers
+        # Snapshots only, on both sides (Redis: no AOF, no save points).
+        start_persist_servers --log-fsync off --snapshot-every 0
         for name in ours redis; do
             if [ "$name" = ours ]; then
                 url="ws://127.0.0.1:$OURS_PORT/"; pid="$OURS_PID"
@@ -330,12 +337,145 @@ print()
 EOF
     }
 
+
+    # Change-log cost (issue #17's "Measure"): set and mixed at each
+    # --pipelines value, one server at a time, each with its durability
+    # settings: ours with the log off / everysec / always, Redis with
+    # appendonly no / appendfsync everysec / always (snapshots off on both,
+    # so only the log is measured). --repeat N repeats the whole matrix;
+    # the table shows medians.
+    start_durable_server() {
+        local cfg="$1"
+        rm -rf "$PERSIST_DIR"
+        mkdir -p "$PERSIST_DIR"
+        case "$cfg" in
+            ours:*)
+                taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" \
+                    --persist-path "$PERSIST_DIR" --snapshot-every 0 \
+                    --log-fsync "${cfg#ours:}" > "$WORK/ours.log" 2>&1 &
+                DURABLE_PID=$!
+                local port=""
+                for _ in $(seq 100); do
+                    port="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
+                    [ -n "$port" ] && break
+                    sleep 0.1
+                done
+                [ -n "$port" ] || { echo "compare-redis: nemesisdb did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+                DURABLE_URL="ws://127.0.0.1:$port/"
+                ;;
+            redis:*)
+                local port aof
+                port="$(free_port)"
+                case "${cfg#redis:}" in
+                    no) aof=(--appendonly no) ;;
+                    *) aof=(--appendonly yes --appendfsync "${cfg#redis:}") ;;
+                esac
+                taskset -c "$SERVER_CPUS" redis-server --port "$port" --bind 127.0.0.1 \
+                    --dir "$PERSIST_DIR" --save '' "${aof[@]}" --daemonize no \
+                    > "$WORK/redis.log" 2>&1 &
+                DURABLE_PID=$!
+                for _ in $(seq 100); do
+                    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+                    sleep 0.1
+                done
+                DURABLE_URL="redis://127.0.0.1:$port"
+                ;;
+        esac
+        OURS_PID="$DURABLE_PID"
+    }
+
+    log_cost_table() {
+        local cfg w p
+        : > "$WORK/results.jsonl"
+        for _ in $(seq "$REPEAT"); do
+            for cfg in ours:off ours:everysec ours:always redis:no redis:everysec redis:always; do
+                start_durable_server "$cfg"
+                for w in set mixed; do
+                    for p in $PIPELINES; do
+                        run "$cfg" "$DURABLE_URL" "$DURABLE_PID" "$w" "$p"
+                    done
+                done
+                stop_servers
+            done
+        done
+        python3 - "$WORK/results.jsonl" "$SHARDS" "$SERVER_CPUS" "$CLIENT_CPUS" \
+            "$CONNECTIONS" "$DURATION" "$REPEAT" \
+            "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+            "$(redis-server --version | awk '{print $3}')" > "$WORK/persist-log.md" <<'EOF'
+import json, statistics, sys
+path, shards, scpus, ccpus, conns, dur, repeat, rev, rver = sys.argv[1:]
+runs = {}
+for line in open(path):
+    d = json.loads(line)
+    r = d.get("r") or {}
+    ops, cpu = r.get("ops"), d.get("cpu_s")
+    row = {
+        "ops_s": r.get("ops_per_sec"),
+        "cpu_us": cpu / ops * 1e6 if cpu is not None and ops else None,
+        "p99_ms": (r.get("latency_us") or {}).get("p99"),
+        "errors": r.get("errors", 0),
+    }
+    runs.setdefault((d["server"], d["workload"], d["pipeline"]), []).append(row)
+
+def med(key, cfg, w, p):
+    xs = [x[key] for x in runs.get((cfg, w, p), []) if x[key] is not None]
+    return statistics.median(xs) if xs else None
+
+cfgs = ["ours:off", "ours:everysec", "ours:always", "redis:no", "redis:everysec", "redis:always"]
+names = ["ours, log off", "ours, everysec", "ours, always",
+         "Redis, AOF off", "Redis, everysec", "Redis, always"]
+keys = sorted({(w, p) for (_, w, p) in runs})
+def fmt(x, f):
+    return "-" if x is None else f.format(x)
+def ratio(a, b):
+    return "-" if a is None or b in (None, 0) else f"{a / b:.2f}"
+
+print("### Change log: throughput, CPU per operation, p99")
+print()
+print(f"nemesisdb ({rev}, {shards} shard{'s' if shards != '1' else ''} on cpus {scpus}) vs Redis "
+      f"{rver.replace('v=', '')} (same cpus, `--save ''`); loadtest on cpus {ccpus}, {conns} "
+      f"connections, {dur} s per run, median of {repeat} run{'s' if repeat != '1' else ''}. "
+      "Ours: `--log-fsync off|everysec|always --snapshot-every 0`; Redis: `appendonly no`, "
+      "or `appendonly yes` with `appendfsync everysec|always`. Server CPU is the server "
+      "process's user + system time (all its threads, the log writers included) over the timed run.")
+print()
+for title, key, f in [("ops/s", "ops_s", "{:,.0f}"), ("server CPU, us per op", "cpu_us", "{:.2f}"),
+                      ("p99, ms", "p99_ms", "{:,.2f}")]:
+    print(f"**{title}**")
+    print()
+    print("| workload | pipeline | " + " | ".join(names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for w, p in keys:
+        vals = [med(key, c, w, p) for c in cfgs]
+        if key == "p99_ms":
+            vals = [None if v is None else v / 1000 for v in vals]
+        print(f"| {w} | {p} | " + " | ".join(fmt(v, f) for v in vals) + " |")
+    print()
+print("**Targets** (issue #17): at everysec, CPU per op at the highest pipeline within 1.1x of "
+      "our log-off figure and at or under Redis's everysec; at always, ops/s at or above "
+      "Redis's always.")
+print()
+print("| workload | pipeline | ours everysec / ours off, CPU | ours everysec / Redis everysec, CPU | ours always / Redis always, ops/s |")
+print("|---|---:|---:|---:|---:|")
+for w, p in keys:
+    print(f"| {w} | {p} | {ratio(med('cpu_us', 'ours:everysec', w, p), med('cpu_us', 'ours:off', w, p))} "
+          f"| {ratio(med('cpu_us', 'ours:everysec', w, p), med('cpu_us', 'redis:everysec', w, p))} "
+          f"| {ratio(med('ops_s', 'ours:always', w, p), med('ops_s', 'redis:always', w, p))} |")
+errors = sum(x["errors"] or 0 for rs in runs.values() for x in rs)
+print()
+print(f"Errors over all runs: {errors}.")
+print()
+EOF
+    }
+
     echo "compare-redis: persist: servers on cpus $SERVER_CPUS ($SHARDS shards for ours)," \
          "loadtest on cpus $CLIENT_CPUS" >&2
     mkdir -p "$(dirname "$OUT")"
     : > "$OUT.tmp"
     save_latency_table
     cat "$WORK/persist-save.md" >> "$OUT.tmp"
+    log_cost_table
+    cat "$WORK/persist-log.md" >> "$OUT.tmp"
     mv "$OUT.tmp" "$OUT"
     cat "$OUT"
     echo "compare-redis: table written to $OUT" >&2
