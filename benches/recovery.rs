@@ -181,14 +181,14 @@ fn main() {
         };
         pending[shard] += 1;
         if pending[shard] == BATCH
-            && let Some(batch) = buffers[shard].take()
+            && let Some(batch) = buffers[shard].take(None)
         {
             writers[shard].append(batch);
             pending[shard] = 0;
         }
     }
     for (shard, buffer) in buffers.iter_mut().enumerate() {
-        if let Some(batch) = buffer.take() {
+        if let Some(batch) = buffer.take(None) {
             writers[shard].append(batch);
         }
     }

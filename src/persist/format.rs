@@ -189,6 +189,7 @@ pub fn encode_record<'a>(
     }
 }
 
+#[inline]
 pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut varint = [0u8; 10];
     let n = varint_encode(bytes.len() as u64, &mut varint);
@@ -197,6 +198,7 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Unsigned LEB128: 7 bits per byte, low group first, high bit = more follow.
+#[inline]
 pub(crate) fn varint_encode(mut v: u64, buf: &mut [u8; 10]) -> usize {
     let mut i = 0;
     loop {

@@ -631,7 +631,7 @@ mod tests {
 
         fn turn(&mut self, f: impl FnOnce(&mut ChangeBuffer)) -> &mut Self {
             f(&mut self.buf);
-            if let Some(batch) = self.buf.take() {
+            if let Some(batch) = self.buf.take(None) {
                 self.writer.as_ref().unwrap().append(batch);
             }
             self

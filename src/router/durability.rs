@@ -15,6 +15,12 @@ use crate::mesh::{Envelope, PartResult, ShardId, Ticket};
 use crate::persist::log::{FsyncPolicy, LogReport, LogWriter, LogWriterConfig};
 use crate::store::Millis;
 
+/// Records wait in the shard at most this long before the log thread
+/// gets them (with `everysec` and `no`; `always` hands them off every turn).
+const HAND_OFF_AFTER_MS: Millis = 2;
+/// ... or until they are this many bytes.
+const HAND_OFF_BYTES: usize = 256 * 1024;
+
 /// Where and how this shard logs its changes.
 #[derive(Clone, Debug)]
 pub struct LogSettings {
@@ -61,6 +67,8 @@ pub(super) struct Durability {
     failure: Option<String>,
     /// `<persist>/log` while logging.
     log_dir: Option<PathBuf>,
+    /// Since when records have waited in this shard for the log writer.
+    pending_since: Option<Millis>,
     /// When the next periodic snapshot is due.
     next_snapshot: Option<Millis>,
     /// A periodic snapshot is under way.
@@ -133,13 +141,41 @@ impl Router {
         self.durability.failure.as_deref()
     }
 
-    /// The turn's records go to the log writer.
+    /// The turn's records go to the log writer: at once with `always`
+    /// (answers wait for them); otherwise once they fill a batch or have
+    /// waited `HAND_OFF_AFTER_MS`, so a busy shard wakes its log thread a
+    /// few hundred times a second, not every turn.
+    pub(super) fn end_turn_log(&mut self) {
+        let pending = self.store.log_pending();
+        if pending == 0 {
+            self.durability.pending_since = None;
+            return;
+        }
+        let since = *self.durability.pending_since.get_or_insert(self.now);
+        if self.durability.always
+            || pending >= HAND_OFF_BYTES
+            || self.now >= since + HAND_OFF_AFTER_MS
+        {
+            self.flush_log();
+        }
+    }
+
+    /// Every record so far goes to the log writer.
     pub(super) fn flush_log(&mut self) {
+        self.durability.pending_since = None;
         if let Some(writer) = &self.durability.writer
-            && let Some(batch) = self.store.take_log()
+            && let Some(batch) = self.store.take_log(writer.spare())
         {
             writer.append(batch);
         }
+    }
+
+    /// When records waiting in this shard must go to the log writer, for
+    /// the event loop's sleep.
+    pub(super) fn log_hand_off_due(&self) -> Option<Millis> {
+        self.durability
+            .pending_since
+            .map(|since| since + HAND_OFF_AFTER_MS)
     }
 
     /// A full snapshot begins here: the records so far go to the writer,

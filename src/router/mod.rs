@@ -382,7 +382,7 @@ impl Router {
             }
         }
         // Last: everything this turn changed.
-        self.flush_log();
+        self.end_turn_log();
     }
 
     /// After the turn's output went to the sockets: subscriptions whose
@@ -406,10 +406,14 @@ impl Router {
     /// The next session deadline or periodic snapshot, for the event
     /// loop's sleep.
     pub fn next_deadline(&self) -> Option<Millis> {
-        match (self.store.next_expiry(), self.next_snapshot()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.store.next_expiry(),
+            self.next_snapshot(),
+            self.log_hand_off_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// This turn's messages for other shards, one batch per shard.

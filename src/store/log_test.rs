@@ -133,7 +133,7 @@ fn recovered(store: &mut SessionStore) -> Vec<SessionRecord> {
         Box::new(|_| {}),
     )
     .unwrap();
-    if let Some(batch) = store.take_log() {
+    if let Some(batch) = store.take_log(None) {
         writer.append(batch);
     }
     drop(writer);

@@ -396,9 +396,15 @@ impl SessionStore {
         self.log = Some(ChangeBuffer::new(next_seq));
     }
 
-    /// The change-log records written since the last call.
-    pub fn take_log(&mut self) -> Option<Batch> {
-        self.log.as_mut()?.take()
+    /// The change-log records written since the last call; later ones go
+    /// into `spare` when given (a buffer the log writer has emptied).
+    pub fn take_log(&mut self, spare: Option<Vec<u8>>) -> Option<Batch> {
+        self.log.as_mut()?.take(spare)
+    }
+
+    /// Bytes of change-log records waiting to be taken.
+    pub fn log_pending(&self) -> usize {
+        self.log.as_ref().map_or(0, ChangeBuffer::len)
     }
 
     /// The sequence number of the last change-log record (0: none, or no log).

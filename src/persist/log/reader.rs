@@ -367,7 +367,7 @@ mod tests {
         };
         let mut bytes = header.encode().to_vec();
         let mut starts = Vec::new();
-        if let Some(mut batch) = buf.take() {
+        if let Some(mut batch) = buf.take(None) {
             seal(&mut batch.bytes);
             let mut at = 0;
             while at < batch.bytes.len() {

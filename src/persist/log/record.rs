@@ -113,17 +113,24 @@ impl ChangeBuffer {
         self.buf.is_empty()
     }
 
-    /// The records written since the last call, if any.
-    pub fn take(&mut self) -> Option<Batch> {
+    /// Bytes of records waiting to be taken.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The records written since the last call, if any; the next ones go
+    /// into `spare` (an emptied buffer of an earlier batch) when given.
+    pub fn take(&mut self, spare: Option<Vec<u8>>) -> Option<Batch> {
         if self.buf.is_empty() {
             return None;
         }
-        // The next turn's buffer starts as large as this one was, up to a
-        // bound (one huge turn, a load, must not make every turn allocate
-        // that much).
-        let capacity = self.buf.capacity().min(MAX_KEPT_CAPACITY);
+        let next = spare.unwrap_or_else(|| {
+            // As large as this one, up to a bound (one huge turn, a load,
+            // must not make later turns allocate as much).
+            Vec::with_capacity(self.buf.capacity().min(MAX_KEPT_CAPACITY))
+        });
         Some(Batch {
-            bytes: std::mem::replace(&mut self.buf, Vec::with_capacity(capacity)),
+            bytes: std::mem::replace(&mut self.buf, next),
             last_seq: self.last_seq(),
         })
     }
@@ -150,6 +157,7 @@ impl ChangeBuffer {
         self.buf[self.start..self.start + 4].copy_from_slice(&len.to_le_bytes());
     }
 
+    #[inline]
     fn varint(&mut self, v: u64) {
         let mut b = [0u8; 10];
         let n = varint_encode(v, &mut b);
@@ -456,7 +464,7 @@ mod tests {
     use crate::domain::ExpirySettings;
 
     fn sealed(buf: &mut ChangeBuffer) -> Vec<u8> {
-        let mut batch = buf.take().unwrap();
+        let mut batch = buf.take(None).unwrap();
         seal(&mut batch.bytes);
         batch.bytes
     }
@@ -561,14 +569,14 @@ mod tests {
                 assert_eq!((record.tkn, record.slot), (42, 42));
             }
         }
-        assert!(buf.take().is_none(), "taking empties the buffer");
+        assert!(buf.take(None).is_none(), "taking empties the buffer");
     }
 
     #[test]
     fn an_unsealed_record_fails_its_crc() {
         let mut buf = ChangeBuffer::new(1);
         buf.end_session(9);
-        let bytes = buf.take().unwrap().bytes;
+        let bytes = buf.take(None).unwrap().bytes;
         assert!(matches!(decode(&bytes), Err(RecordError::Corrupt(_))));
     }
 

@@ -8,9 +8,9 @@
 //! waits for room (backpressure) instead of growing without limit.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ use super::segment::SegmentHeader;
 const QUEUE: usize = 64;
 /// Bytes of batches gathered into one write before it is issued.
 const GATHER_BYTES: usize = 8 << 20;
+/// Batches gathered into one write (one `IoSlice` each) at most.
+const GATHER_BATCHES: usize = 256;
+/// Buffers up to this size go back to the shard for its next turns.
+const MAX_RECYCLED: usize = 4 << 20;
 
 /// When the log is made durable.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -77,6 +81,9 @@ enum Msg {
 pub struct LogWriter {
     tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<()>>,
+    /// Written batches' buffers, emptied, for the shard to fill again: no
+    /// fresh allocation (and page faults) per turn.
+    spares: Receiver<Vec<u8>>,
 }
 
 impl LogWriter {
@@ -86,6 +93,7 @@ impl LogWriter {
         report: Box<dyn Fn(LogReport) + Send>,
     ) -> io::Result<LogWriter> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (recycle, spares) = mpsc::channel();
         let name = format!("change-log-{}", config.shard);
         let thread = thread::Builder::new().name(name).spawn(move || {
             let mut job = Job {
@@ -94,6 +102,7 @@ impl LogWriter {
                 rotate: false,
                 last_sync: Instant::now(),
                 unsynced: None,
+                recycle,
             };
             if let Err(e) = job.run(&rx, &*report) {
                 report(LogReport::Failed(e));
@@ -102,7 +111,13 @@ impl LogWriter {
         Ok(LogWriter {
             tx: Some(tx),
             thread: Some(thread),
+            spares,
         })
+    }
+
+    /// An emptied buffer of a written batch, if one has come back.
+    pub fn spare(&self) -> Option<Vec<u8>> {
+        self.spares.try_recv().ok()
     }
 
     /// Queues a turn's records; waits only when the queue is full.
@@ -144,11 +159,15 @@ struct Job {
     last_sync: Instant,
     /// The last sequence number written but not yet fsynced.
     unsynced: Option<u64>,
+    /// Where written batches' buffers go back to the shard.
+    recycle: Sender<Vec<u8>>,
 }
 
 impl Job {
     fn run(&mut self, rx: &Receiver<Msg>, report: &dyn Fn(LogReport)) -> Result<(), String> {
-        let mut pending: Vec<u8> = Vec::new();
+        // Sealed batches not yet written: one vectored write takes them all.
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut pending_bytes = 0;
         loop {
             let first = match (self.config.policy, self.unsynced) {
                 (FsyncPolicy::EverySec, Some(_)) => {
@@ -173,17 +192,20 @@ impl Job {
                     Msg::Batch(mut batch) => {
                         if self.current.is_none() || self.rotate || self.full() {
                             self.write_out(&mut pending)?;
+                            pending_bytes = 0;
                             let first_seq = first_seq_of(&batch.bytes);
                             self.open_segment(first_seq)?;
                         }
                         seal(&mut batch.bytes);
-                        pending.extend_from_slice(&batch.bytes);
                         if let Some(segment) = &mut self.current {
                             segment.len += batch.bytes.len() as u64;
                         }
                         last_seq = Some(batch.last_seq);
-                        if pending.len() >= GATHER_BYTES {
+                        pending_bytes += batch.bytes.len();
+                        pending.push(batch.bytes);
+                        if pending_bytes >= GATHER_BYTES || pending.len() >= GATHER_BATCHES {
                             self.write_out(&mut pending)?;
+                            pending_bytes = 0;
                         }
                     }
                     Msg::Rotate => self.rotate = true,
@@ -195,6 +217,7 @@ impl Job {
                 }
             }
             self.write_out(&mut pending)?;
+            pending_bytes = 0;
             if last_seq.is_some() {
                 self.unsynced = last_seq;
             }
@@ -239,18 +262,35 @@ impl Job {
         self.sync(report)
     }
 
-    fn write_out(&mut self, pending: &mut Vec<u8>) -> Result<(), String> {
+    /// Writes the pending batches (one vectored write, as the kernel
+    /// takes them) and hands their buffers back to the shard.
+    fn write_out(&mut self, pending: &mut Vec<Vec<u8>>) -> Result<(), String> {
         if pending.is_empty() {
             return Ok(());
         }
         let Some(segment) = &mut self.current else {
             return Err("records with no segment open (internal error)".into());
         };
-        segment
-            .file
-            .write_all(pending)
-            .map_err(|e| io_error(&segment.path, "writing", &e))?;
-        pending.clear();
+        let mut slices: Vec<IoSlice<'_>> = pending.iter().map(|b| IoSlice::new(b)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match segment.file.write_vectored(slices) {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "wrote nothing");
+                    return Err(io_error(&segment.path, "writing", &e));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(&segment.path, "writing", &e)),
+            }
+        }
+        for mut bytes in pending.drain(..) {
+            if bytes.capacity() <= MAX_RECYCLED {
+                bytes.clear();
+                // The shard may have gone; then the buffer is just freed.
+                let _ = self.recycle.send(bytes);
+            }
+        }
         Ok(())
     }
 
@@ -372,7 +412,7 @@ mod tests {
             for i in 0..3 {
                 buf.deadline(turn * 10 + i + 1, 1_000 + turn);
             }
-            writer.append(buf.take().unwrap());
+            writer.append(buf.take(None).unwrap());
             if turn == 4 {
                 writer.rotate();
             }
@@ -415,7 +455,7 @@ mod tests {
         .unwrap();
         let mut buf = ChangeBuffer::new(1);
         buf.end_session(5);
-        writer.append(buf.take().unwrap());
+        writer.append(buf.take(None).unwrap());
         // No further write arrives: the timer alone syncs it.
         match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
             LogReport::Synced(seq) => assert_eq!(seq, 1),
@@ -439,7 +479,7 @@ mod tests {
         .unwrap();
         let mut buf = ChangeBuffer::new(1);
         buf.end_session(5);
-        writer.append(buf.take().unwrap());
+        writer.append(buf.take(None).unwrap());
         match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
             LogReport::Failed(e) => assert!(e.contains("missing"), "{e}"),
             LogReport::Synced(_) => panic!("synced into a missing directory"),
