@@ -144,12 +144,13 @@ struct Placed {
     change: Change,
 }
 
-/// Every record of a segment file (which must be whole).
+/// Every record of a segment file (which must be whole, but for the zeros
+/// the writer lays ahead of its records in the segment it is writing).
 fn records(path: &Path) -> Vec<Placed> {
     let bytes = std::fs::read(path).unwrap();
     let mut at = SEGMENT_HEADER_LEN;
     let mut out = Vec::new();
-    while at < bytes.len() {
+    while at < bytes.len() && bytes[at..].iter().any(|&b| b != 0) {
         let (record, len) =
             decode(&bytes[at..]).unwrap_or_else(|e| panic!("{}: byte {at}: {e}", path.display()));
         out.push(Placed {
