@@ -239,3 +239,8 @@ fn main() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+// The server's allocator: recovery allocates millions of small keys and
+// values, and glibc's malloc would measure a different program.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
