@@ -107,7 +107,7 @@ fn main() {
         positions: per_shard.to_vec(),
     };
     let version =
-        write_checkpoint(&root, "auto", SHARDS, snapshot, positions).expect("write the snapshot");
+        write_checkpoint(&root, "auto", SHARDS, &snapshot, positions).expect("write the snapshot");
     let snapshot_bytes = dir_bytes(&root);
 
     // The log after it, generation 1, one writer thread per shard.
@@ -232,7 +232,7 @@ fn main() {
     };
     let count = recovered.records.len();
     let checkpoint =
-        write_checkpoint(&root, "auto", SHARDS, recovered.records, positions).expect("checkpoint");
+        write_checkpoint(&root, "auto", SHARDS, &recovered.records, positions).expect("checkpoint");
     println!(
         "checkpoint {checkpoint} of {count} sessions in {} ms",
         t.elapsed().as_millis()

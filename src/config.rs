@@ -163,6 +163,8 @@ pub struct Durability {
 
 /// Seconds between periodic snapshots when persistence is on.
 pub const DEFAULT_SNAPSHOT_EVERY_S: u64 = 300;
+/// The longest interval between periodic snapshots: a year.
+pub const MAX_SNAPSHOT_EVERY_S: u64 = 365 * 24 * 3600;
 /// A change-log segment's size before the next begins.
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -411,6 +413,11 @@ fn resolve_durability(
         return Err(invalid("log segment bytes must be at least 4096"));
     }
     let default_every = if persist { DEFAULT_SNAPSHOT_EVERY_S } else { 0 };
+    if every.is_some_and(|s| s > MAX_SNAPSHOT_EVERY_S) {
+        return Err(invalid(format!(
+            "snapshot every must be 0 to {MAX_SNAPSHOT_EVERY_S} seconds"
+        )));
+    }
     Ok(Durability {
         snapshot_every_s: every.unwrap_or(default_every),
         snapshot_name,

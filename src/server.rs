@@ -15,7 +15,7 @@ use crate::config::{Config, Load, Pinning};
 use crate::mesh::{self, Address, ShardId};
 use crate::net::connection::Limits;
 use crate::net::listener::bind_shared;
-use crate::persist::{self, SessionRecord, ShardFileWriter};
+use crate::persist::{self, LogPositions, SessionRecord, ShardFileWriter};
 use crate::router::{LogSettings, SnapshotSchedule};
 use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
@@ -63,6 +63,8 @@ pub struct Server {
     loaded: Option<LoadReport>,
     /// What start-up recovery found, if anything.
     recovery: Option<RecoveryReport>,
+    /// The change-log generation this run writes (0: no log).
+    log_generation: u64,
     /// The shard clocks' epoch.
     started: Instant,
     /// Where and as what to save when stopping.
@@ -222,14 +224,20 @@ impl Server {
         if let Some(path) = &config.persist {
             prepare_persist_path(path)?;
         }
-        let recovered = match &config.persist {
-            Some(root) => Some(startup::recover(config, root).map_err(StartError::Recovery)?),
-            None => None,
+        // With the change log on, recovery has every change and wins over a
+        // dataset named to load; with it off, a dataset named to load is
+        // what the operator chose to start from.
+        let recovered = match (&config.persist, config.durability.log, &config.load) {
+            (Some(_), None, Some(_)) => None,
+            (Some(root), _, _) => {
+                Some(startup::recover(config, root).map_err(StartError::Recovery)?)
+            }
+            (None, _, _) => None,
         };
         let mut recovery = recovered.as_ref().and_then(|r| r.report.clone());
         if let (Some(report), Some(load)) = (&mut recovery, &config.load) {
             report.warnings.push(format!(
-                "--load-name {} skipped: recovery restored the sessions this server held",
+                "--load-name {} skipped: the change log is on and recovery found a snapshot or a log to start from",
                 load.name
             ));
         }
@@ -371,6 +379,7 @@ impl Server {
             exits,
             loaded,
             recovery,
+            log_generation: if log.is_some() { log_generation } else { 0 },
             started,
             save_on_shutdown: config.persist.clone().zip(config.save_on_shutdown.clone()),
         })
@@ -432,7 +441,7 @@ impl Server {
             return Ok(None);
         };
         let now = self.started.elapsed().as_millis() as u64;
-        save_stores(&root, &name, stores, now)
+        save_stores(&root, &name, stores, now, self.log_generation)
             .map(Some)
             .map_err(|reason| ShardFailure {
                 shard: 0,
@@ -447,8 +456,16 @@ fn save_stores(
     name: &str,
     stores: Vec<SessionStore>,
     now: u64,
+    generation: u64,
 ) -> Result<SaveReport, String> {
     let began = Instant::now();
+    // A full save: where each shard's log stood (all of it is in the
+    // snapshot, the log was flushed as the shard stopped), so it can be
+    // recovery's base.
+    let log = LogPositions {
+        generation,
+        positions: stores.iter().map(SessionStore::log_seq).collect(),
+    };
     let version = persist::begin_version(root, name).map_err(|e| e.to_string())?;
     let (done_tx, done_rx) = channel();
     let count = stores.len();
@@ -483,7 +500,9 @@ fn save_stores(
         files.push(file);
     }
     files.sort_by_key(|f| f.shard);
-    version.commit(&files, None).map_err(|e| e.to_string())?;
+    version
+        .commit(&files, Some(&log))
+        .map_err(|e| e.to_string())?;
     Ok(SaveReport {
         version: version.path.clone(),
         sessions: files.iter().map(|f| f.sessions).sum(),

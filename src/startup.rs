@@ -80,7 +80,7 @@ pub fn recover(config: &Config, root: &Path) -> Result<Recovered, String> {
             root,
             &durability.snapshot_name,
             shards,
-            records.clone(),
+            &records,
             positions,
         )
         .map_err(|e| format!("writing the recovery checkpoint: {e}"))?;
@@ -88,6 +88,15 @@ pub fn recover(config: &Config, root: &Path) -> Result<Recovered, String> {
             recovery::delete_generations_before(&log_dir, next_generation)
                 .map_err(|e| e.to_string())?;
         }
+        // A start is a save of the snapshot dataset too: older versions
+        // go (a crash loop must not fill the disk with checkpoints).
+        recovery::retain_versions(
+            root,
+            &durability.snapshot_name,
+            durability.snapshot_keep,
+            &|_| false,
+        )
+        .map_err(|e| format!("removing old versions after the checkpoint: {e}"))?;
         Some(version)
     } else {
         None

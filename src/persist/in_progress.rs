@@ -28,6 +28,12 @@ pub fn contains(dir: &Path) -> bool {
     saving().contains(dir)
 }
 
+/// Whether a save is filling a version directory of dataset directory
+/// `dataset_dir`.
+pub fn any_in(dataset_dir: &Path) -> bool {
+    saving().iter().any(|dir| dir.parent() == Some(dataset_dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,7 +44,10 @@ mod tests {
         assert!(!contains(dir));
         begin(dir);
         assert!(contains(dir));
+        assert!(any_in(Path::new("/nonexistent/in-progress-test")));
+        assert!(!any_in(Path::new("/nonexistent/other")));
         end(dir);
         assert!(!contains(dir));
+        assert!(!any_in(Path::new("/nonexistent/in-progress-test")));
     }
 }

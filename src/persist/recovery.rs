@@ -360,7 +360,7 @@ pub fn write_checkpoint(
     root: &Path,
     name: &str,
     shards: usize,
-    records: Vec<SessionRecord>,
+    records: &[SessionRecord],
     log: LogPositions,
 ) -> Result<String, PersistError> {
     let version = begin_version(root, name)?;
@@ -375,7 +375,7 @@ pub fn write_checkpoint(
         let _ = version.discard();
         return Err(e);
     }
-    let mut by_shard: Vec<Vec<SessionRecord>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut by_shard: Vec<Vec<&SessionRecord>> = (0..shards).map(|_| Vec::new()).collect();
     for r in records {
         by_shard[shard_of(r.tkn, shards)].push(r);
     }
@@ -784,7 +784,7 @@ mod tests {
             r,
             NAME,
             2,
-            vec![snap_a.clone(), session(b, &[("k", "1")])],
+            &[snap_a.clone(), session(b, &[("k", "1")])],
             LogPositions {
                 generation: 1,
                 positions: vec![3, 1],
@@ -807,7 +807,7 @@ mod tests {
             r,
             NAME,
             2,
-            rec.records.clone(),
+            &rec.records,
             LogPositions {
                 generation: 2,
                 positions: vec![0, 0],
@@ -934,7 +934,7 @@ mod tests {
             r,
             NAME,
             1,
-            vec![],
+            &[],
             LogPositions {
                 generation: 1,
                 positions: vec![0],
@@ -989,7 +989,7 @@ mod tests {
             root.path(),
             NAME,
             2,
-            vec![session(1, &[]), session(2, &[])],
+            &[session(1, &[]), session(2, &[])],
             LogPositions {
                 generation: 7,
                 positions: vec![0, 0],
@@ -1074,7 +1074,7 @@ mod tests {
             r,
             NAME,
             2,
-            vec![],
+            &[],
             LogPositions {
                 generation: 2,
                 positions: vec![6, 4],
@@ -1093,7 +1093,7 @@ mod tests {
                 r,
                 NAME,
                 1,
-                vec![session(generation, &[])],
+                &[session(generation, &[])],
                 LogPositions {
                     generation,
                     positions: vec![0],

@@ -6,7 +6,7 @@ use crate::mesh::{PartResult, Ticket};
 use std::path::{Path, PathBuf};
 
 use crate::persist::{
-    LogPositions, PersistError, ShardFileSummary, VersionDir, in_progress, recovery,
+    self, LogPositions, PersistError, ShardFileSummary, VersionDir, in_progress, recovery,
 };
 use crate::protocol::answer::{self, ServerInfo};
 use crate::protocol::{CommandName, Status};
@@ -142,6 +142,38 @@ impl SaveSettlement {
         result
     }
 
+    /// How far the log may be compacted after this save: up to its own
+    /// positions, but no further than the newest recoverable version
+    /// (recovery's base, which may be another save's if two ran at once and
+    /// their shards took them in different orders) needs; None while
+    /// another save of the dataset is under way (its positions are not
+    /// known yet: the next save compacts).
+    fn compactable(
+        &self,
+        root: &Path,
+        dataset_dir: &Path,
+        seqs: &[u64],
+    ) -> Result<Option<LogPositions>, PersistError> {
+        if in_progress::any_in(dataset_dir) {
+            return Ok(None);
+        }
+        let mut positions = seqs.to_vec();
+        if let Some(newest) = persist::newest_recoverable(root, &self.version.name)?
+            && let Some(log) = newest.log
+        {
+            if log.generation != self.generation || log.positions.len() != positions.len() {
+                return Ok(None);
+            }
+            for (mine, theirs) in positions.iter_mut().zip(&log.positions) {
+                *mine = (*mine).min(*theirs);
+            }
+        }
+        Ok(Some(LogPositions {
+            generation: self.generation,
+            positions,
+        }))
+    }
+
     fn commit(&self, files: &[ShardFileSummary]) -> Result<(), PersistError> {
         let log = self.log_seqs.as_ref().map(|seqs| LogPositions {
             generation: self.generation,
@@ -152,19 +184,24 @@ impl SaveSettlement {
 
     fn upkeep(&self, upkeep: &Upkeep) -> Vec<String> {
         let mut warnings = Vec::new();
-        if let (Some(log_dir), Some(seqs)) = (&upkeep.log_dir, &self.log_seqs) {
-            let covered = LogPositions {
-                generation: self.generation,
-                positions: seqs.clone(),
-            };
-            if let Err(e) = recovery::compact(log_dir, &covered) {
-                warnings.push(format!("compacting the change log: {e}"));
-            }
-        }
-        let Some(root) = self.version.path.parent().and_then(Path::parent) else {
+        let Some(dataset_dir) = self.version.path.parent().map(Path::to_path_buf) else {
             return warnings;
         };
-        let dataset_dir = self.version.path.parent().map(Path::to_path_buf);
+        let Some(root) = dataset_dir.parent() else {
+            return warnings;
+        };
+        if let (Some(log_dir), Some(seqs)) = (&upkeep.log_dir, &self.log_seqs) {
+            match self.compactable(root, &dataset_dir, seqs) {
+                Ok(Some(covered)) => {
+                    if let Err(e) = recovery::compact(log_dir, &covered) {
+                        warnings.push(format!("compacting the change log: {e}"));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warnings.push(format!("compacting the change log: {e}")),
+            }
+        }
+        let dataset_dir = Some(dataset_dir.clone());
         let saving = |version: &str| {
             dataset_dir
                 .as_ref()

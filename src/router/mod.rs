@@ -209,6 +209,9 @@ impl Router {
                 restored.keys += keys;
             }
         }
+        // Logged loads go to the log writer now: an idle shard may not
+        // run a turn for a long time.
+        self.flush_log();
         restored
     }
 

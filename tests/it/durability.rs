@@ -956,3 +956,83 @@ fn a_clean_stop_recovers_every_session_key_and_version() {
         assert_eq!(&observe(&mut c, *tkn), before, "second restart");
     }
 }
+
+/// A start after recovery writes a checkpoint, which is a save of the
+/// snapshot dataset like any other: a crash loop keeps `--snapshot-keep`
+/// versions, not one more per start.
+#[test]
+fn restarts_keep_only_snapshot_keep_checkpoints() {
+    let dir = TempDir::new("dur-restart-loop");
+    let keep = [
+        "--snapshot-keep",
+        "1",
+        "--snapshot-every",
+        "0",
+        "--log-fsync",
+        "always",
+    ];
+    let tkn = {
+        let server = persistent(dir.path(), &keep);
+        let mut c = server.client();
+        c.new_session(r#"{"keys":{"a":1}}"#)
+    };
+    for start in 1..=4 {
+        let mut server = persistent(dir.path(), &keep);
+        assert_eq!(recovered_sessions(&server), 1, "start {start}");
+        let mut c = server.client();
+        let r = c.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["a"]}}}}"#));
+        assert_eq!(st(&r), 1, "start {start}: {r}");
+        server.child.kill().unwrap();
+        server.wait_exit();
+        let (complete, partial) = versions(&dir.path().join("auto"));
+        assert_eq!(complete.len(), 1, "start {start}: {complete:?}");
+        assert!(partial.is_empty(), "start {start}: {partial:?}");
+    }
+}
+
+/// Sessions a start-up `--load-name` added are logged at once, even on a
+/// shard that then sees no request: a kill soon after keeps them all.
+#[test]
+fn a_start_up_load_is_logged_before_any_request() {
+    let dir = TempDir::new("dur-load-name");
+    let mut tokens = Vec::new();
+    {
+        let server = persistent(dir.path(), &["--log-fsync", "off", "--snapshot-every", "0"]);
+        // Sessions are made on the shard of the connection that asks.
+        for (mut c, first) in one_client_per_shard(&server, 2) {
+            tokens.push(first);
+            for _ in 0..20 {
+                tokens.push(c.new_session("{}"));
+            }
+        }
+        let mut c = server.client();
+        for (i, tkn) in tokens.iter().enumerate() {
+            let r = c.call(&format!(
+                r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"i":{i}}}}}}}"#
+            ));
+            assert_eq!(st(&r), 1, "{r}");
+        }
+        assert_eq!(st(&c.call(r#"{"SH_SAVE":{"name":"prod"}}"#)), 121);
+    }
+    let shards: BTreeSet<usize> = tokens.iter().map(|&t| shard_of(t, 2)).collect();
+    assert_eq!(shards.len(), 2, "the sessions are on both shards");
+    // A fresh log: the dataset is the only source.
+    let _ = std::fs::remove_dir_all(dir.path().join("log"));
+    {
+        let mut server = persistent(
+            dir.path(),
+            &["--load-name", "prod", "--snapshot-every", "0"],
+        );
+        // No request at all: the loaded records must still reach the log.
+        std::thread::sleep(Duration::from_millis(500));
+        server.child.kill().unwrap();
+        server.wait_exit();
+    }
+    let server = persistent(dir.path(), &["--snapshot-every", "0"]);
+    assert_eq!(recovered_sessions(&server), tokens.len() as u64);
+    let mut c = server.client();
+    for (i, tkn) in tokens.iter().enumerate() {
+        let r = c.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["i"]}}}}"#));
+        assert_eq!(r["keys"]["i"].as_u64(), Some(i as u64), "{r}");
+    }
+}

@@ -123,6 +123,23 @@ pub fn read_shard(
     repair: bool,
 ) -> Result<ShardReplay, PersistError> {
     let mut replay = ShardReplay::default();
+    // Records after the position must all be here, from the first on.
+    if let Some(first) = segments.first()
+        && first.first_seq > after_seq.saturating_add(1)
+    {
+        return Err(PersistError::log(
+            &first.path,
+            None,
+            format!(
+                "the log of shard {} in generation {} begins at record {}, but replay needs record {} next: a segment is missing, or no snapshot covers the records before {}",
+                first.shard,
+                first.generation,
+                first.first_seq,
+                after_seq + 1,
+                first.first_seq
+            ),
+        ));
+    }
     // The sequence number the next record must have; None before the first
     // segment's header.
     let mut expected: Option<u64> = None;
