@@ -17,7 +17,7 @@ use crate::domain::Token;
 use crate::mesh::shard_of;
 
 use super::dataset::list_versions;
-use super::log::reader::{SegmentFile, group_segments, list_segments, read_shard};
+use super::log::reader::{SegmentFile, group_segments, list_segments, read_shard_with};
 use super::log::record::{Change, LogRecord};
 use super::log::segment::LOG_DIR;
 use super::{LogPositions, PersistError, SessionRecord, ShardFileWriter, begin_version};
@@ -118,12 +118,11 @@ pub fn recover(root: &Path, snapshot_name: &str, repair: bool) -> Result<Recover
                 continue;
             };
             let after = start.positions.get(shard as usize).copied().unwrap_or(0);
-            let replay = read_shard(segs, after, repair)?;
-            rec.warnings.extend(replay.warnings);
-            rec.replayed += replay.records.len() as u64;
-            for r in replay.records {
+            let replay = read_shard_with(segs, after, repair, &mut |r| {
                 state.apply(r, shard as usize, shards as usize);
-            }
+            })?;
+            rec.warnings.extend(replay.warnings);
+            rec.replayed += replay.applied;
         }
     }
     rec.next_generation = generations.last().map_or(1, |g| g + 1);

@@ -82,8 +82,11 @@ pub fn group_segments(segments: Vec<SegmentFile>) -> BTreeMap<(u64, u32), Vec<Se
 /// What one shard's log holds after a position.
 #[derive(Debug, Default)]
 pub struct ShardReplay {
-    /// Records with a sequence number above the position, in order.
+    /// Records with a sequence number above the position, in order (empty
+    /// from [`read_shard_with`], which hands them out as it reads).
     pub records: Vec<LogRecord>,
+    /// How many records above the position were read.
+    pub applied: u64,
     /// The last good sequence number in the log (0: no record at all).
     pub last_seq: u64,
     /// The shard count from the segment headers (None: no readable header).
@@ -122,7 +125,24 @@ pub fn read_shard(
     after_seq: u64,
     repair: bool,
 ) -> Result<ShardReplay, PersistError> {
+    let mut records = Vec::new();
+    let mut replay = read_shard_with(segments, after_seq, repair, &mut |r| records.push(r))?;
+    replay.records = records;
+    Ok(replay)
+}
+
+/// [`read_shard`], handing each record after `after_seq` to `apply` as it
+/// is read, so a long log never sits in memory decoded (one segment's
+/// bytes at a time). On an error, what was handed out already is to be
+/// thrown away.
+pub fn read_shard_with(
+    segments: &[SegmentFile],
+    after_seq: u64,
+    repair: bool,
+    apply: &mut dyn FnMut(LogRecord),
+) -> Result<ShardReplay, PersistError> {
     let mut replay = ShardReplay::default();
+    let mut first_applied = None;
     // Records after the position must all be here, from the first on.
     if let Some(first) = segments.first()
         && first.first_seq > after_seq.saturating_add(1)
@@ -187,7 +207,9 @@ pub fn read_shard(
             let failure = match decode(&bytes[at..]) {
                 Ok((record, len)) if record.seq == next => {
                     if record.seq > after_seq {
-                        replay.records.push(record);
+                        first_applied.get_or_insert(record.seq);
+                        replay.applied += 1;
+                        apply(record);
                     }
                     next += 1;
                     at += len;
@@ -221,8 +243,8 @@ pub fn read_shard(
     if let Some(bad) = bad {
         settle(segments, bad, repair, &mut replay)?;
     }
-    if let Some(first) = replay.records.first()
-        && first.seq != after_seq + 1
+    if let Some(first) = first_applied
+        && first != after_seq + 1
     {
         let path = &segments[0].path;
         return Err(PersistError::log(
@@ -232,9 +254,9 @@ pub fn read_shard(
                 "the log of shard {} in generation {} continues at record {}, but replay needs record {} next: a segment is missing, or no snapshot covers the records before {}",
                 segments[0].shard,
                 segments[0].generation,
-                first.seq,
+                first,
                 after_seq + 1,
-                first.seq
+                first
             ),
         ));
     }
