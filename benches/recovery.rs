@@ -14,9 +14,11 @@
 //! `cargo bench --bench recovery`; pin with `taskset -c 0` for steadier
 //! numbers.
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::dir_bytes;
 use nemesisdb::domain::ExpirySettings;
 use nemesisdb::mesh::shard_of;
 use nemesisdb::persist::log::{ChangeBuffer, FsyncPolicy, LogWriter, LogWriterConfig};
@@ -31,21 +33,6 @@ fn env_count(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Distinct tokens, never 0, spread over the shards like a server's.

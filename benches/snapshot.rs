@@ -12,23 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{call, connect, field_u64, populate, probe, rss_mib, start_server, summary};
+use common::{
+    call, connect, dir_bytes, field_u64, populate, probe, rss_mib, start_server, summary,
+};
 use nemesisdb::config::Flags;
-
-fn dir_bytes(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 fn main() {
     let sessions: usize = std::env::var("SNAPSHOT_SESSIONS")

@@ -119,3 +119,19 @@ pub fn summary(sorted: &[u64]) -> String {
         sorted[sorted.len() - 1]
     )
 }
+
+/// Bytes of every file under `path`, recursively (0 for what cannot be read).
+pub fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

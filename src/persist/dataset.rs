@@ -1102,21 +1102,7 @@ mod tests {
         let shards = small_shards(1);
         let dir = save(root.path(), "ds", &shards, false);
         // Re-derive the true summaries from the files, then lie in each field.
-        let truth: Vec<ShardFileSummary> = (0..2)
-            .map(|i| {
-                let path = dir.path.join(shard_file_name(i));
-                let bytes = fs::metadata(&path).unwrap().len();
-                let d = read_shard_file(&path, bytes).unwrap();
-                ShardFileSummary {
-                    file_name: shard_file_name(i),
-                    shard: i,
-                    sessions: d.records.len() as u64,
-                    keys: d.keys,
-                    bytes,
-                    crc32: d.crc32,
-                }
-            })
-            .collect();
+        let truth = summaries(&dir, 2);
         let lies: [fn(&mut ShardFileSummary); 3] =
             [|s| s.sessions += 1, |s| s.keys += 1, |s| s.crc32 ^= 1];
         for (i, lie) in lies.iter().enumerate() {
