@@ -174,26 +174,40 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# Prints the port from our server's startup line in $WORK/ours.log, once
+# it is there; fails (saying why) if it never comes.
+ours_port() {
+    local port=""
+    for _ in $(seq 100); do
+        port="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
+        [ -n "$port" ] && { echo "$port"; return 0; }
+        sleep 0.1
+    done
+    echo "compare-redis: nemesisdb did not start:" >&2
+    cat "$WORK/ours.log" >&2
+    return 1
+}
+
+# Waits (up to 10 s) until something accepts on 127.0.0.1:PORT.
+wait_for_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+}
+
 start_servers() {
     : > "$WORK/ours.log"
     taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" \
         > "$WORK/ours.log" 2>&1 &
     OURS_PID=$!
-    for _ in $(seq 100); do
-        OURS_PORT="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
-        [ -n "$OURS_PORT" ] && break
-        sleep 0.1
-    done
-    [ -n "$OURS_PORT" ] || { echo "compare-redis: nemesisdb did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+    OURS_PORT="$(ours_port)" || exit 1
 
     REDIS_PORT="$(free_port)"
     taskset -c "$SERVER_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
         --save '' --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
     REDIS_PID=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_for_port "$REDIS_PORT"
 }
 
 rss_kib() {
@@ -239,22 +253,13 @@ if [ "$PERSIST" = 1 ]; then
         taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" \
             --persist-path "$PERSIST_DIR/ours" "$@" > "$WORK/ours.log" 2>&1 &
         OURS_PID=$!
-        OURS_PORT=""
-        for _ in $(seq 100); do
-            OURS_PORT="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
-            [ -n "$OURS_PORT" ] && break
-            sleep 0.1
-        done
-        [ -n "$OURS_PORT" ] || { echo "compare-redis: nemesisdb did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+        OURS_PORT="$(ours_port)" || exit 1
         REDIS_PORT="$(free_port)"
         taskset -c "$SERVER_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
             --dir "$PERSIST_DIR/redis" --save '' --appendonly no --daemonize no \
             > "$WORK/redis.log" 2>&1 &
         REDIS_PID=$!
-        for _ in $(seq 100); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
-            sleep 0.1
-        done
+        wait_for_port "$REDIS_PORT"
     }
 
     # Save latency: a snapshot of --persist-sessions sessions under an open
@@ -354,13 +359,8 @@ EOF
                     --persist-path "$PERSIST_DIR" --snapshot-every 0 \
                     --log-fsync "${cfg#ours:}" > "$WORK/ours.log" 2>&1 &
                 DURABLE_PID=$!
-                local port=""
-                for _ in $(seq 100); do
-                    port="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
-                    [ -n "$port" ] && break
-                    sleep 0.1
-                done
-                [ -n "$port" ] || { echo "compare-redis: nemesisdb did not start:" >&2; cat "$WORK/ours.log" >&2; exit 1; }
+                local port
+                port="$(ours_port)" || exit 1
                 DURABLE_URL="ws://127.0.0.1:$port/"
                 ;;
             redis:*)
@@ -374,10 +374,7 @@ EOF
                     --dir "$PERSIST_DIR" --save '' "${aof[@]}" --daemonize no \
                     > "$WORK/redis.log" 2>&1 &
                 DURABLE_PID=$!
-                for _ in $(seq 100); do
-                    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-                    sleep 0.1
-                done
+                wait_for_port "$port"
                 DURABLE_URL="redis://127.0.0.1:$port"
                 ;;
         esac
