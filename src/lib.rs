@@ -37,6 +37,7 @@ pub mod domain;
 pub mod events;
 pub mod expiry;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 pub mod persist;
 pub mod protocol;

@@ -203,6 +203,28 @@ pub fn write_json_str(out: &mut Vec<u8>, parts: &[&str]) {
     out.push(b'"');
 }
 
+/// The status a response built here carries: the number after the first
+/// `{"st":`, which every constructor writes right after the response name
+/// (a name the client wrote is escaped, so it cannot hold `{"`). Lets the
+/// connection count answers by status without the router reporting each.
+/// `command`, when known, is where to look first: `{"<command>_RSP":{"st":`.
+pub fn status_in(response: &[u8], command: Option<CommandName>) -> Option<u16> {
+    const MARK: &[u8] = b"{\"st\":";
+    let expected = command.map(|c| c.response().len() + 4);
+    let at = match expected {
+        Some(at) if response.get(at..at + MARK.len()) == Some(MARK) => at,
+        _ => response.windows(MARK.len()).position(|w| w == MARK)?,
+    } + MARK.len();
+    let digits = response[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&response[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 fn push_u64(out: &mut Vec<u8>, value: u64) {
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(value).as_bytes());
@@ -246,6 +268,31 @@ mod tests {
 
     fn text(out: Vec<u8>) -> String {
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_status_is_read_back_from_every_kind_of_response() {
+        for &status in &Status::ALL {
+            for &command in CommandName::ALL {
+                let mut out = Vec::new();
+                Response::new(&mut out, command, status)
+                    .u64("tkn", 7)
+                    .finish();
+                assert_eq!(status_in(&out, Some(command)), Some(status.code()));
+                assert_eq!(status_in(&out, None), Some(status.code()));
+            }
+            let mut out = Vec::new();
+            Response::error_frame(&mut out, status).finish();
+            assert_eq!(status_in(&out, Some(CommandName::Get)), Some(status.code()));
+            // A name the client wrote, made to look like a status.
+            let mut out = Vec::new();
+            Response::for_unknown(&mut out, "X\":{\"st\":9", status).finish();
+            assert_eq!(status_in(&out, None), Some(status.code()));
+        }
+        assert_eq!(
+            status_in(b"{\"SH_GET_RSP\":{}}", Some(CommandName::Get)),
+            None
+        );
     }
 
     #[test]

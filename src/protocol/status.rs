@@ -33,6 +33,36 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the table's order.
+    pub const ALL: [Status; 26] = [
+        Status::Ok,
+        Status::PayLoadInvalid,
+        Status::JsonInvalid,
+        Status::CommandNotExist,
+        Status::CommandMultiple,
+        Status::CommandType,
+        Status::CommandSyntax,
+        Status::CommandDisabled,
+        Status::ParamMissing,
+        Status::ValueTypeInvalid,
+        Status::ValueSize,
+        Status::ValueNotInteger,
+        Status::IntegerOverflow,
+        Status::SessionNotExist,
+        Status::SessionTokenInvalid,
+        Status::SessionOpenFail,
+        Status::SessionNewFail,
+        Status::VersionMismatch,
+        Status::SaveComplete,
+        Status::SaveDirWriteFail,
+        Status::SaveError,
+        Status::LoadComplete,
+        Status::LoadError,
+        Status::MemoryLimit,
+        Status::EventsLost,
+        Status::Unknown,
+    ];
+
     /// The number sent on the wire.
     pub fn code(self) -> u16 {
         self as u16
