@@ -80,6 +80,10 @@ pub struct Flags {
     /// read or resume from [default: 100000].
     #[arg(long, value_name = "N")]
     pub event_retention: Option<usize>,
+    /// Log (at warn) requests whose server time passes this many
+    /// milliseconds, at most one line a second per shard [default: none].
+    #[arg(long, value_name = "MS")]
+    pub slow_request_ms: Option<u64>,
     /// Seconds between periodic snapshots (0 = none) [default: 300 with
     /// persistence, else 0].
     #[arg(long, value_name = "SECONDS")]
@@ -144,6 +148,8 @@ pub struct Config {
     pub save_on_shutdown: Option<String>,
     /// Events each shard keeps (1 or more).
     pub event_retention: usize,
+    /// Requests slower than this are logged (None: none are).
+    pub slow_request: Option<Duration>,
     /// Periodic snapshots and the change log (with persistence only).
     pub durability: Durability,
 }
@@ -214,6 +220,7 @@ struct FileSettings {
     persist_enabled: bool,
     persist_path: Option<PathBuf>,
     event_retention: Option<usize>,
+    slow_request_ms: Option<u64>,
     snapshot_every: Option<u64>,
     snapshot_name: Option<String>,
     snapshot_keep: Option<usize>,
@@ -337,6 +344,12 @@ impl Config {
                 "event retention must be 1 to 100000000 events per shard",
             ));
         }
+        let slow_request_ms = flags.slow_request_ms.or(file.slow_request_ms);
+        if slow_request_ms.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
+            return Err(invalid(
+                "--slow-request-ms must be 1 to 3600000 milliseconds",
+            ));
+        }
         Ok(Config {
             addr: SocketAddr::new(ip, port),
             shards,
@@ -350,6 +363,7 @@ impl Config {
             load,
             save_on_shutdown,
             event_retention,
+            slow_request: slow_request_ms.map(Duration::from_millis),
             durability,
         })
     }
@@ -516,6 +530,9 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
     }
     if let Some(v) = root.get("maxPayload") {
         settings.max_payload = Some(uint("maxPayload", v)? as usize);
+    }
+    if let Some(v) = root.get("slowRequestMs") {
+        settings.slow_request_ms = Some(uint("slowRequestMs", v)?);
     }
     if let Some(v) = root.get("eventRetention") {
         settings.event_retention = Some(uint("eventRetention", v)? as usize);

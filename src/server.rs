@@ -75,11 +75,14 @@ pub struct Server {
 #[derive(Clone)]
 pub struct Stopper {
     stop: Arc<AtomicBool>,
+    /// `/readyz`: cleared as shutdown begins.
+    ready: Arc<AtomicBool>,
     mesh: Arc<[Address]>,
 }
 
 impl Stopper {
     pub fn stop(&self) {
+        self.ready.store(false, Ordering::Release);
         self.stop.store(true, Ordering::Release);
         for address in self.mesh.iter() {
             address.wake();
@@ -274,6 +277,9 @@ impl Server {
         }
         let (mesh, inboxes) = mesh::wire(wakers);
         let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        // Calibrated once (about 10 ms), shared by every shard.
+        let clock = crate::metrics::Clock::new();
         let draining = Arc::new(AtomicUsize::new(config.shards));
         let names = Arc::new(SharedNames::default());
         let connections = Arc::new(AtomicUsize::new(0));
@@ -309,6 +315,9 @@ impl Server {
                 names: names.clone(),
                 mesh: mesh.clone(),
                 stop: stop.clone(),
+                ready: ready.clone(),
+                clock: clock.clone(),
+                slow_request: config.slow_request,
                 draining: draining.clone(),
             };
             let records = std::mem::take(&mut restore[id]);
@@ -371,10 +380,12 @@ impl Server {
                 keys: loaded_keys,
                 took: load_started.elapsed(),
             });
+        // Every shard serves what start-up loaded.
+        ready.store(true, Ordering::Release);
         Ok(Server {
             addr,
             capacity,
-            stopper: Stopper { stop, mesh },
+            stopper: Stopper { stop, ready, mesh },
             threads,
             exits,
             loaded,

@@ -17,13 +17,14 @@ use std::path::PathBuf;
 
 use crate::domain::Token;
 use crate::events::EventFilter;
+use crate::metrics::{CommandLabel, ShardFigures};
 use crate::persist::{PersistError, SessionRecord, ShardFileSummary, VersionDir};
 use crate::protocol::Command;
 
 pub type ShardId = usize;
 
 /// Where an answer must go: a request on a connection of the asking shard.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ticket {
     /// Slot of the connection in the asking shard.
     pub conn: usize,
@@ -31,6 +32,10 @@ pub struct Ticket {
     pub conn_id: u64,
     /// The request's sequence number on that connection.
     pub seq: u64,
+    /// What the answer is counted under, and when the request was read (in
+    /// the asking shard's clock ticks): see `metrics::RequestMetrics`.
+    pub command: CommandLabel,
+    pub started: u64,
 }
 
 /// A piece of a command that runs on every shard (or on several).
@@ -65,6 +70,8 @@ pub enum Part {
         filter: Arc<EventFilter>,
         after: Option<u64>,
     },
+    /// This shard's figures, for `GET /metrics`.
+    Metrics,
 }
 
 /// What one shard counts for `SH_INFO_ALL` and `SV_INFO`.
@@ -81,6 +88,7 @@ pub struct ShardCounts {
 #[derive(Debug)]
 pub enum PartResult {
     Ended(u64),
+    Metrics(Box<ShardFigures>),
     Counts(ShardCounts),
     /// Indexes (from the request) of the tokens that exist.
     Exists(Vec<u32>),

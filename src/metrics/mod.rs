@@ -20,7 +20,11 @@ mod requests;
 pub use exposition::{ServerFacts, encode};
 pub use requests::{Clock, RequestFigures, RequestMetrics, SlowRequests};
 
-use crate::protocol::{CommandName, Status};
+use crate::protocol::request::RejectTo;
+use crate::protocol::{Command, CommandName, Rejection, Status};
+
+/// The exposition's media type (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Bucket bounds of request durations, in nanoseconds (5 µs to 2.5 s).
 pub const DURATION_BOUNDS_NS: &[u64] = &[
@@ -108,7 +112,8 @@ impl Histogram {
     }
 
     /// `(upper bound, cumulative count)` per bucket, bounds divided by
-    /// `per_second` (the unit's count in one second), `+Inf` last.
+    /// `per_second` (the unit's count in one second), `+Inf` (as
+    /// `f64::MAX`) last.
     pub fn cumulative(&self, per_second: f64) -> Vec<(f64, u64)> {
         let mut total = 0;
         self.counts
@@ -119,7 +124,8 @@ impl Histogram {
                 let bound = self
                     .bounds
                     .get(i)
-                    .map_or(f64::INFINITY, |&b| b as f64 / per_second);
+                    // prometheus-client writes f64::MAX as `+Inf`.
+                    .map_or(f64::MAX, |&b| b as f64 / per_second);
                 (bound, total)
             })
             .collect()
@@ -129,8 +135,14 @@ impl Histogram {
 /// What a request is counted under: one of our commands, or `unknown` (a
 /// name we do not know, or a message that is not a command at all). A
 /// small integer, so it rides in every ticket for free.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct CommandLabel(u8);
+
+impl Default for CommandLabel {
+    fn default() -> Self {
+        Self::UNKNOWN
+    }
+}
 
 impl CommandLabel {
     /// How many labels there are: every command, then `unknown`.
@@ -141,6 +153,18 @@ impl CommandLabel {
         match command {
             Some(name) => CommandLabel(name as u8),
             None => Self::UNKNOWN,
+        }
+    }
+
+    /// The label of a decoded request, or of the rejection it got.
+    pub fn of_request(request: &Result<Command, Rejection>) -> Self {
+        match request {
+            Ok(command) => Self::of(Some(command.kind())),
+            Err(Rejection {
+                to: RejectTo::Command(name),
+                ..
+            }) => Self::of(CommandName::from_wire(name)),
+            Err(_) => Self::UNKNOWN,
         }
     }
 
@@ -263,6 +287,8 @@ impl Default for LogFigures {
 #[derive(Clone, Debug, Default)]
 pub struct ShardFigures {
     pub shard: usize,
+    /// Connections on the shard (WebSocket, handshaking and HTTP).
+    pub connections: u64,
     pub sessions: u64,
     pub keys: u64,
     pub memory_used: u64,
@@ -292,7 +318,7 @@ mod tests {
         let cumulative = h.cumulative(1000.0);
         assert_eq!(
             cumulative,
-            vec![(0.01, 2), (0.1, 4), (f64::INFINITY, 6)],
+            vec![(0.01, 2), (0.1, 4), (f64::MAX, 6)],
             "bounds in seconds, counts cumulative"
         );
         let mut twice = h.clone();

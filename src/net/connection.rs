@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::handshake::{self, MAX_REQUEST_BYTES, Outcome};
+use super::handshake::{self, Endpoint, MAX_REQUEST_BYTES, Outcome};
 use super::socket::Socket;
-use super::transport::Transport;
+use super::transport::{Traffic, Transport};
 use super::websocket::{Discarded, Event, Flushed, WebSocket};
 
 /// How long a closing connection may take to let us read its last bytes.
@@ -110,10 +110,24 @@ pub enum Incoming {
     InvalidUtf8,
 }
 
+/// Why the server refused or ended a connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The opening handshake failed: not HTTP, a request that is not an
+    /// upgrade, or the peer left before it was done.
+    Handshake,
+    /// A breach of the WebSocket protocol or of a limit.
+    Protocol(&'static str),
+}
+
 /// The result of trying to read one message.
 #[derive(Debug)]
 pub enum ReadOutcome {
     Message(Incoming),
+    /// A request for an HTTP endpoint: answer it with
+    /// [`Connection::respond`] (the ticket's sequence from
+    /// [`Connection::next_request`]); the connection closes once it is sent.
+    Http(Endpoint),
     /// Nothing more to read until the socket is readable again.
     WouldBlock,
     /// Input was taken but no message completed, and more may be waiting:
@@ -129,6 +143,8 @@ enum Handshake {
     Upgraded,
     /// The request head is not complete: wait for more bytes.
     NeedMore,
+    /// A request for an HTTP endpoint, to be answered.
+    Endpoint(Endpoint),
     /// Refused, not HTTP, or the peer went: the connection is over.
     Failed,
 }
@@ -139,6 +155,14 @@ enum State<T: Transport> {
         received: Vec<u8>,
     },
     Open(Box<WebSocket<T>>),
+    /// Answering an HTTP endpoint: `out[sent..]` is still to go, and the
+    /// connection ends once the answer is in it and sent.
+    Http {
+        transport: T,
+        out: Vec<u8>,
+        sent: usize,
+        answered: bool,
+    },
     /// Our close frame is queued or sent; input is read and discarded until
     /// the peer closes or the linger time runs out.
     Closing {
@@ -178,6 +202,11 @@ pub struct Connection<T: Transport = Socket> {
     /// The peer ended its stream: nothing more to read, and the connection
     /// ends once our answers and close frame are written.
     peer_eof: bool,
+    /// Why the server ended it, when that was a refusal (for the metrics
+    /// and the log).
+    refused: Option<Refusal>,
+    /// What the transport had read and written when the connection closed.
+    final_traffic: Traffic,
     _permit: Permit,
 }
 
@@ -209,6 +238,8 @@ impl<T: Transport> Connection<T> {
             blocked_since: None,
             close_when_answered: None,
             peer_eof: false,
+            refused: None,
+            final_traffic: Traffic::default(),
             _permit: permit,
         }
     }
@@ -226,6 +257,7 @@ impl<T: Transport> Connection<T> {
     fn unsent(&self) -> usize {
         match &self.state {
             State::Open(ws) | State::Closing { ws, .. } => ws.unsent(),
+            State::Http { out, sent, .. } => out.len() - sent,
             State::Handshake { .. } | State::Closed => 0,
         }
     }
@@ -251,8 +283,26 @@ impl<T: Transport> Connection<T> {
         }
     }
 
+    /// Still in its opening handshake, or answering an HTTP request: the
+    /// handshake timeout applies.
     pub fn is_handshaking(&self) -> bool {
-        matches!(self.state, State::Handshake { .. })
+        matches!(self.state, State::Handshake { .. } | State::Http { .. })
+    }
+
+    /// Why the server refused or ended the connection, if it did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refused
+    }
+
+    /// Bytes read from and written to the peer so far.
+    pub fn traffic(&self) -> Traffic {
+        match &self.state {
+            State::Handshake { transport, .. } | State::Http { transport, .. } => {
+                transport.traffic()
+            }
+            State::Open(ws) | State::Closing { ws, .. } => ws.transport_ref().traffic(),
+            State::Closed => self.final_traffic,
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -275,11 +325,15 @@ impl<T: Transport> Connection<T> {
                 State::Handshake { .. } => match self.advance_handshake() {
                     Handshake::Upgraded => continue,
                     Handshake::NeedMore => return ReadOutcome::WouldBlock,
+                    Handshake::Endpoint(endpoint) => return ReadOutcome::Http(endpoint),
                     Handshake::Failed => {
-                        self.state = State::Closed;
+                        self.refused = Some(Refusal::Handshake);
+                        self.set_closed();
                         return ReadOutcome::Closed;
                     }
                 },
+                // One request per connection: anything after it is ignored.
+                State::Http { .. } => return ReadOutcome::WouldBlock,
                 // Ending: read nothing more, the close follows the answers.
                 State::Open(_) if self.close_when_answered.is_some() => {
                     return ReadOutcome::WouldBlock;
@@ -301,6 +355,8 @@ impl<T: Transport> Connection<T> {
                             // ends once this message's ERR 3 is answered.
                             self.close_when_answered =
                                 Some((CloseCode::Invalid, "invalid UTF-8 in a text message"));
+                            self.refused =
+                                Some(Refusal::Protocol("invalid UTF-8 in a text message"));
                             ReadOutcome::Message(Incoming::InvalidUtf8)
                         }
                         Event::WouldBlock => ReadOutcome::WouldBlock,
@@ -315,6 +371,7 @@ impl<T: Transport> Connection<T> {
                         // connection, with a close frame after the answers
                         // already due.
                         Event::Fail(code, reason) => {
+                            self.refused = Some(Refusal::Protocol(reason));
                             self.end_after_answers(code, reason, now);
                             continue;
                         }
@@ -331,7 +388,7 @@ impl<T: Transport> Connection<T> {
                 // unless the peer stops reading them.
                 State::Closing { since, .. } if self.peer_eof => {
                     if now.saturating_duration_since(*since) > CLOSE_LINGER {
-                        self.state = State::Closed;
+                        self.set_closed();
                         return ReadOutcome::Closed;
                     }
                     return ReadOutcome::WouldBlock;
@@ -344,17 +401,17 @@ impl<T: Transport> Connection<T> {
                             if ws.unsent() > 0 {
                                 continue;
                             }
-                            self.state = State::Closed;
+                            self.set_closed();
                             ReadOutcome::Closed
                         }
                         Ok(Discarded::MoreMayCome | Discarded::WouldBlock) if lingered => {
-                            self.state = State::Closed;
+                            self.set_closed();
                             ReadOutcome::Closed
                         }
                         Ok(Discarded::MoreMayCome) => ReadOutcome::Busy,
                         Ok(Discarded::WouldBlock) => ReadOutcome::WouldBlock,
                         Err(_) => {
-                            self.state = State::Closed;
+                            self.set_closed();
                             ReadOutcome::Closed
                         }
                     };
@@ -386,6 +443,20 @@ impl<T: Transport> Connection<T> {
             received.extend_from_slice(&chunk[..n]);
             match handshake::examine(received) {
                 Outcome::Incomplete => continue,
+                Outcome::Endpoint(endpoint) => {
+                    let State::Handshake { transport, .. } =
+                        std::mem::replace(&mut self.state, State::Closed)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    self.state = State::Http {
+                        transport,
+                        out: Vec::new(),
+                        sent: 0,
+                        answered: false,
+                    };
+                    return Handshake::Endpoint(endpoint);
+                }
                 Outcome::NotHttp => return Handshake::Failed,
                 Outcome::Refuse { response } => {
                     // Best effort: a fresh socket's send buffer takes a few
@@ -452,7 +523,7 @@ impl<T: Transport> Connection<T> {
     /// The client's stream, in any state but closed.
     fn transport(&mut self) -> Option<&mut T> {
         match &mut self.state {
-            State::Handshake { transport, .. } => Some(transport),
+            State::Handshake { transport, .. } | State::Http { transport, .. } => Some(transport),
             State::Open(ws) | State::Closing { ws, .. } => Some(ws.transport()),
             State::Closed => None,
         }
@@ -462,6 +533,7 @@ impl<T: Transport> Connection<T> {
     /// shutdown past its grace, a client stuck over its limit); input is
     /// then discarded until the peer goes (or [`CLOSE_LINGER`] after `now`).
     pub fn close(&mut self, code: CloseCode, reason: &'static str, now: Instant) {
+        self.final_traffic = self.traffic();
         let state = std::mem::replace(&mut self.state, State::Closed);
         if let State::Open(mut ws) = state {
             ws.queue_close(code, reason);
@@ -562,9 +634,18 @@ impl<T: Transport> Connection<T> {
     }
 
     fn write_message(&mut self, response: &[u8]) {
-        if let State::Open(ws) = &mut self.state {
-            ws.queue_text(response);
-            self.needs_flush = true;
+        match &mut self.state {
+            State::Open(ws) => {
+                ws.queue_text(response);
+                self.needs_flush = true;
+            }
+            // An HTTP answer goes out as it is, and is the last.
+            State::Http { out, answered, .. } if !*answered => {
+                out.extend_from_slice(response);
+                *answered = true;
+                self.needs_flush = true;
+            }
+            _ => {}
         }
     }
 
@@ -598,7 +679,21 @@ impl<T: Transport> Connection<T> {
                 // A peer gone while we close is a close completed.
                 let result = result.or(Ok(Flushed::All));
                 if matches!(result, Ok(Flushed::All)) && self.peer_eof {
-                    self.state = State::Closed;
+                    self.set_closed();
+                    return;
+                }
+                result
+            }
+            State::Http {
+                transport,
+                out,
+                sent,
+                answered,
+            } => {
+                let result = write_out(transport, out, sent);
+                if matches!(result, Ok(Flushed::All)) && *answered {
+                    let _ = transport.shutdown(Shutdown::Write);
+                    self.set_closed();
                     return;
                 }
                 result
@@ -613,10 +708,34 @@ impl<T: Transport> Connection<T> {
             Ok(Flushed::Partly) => {}
             Err(_) => {
                 self.needs_flush = false;
-                self.state = State::Closed;
+                self.set_closed();
             }
         }
     }
+
+    /// Ends the connection, keeping what it read and wrote for the metrics.
+    fn set_closed(&mut self) {
+        self.final_traffic = self.traffic();
+        self.state = State::Closed;
+    }
+}
+
+/// Writes `out[sent..]` to a non-blocking transport, as far as it takes it.
+fn write_out<T: Transport>(
+    transport: &mut T,
+    out: &[u8],
+    sent: &mut usize,
+) -> std::io::Result<Flushed> {
+    while *sent < out.len() {
+        match transport.write(&out[*sent..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Flushed::All)
 }
 
 #[cfg(test)]
@@ -740,6 +859,34 @@ mod tests {
 
     /// What a connection fed `bytes` in `chunks` hands out (each message
     /// answered with its own bytes reversed), and everything it writes.
+    #[test]
+    fn an_http_endpoint_is_answered_in_full_however_slowly_then_closed() {
+        let now = Instant::now();
+        let transport = MemoryTransport::new(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n", &[]);
+        let mut conn = connection(&transport, now);
+        assert!(matches!(
+            conn.read(now),
+            ReadOutcome::Http(Endpoint::Metrics)
+        ));
+        assert!(conn.is_handshaking(), "the handshake timeout still applies");
+        assert!(matches!(conn.read(now), ReadOutcome::WouldBlock));
+        let seq = conn.next_request();
+        let answer: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        transport.set_write_room(Some(1000));
+        conn.respond(seq, answer.clone(), now);
+        conn.flush(now);
+        assert!(!conn.is_closed(), "not all of it went out");
+        transport.set_write_room(None);
+        conn.flush(now);
+        assert!(conn.is_closed());
+        assert!(transport.write_shut());
+        assert_eq!(
+            transport.output(),
+            answer,
+            "raw bytes, no WebSocket framing"
+        );
+    }
+
     fn serve(bytes: &[u8], chunks: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
         let now = Instant::now();
         let transport = MemoryTransport::new(bytes, chunks);
@@ -754,6 +901,7 @@ mod tests {
                     messages.push(message);
                 }
                 ReadOutcome::Busy => {}
+                ReadOutcome::Http(_) => break,
                 ReadOutcome::WouldBlock if transport.input_read() => break,
                 ReadOutcome::WouldBlock => {}
                 ReadOutcome::Closed => break,

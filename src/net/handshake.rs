@@ -21,15 +21,57 @@ pub enum Outcome {
     /// A valid upgrade: send `response`, then speak WebSocket; the request
     /// head was `head_len` bytes, anything after it is WebSocket data.
     Upgrade { response: Vec<u8>, head_len: usize },
+    /// A plain `GET` of one of the server's HTTP endpoints: the caller
+    /// answers it, then closes.
+    Endpoint(Endpoint),
     /// HTTP, but not an acceptable upgrade: send `response`, then close.
     Refuse { response: &'static [u8] },
     /// Not HTTP at all: close without a word.
     NotHttp,
 }
 
+/// The HTTP endpoints served on the WebSocket port (see `docs/PROTOCOL.md`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/healthz`: the process serves.
+    Health,
+    /// `/readyz`: start-up loading is done and shutdown has not begun.
+    Ready,
+    /// `/metrics`: the Prometheus exposition.
+    Metrics,
+}
+
+impl Endpoint {
+    fn at(path: &str) -> Option<Endpoint> {
+        // A query string changes nothing (probes add cache busters).
+        match path.split('?').next() {
+            Some("/healthz") => Some(Endpoint::Health),
+            Some("/readyz") => Some(Endpoint::Ready),
+            Some("/metrics") => Some(Endpoint::Metrics),
+            _ => None,
+        }
+    }
+}
+
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 const BAD_VERSION: &[u8] = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n";
+
+/// A whole HTTP/1.1 answer (the connection closes after it).
+pub fn http_response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
 
 /// Examines the request bytes received so far.
 pub fn examine(received: &[u8]) -> Outcome {
@@ -64,6 +106,12 @@ pub fn examine(received: &[u8]) -> Outcome {
         && request.version == Some(1)
         && has_token("Upgrade", "websocket")
         && has_token("Connection", "upgrade");
+    if !is_upgrade
+        && request.method == Some("GET")
+        && let Some(endpoint) = request.path.and_then(Endpoint::at)
+    {
+        return Outcome::Endpoint(endpoint);
+    }
     let key = header("Sec-WebSocket-Key")
         .map(str::trim)
         .filter(|k| !k.is_empty());
@@ -135,6 +183,27 @@ mod tests {
         );
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_BYTES));
         assert!(matches!(examine(huge.as_bytes()), Outcome::Refuse { .. }));
+    }
+
+    #[test]
+    fn plain_gets_of_the_endpoints_are_theirs_and_upgrades_stay_upgrades() {
+        for (path, endpoint) in [
+            ("/healthz", Endpoint::Health),
+            ("/readyz?x=1", Endpoint::Ready),
+            ("/metrics", Endpoint::Metrics),
+        ] {
+            let get = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(examine(get.as_bytes()), Outcome::Endpoint(endpoint));
+            let post = format!("POST {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(matches!(examine(post.as_bytes()), Outcome::Refuse { .. }));
+        }
+        let other = b"GET /metricsz HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(matches!(examine(other), Outcome::Refuse { .. }));
+        let upgrade = UPGRADE.replace("GET /x", "GET /metrics");
+        assert!(matches!(
+            examine(upgrade.as_bytes()),
+            Outcome::Upgrade { .. }
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::rc::Rc;
 
-use super::transport::Transport;
+use super::transport::{Traffic, Transport};
 
 #[derive(Clone, Default)]
 pub struct MemoryTransport(Rc<RefCell<Pipe>>);
@@ -167,6 +167,11 @@ impl Transport for MemoryTransport {
 
     // Scripted input needs no hint: every read asks the script.
     fn readiness(&mut self) {}
+
+    // Scripted transports are not measured.
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
 
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         if matches!(how, Shutdown::Write | Shutdown::Both) {

@@ -11,7 +11,7 @@ use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
-use super::transport::Transport;
+use super::transport::{Traffic, Transport};
 
 /// A client's TCP socket: the production [`Transport`].
 pub struct Socket {
@@ -21,6 +21,7 @@ pub struct Socket {
     /// The peer shut its side: its end of stream may already be queued
     /// behind the data, with no further edge to come, so every read asks.
     peer_closed: bool,
+    traffic: Traffic,
 }
 
 impl Socket {
@@ -29,6 +30,7 @@ impl Socket {
             stream,
             drained: false,
             peer_closed: false,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -49,6 +51,10 @@ impl Transport for Socket {
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         self.stream.shutdown(how)
     }
+
+    fn traffic(&self) -> Traffic {
+        self.traffic
+    }
 }
 
 impl Read for Socket {
@@ -57,6 +63,7 @@ impl Read for Socket {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = self.stream.read(buf)?;
+        self.traffic.received += n as u64;
         // 0 is end of stream, not a short read: let it through as it is.
         self.drained = !self.peer_closed && n > 0 && n < buf.len();
         Ok(n)
@@ -65,7 +72,9 @@ impl Read for Socket {
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
+        let n = self.stream.write(buf)?;
+        self.traffic.sent += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

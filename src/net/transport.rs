@@ -31,4 +31,14 @@ pub trait Transport: Read + Write {
     /// Shuts down one or both halves: after our close frame, `Write` lets
     /// the peer see our end of stream; `Both` refuses a connection.
     fn shutdown(&mut self, how: Shutdown) -> io::Result<()>;
+
+    /// Bytes read and written so far (for the metrics).
+    fn traffic(&self) -> Traffic;
+}
+
+/// Bytes a transport read and wrote.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub received: u64,
+    pub sent: u64,
 }

@@ -156,6 +156,10 @@ impl<T: Transport> WebSocket<T> {
         &mut self.transport
     }
 
+    pub fn transport_ref(&self) -> &T {
+        &self.transport
+    }
+
     /// The message the last [`Event::Text`] announced; valid until the
     /// next `read`.
     pub fn message(&self) -> &[u8] {

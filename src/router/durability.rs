@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use super::gather::{GatherKind, Upkeep};
 use super::{PartReply, Replies, Router};
 use crate::mesh::{Envelope, PartResult, ShardId, Ticket};
+use crate::metrics::LogFigures;
 use crate::persist::log::{FsyncPolicy, LogReport, LogWriter, LogWriterConfig};
 use crate::store::Millis;
 
@@ -137,6 +138,11 @@ impl Router {
     }
 
     /// Why the change log stopped working, if it did: the server must stop.
+    /// The change log's figures (None: it is off).
+    pub(super) fn log_figures(&self) -> Option<LogFigures> {
+        self.durability.writer.as_ref().map(LogWriter::figures)
+    }
+
     pub fn log_failure(&self) -> Option<&str> {
         self.durability.failure.as_deref()
     }

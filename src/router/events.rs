@@ -76,11 +76,23 @@ pub struct EventSubscriptions {
     /// The ring's head when subscribers were last served: a newer one
     /// means new events to send.
     served_head: u64,
+    /// Events subscribers missed (told to them as `lost`), for the metrics.
+    lost_total: u64,
 }
 
 impl EventSubscriptions {
     pub fn pending(&self) -> bool {
         self.pending
+    }
+
+    /// Subscriptions of this shard's connections.
+    pub fn subscriber_count(&self) -> u64 {
+        self.mine.len() as u64
+    }
+
+    /// Events subscribers on this shard's ring were told they lost.
+    pub fn lost_count(&self) -> u64 {
+        self.lost_total
     }
 }
 
@@ -223,6 +235,7 @@ impl Router {
         // Resume after `after`, or (beyond what this ring has) from now.
         let position = after.map_or(head, |p| p.min(head));
         let lost = (oldest - 1).saturating_sub(position);
+        self.events.lost_total += lost;
         let position = position.max(oldest - 1);
         if filter.with_keys {
             self.events.with_keys += 1;
@@ -376,6 +389,7 @@ impl Router {
                 if s.lost > 0 {
                     let mut lost = Vec::new();
                     encode_lost_head(&mut lost, s.lost);
+                    self.events.lost_total += s.lost;
                     s.credit = s.credit.saturating_sub(lost.len());
                     events.push((oldest - 1, lost));
                 }

@@ -3,6 +3,8 @@
 
 use crate::domain::{NewSession, Token};
 use crate::mesh::{PartResult, Ticket};
+use crate::metrics::{self, ShardFigures};
+use crate::net::handshake::http_response;
 use std::path::{Path, PathBuf};
 
 use crate::persist::{
@@ -30,6 +32,8 @@ pub struct ServerFacts {
     pub max_memory: u64,
     /// This server's instance, for cursors.
     pub instance: u64,
+    /// Wall-clock time at the server's start, in ms since the Unix epoch.
+    pub wall_epoch_ms: u64,
 }
 
 pub enum GatherKind {
@@ -58,6 +62,8 @@ pub enum GatherKind {
         owner: Box<str>,
         ended: u64,
     },
+    /// `GET /metrics`: every shard's figures.
+    Metrics(Vec<ShardFigures>),
     /// `SH_SUBSCRIBE`: every shard's ring position for subscription `sub`.
     Subscribe {
         sub: u64,
@@ -320,6 +326,11 @@ impl Gather {
         self.remaining == 0
     }
 
+    /// A scrape: answered over HTTP, not as a command.
+    pub fn is_metrics(&self) -> bool {
+        matches!(self.kind, GatherKind::Metrics(_))
+    }
+
     /// Waits for `parts` more answers (a load, once its data is read).
     pub fn expect_parts(&mut self, parts: usize) {
         self.remaining += parts;
@@ -355,6 +366,14 @@ impl Gather {
         })
     }
 
+    /// A finished save: when it began and whether it was committed.
+    pub fn save_outcome(&self) -> Option<(Millis, bool)> {
+        match &self.kind {
+            GatherKind::Save(save) => Some((save.started, save.committed)),
+            _ => None,
+        }
+    }
+
     pub fn save_settled(&mut self, result: Result<(), PersistError>) {
         if let GatherKind::Save(save) = &mut self.kind {
             match result {
@@ -374,6 +393,7 @@ impl Gather {
             (GatherKind::OwnerSessions { found, .. }, PartResult::OwnerSessions(list)) => {
                 found.extend(list);
             }
+            (GatherKind::Metrics(all), PartResult::Metrics(figures)) => all.push(*figures),
             (GatherKind::InfoAll { sessions, keys }, PartResult::Counts(counts)) => {
                 *sessions += counts.sessions;
                 *keys += counts.keys;
@@ -536,6 +556,17 @@ impl Gather {
                     _ => None,
                 };
                 answer::subscribed(&mut out, &cursor.to_text(), lost);
+            }
+            GatherKind::Metrics(shards) => {
+                let connections = shards.iter().map(|s| s.connections).sum();
+                let facts = metrics::ServerFacts {
+                    version: env!("CARGO_PKG_VERSION"),
+                    memory_limit: server.max_memory,
+                    connections,
+                    started_s: server.wall_epoch_ms as f64 / 1e3,
+                };
+                let body = metrics::encode(shards, facts);
+                out = http_response(200, metrics::CONTENT_TYPE, body.as_bytes());
             }
             GatherKind::Exists { tkns, found } => {
                 let exist = tkns

@@ -170,6 +170,7 @@ impl LocalDispatcher {
             conn: 0,
             conn_id: 0,
             seq,
+            ..Ticket::default()
         };
         let router = &mut self.shards[entry];
         router.set_now(self.now);

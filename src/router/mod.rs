@@ -37,6 +37,7 @@ use crate::domain::{NewSession, Token};
 use crate::mesh::{
     Envelope, Part, PartResult, PostBack, ShardCounts, ShardId, Ticket, shard_of, shard_of_owner,
 };
+use crate::metrics::{RequestFigures, ShardFigures, SnapshotFigures};
 use crate::net::connection::Incoming;
 use crate::persist::SessionRecord;
 use crate::protocol::answer;
@@ -77,6 +78,17 @@ pub trait Replies {
 
     /// Open connections on this shard, for `SV_INFO`.
     fn connections(&self) -> u64;
+
+    /// Hands an HTTP endpoint's answer (head and body) to the connection
+    /// that asked; not counted as a command's answer.
+    fn answer_http(&mut self, ticket: Ticket, response: Vec<u8>) {
+        self.answer_owned(ticket, response);
+    }
+
+    /// This shard's request figures, for a scrape.
+    fn request_figures(&self) -> RequestFigures {
+        RequestFigures::default()
+    }
 }
 
 /// What a router needs to know about the server, fixed at start-up.
@@ -157,6 +169,10 @@ pub struct Router {
     /// `SessionNotExist` answers given: a rising count can mean someone is
     /// guessing tokens.
     session_not_exist: u64,
+    /// Requests sent to the shard that owns their session.
+    cross_shard_requests: u64,
+    /// Snapshots this shard started, for the metrics.
+    snapshot_figures: SnapshotFigures,
     /// Background expiry ran out of budget: more is due right now.
     expiry_pending: bool,
     /// Count requests waiting for background expiry to catch up, so they
@@ -190,6 +206,8 @@ impl Router {
             reply: Vec::with_capacity(4096),
             now,
             session_not_exist: 0,
+            cross_shard_requests: 0,
+            snapshot_figures: SnapshotFigures::default(),
             expiry_pending: false,
             deferred_counts: Vec::new(),
             persist: PersistJobs::default(),
@@ -460,6 +478,7 @@ impl Router {
                 router.run_owned(command, out)
             });
         } else {
+            self.cross_shard_requests += 1;
             self.outbox[owner].push(Envelope::Call {
                 from: self.config.id,
                 ticket,
@@ -667,6 +686,7 @@ impl Router {
             Part::Subscribe { sub, filter, after } => {
                 self.register_subscriber(reply, sub, filter, after)
             }
+            Part::Metrics => PartResult::Metrics(Box::new(self.figures(replies))),
         };
         self.send_part_result_durably(reply, result, replies);
     }
@@ -705,6 +725,9 @@ impl Router {
             self.settle_save(gather, settlement, replies);
             return;
         }
+        if let Some((started, committed)) = g.save_outcome() {
+            self.note_snapshot(started, committed);
+        }
         let Some(ticket) = g.ticket else {
             // The server's own: a periodic snapshot.
             self.snapshot_done(g.kind());
@@ -720,7 +743,11 @@ impl Router {
             uptime_s: self.now / 1000,
             max_memory: self.config.max_memory,
             instance: self.config.instance,
+            wall_epoch_ms: self.config.wall_epoch_ms,
         };
+        if g.is_metrics() {
+            return replies.answer_http(ticket, g.encode(&server, self.now));
+        }
         let subscription = g.subscription();
         replies.answer_owned(ticket, g.encode(&server, self.now));
         if let Some((sub, positions)) = subscription {
@@ -746,6 +773,44 @@ impl Router {
             replies.answer(ticket, &out);
         }
         self.reply = out;
+    }
+
+    /// A snapshot (periodic or `SH_SAVE`) this shard started has ended.
+    fn note_snapshot(&mut self, started: Millis, committed: bool) {
+        let figures = &mut self.snapshot_figures;
+        if committed {
+            figures
+                .duration_ms
+                .observe(self.now.saturating_sub(started));
+            figures.last_success_ms = self.config.wall_epoch_ms + self.now;
+        } else {
+            figures.failures += 1;
+        }
+    }
+
+    /// `GET /metrics`: gathers every shard's figures.
+    pub fn scrape(&mut self, ticket: Ticket, replies: &mut dyn Replies) {
+        let kind = GatherKind::Metrics(Vec::with_capacity(self.config.shards));
+        self.fan_out_all(ticket, kind, || Part::Metrics, replies);
+    }
+
+    /// This shard's figures, as they are now.
+    fn figures(&self, replies: &dyn Replies) -> ShardFigures {
+        ShardFigures {
+            shard: self.config.id,
+            connections: replies.connections(),
+            sessions: self.store.len() as u64,
+            keys: self.store.key_count(),
+            memory_used: self.store.memory_used(),
+            requests: replies.request_figures(),
+            expiry: self.store.expiry_figures().clone(),
+            session_not_exist: self.session_not_exist,
+            cross_shard_requests: self.cross_shard_requests,
+            snapshots: self.snapshot_figures.clone(),
+            log: self.log_figures(),
+            event_subscribers: self.events.subscriber_count(),
+            events_lost: self.events.lost_count(),
+        }
     }
 
     /// Answers `SH_SAVE` / `SH_LOAD` when persistence is off.

@@ -12,7 +12,8 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::mesh::Ticket;
-use crate::net::connection::{Connection, Limits, Permit, Timeouts};
+use crate::metrics::{RequestFigures, RequestMetrics};
+use crate::net::connection::{Connection, Limits, Permit, Refusal, Timeouts};
 use crate::router::Replies;
 
 pub struct Connections {
@@ -28,10 +29,14 @@ pub struct Connections {
     timeouts: Timeouts,
     /// The time of the current turn (connections never read the clock).
     now: Instant,
+    /// Answers by command and status, their times, connections and bytes.
+    pub metrics: RequestMetrics,
 }
 
 impl Replies for Connections {
     fn answer(&mut self, ticket: Ticket, response: &[u8]) {
+        self.metrics
+            .answered(ticket.command, ticket.started, response);
         let now = self.now;
         if let Some(conn) = self.live(ticket) {
             conn.respond_slice(ticket.seq, response, now);
@@ -40,6 +45,8 @@ impl Replies for Connections {
     }
 
     fn answer_owned(&mut self, ticket: Ticket, response: Vec<u8>) {
+        self.metrics
+            .answered(ticket.command, ticket.started, &response);
         let now = self.now;
         if let Some(conn) = self.live(ticket) {
             conn.respond(ticket.seq, response, now);
@@ -66,14 +73,33 @@ impl Replies for Connections {
             .map(Connection::has_room)
     }
 
+    fn answer_http(&mut self, ticket: Ticket, response: Vec<u8>) {
+        let now = self.now;
+        if let Some(conn) = self.live(ticket) {
+            conn.respond(ticket.seq, response, now);
+            self.touched.push(ticket.conn);
+        }
+    }
+
     fn connections(&self) -> u64 {
         self.slab.len() as u64
+    }
+
+    fn request_figures(&self) -> RequestFigures {
+        let mut figures = self.metrics.figures().clone();
+        for (_, conn) in self.slab.iter() {
+            let traffic = conn.traffic();
+            figures.bytes_received += traffic.received;
+            figures.bytes_sent += traffic.sent;
+        }
+        figures
     }
 }
 
 impl Connections {
-    pub fn new(limits: Limits, now: Instant) -> Self {
+    pub fn new(limits: Limits, now: Instant, metrics: RequestMetrics) -> Self {
         Connections {
+            metrics,
             slab: Slab::new(),
             next_id: 0,
             ready: Vec::new(),
@@ -102,6 +128,21 @@ impl Connections {
         self.slab
             .get_mut(ticket.conn)
             .filter(|conn| conn.id == ticket.conn_id)
+    }
+
+    /// Drops a connection, counting what it leaves behind: its bytes, and
+    /// why we refused it if we did.
+    fn retire(&mut self, slot: usize) {
+        let Some(conn) = self.slab.try_remove(slot) else {
+            return;
+        };
+        let traffic = conn.traffic();
+        self.metrics.add_bytes(traffic.received, traffic.sent);
+        match conn.refusal() {
+            Some(Refusal::Handshake) => self.metrics.rejected_in_handshake(),
+            Some(Refusal::Protocol(_)) => self.metrics.closed_for_protocol(),
+            None => {}
+        }
     }
 
     /// Registers an accepted stream and queues it for its first read.
@@ -181,7 +222,7 @@ impl Connections {
                 conn.flush(self.now);
             }
             if conn.is_closed() {
-                self.slab.remove(slot);
+                self.retire(slot);
             } else if conn.readable && conn.wants_input() {
                 // Reading paused on in-flight answers resumes here.
                 self.ready.push(slot);
@@ -209,7 +250,10 @@ impl Connections {
             }
         }
         for slot in expired {
-            self.slab.remove(slot);
+            if self.slab.get(slot).is_some_and(Connection::is_handshaking) {
+                self.metrics.rejected_in_handshake();
+            }
+            self.retire(slot);
         }
     }
 
@@ -234,7 +278,10 @@ impl Connections {
             self.ready.push(slot);
         }
         if overdue {
-            self.slab.clear();
+            let slots: Vec<usize> = self.slab.iter().map(|(slot, _)| slot).collect();
+            for slot in slots {
+                self.retire(slot);
+            }
         }
         self.finish_turn();
         self.slab.is_empty()
@@ -249,6 +296,10 @@ pub(super) mod tests {
 
     use super::*;
     use crate::net::connection::HANDSHAKE_TIMEOUT;
+
+    pub(in crate::shard) fn metrics() -> RequestMetrics {
+        RequestMetrics::new(crate::metrics::Clock::new(), None)
+    }
 
     /// Limits for tests of the table and the shard around it.
     pub(in crate::shard) fn limits() -> Limits {
@@ -267,7 +318,7 @@ pub(super) mod tests {
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         let permit = Permit::acquire(&Arc::new(AtomicUsize::new(0)), 10).unwrap();
-        let mut conns = Connections::new(limits(), now);
+        let mut conns = Connections::new(limits(), now, metrics());
         conns
             .add(poll.registry(), TcpStream::from_std(server), permit)
             .unwrap();
@@ -296,6 +347,7 @@ pub(super) mod tests {
             conn: 0,
             conn_id: 7,
             seq: 0,
+            ..Ticket::default()
         };
         conns.answer(stale, b"{}");
         conns.answer_owned(stale, b"{}".to_vec());
@@ -303,6 +355,7 @@ pub(super) mod tests {
             conn: 5,
             conn_id: 0,
             seq: 0,
+            ..Ticket::default()
         };
         conns.answer(gone, b"{}");
         conns.finish_turn();

@@ -25,9 +25,11 @@ use mio::{Events, Interest, Poll, Token as PollToken, Waker};
 use rand::rngs::StdRng;
 
 use crate::mesh::{Address, Inbox, MeshPost, ShardId, Ticket};
+use crate::metrics::{Clock, CommandLabel, RequestMetrics, SlowRequests};
 use crate::net::connection::{Limits, Permit, ReadOutcome};
+use crate::net::handshake::{Endpoint, http_response};
 use crate::persist::SessionRecord;
-use crate::router::{LogSettings, Router, RouterConfig, SnapshotSchedule};
+use crate::router::{LogSettings, Replies, Router, RouterConfig, SnapshotSchedule};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use connections::Connections;
@@ -69,6 +71,13 @@ pub struct ShardContext {
     pub mesh: Arc<[Address]>,
     /// Set by the server to ask every shard to stop.
     pub stop: Arc<AtomicBool>,
+    /// Set once start-up loading is done, cleared when shutdown begins
+    /// (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// Requests are timed with it (one calibration for every shard).
+    pub clock: Clock,
+    /// Requests slower than this are logged (None: none are).
+    pub slow_request: Option<Duration>,
     /// Shards still finishing their connections; every shard serves its
     /// inbox until this is 0, so no shard waits on one that has left.
     pub draining: Arc<AtomicUsize>,
@@ -123,7 +132,7 @@ impl Shard {
         let now = millis_since(ctx.started, Instant::now());
         Ok(Shard {
             router: Router::new(config, rng, post, now),
-            conns: Connections::new(ctx.limits, Instant::now()),
+            conns: Connections::new(ctx.limits, Instant::now(), request_metrics(&ctx)),
             ctx,
             poll,
             listener: Some(listener),
@@ -260,10 +269,12 @@ impl Shard {
             };
             let Some(permit) = Permit::acquire(&self.ctx.connections, self.ctx.max_connections)
             else {
+                self.conns.metrics.rejected_at_limit();
                 // Full: say so to an HTTP client, then close.
                 let _ = std::io::Write::write_all(&mut stream, SERVER_FULL);
                 continue;
             };
+            self.conns.metrics.accepted();
             let _ = stream.set_nodelay(true);
             // A stream that cannot be registered is dropped (closed).
             let _ = self.conns.add(self.poll.registry(), stream, permit);
@@ -300,14 +311,34 @@ impl Shard {
                 }
                 match conn.read(now) {
                     ReadOutcome::Message(incoming) => {
+                        if budget == READ_BUDGET {
+                            // Its first request is timed from here.
+                            self.conns.metrics.turn_to_connection();
+                        }
                         budget -= 1;
+                        let Some(conn) = self.conns.get_mut(slot) else {
+                            break;
+                        };
+                        let (conn_id, seq) = (conn.id, conn.next_request());
+                        let request = self.router.decode(incoming, conn.message());
+                        let ticket = Ticket {
+                            conn: slot,
+                            conn_id,
+                            seq,
+                            command: CommandLabel::of_request(&request),
+                            started: self.conns.metrics.request_started(),
+                        };
+                        self.router.dispatch(ticket, request, &mut self.conns);
+                    }
+                    ReadOutcome::Http(endpoint) => {
                         let ticket = Ticket {
                             conn: slot,
                             conn_id: conn.id,
                             seq: conn.next_request(),
+                            ..Ticket::default()
                         };
-                        let request = self.router.decode(incoming, conn.message());
-                        self.router.dispatch(ticket, request, &mut self.conns);
+                        self.serve_http(endpoint, ticket);
+                        break;
                     }
                     // Frames taken, no message yet: charged like one.
                     ReadOutcome::Busy => budget -= 1,
@@ -322,6 +353,23 @@ impl Shard {
         // Duplicates are harmless: a slot with nothing left reads WouldBlock.
         still_ready.dedup();
         self.conns.ready_again(still_ready);
+    }
+
+    /// Answers a request for one of the HTTP endpoints.
+    fn serve_http(&mut self, endpoint: Endpoint, ticket: Ticket) {
+        let answer = match endpoint {
+            Endpoint::Health => http_response(200, "text/plain; charset=utf-8", b"ok\n"),
+            Endpoint::Ready => {
+                let ready = self.phase.is_serving() && self.ctx.ready.load(Ordering::Acquire);
+                match ready {
+                    true => http_response(200, "text/plain; charset=utf-8", b"ready\n"),
+                    false => http_response(503, "text/plain; charset=utf-8", b"not ready\n"),
+                }
+            }
+            // Answered once every shard has sent its figures.
+            Endpoint::Metrics => return self.router.scrape(ticket, &mut self.conns),
+        };
+        self.conns.answer_http(ticket, answer);
     }
 
     fn send_outbox(&mut self) {
@@ -359,6 +407,13 @@ impl Shard {
         }
         self.conns.expire();
     }
+}
+
+fn request_metrics(ctx: &ShardContext) -> RequestMetrics {
+    let slow = ctx
+        .slow_request
+        .map(|threshold| SlowRequests::new(threshold, ctx.id));
+    RequestMetrics::new(ctx.clock.clone(), slow)
 }
 
 /// Milliseconds from the server's epoch to `now`: the shard clock.

@@ -48,12 +48,12 @@ impl Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::connections::tests::limits;
+    use crate::shard::connections::tests::{limits, metrics};
 
     #[test]
     fn a_stopping_shard_with_no_connection_drains_once() {
         let draining = AtomicUsize::new(2);
-        let mut conns = Connections::new(limits(), Instant::now());
+        let mut conns = Connections::new(limits(), Instant::now(), metrics());
         let now = Instant::now();
         let mut phase = Phase::Serving;
         assert!(

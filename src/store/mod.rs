@@ -33,6 +33,7 @@ use table::Sessions;
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
 use crate::events::{Event, EventKind, EventRing, Evicted, encode_keys};
 use crate::expiry::{TimerKey, TimingWheel};
+use crate::metrics::ExpiryFigures;
 use crate::persist::log::{Batch, ChangeBuffer};
 use crate::persist::{RecordHead, SessionRecord};
 use crate::shared_names::SharedNames;
@@ -365,6 +366,8 @@ pub struct SessionStore {
     evicted: Option<Vec<Evicted>>,
     /// Every change, as change-log records for this turn (None: no log).
     log: Option<ChangeBuffer>,
+    /// Expiries by kind and how late they came, for the metrics.
+    expiry_figures: ExpiryFigures,
 }
 
 /// A snapshot is already being taken on this shard.
@@ -388,6 +391,7 @@ impl SessionStore {
             event_keys: None,
             evicted: None,
             log: None,
+            expiry_figures: ExpiryFigures::default(),
         }
     }
 
@@ -491,6 +495,17 @@ impl SessionStore {
     fn record_expiry(&mut self, tkn: Token, e: Expiry, lifetime_end: Option<Millis>, now: Millis) {
         let ended_by_lifetime = lifetime_end
             .filter(|&end| now >= end && (!e.settings.delete_session || end <= e.deadline));
+        let figures = &mut self.expiry_figures;
+        match ended_by_lifetime {
+            Some(end) => {
+                figures.lifetime += 1;
+                figures.lag_ms.observe(now.saturating_sub(end));
+            }
+            None => {
+                figures.idle += 1;
+                figures.lag_ms.observe(now.saturating_sub(e.deadline));
+            }
+        }
         match ended_by_lifetime {
             Some(end) => {
                 let keys_first =
@@ -781,6 +796,25 @@ impl SessionStore {
     }
 
     /// Accounted bytes held now.
+    /// Keys over every session here (expired ones not yet reached by
+    /// expiry included).
+    pub fn key_count(&self) -> u64 {
+        self.key_count
+    }
+
+    /// Expiries so far, by kind, and how late they came.
+    pub fn expiry_figures(&self) -> &ExpiryFigures {
+        &self.expiry_figures
+    }
+
+    /// A session's keys were cleared at `deadline` (the session stays).
+    fn note_keys_expired(&mut self, deadline: Millis, now: Millis) {
+        self.expiry_figures.keys += 1;
+        self.expiry_figures
+            .lag_ms
+            .observe(now.saturating_sub(deadline));
+    }
+
     pub fn memory_used(&self) -> u64 {
         self.used_bytes
     }
@@ -849,6 +883,10 @@ impl SessionStore {
             self.used_bytes -= keys_cost(&session.keys);
             let cleared = session.keys.clear();
             self.key_count -= cleared as u64;
+            self.note_keys_expired(expiry.deadline, now);
+            let Some(session) = self.sessions.get_mut(tkn) else {
+                return;
+            };
             expiry.deadline = next_period(expiry.deadline, expiry.settings, now)
                 .min(lifetime_end.unwrap_or(Millis::MAX));
             expiry.timer = self.wheel.insert(expiry.deadline, tkn);
@@ -1021,6 +1059,8 @@ impl SessionStore {
             self.used_bytes -= keys_cost(&session.keys);
             let cleared = session.keys.clear();
             self.key_count -= cleared as u64;
+            self.note_keys_expired(e.deadline, now);
+            let session = self.sessions.get_mut(tkn)?;
             session.deadline =
                 next_period(e.deadline, e.settings, now).min(lifetime_end.unwrap_or(Millis::MAX));
             self.wheel.reschedule(e.timer, session.deadline);

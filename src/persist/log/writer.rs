@@ -12,11 +12,13 @@ use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::record::{Batch, seal};
 use super::segment::SegmentHeader;
+use crate::metrics::LogFigures;
 
 /// Batches queued before the shard waits: many turns of group commit.
 const QUEUE: usize = 64;
@@ -87,6 +89,9 @@ pub struct LogWriter {
     /// Written batches' buffers, emptied, for the shard to fill again: no
     /// fresh allocation (and page faults) per turn.
     spares: Receiver<Vec<u8>>,
+    /// What the thread wrote and how long its fsyncs took (the thread
+    /// updates it once per write or fsync; a scrape reads it).
+    figures: Arc<Mutex<LogFigures>>,
 }
 
 impl LogWriter {
@@ -98,6 +103,8 @@ impl LogWriter {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let (recycle, spares) = mpsc::channel();
         let name = format!("change-log-{}", config.shard);
+        let figures = Arc::new(Mutex::new(LogFigures::default()));
+        let job_figures = figures.clone();
         let thread = thread::Builder::new().name(name).spawn(move || {
             let mut job = Job {
                 config,
@@ -106,6 +113,7 @@ impl LogWriter {
                 last_sync: Instant::now(),
                 unsynced: None,
                 recycle,
+                figures: job_figures,
             };
             if let Err(e) = job.run(&rx, &*report) {
                 report(LogReport::Failed(e));
@@ -115,7 +123,17 @@ impl LogWriter {
             tx: Some(tx),
             thread: Some(thread),
             spares,
+            figures,
         })
+    }
+
+    /// Records and bytes written so far, and the fsyncs' times.
+    pub fn figures(&self) -> LogFigures {
+        // A poisoned lock means the thread panicked; its figures still stand.
+        match self.figures.lock() {
+            Ok(figures) => figures.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// An emptied buffer of a written batch, if one has come back.
@@ -199,6 +217,7 @@ struct Job {
     unsynced: Option<u64>,
     /// Where written batches' buffers go back to the shard.
     recycle: Sender<Vec<u8>>,
+    figures: Arc<Mutex<LogFigures>>,
 }
 
 impl Job {
@@ -238,6 +257,12 @@ impl Job {
                         if let Some(segment) = &mut self.current {
                             segment.len += batch.bytes.len() as u64;
                         }
+                        let records =
+                            (batch.last_seq + 1).saturating_sub(first_seq_of(&batch.bytes));
+                        self.count(|f| {
+                            f.records += records;
+                            f.bytes += batch.bytes.len() as u64;
+                        });
                         last_seq = Some(batch.last_seq);
                         pending_bytes += batch.bytes.len();
                         pending.push(batch.bytes);
@@ -273,6 +298,13 @@ impl Job {
         }
     }
 
+    fn count(&self, update: impl FnOnce(&mut LogFigures)) {
+        match self.figures.lock() {
+            Ok(mut figures) => update(&mut figures),
+            Err(poisoned) => update(&mut poisoned.into_inner()),
+        }
+    }
+
     fn full(&self) -> bool {
         self.current
             .as_ref()
@@ -286,10 +318,13 @@ impl Job {
             return Ok(());
         };
         if let Some(segment) = &self.current {
+            let began = Instant::now();
             segment
                 .file
                 .sync_data()
                 .map_err(|e| io_error(&segment.path, "fsyncing", &e))?;
+            let took_us = began.elapsed().as_micros() as u64;
+            self.count(|f| f.fsync_us.observe(took_us));
         }
         self.last_sync = Instant::now();
         report(LogReport::Synced(seq));
