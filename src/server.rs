@@ -15,6 +15,7 @@ use crate::config::{Config, Load, Pinning};
 use crate::mesh::{self, Address, ShardId};
 use crate::net::connection::Limits;
 use crate::net::listener::bind_shared;
+use crate::net::loading::LoadingResponder;
 use crate::persist::{self, LogPositions, SessionRecord, ShardFileWriter};
 use crate::router::{LogSettings, SnapshotSchedule};
 use crate::shard::{Shard, ShardContext, new_poll};
@@ -227,6 +228,12 @@ impl Server {
         if let Some(path) = &config.persist {
             prepare_persist_path(path)?;
         }
+        // Bound first: a port in use fails before a long load, and probes
+        // are answered while it runs.
+        let listeners = bind_shared(config.addr, config.shards)
+            .map_err(|e| StartError::Listen(config.addr, e))?;
+        let addr = listeners[0].local_addr()?;
+        let responder = LoadingResponder::start(listeners)?;
         // With the change log on, recovery has every change and wins over a
         // dataset named to load; with it off, a dataset named to load is
         // what the operator chose to start from.
@@ -265,9 +272,6 @@ impl Server {
             }),
             _ => None,
         };
-        let listeners = bind_shared(config.addr, config.shards)
-            .map_err(|e| StartError::Listen(config.addr, e))?;
-        let addr = listeners[0].local_addr()?;
         let mut polls = Vec::with_capacity(config.shards);
         let mut wakers = Vec::with_capacity(config.shards);
         for _ in 0..config.shards {
@@ -293,8 +297,8 @@ impl Server {
         let (exit_sender, exits) = channel();
         let mut threads = Vec::with_capacity(config.shards);
         let (mut loaded_sessions, mut loaded_keys) = (0, 0);
-        let parts = polls.into_iter().zip(listeners).zip(inboxes).enumerate();
-        for (id, ((poll, listener), inbox)) in parts {
+        let mut prepared = Vec::with_capacity(config.shards);
+        for (id, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
             let ctx = ShardContext {
                 id,
                 shards: config.shards,
@@ -321,7 +325,7 @@ impl Server {
                 draining: draining.clone(),
             };
             let records = std::mem::take(&mut restore[id]);
-            let mut shard = Shard::new(ctx, poll, listener, inbox)?;
+            let mut shard = Shard::new(ctx, poll, inbox);
             // Recovered sessions are in the checkpoint already; a dataset
             // loaded with --load-name is logged, as SH_LOAD is.
             if !keep_deadlines && let Some(settings) = &log {
@@ -341,6 +345,11 @@ impl Server {
             }
             loaded_sessions += restored.sessions;
             loaded_keys += restored.keys;
+            prepared.push(shard);
+        }
+        let listeners = responder.finish()?;
+        for ((id, mut shard), listener) in prepared.into_iter().enumerate().zip(listeners) {
+            shard.listen(listener)?;
             let core = match &config.pinning {
                 Pinning::None => None,
                 Pinning::Cores(cores) => cores.get(id).copied(),

@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod handshake;
 pub mod listener;
+pub mod loading;
 pub mod memory;
 pub mod socket;
 pub mod transport;

@@ -105,14 +105,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(
-        ctx: ShardContext,
-        poll: Poll,
-        mut listener: TcpListener,
-        inbox: Inbox,
-    ) -> io::Result<Self> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+    /// A shard that accepts no connections until [`Shard::listen`].
+    pub fn new(ctx: ShardContext, poll: Poll, inbox: Inbox) -> Self {
         let config = RouterConfig {
             id: ctx.id,
             shards: ctx.shards,
@@ -130,17 +124,26 @@ impl Shard {
         let rng: StdRng = rand::make_rng();
         let post = Arc::new(MeshPost(ctx.mesh.clone()));
         let now = millis_since(ctx.started, Instant::now());
-        Ok(Shard {
+        Shard {
             router: Router::new(config, rng, post, now),
             conns: Connections::new(ctx.limits, Instant::now(), request_metrics(&ctx)),
             ctx,
             poll,
-            listener: Some(listener),
+            listener: None,
             inbox,
             last_housekeeping: Instant::now(),
             phase: Phase::Serving,
             accept_again: false,
-        })
+        }
+    }
+
+    /// Accepts connections on `listener` once running.
+    pub fn listen(&mut self, mut listener: TcpListener) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        self.listener = Some(listener);
+        Ok(())
     }
 
     /// Adds sessions loaded at start-up that this shard owns, before

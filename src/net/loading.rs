@@ -1,0 +1,175 @@
+//! Answers on the listening port while start-up loads (recovery, or a
+//! dataset named with `--load-name`): `/healthz` says the process lives,
+//! `/readyz` and everything else say "not yet" (503), so an orchestrator's
+//! probes see a server that is loading rather than a port that hangs.
+//!
+//! One thread, one connection at a time, each bounded by a short timeout:
+//! it only has to outlast the load. The listeners are handed back to the
+//! shards untouched when loading is done; connections not yet accepted wait
+//! in their backlogs for the shards.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::handshake::{Endpoint, MAX_REQUEST_BYTES, Outcome, examine, http_response};
+
+const WAKER: Token = Token(usize::MAX);
+/// A peer gets this long to send its request and take the answer.
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The thread answering while start-up loads.
+pub struct LoadingResponder {
+    done: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<io::Result<Vec<TcpListener>>>>,
+}
+
+impl LoadingResponder {
+    pub fn start(mut listeners: Vec<TcpListener>) -> io::Result<LoadingResponder> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        for (i, listener) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(listener, Token(i), Interest::READABLE)?;
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("loading".into())
+            .spawn(move || serve(poll, listeners, &stop))?;
+        Ok(LoadingResponder {
+            done,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Loading is done: stops answering and hands the listeners back.
+    pub fn finish(mut self) -> io::Result<Vec<TcpListener>> {
+        self.done.store(true, Ordering::Release);
+        self.waker.wake()?;
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| io::Error::other("finished twice"))?;
+        thread
+            .join()
+            .map_err(|_| io::Error::other("the loading responder panicked"))?
+    }
+}
+
+impl Drop for LoadingResponder {
+    /// A start-up that failed: the thread stops and closes the listeners.
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}
+
+fn serve(
+    mut poll: Poll,
+    mut listeners: Vec<TcpListener>,
+    done: &AtomicBool,
+) -> io::Result<Vec<TcpListener>> {
+    let mut events = Events::with_capacity(64);
+    while !done.load(Ordering::Acquire) {
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for event in events.iter() {
+            let Some(listener) = listeners.get(event.token().0) else {
+                continue;
+            };
+            // Edge-triggered: take every waiting connection, unless loading
+            // ends meanwhile (the rest are the shards').
+            while !done.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((stream, _)) => answer(stream),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    for listener in &mut listeners {
+        poll.registry().deregister(listener)?;
+    }
+    Ok(listeners)
+}
+
+/// Reads one request and answers it; any failure just drops the peer.
+fn answer(stream: TcpStream) {
+    // SAFETY: the descriptor comes straight from `stream`, which gives it up.
+    let mut stream = unsafe { std::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
+    let prepared = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(PEER_TIMEOUT)))
+        .and_then(|()| stream.set_write_timeout(Some(PEER_TIMEOUT)));
+    if prepared.is_err() {
+        return;
+    }
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let response = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+        }
+        match examine(&received) {
+            Outcome::Incomplete if received.len() < MAX_REQUEST_BYTES => continue,
+            Outcome::Incomplete | Outcome::NotHttp => return,
+            Outcome::Endpoint(Endpoint::Health) => {
+                break http_response(200, "text/plain; charset=utf-8", b"ok\n");
+            }
+            Outcome::Refuse { response } => break response.to_vec(),
+            // Readiness, metrics and WebSocket clients: not yet.
+            Outcome::Endpoint(_) | Outcome::Upgrade { .. } => {
+                break http_response(503, "text/plain; charset=utf-8", b"loading\n");
+            }
+        }
+    };
+    let _ = stream.write_all(&response);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::listener::bind_shared;
+
+    fn get(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn answers_probes_while_loading_then_hands_the_listeners_back() {
+        let listeners = bind_shared("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let responder = LoadingResponder::start(listeners).unwrap();
+        for _ in 0..4 {
+            let health = get(addr, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(health.starts_with("HTTP/1.1 200 ") && health.ends_with("ok\n"));
+            let ready = get(addr, "GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(ready.starts_with("HTTP/1.1 503 "), "{ready}");
+            let other = get(addr, "GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(other.starts_with("HTTP/1.1 400 "), "{other}");
+        }
+        let listeners = responder.finish().unwrap();
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(listeners[1].local_addr().unwrap(), addr);
+    }
+}
