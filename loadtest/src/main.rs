@@ -22,8 +22,10 @@
 //! - `stats`    per-second series, totals, progress bar, summary
 //! - `report`   `--out`: report.json and latency.svg
 //! - `timer`    timerfd wake-ups for the open loop
+//! - `buckets`  a Prometheus histogram's buckets: scrape differences, quantiles
 //! - `rng`      the seeded generator
 
+mod buckets;
 mod client;
 mod config;
 mod driver;
