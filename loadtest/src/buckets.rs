@@ -108,15 +108,6 @@ impl Buckets {
         Ok(Buckets { bounds, counts })
     }
 
-    /// The same bounds with no observations: a histogram the earlier scrape
-    /// did not have yet (a labelled series appears at its first observation).
-    pub fn empty_like(&self) -> Buckets {
-        Buckets {
-            bounds: self.bounds.clone(),
-            counts: vec![0; self.counts.len()],
-        }
-    }
-
     /// Observations in all: the `+Inf` bucket's count.
     pub fn count(&self) -> u64 {
         self.counts.last().copied().unwrap_or(0)
@@ -309,7 +300,8 @@ mod tests {
         let after = buckets(&[1.0, 2.0, INF], &[15, 27, 28]);
         let d = after.since(&before).unwrap();
         assert_eq!(d, buckets(&[1.0, 2.0, INF], &[10, 20, 20]));
-        assert_eq!(after.since(&after.empty_like()).unwrap(), after);
+        let none = buckets(&[1.0, 2.0, INF], &[0, 0, 0]);
+        assert_eq!(after.since(&none).unwrap(), after);
         // Counters reset between the scrapes: refused.
         let restarted = buckets(&[1.0, 2.0, INF], &[1, 1, 1]);
         let e = restarted.since(&before).unwrap_err();
