@@ -167,6 +167,13 @@ struct Flags {
     /// persistence on; Redis: BGSAVE), and report latency while it ran
     #[arg(long)]
     save_at: Option<f64>,
+
+    /// nemesisdb: its Prometheus metrics, e.g. http://127.0.0.1:1987/metrics
+    /// (the WebSocket port), fetched just before and after the timed run;
+    /// reports the server's own p50/p99 of the commands the run sent beside
+    /// the client's, and its answers by command and status
+    #[arg(long, value_name = "URL")]
+    scrape: Option<String>,
 }
 
 /// Where the load goes, and which protocol it speaks.
@@ -222,6 +229,8 @@ pub struct Config {
     pub subscribe: bool,
     /// When to ask for a snapshot, into the timed run.
     pub save_at: Option<Duration>,
+    /// The server's `/metrics`, scraped before and after the timed run.
+    pub scrape: Option<String>,
 }
 
 impl Config {
@@ -290,6 +299,19 @@ impl Config {
             Some(_) => return Err("--save-at must be a number of seconds".into()),
             None => None,
         };
+        if let Some(url) = &f.scrape {
+            if target.protocol == Protocol::Redis {
+                return Err(
+                    "--scrape is for nemesisdb: it reads nemesisdb's metric names \
+                     from its /metrics; a redis:// target has none"
+                        .into(),
+                );
+            }
+            if f.workload == Workload::ExpiryEvents {
+                return Err("--scrape does not apply to expiry-events".into());
+            }
+            crate::scrape::check_url(url)?;
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = f.threads.unwrap_or(cores);
         if threads == 0 {
@@ -312,6 +334,7 @@ impl Config {
             server_pid: f.server_pid,
             subscribe: f.subscribe,
             save_at,
+            scrape: f.scrape,
         })
     }
 }
@@ -419,5 +442,25 @@ mod tests {
         assert!(matches!(c.stop, Stop::Duration(d) if d.as_secs() == 5));
         assert!(parse(&["--workload", "expiry-events", "--requests", "5"]).is_err());
         assert!(parse(&["--workload", "expiry-events", "--rate", "5"]).is_err());
+    }
+
+    #[test]
+    fn scrape_validates() {
+        let parse = |args: &[&str]| {
+            let f = Flags::try_parse_from([&["loadtest"], args].concat()).unwrap();
+            Config::from_flags(f)
+        };
+        let url = "http://127.0.0.1:1987/metrics";
+        assert_eq!(
+            parse(&["--scrape", url]).unwrap().scrape.as_deref(),
+            Some(url)
+        );
+        assert_eq!(parse(&[]).unwrap().scrape, None);
+        let redis = parse(&["--url", "redis://127.0.0.1:1", "--scrape", url]).unwrap_err();
+        assert!(redis.contains("--scrape is for nemesisdb"), "{redis}");
+        let bad = parse(&["--scrape", "127.0.0.1:1987"]).unwrap_err();
+        assert!(bad.starts_with("--scrape"), "{bad}");
+        assert!(parse(&["--scrape", "https://127.0.0.1/metrics"]).is_err());
+        assert!(parse(&["--workload", "expiry-events", "--scrape", url]).is_err());
     }
 }

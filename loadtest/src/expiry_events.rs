@@ -167,6 +167,8 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         },
         errors,
         latency_us: Latency::of(&outcome.hist),
+        // --scrape is refused for expiry-events.
+        server: None,
     };
     if let Some(dir) = &cfg.out {
         let meta = report::Meta {

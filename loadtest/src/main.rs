@@ -22,8 +22,11 @@
 //! - `stats`    per-second series, totals, progress bar, summary
 //! - `report`   `--out`: report.json and latency.svg
 //! - `timer`    timerfd wake-ups for the open loop
+//! - `scrape`   `--scrape`: the server's /metrics before and after the run
+//! - `buckets`  a Prometheus histogram's buckets: scrape differences, quantiles
 //! - `rng`      the seeded generator
 
+mod buckets;
 mod client;
 mod config;
 mod driver;
@@ -34,6 +37,7 @@ mod resp;
 mod rng;
 mod run;
 mod save;
+mod scrape;
 mod stats;
 mod timer;
 mod workload;

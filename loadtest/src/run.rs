@@ -16,8 +16,9 @@ use crate::events::{Accept, Subscriber};
 use crate::expiry_events;
 use crate::report;
 use crate::save::{self, SaveSummary, SaveWindow};
+use crate::scrape::{Scraper, ServerSide};
 use crate::stats::{self, Goal, Latency, Outcome, Summary, round1};
-use crate::workload::{Encoder, Lifetime, Owners, Sessions, value_text};
+use crate::workload::{Encoder, Lifetime, Owners, Sessions, value_text, ws_commands};
 
 /// Runs the whole benchmark; `Err` only when it could not run at all.
 pub fn run(cfg: &Config) -> Result<Summary, String> {
@@ -59,6 +60,22 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     } else {
         None
     };
+    // Scraped before the CPU reading (and after it at the end), so the
+    // server's work of answering a scrape is outside the measured CPU.
+    let scraper = cfg
+        .scrape
+        .as_deref()
+        .map(|url| Scraper::new(url, cfg.timeout));
+    let scraped_before = scraper.as_ref().map(|s| {
+        let before = s.scrape();
+        if let Err(e) = &before {
+            eprintln!(
+                "loadtest: --scrape {}: {e}; the run goes on without the server's figures",
+                s.url()
+            );
+        }
+        before
+    });
     let cpu_before = Cpu::now(cfg.server_pid);
     let start = Instant::now();
     let window = cfg.save_at.map(|_| Arc::new(SaveWindow::new(start)));
@@ -97,9 +114,27 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let (mut groups, outcome) = run_phase(groups, plan, bar.as_ref().map(|b| (b, &progress, goal)));
     let save = saver.map(|s| save_summary(cfg, s, &outcome));
     let cpu = Cpu::now(cfg.server_pid).since(&cpu_before);
+    let server = match (&scraper, scraped_before) {
+        (Some(s), Some(Ok(before))) => Some((
+            s,
+            s.scrape()
+                .and_then(|after| ServerSide::between(&before, &after, ws_commands(cfg.workload))),
+        )),
+        // No --scrape, or the first scrape failed (said then).
+        _ => None,
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let server = server.and_then(|(s, side)| {
+        side.map_err(|e| {
+            eprintln!(
+                "loadtest: --scrape {}: {e}; the report has no server figures",
+                s.url()
+            )
+        })
+        .ok()
+    });
     // The events still on their way arrive before teardown's begin.
     let events = match subscriber {
         Some(s) => Some(s.finish()?.summary(None)),
@@ -122,7 +157,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         conn.close(protocol);
     }
 
-    let summary = summarize(cfg, &outcome, setup_errors + teardown_errors);
+    let summary = summarize(cfg, &outcome, setup_errors + teardown_errors, server);
     if let Some(dir) = &cfg.out {
         let meta = report::Meta {
             threads: cfg.threads,
@@ -272,7 +307,12 @@ fn untimed_plan(cfg: &Config, encoder: Arc<Encoder>, source: Source, requests: u
 }
 
 /// `untimed_errors`: from set-up and teardown, which a run must pass too.
-fn summarize(cfg: &Config, o: &Outcome, untimed_errors: u64) -> Summary {
+fn summarize(
+    cfg: &Config,
+    o: &Outcome,
+    untimed_errors: u64,
+    server: Option<ServerSide>,
+) -> Summary {
     let secs = o.elapsed.as_secs_f64();
     Summary {
         target: cfg.target.url.clone(),
@@ -288,6 +328,7 @@ fn summarize(cfg: &Config, o: &Outcome, untimed_errors: u64) -> Summary {
         },
         errors: o.errors + untimed_errors,
         latency_us: Latency::of(&o.hist),
+        server,
     }
 }
 

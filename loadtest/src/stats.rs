@@ -5,6 +5,7 @@
 //! human summary. Runs on the main thread only.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::buckets::Estimate;
 use crate::driver::{Msg, new_histogram};
+use crate::scrape::{ServerSide, micros};
 
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -229,7 +232,8 @@ pub fn group(x: f64) -> String {
     out
 }
 
-/// The `--json` object: exactly these fields, in this order.
+/// The `--json` object: exactly these fields, in this order (`server` only
+/// with `--scrape`, and last, so readers of the older object see no change).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub target: String,
@@ -241,6 +245,10 @@ pub struct Summary {
     pub ops_per_sec: f64,
     pub errors: u64,
     pub latency_us: Latency,
+    /// `--scrape`: the server's own figures for the run; absent without
+    /// the flag or when a scrape failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSide>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -282,25 +290,38 @@ pub fn print_table(
     failed: u64,
     retries: Option<u64>,
 ) {
+    print!("{}", table(s, threads, rate, failed, retries));
+}
+
+fn table(
+    s: &Summary,
+    threads: usize,
+    rate: Option<f64>,
+    failed: u64,
+    retries: Option<u64>,
+) -> String {
+    // Writing to a String cannot fail.
+    let mut t = String::new();
     let mode = match rate {
         Some(r) => format!("open loop at {} ops/s", group(r)),
         None => "closed loop".to_string(),
     };
-    println!();
-    println!("  target        {}", s.target);
-    println!(
+    let _ = writeln!(t);
+    let _ = writeln!(t, "  target        {}", s.target);
+    let _ = writeln!(
+        t,
         "  workload      {} ({mode}), {} connections x pipeline {}, {threads} thread{}",
         s.workload,
         s.connections,
         s.pipeline,
         if threads == 1 { "" } else { "s" }
     );
-    println!("  duration      {:.3} s", s.duration_s);
-    println!("  operations    {}", group(s.ops as f64));
-    println!("  throughput    {} ops/s", group(s.ops_per_sec));
-    println!("  errors        {}", s.errors);
+    let _ = writeln!(t, "  duration      {:.3} s", s.duration_s);
+    let _ = writeln!(t, "  operations    {}", group(s.ops as f64));
+    let _ = writeln!(t, "  throughput    {} ops/s", group(s.ops_per_sec));
+    let _ = writeln!(t, "  errors        {}", s.errors);
     if failed > 0 {
-        println!("  failed conns  {failed}");
+        let _ = writeln!(t, "  failed conns  {failed}");
     }
     if let Some(r) = retries {
         let per_op = if s.ops > 0 {
@@ -308,17 +329,65 @@ pub fn print_table(
         } else {
             0.0
         };
-        println!(
+        let _ = writeln!(
+            t,
             "  retries       {} ({per_op:.3} per operation)",
             group(r as f64)
         );
     }
-    println!("  latency (us)  p50      p90      p99      p99.9    max");
+    let _ = writeln!(t, "  latency (us)  p50      p90      p99      p99.9    max");
     let l = &s.latency_us;
-    println!(
-        "                {:<8.1} {:<8.1} {:<8.1} {:<8.1} {:.1}",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    let row = |label: &str, cells: [String; 5]| {
+        let [p50, p90, p99, p999, max] = cells;
+        format!("{label:<16}{p50:<8} {p90:<8} {p99:<8} {p999:<8} {max}")
+    };
+    let client = [l.p50, l.p90, l.p99, l.p999, l.max].map(|v| format!("{v:.1}"));
+    let Some(server) = &s.server else {
+        let _ = writeln!(t, "{}", row("", client));
+        return t;
+    };
+    // The server's figures beside the client's, in the same columns.
+    let _ = writeln!(t, "{}", row("    client", client));
+    let dash = || "-".to_string();
+    let sl = &server.latency;
+    let cells = [estimate(sl.p50), dash(), estimate(sl.p99), dash(), dash()];
+    let _ = writeln!(t, "{}", row("    server", cells));
+    if server.commands.len() > 1 {
+        let each: Vec<String> = server
+            .commands
+            .iter()
+            .map(|(c, l)| format!("{c} {}/{}", estimate(l.p50), estimate(l.p99)))
+            .collect();
+        let _ = writeln!(t, "  per command   {} (server p50/p99 us)", each.join("  "));
+    }
+    let answered: Vec<String> = server
+        .answered
+        .iter()
+        .map(|(c, by_status)| {
+            let counts: Vec<String> = by_status
+                .iter()
+                .map(|(st, n)| format!("{} (st {st})", group(*n as f64)))
+                .collect();
+            format!("{c} {}", counts.join(", "))
+        })
+        .collect();
+    let answered = if answered.is_empty() {
+        "none".to_string()
+    } else {
+        answered.join("; ")
+    };
+    let _ = writeln!(t, "  answered      {answered}");
+    t
+}
+
+/// A server-side quantile in microseconds: `-` without requests, `>` the
+/// largest bound when it lies past it.
+fn estimate(e: Estimate) -> String {
+    match e {
+        Estimate::Empty => "-".to_string(),
+        Estimate::Within(v) => format!("{:.1}", micros(v)),
+        Estimate::Above(v) => format!(">{:.1}", micros(v)),
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +413,7 @@ mod tests {
             ops_per_sec: 1.0,
             errors: 0,
             latency_us: Latency::of(&new_histogram()),
+            server: None,
         };
         let v = serde_json::to_value(&s).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
@@ -367,5 +437,114 @@ mod tests {
             .map(|k| k.as_str())
             .collect();
         assert_eq!(lat, vec!["max", "p50", "p90", "p99", "p999"]);
+    }
+
+    /// A mixed run's summary with the server's figures: 1000 SH_GET and 200
+    /// SH_SET timed by the server during the run.
+    fn mixed_with_server() -> Summary {
+        use crate::scrape::tests::{Hist, at, exposition};
+        use crate::scrape::{Metrics, ServerSide};
+        let before = Metrics::parse(&exposition(&[], &[], true)).unwrap();
+        let mut get = at(2, 900);
+        get[3] = 90;
+        get[5] = 10;
+        let mut set = at(3, 100);
+        set[4] = 100;
+        let after = Metrics::parse(&exposition(
+            &[
+                Hist {
+                    command: "SH_GET",
+                    per_bucket: get,
+                },
+                Hist {
+                    command: "SH_SET",
+                    per_bucket: set,
+                },
+            ],
+            &[
+                ("SH_GET", "1", 997),
+                ("SH_GET", "22", 3),
+                ("SH_SET", "1", 200),
+                ("SH_SUBSCRIBE", "1", 1),
+            ],
+            true,
+        ))
+        .unwrap();
+        Summary {
+            target: "ws://127.0.0.1:1987/".into(),
+            workload: "mixed".into(),
+            connections: 50,
+            pipeline: 1,
+            duration_s: 10.0,
+            ops: 1200,
+            ops_per_sec: 120.0,
+            errors: 3,
+            latency_us: Latency {
+                p50: 41.0,
+                p90: 52.5,
+                p99: 80.2,
+                p999: 120.0,
+                max: 300.0,
+            },
+            server: Some(ServerSide::between(&before, &after, &["SH_GET", "SH_SET"]).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_table_shows_the_servers_figures_beside_the_clients() {
+        let s = mixed_with_server();
+        let want = "
+  target        ws://127.0.0.1:1987/
+  workload      mixed (closed loop), 50 connections x pipeline 1, 2 threads
+  duration      10.000 s
+  operations    1,200
+  throughput    120 ops/s
+  errors        3
+  latency (us)  p50      p90      p99      p99.9    max
+    client      41.0     52.5     80.2     120.0    300.0
+    server      20.0     -        99.0     -        -
+  per command   SH_GET 18.3/50.0  SH_SET 50.0/99.0 (server p50/p99 us)
+  answered      SH_GET 997 (st 1), 3 (st 22); SH_SET 200 (st 1); SH_SUBSCRIBE 1 (st 1)
+";
+        assert_eq!(table(&s, 2, None, 0, None), want);
+        // Without --scrape, the table is as it always was.
+        let plain = Summary { server: None, ..s };
+        let want = "
+  target        ws://127.0.0.1:1987/
+  workload      mixed (closed loop), 50 connections x pipeline 1, 2 threads
+  duration      10.000 s
+  operations    1,200
+  throughput    120 ops/s
+  errors        3
+  latency (us)  p50      p90      p99      p99.9    max
+                41.0     52.5     80.2     120.0    300.0
+";
+        assert_eq!(table(&plain, 2, None, 0, None), want);
+    }
+
+    #[test]
+    fn server_quantiles_print_with_their_limits() {
+        assert_eq!(estimate(Estimate::Empty), "-");
+        assert_eq!(estimate(Estimate::Within(0.0000183)), "18.3");
+        assert_eq!(estimate(Estimate::Above(2.5)), ">2500000.0");
+    }
+
+    #[test]
+    fn json_adds_server_last_and_only_with_it() {
+        let s = mixed_with_server();
+        let line = serde_json::to_string(&s).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert!(keys.contains(&"server"));
+        // Last in the line itself (serde_json's map sorts keys).
+        assert!(line.contains(r#""max":300.0},"server":{"#), "{line}");
+        assert_eq!(
+            v["server"]["latency"],
+            serde_json::json!({"requests": 1200, "p50_us": 20.0, "p99_us": 99.0, "above": []})
+        );
+        assert_eq!(v["server"]["commands"]["SH_SET"]["p99_us"], 99.0);
+        assert_eq!(v["server"]["answered"]["SH_GET"]["22"], 3);
+        let plain = Summary { server: None, ..s };
+        assert!(!serde_json::to_string(&plain).unwrap().contains("server"));
     }
 }

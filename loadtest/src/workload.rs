@@ -522,6 +522,22 @@ fn put(out: &mut Vec<u8>, parts: &[&[u8]]) {
     }
 }
 
+/// The nemesisdb commands a workload's timed run sends: whose server-side
+/// durations `--scrape` reads. Set-up and teardown (untimed) are not in it.
+pub fn ws_commands(workload: Workload) -> &'static [&'static str] {
+    match workload {
+        Workload::Get | Workload::Sliding | Workload::ExpiryEvents => &["SH_GET"],
+        Workload::Set => &["SH_SET"],
+        Workload::Mixed | Workload::Cas => &["SH_GET", "SH_SET"],
+        Workload::Touch => &["SH_TOUCH"],
+        Workload::Incr => &["SH_INCR"],
+        Workload::Lifecycle => &["SH_NEW", "SH_GET", "SH_END"],
+        Workload::LifecycleClassic => &["SH_NEW", "SH_SET", "SH_GET", "SH_END"],
+        Workload::LogoutAll => &["SH_OWNER_END", "SH_NEW"],
+        Workload::Expiry | Workload::Populate => &["SH_NEW", "SH_SET"],
+    }
+}
+
 const GET: &[u8] = b"SH_GET_RSP";
 const SET: &[u8] = b"SH_SET_RSP";
 const END: &[u8] = b"SH_END_RSP";
@@ -1088,6 +1104,51 @@ mod tests {
         Carry {
             token: t,
             ..Carry::default()
+        }
+    }
+
+    #[test]
+    fn ws_commands_are_what_the_timed_run_sends() {
+        use std::collections::BTreeSet;
+        let workloads = [
+            Workload::Get,
+            Workload::Set,
+            Workload::Mixed,
+            Workload::Sliding,
+            Workload::Touch,
+            Workload::Incr,
+            Workload::Cas,
+            Workload::Lifecycle,
+            Workload::LifecycleClassic,
+            Workload::LogoutAll,
+            Workload::Expiry,
+            Workload::Populate,
+        ];
+        for w in workloads {
+            let e = Encoder::new(Protocol::Ws, w, "v", Sessions::from_tokens([5, 6, 7]))
+                .with_owners(Owners::new(100, 2));
+            let carry = Carry {
+                token: 9,
+                version: 3,
+                ..Carry::default()
+            };
+            let mut rng = Rng::new(1, 2);
+            let mut sent = BTreeSet::new();
+            // Enough operations for mixed's 20% of sets.
+            for id in 0..200 {
+                let op = e.choose(&mut rng, id, id % 2);
+                for n in 0.. {
+                    let (out, _, more) = phase(&e, op, n, &carry);
+                    for v in ws_json(&out) {
+                        sent.extend(v.as_object().unwrap().keys().cloned());
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+            let listed: BTreeSet<String> = ws_commands(w).iter().map(|c| c.to_string()).collect();
+            assert_eq!(sent, listed, "{}", w.name());
         }
     }
 
