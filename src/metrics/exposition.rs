@@ -133,7 +133,7 @@ fn histogram_samples(
         .encode_histogram::<NoLabelSet>(
             histogram.sum() as f64 / per_second,
             histogram.count(),
-            &histogram.cumulative(per_second),
+            &histogram.buckets(per_second),
             None,
         )
 }
@@ -149,7 +149,7 @@ fn histogram(
         m.encode_histogram::<NoLabelSet>(
             histogram.sum() as f64 / per_second,
             histogram.count(),
-            &histogram.cumulative(per_second),
+            &histogram.buckets(per_second),
             None,
         )
     })
@@ -421,6 +421,7 @@ mod tests {
             "nemesisdb_memory_limit_bytes 1048576",
             "nemesisdb_expired_total{kind=\"idle\"} 6",
             "nemesisdb_expiry_lag_seconds_bucket{le=\"0.01\"} 2",
+            "nemesisdb_expiry_lag_seconds_bucket{le=\"+Inf\"} 2",
             "nemesisdb_build_info{version=\"9.9.9\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

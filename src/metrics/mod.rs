@@ -62,8 +62,8 @@ pub const FSYNC_BOUNDS_US: &[u64] = &[
     5_000_000,
 ];
 
-/// Counts of observations at or below each bound (not cumulative: the
-/// encoder adds them up), the overflow last, and their sum, all in the
+/// Counts of observations at or below each bound and above the one
+/// before (the encoder adds them up), the overflow last, and their sum, all in the
 /// unit of its bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Histogram {
@@ -111,22 +111,20 @@ impl Histogram {
         self.sum = self.sum.saturating_add(other.sum);
     }
 
-    /// `(upper bound, cumulative count)` per bucket, bounds divided by
-    /// `per_second` (the unit's count in one second), `+Inf` (as
-    /// `f64::MAX`) last.
-    pub fn cumulative(&self, per_second: f64) -> Vec<(f64, u64)> {
-        let mut total = 0;
+    /// `(upper bound, count)` per bucket, as `prometheus-client` takes
+    /// them (it adds them up): bounds divided by `per_second` (the unit's
+    /// count in one second), `+Inf` (as `f64::MAX`) last.
+    pub fn buckets(&self, per_second: f64) -> Vec<(f64, u64)> {
         self.counts
             .iter()
             .enumerate()
             .map(|(i, &n)| {
-                total += n;
                 let bound = self
                     .bounds
                     .get(i)
                     // prometheus-client writes f64::MAX as `+Inf`.
                     .map_or(f64::MAX, |&b| b as f64 / per_second);
-                (bound, total)
+                (bound, n)
             })
             .collect()
     }
@@ -315,11 +313,10 @@ mod tests {
         }
         assert_eq!(h.count(), 6);
         assert_eq!(h.sum(), u64::MAX, "the sum saturates");
-        let cumulative = h.cumulative(1000.0);
         assert_eq!(
-            cumulative,
-            vec![(0.01, 2), (0.1, 4), (f64::MAX, 6)],
-            "bounds in seconds, counts cumulative"
+            h.buckets(1000.0),
+            vec![(0.01, 2), (0.1, 2), (f64::MAX, 2)],
+            "bounds in seconds, counts per bucket"
         );
         let mut twice = h.clone();
         twice.add(&h);
