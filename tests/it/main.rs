@@ -16,6 +16,7 @@ mod events;
 mod expiry;
 mod hostile;
 mod limits;
+mod observability;
 mod owners;
 mod persistence;
 mod props;
