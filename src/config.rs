@@ -10,6 +10,7 @@ use clap::Parser;
 use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
+use crate::logging;
 pub use crate::persist::log::FsyncPolicy;
 
 pub const DEFAULT_PORT: u16 = 1987;
@@ -27,7 +28,8 @@ pub const DEFAULT_OUTPUT_STALL_TIMEOUT_S: u64 = 30;
 )]
 pub struct Flags {
     /// JSONC config file with NemesisDB's field names (ip, port, maxPayload,
-    /// persist: {enabled, path}) plus shards and pinCores; flags override it.
+    /// persist: {enabled, path}) plus shards, pinCores and log: {level,
+    /// format}; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on. Loopback by default: expose it deliberately.
@@ -106,6 +108,16 @@ pub struct Flags {
     /// (losing what follows the damage) instead of refusing to start.
     #[arg(long)]
     pub log_repair: bool,
+    /// Diagnostic log (on stdout; not the change log): the least severe
+    /// events written, "error", "warn", "info", "debug" or "trace". RUST_LOG,
+    /// when set and not empty, wins over it: a tracing EnvFilter directive
+    /// list such as "warn,nemesisdb::startup=debug" [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Diagnostic log lines: "text" (for people) or "json" (one object per
+    /// line: timestamp, level, threadName, target, fields) [default: text].
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
 }
 
 /// Which cores the shards run on.
@@ -152,6 +164,9 @@ pub struct Config {
     pub slow_request: Option<Duration>,
     /// Periodic snapshots and the change log (with persistence only).
     pub durability: Durability,
+    /// The diagnostic log's level and format (`RUST_LOG` is read by
+    /// `logging::init`, not here).
+    pub logging: logging::Settings,
 }
 
 /// Periodic snapshots and the change log.
@@ -225,6 +240,8 @@ struct FileSettings {
     snapshot_name: Option<String>,
     snapshot_keep: Option<usize>,
     log_fsync: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
 }
 
 impl Config {
@@ -243,6 +260,7 @@ impl Config {
             log_segment_bytes: flags.log_segment_bytes,
             log_repair: flags.log_repair,
         };
+        let logging = resolve_logging(&flags, &file)?;
         let persist_on = flags.persist_path.is_some() || file.persist_enabled;
         let durability = resolve_durability(&flags_durability, &file, persist_on)?;
         let ip = flags
@@ -365,8 +383,31 @@ impl Config {
             event_retention,
             slow_request: slow_request_ms.map(Duration::from_millis),
             durability,
+            logging,
         })
     }
+}
+
+/// The diagnostic log's settings: the flag, else the file's `log` object.
+fn resolve_logging(flags: &Flags, file: &FileSettings) -> Result<logging::Settings, ConfigError> {
+    let mut settings = logging::Settings::default();
+    if let Some(level) = flags.log_level.as_deref().or(file.log_level.as_deref()) {
+        settings.level = logging::Level::parse(level).ok_or_else(|| {
+            invalid(format!(
+                "log level must be {}, not \"{level}\"",
+                logging::Level::NAMES
+            ))
+        })?;
+    }
+    if let Some(format) = flags.log_format.as_deref().or(file.log_format.as_deref()) {
+        settings.format = logging::Format::parse(format).ok_or_else(|| {
+            invalid(format!(
+                "log format must be {}, not \"{format}\"",
+                logging::Format::NAMES
+            ))
+        })?;
+    }
+    Ok(settings)
 }
 
 /// The durability flags, taken out before the others are consumed.
@@ -565,6 +606,17 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
             _ => return Err("pinCores must be \"auto\", a list string, or an array".into()),
         });
     }
+    if let Some(log) = root.get("log") {
+        let log = log.as_object().ok_or("log must be an object")?;
+        if let Some(v) = log.get("level") {
+            let level = v.as_str().ok_or("log.level must be a string")?;
+            settings.log_level = Some(level.into());
+        }
+        if let Some(v) = log.get("format") {
+            let format = v.as_str().ok_or("log.format must be a string")?;
+            settings.log_format = Some(format.into());
+        }
+    }
     if let Some(persist) = root.get("persist") {
         let persist = persist.as_object().ok_or("persist must be an object")?;
         if let Some(v) = persist.get("enabled") {
@@ -715,5 +767,43 @@ mod tests {
         );
         assert!(Config::resolve(flags(&["--load-path", "/p"]), &[0]).is_err());
         assert!(Flags::try_parse_from(["nemesisdb", "--ip", "nope"]).is_err());
+    }
+
+    #[test]
+    fn log_settings_from_flags_and_file() {
+        let settings = |args: &[&str]| Config::resolve(flags(args), &[0]).map(|c| c.logging);
+        assert_eq!(settings(&[]), Ok(logging::Settings::default()));
+        assert_eq!(
+            settings(&["--log-level", "WARN", "--log-format", "json"]),
+            Ok(logging::Settings {
+                level: logging::Level::Warn,
+                format: logging::Format::Json,
+            })
+        );
+        let bad_level = settings(&["--log-level", "loud"]).unwrap_err();
+        assert!(bad_level.to_string().contains("\"loud\""), "{bad_level}");
+        assert!(settings(&["--log-format", "xml"]).is_err());
+
+        let dir = std::env::temp_dir().join(format!("ndb-config-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.jsonc");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, r#"{"log": {"level": "debug", "format": "json"}}"#).unwrap();
+        assert_eq!(
+            settings(&["--config", p, "--log-level", "error"]),
+            Ok(logging::Settings {
+                level: logging::Level::Error,
+                format: logging::Format::Json,
+            }),
+            "the flag wins over the file"
+        );
+        std::fs::write(&path, r#"{"log": {"format": "yaml"}}"#).unwrap();
+        assert!(settings(&["--config", p]).is_err());
+        std::fs::write(&path, r#"{"log": "debug"}"#).unwrap();
+        assert!(matches!(
+            settings(&["--config", p]),
+            Err(ConfigError::File { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

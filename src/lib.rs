@@ -25,6 +25,8 @@
 //! - [`startup`]: start-up recovery from the snapshot and the change log, and its
 //!   checkpoint.
 //! - [`shared_names`]: the server-wide map of shared session names.
+//! - [`logging`]: the diagnostic log (text or JSON lines on stdout) and a rate
+//!   limiter for log lines on busy paths.
 //!
 //! A request's path: `shard` reads a WebSocket message off a connection ->
 //! `router` decodes it (`protocol::request`) into a `Command` -> runs it on the
@@ -36,6 +38,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod expiry;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod net;

@@ -1,5 +1,7 @@
 //! Builds the mesh, binds the listeners, spawns (and pins) one thread per
 //! shard, and turns a stop request or a shard's death into an exit status.
+//! Logs the start-up summary, the start-up load, `listening on IP:PORT` and
+//! the save on shutdown.
 
 use std::fmt;
 use std::io;
@@ -16,7 +18,7 @@ use crate::mesh::{self, Address, ShardId};
 use crate::net::connection::Limits;
 use crate::net::listener::bind_shared;
 use crate::net::loading::LoadingResponder;
-use crate::persist::{self, LogPositions, SessionRecord, ShardFileWriter};
+use crate::persist::{self, LoadableVersion, LogPositions, SessionRecord, ShardFileWriter};
 use crate::router::{LogSettings, SnapshotSchedule};
 use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
@@ -183,6 +185,8 @@ pub struct SaveReport {
     pub version: PathBuf,
     pub sessions: u64,
     pub keys: u64,
+    /// The shard files' sizes, summed.
+    pub bytes: u64,
     pub took: Duration,
 }
 
@@ -195,11 +199,12 @@ fn prepare_persist_path(path: &Path) -> Result<(), StartError> {
     std::fs::remove_file(&probe).map_err(fail)
 }
 
-/// Reads the newest complete version of the start-up dataset, split by shard.
+/// Reads the newest complete version of the start-up dataset, split by
+/// shard, with that version (for the load line: its name and size).
 fn read_startup_load(
     load: &Load,
     shards: usize,
-) -> Result<(Vec<Vec<SessionRecord>>, PathBuf), StartError> {
+) -> Result<(Vec<Vec<SessionRecord>>, LoadableVersion), StartError> {
     let version = persist::newest_complete(&load.root, &load.name)
         .map_err(|e| StartError::Load(e.to_string()))?
         .ok_or_else(|| {
@@ -209,6 +214,13 @@ fn read_startup_load(
                 load.root.display()
             ))
         })?;
+    for skipped in &version.skipped {
+        tracing::warn!(
+            dataset = %load.name,
+            "loading dataset {}: passed over an incomplete version: {skipped}",
+            load.name
+        );
+    }
     let records = version
         .read_all()
         .map_err(|e| StartError::Load(e.to_string()))?;
@@ -216,7 +228,46 @@ fn read_startup_load(
     for record in records {
         per_shard[mesh::shard_of(record.tkn, shards)].push(record);
     }
-    Ok((per_shard, version.path))
+    Ok((per_shard, version))
+}
+
+/// The start-up line: what this run was configured with, before recovery or
+/// a load (which may take a while) begins.
+fn log_config(config: &Config, capacity: usize) {
+    let d = &config.durability;
+    let persist = config.persist.as_ref().map(|p| p.display().to_string());
+    let persistence = persist.as_deref().unwrap_or("off");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        addr = %config.addr,
+        shards = config.shards,
+        pinning = %config.pinning,
+        max_connections = capacity,
+        max_payload = config.max_payload,
+        max_output_buffer = config.max_output_buffer,
+        output_stall_timeout_s = config.output_stall_timeout.as_secs(),
+        max_memory = config.max_memory,
+        event_retention = config.event_retention,
+        persist = persistence,
+        log_fsync = persist.as_ref().map(|_| d.log.map_or("off", |p| p.name())),
+        snapshot_every_s = persist.as_ref().map(|_| d.snapshot_every_s),
+        snapshot_name = persist.as_ref().map(|_| d.snapshot_name.as_str()),
+        snapshot_keep = persist.as_ref().map(|_| d.snapshot_keep),
+        load = config.load.as_ref().map(|l| l.name.as_str()),
+        save_on_shutdown = config.save_on_shutdown.as_deref(),
+        "starting nemesisdb {} on {}: {} shards, persistence {persistence}",
+        env!("CARGO_PKG_VERSION"),
+        config.addr,
+        config.shards,
+    );
+    if capacity < config.max_connections {
+        tracing::warn!(
+            max_connections = capacity,
+            configured = config.max_connections,
+            "the open-file limit allows {capacity} connections, not {}",
+            config.max_connections
+        );
+    }
 }
 
 impl Server {
@@ -225,6 +276,7 @@ impl Server {
         let open_files = raise_open_file_limit();
         let fd_room = open_files.saturating_sub(RESERVED_FDS + 4 * config.shards as u64);
         let capacity = config.max_connections.min(fd_room as usize).max(1);
+        log_config(config, capacity);
         if let Some(path) = &config.persist {
             prepare_persist_path(path)?;
         }
@@ -244,12 +296,13 @@ impl Server {
             }
             (None, _, _) => None,
         };
-        let mut recovery = recovered.as_ref().and_then(|r| r.report.clone());
-        if let (Some(report), Some(load)) = (&mut recovery, &config.load) {
-            report.warnings.push(format!(
-                "--load-name {} skipped: the change log is on and recovery found a snapshot or a log to start from",
+        let recovery = recovered.as_ref().and_then(|r| r.report.clone());
+        if let (Some(_), Some(load)) = (&recovery, &config.load) {
+            tracing::warn!(
+                dataset = %load.name,
+                "recovery: warning: --load-name {} skipped: the change log is on and recovery found a snapshot or a log to start from",
                 load.name
-            ));
+            );
         }
         let log_generation = recovered.as_ref().map_or(1, |r| r.generation);
         let load_started = Instant::now();
@@ -366,7 +419,7 @@ impl Server {
                     if let Some(core) = core
                         && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
                     {
-                        eprintln!("warning: could not pin shard {id} to core {core}");
+                        tracing::warn!(shard = id, core, "could not pin shard {id} to core {core}");
                     }
                     match shard.run() {
                         Ok(store) => Some(store),
@@ -382,15 +435,33 @@ impl Server {
             .load
             .as_ref()
             .zip(loaded_version)
-            .map(|(load, version)| LoadReport {
-                name: load.name.clone(),
-                version,
-                sessions: loaded_sessions,
-                keys: loaded_keys,
-                took: load_started.elapsed(),
+            .map(|(load, version)| {
+                let report = LoadReport {
+                    name: load.name.clone(),
+                    version: version.path,
+                    sessions: loaded_sessions,
+                    keys: loaded_keys,
+                    took: load_started.elapsed(),
+                };
+                tracing::info!(
+                    dataset = %report.name,
+                    version = %version.version,
+                    sessions = report.sessions,
+                    keys = report.keys,
+                    bytes = version.bytes,
+                    duration_ms = report.took.as_millis() as u64,
+                    "loaded {} sessions, {} keys of dataset {} ({}) in {} ms",
+                    report.sessions,
+                    report.keys,
+                    report.name,
+                    report.version.display(),
+                    report.took.as_millis()
+                );
+                report
             });
         // Every shard serves what start-up loaded.
         ready.store(true, Ordering::Release);
+        tracing::info!(addr = %addr, "listening on {addr}");
         Ok(Server {
             addr,
             capacity,
@@ -413,12 +484,12 @@ impl Server {
         self.capacity
     }
 
-    /// What the start-up load added, if there was one.
     /// What start-up recovery found and did (None: nothing to recover).
     pub fn recovery(&self) -> Option<&RecoveryReport> {
         self.recovery.as_ref()
     }
 
+    /// What the start-up load added, if there was one.
     pub fn loaded(&self) -> Option<&LoadReport> {
         self.loaded.as_ref()
     }
@@ -460,13 +531,29 @@ impl Server {
         let Some((root, name)) = self.save_on_shutdown else {
             return Ok(None);
         };
+        tracing::info!(dataset = %name, "saving every session as dataset {name}");
         let now = self.started.elapsed().as_millis() as u64;
-        save_stores(&root, &name, stores, now, self.log_generation)
-            .map(Some)
-            .map_err(|reason| ShardFailure {
-                shard: 0,
-                reason: format!("the save on shutdown failed: {reason}"),
-            })
+        let save =
+            save_stores(&root, &name, stores, now, self.log_generation).map_err(|reason| {
+                ShardFailure {
+                    shard: 0,
+                    reason: format!("the save on shutdown failed: {reason}"),
+                }
+            })?;
+        tracing::info!(
+            dataset = %name,
+            version = %save.version.file_name().unwrap_or_default().to_string_lossy(),
+            sessions = save.sessions,
+            keys = save.keys,
+            bytes = save.bytes,
+            duration_ms = save.took.as_millis() as u64,
+            "saved {} sessions, {} keys to {} in {} ms",
+            save.sessions,
+            save.keys,
+            save.version.display(),
+            save.took.as_millis()
+        );
+        Ok(Some(save))
     }
 }
 
@@ -527,6 +614,7 @@ fn save_stores(
         version: version.path.clone(),
         sessions: files.iter().map(|f| f.sessions).sum(),
         keys: files.iter().map(|f| f.keys).sum(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
         took: began.elapsed(),
     })
 }

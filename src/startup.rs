@@ -13,7 +13,7 @@ use crate::persist::log::LOG_DIR;
 use crate::persist::recovery::{self, Recovery};
 use crate::persist::{LogPositions, SessionRecord};
 
-/// What recovery found and did, for the start-up line.
+/// What recovery found and did (also logged, as it ends).
 #[derive(Clone, Debug)]
 pub struct RecoveryReport {
     /// The snapshot version it began from, if any.
@@ -55,8 +55,16 @@ pub fn recover(config: &Config, root: &Path) -> Result<Recovered, String> {
         ..
     } = recovery::recover(root, &durability.snapshot_name, durability.log_repair)
         .map_err(|e| e.to_string())?;
+    for warning in &warnings {
+        tracing::warn!("recovery: warning: {warning}");
+    }
     let shards = config.shards;
     if base.is_none() && !had_log {
+        tracing::info!(
+            persist = %root.display(),
+            "recovery: nothing to recover under {}",
+            root.display()
+        );
         if durability.log.is_some() {
             std::fs::create_dir_all(&log_dir)
                 .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
@@ -109,17 +117,44 @@ pub fn recover(config: &Config, root: &Path) -> Result<Recovered, String> {
     for record in records {
         per_shard[mesh::shard_of(record.tkn, shards)].push(record);
     }
+    let report = RecoveryReport {
+        base,
+        replayed,
+        sessions,
+        checkpoint,
+        warnings,
+        took: started.elapsed(),
+    };
+    report.log();
     Ok(Recovered {
         per_shard,
         generation: next_generation,
         log_dir,
-        report: Some(RecoveryReport {
-            base,
-            replayed,
-            sessions,
-            checkpoint,
-            warnings,
-            took: started.elapsed(),
-        }),
+        report: Some(report),
     })
+}
+
+impl RecoveryReport {
+    /// What was recovered, in one line (the warnings came as they were known).
+    fn log(&self) {
+        let from = self
+            .base
+            .as_deref()
+            .map_or("no snapshot".into(), |b| format!("snapshot {b}"));
+        let checkpoint = self
+            .checkpoint
+            .as_deref()
+            .map_or(String::new(), |c| format!("; checkpoint {c}"));
+        tracing::info!(
+            sessions = self.sessions,
+            log_records = self.replayed,
+            snapshot = self.base.as_deref(),
+            checkpoint = self.checkpoint.as_deref(),
+            duration_ms = self.took.as_millis() as u64,
+            "recovered {} sessions from {from} and {} log records in {} ms{checkpoint}",
+            self.sessions,
+            self.replayed,
+            self.took.as_millis(),
+        );
+    }
 }

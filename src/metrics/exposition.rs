@@ -379,7 +379,7 @@ mod tests {
     use crate::protocol::{CommandName, Status};
 
     fn shard(id: usize) -> ShardFigures {
-        let mut metrics = RequestMetrics::new(Clock::new(), None);
+        let mut metrics = RequestMetrics::new(Clock::new(), None, 0);
         let mut out = Vec::new();
         Response::new(&mut out, CommandName::Get, Status::Ok).finish();
         metrics.answered(

@@ -7,9 +7,11 @@
 //! one's on the same shard, and a connection's first message of a turn
 //! reads the clock once more (so time spent elsewhere is not counted).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{CommandLabel, DURATION_BOUNDS_NS, Histogram, STATUS_SLOTS, status_slot};
+use crate::logging::RateLimited;
+use crate::protocol::Status;
 use crate::protocol::response::status_in;
 
 /// The clock requests are timed with: the CPU's time-stamp counter where
@@ -20,6 +22,19 @@ pub type Clock = quanta::Clock;
 /// How often a shard may log a slow request (the ones between are counted
 /// and the count is logged with the next).
 const SLOW_LOG_EVERY: Duration = Duration::from_secs(1);
+
+const MEMORY_LIMIT_SLOT: usize = memory_limit_slot();
+
+const fn memory_limit_slot() -> usize {
+    let mut i = 0;
+    while i < Status::ALL.len() {
+        if Status::ALL[i] as u16 == Status::MemoryLimit as u16 {
+            return i;
+        }
+        i += 1;
+    }
+    Status::ALL.len()
+}
 
 /// A shard's request figures at the moment it was asked.
 #[derive(Clone, Debug)]
@@ -79,9 +94,7 @@ impl RequestFigures {
 pub struct SlowRequests {
     threshold_ns: u64,
     shard: usize,
-    /// When the last line was written, in clock ticks (None: never).
-    last_logged: Option<u64>,
-    suppressed: u64,
+    limit: RateLimited,
 }
 
 impl SlowRequests {
@@ -89,35 +102,29 @@ impl SlowRequests {
         SlowRequests {
             threshold_ns: u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX),
             shard,
-            last_logged: None,
-            suppressed: 0,
+            limit: RateLimited::new(SLOW_LOG_EVERY),
         }
     }
 
-    fn note(&mut self, clock: &Clock, now: u64, command: CommandLabel, took_ns: u64) {
+    fn note(&mut self, command: CommandLabel, took_ns: u64) {
         if took_ns <= self.threshold_ns {
             return;
         }
-        let due = self
-            .last_logged
-            .is_none_or(|last| clock.delta_as_nanos(last, now) >= SLOW_LOG_EVERY.as_nanos() as u64);
-        if !due {
-            self.suppressed += 1;
+        // Only past the threshold: the OS clock is read for rare requests.
+        let Some(suppressed) = self.limit.allow(Instant::now()) else {
             return;
-        }
+        };
         tracing::warn!(
             command = command.name(),
             shard = self.shard,
             duration_ms = took_ns as f64 / 1e6,
             threshold_ms = self.threshold_ns as f64 / 1e6,
-            suppressed = self.suppressed,
+            suppressed,
             "slow request: {} took {:.3} ms on shard {}",
             command.name(),
             took_ns as f64 / 1e6,
             self.shard
         );
-        self.last_logged = Some(now);
-        self.suppressed = 0;
     }
 }
 
@@ -130,15 +137,20 @@ pub struct RequestMetrics {
     mark: u64,
     figures: RequestFigures,
     slow: Option<SlowRequests>,
+    shard: usize,
+    /// Writes refused for memory (status 150) are logged, rate-limited.
+    memory_refusals: RateLimited,
 }
 
 impl RequestMetrics {
-    pub fn new(clock: Clock, slow: Option<SlowRequests>) -> Self {
+    pub fn new(clock: Clock, slow: Option<SlowRequests>, shard: usize) -> Self {
         RequestMetrics {
             mark: clock.raw(),
             clock,
             figures: RequestFigures::default(),
             slow,
+            shard,
+            memory_refusals: RateLimited::new(SLOW_LOG_EVERY),
         }
     }
 
@@ -169,10 +181,27 @@ impl RequestMetrics {
         if let Some(row) = self.figures.answers.get_mut(label) {
             row[status] += 1;
         }
+        if status == MEMORY_LIMIT_SLOT {
+            self.memory_refused(command);
+        }
         if let Some(slow) = &mut self.slow {
-            slow.note(&self.clock, now, command, took_ns);
+            slow.note(command, took_ns);
         }
         self.mark = now;
+    }
+
+    #[cold]
+    fn memory_refused(&mut self, command: CommandLabel) {
+        if let Some(suppressed) = self.memory_refusals.allow(Instant::now()) {
+            tracing::warn!(
+                command = command.name(),
+                shard = self.shard,
+                suppressed,
+                "memory limit reached: {} refused on shard {} (--max-memory)",
+                command.name(),
+                self.shard
+            );
+        }
     }
 
     pub fn accepted(&mut self) {
@@ -205,8 +234,8 @@ impl RequestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::CommandName;
     use crate::protocol::response::Response;
-    use crate::protocol::{CommandName, Status};
 
     fn response(command: CommandName, status: Status) -> Vec<u8> {
         let mut out = Vec::new();
@@ -216,7 +245,7 @@ mod tests {
 
     #[test]
     fn answers_are_counted_by_command_and_status_and_timed() {
-        let mut metrics = RequestMetrics::new(Clock::new(), None);
+        let mut metrics = RequestMetrics::new(Clock::new(), None, 0);
         let get = CommandLabel::of(Some(CommandName::Get));
         metrics.turn_to_connection();
         let started = metrics.request_started();
@@ -246,7 +275,7 @@ mod tests {
 
     #[test]
     fn figures_add_up_over_shards() {
-        let mut a = RequestMetrics::new(Clock::new(), None);
+        let mut a = RequestMetrics::new(Clock::new(), None, 0);
         a.accepted();
         a.rejected_at_limit();
         a.rejected_in_handshake();

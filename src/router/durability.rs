@@ -278,9 +278,7 @@ impl Router {
     /// A periodic snapshot finished: says how it went.
     pub(super) fn snapshot_done(&mut self, kind: &GatherKind) {
         self.snapshot_ended();
-        if let Some(line) = kind.save_report(self.now) {
-            eprintln!("nemesisdb: periodic snapshot: {line}");
-        }
+        kind.log_periodic_save(self.now);
     }
 
     /// No periodic snapshot is running any more.

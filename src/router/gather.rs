@@ -49,7 +49,8 @@ pub enum GatherKind {
         tkns: Vec<Token>,
         found: Vec<bool>,
     },
-    Save(SaveProgress),
+    /// Boxed: the biggest kind by far, and rare.
+    Save(Box<SaveProgress>),
     Load(LoadProgress),
     /// `SH_NEW` of a shared name held by a session on another shard: that
     /// shard settles the holder's expiry first, then the name is claimed.
@@ -83,6 +84,9 @@ pub struct SaveProgress {
     version: Option<VersionDir>,
     /// When the save was asked for, for the `duration` it reports.
     started: Millis,
+    /// The version directory's name, for the log (kept when `version` is
+    /// taken); None when the save failed before it had one.
+    version_name: Option<String>,
     files: Vec<ShardFileSummary>,
     /// Each shard's last change-log record in the snapshot; None once a
     /// part was not a full save (a list of tokens).
@@ -142,7 +146,12 @@ impl SaveSettlement {
             && let Some(upkeep) = &self.upkeep
         {
             for warning in self.upkeep(upkeep) {
-                eprintln!("nemesisdb: after saving {}: {warning}", self.version.name);
+                tracing::warn!(
+                    dataset = %self.version.name,
+                    version = %self.version.version,
+                    "after saving {}: {warning}",
+                    self.version.name
+                );
             }
         }
         result
@@ -250,45 +259,66 @@ impl GatherKind {
     }
 
     pub fn save(name: Box<str>, version: VersionDir, now: Millis) -> Self {
-        GatherKind::Save(SaveProgress {
+        GatherKind::Save(Box::new(SaveProgress {
             name,
+            version_name: Some(version.version.clone()),
             version: Some(version),
             started: now,
             files: Vec::new(),
             log_seqs: Some(Vec::new()),
             error: None,
             committed: false,
-        })
+        }))
     }
 
     /// A save that failed before any shard took part.
     pub fn save_failed(name: Box<str>, error: PersistError, now: Millis) -> Self {
-        GatherKind::Save(SaveProgress {
+        GatherKind::Save(Box::new(SaveProgress {
             name,
+            version_name: None,
             version: None,
             started: now,
             files: Vec::new(),
             log_seqs: None,
             error: Some(error),
             committed: false,
-        })
+        }))
     }
 
-    /// How a save went, in a line for the server's log; None for other kinds.
-    pub fn save_report(&self, now: Millis) -> Option<String> {
+    /// Logs how a periodic snapshot (the server's own save, which no client
+    /// hears about) went; other kinds log nothing.
+    pub fn log_periodic_save(&self, now: Millis) {
         let GatherKind::Save(save) = self else {
-            return None;
+            return;
         };
-        let sessions: u64 = save.files.iter().map(|f| f.sessions).sum();
         let took = now.saturating_sub(save.started);
-        Some(match (&save.error, save.committed) {
-            (None, true) => format!(
-                "dataset {}: {sessions} sessions saved in {took} ms",
-                save.name
+        let name = &save.name;
+        let version = save.version_name.as_deref();
+        match (&save.error, save.committed) {
+            (None, true) => {
+                let sessions: u64 = save.files.iter().map(|f| f.sessions).sum();
+                tracing::info!(
+                    dataset = %name,
+                    version,
+                    sessions,
+                    keys = save.files.iter().map(|f| f.keys).sum::<u64>(),
+                    bytes = save.files.iter().map(|f| f.bytes).sum::<u64>(),
+                    duration_ms = took,
+                    "periodic snapshot: dataset {name}: {sessions} sessions saved in {took} ms"
+                );
+            }
+            (Some(e), _) => tracing::error!(
+                dataset = %name,
+                version,
+                error = %e,
+                "periodic snapshot: dataset {name}: failed: {e}"
             ),
-            (Some(e), _) => format!("dataset {}: failed: {e}", save.name),
-            (None, false) => format!("dataset {}: failed: not committed", save.name),
-        })
+            (None, false) => tracing::error!(
+                dataset = %name,
+                version,
+                "periodic snapshot: dataset {name}: failed: not committed"
+            ),
+        }
     }
 
     pub fn load(name: Box<str>) -> Self {

@@ -135,7 +135,11 @@ impl Router {
                 }
                 .to_string();
                 let Some(ticket) = ticket else {
-                    eprintln!("nemesisdb: periodic snapshot: dataset {name}: failed: {why}");
+                    tracing::error!(
+                        dataset = %name,
+                        error = %why,
+                        "periodic snapshot: dataset {name}: failed: {why}"
+                    );
                     self.snapshot_ended();
                     return;
                 };

@@ -13,7 +13,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::mesh::Ticket;
 use crate::metrics::{RequestFigures, RequestMetrics};
-use crate::net::connection::{Connection, Limits, Permit, Refusal, Timeouts};
+use crate::net::connection::{Connection, Expired, Limits, Permit, Refusal, Timeouts};
 use crate::router::Replies;
 
 pub struct Connections {
@@ -132,17 +132,30 @@ impl Connections {
 
     /// Drops a connection, counting what it leaves behind: its bytes, and
     /// why we refused it if we did.
-    fn retire(&mut self, slot: usize) {
+    fn retire(&mut self, slot: usize, why: &'static str) {
         let Some(conn) = self.slab.try_remove(slot) else {
             return;
         };
         let traffic = conn.traffic();
         self.metrics.add_bytes(traffic.received, traffic.sent);
-        match conn.refusal() {
-            Some(Refusal::Handshake) => self.metrics.rejected_in_handshake(),
-            Some(Refusal::Protocol(_)) => self.metrics.closed_for_protocol(),
-            None => {}
-        }
+        let reason = match conn.refusal() {
+            Some(Refusal::Handshake) => {
+                self.metrics.rejected_in_handshake();
+                "handshake failed"
+            }
+            Some(Refusal::Protocol(reason)) => {
+                self.metrics.closed_for_protocol();
+                reason
+            }
+            None => why,
+        };
+        tracing::debug!(
+            connection = conn.id,
+            reason,
+            received = traffic.received,
+            sent = traffic.sent,
+            "connection closed: {reason}"
+        );
     }
 
     /// Registers an accepted stream and queues it for its first read.
@@ -222,7 +235,7 @@ impl Connections {
                 conn.flush(self.now);
             }
             if conn.is_closed() {
-                self.retire(slot);
+                self.retire(slot, "closed");
             } else if conn.readable && conn.wants_input() {
                 // Reading paused on in-flight answers resumes here.
                 self.ready.push(slot);
@@ -241,19 +254,23 @@ impl Connections {
         let now = self.now;
         let mut expired = Vec::new();
         for (slot, conn) in self.slab.iter_mut() {
-            if conn.expired(now, &self.timeouts).is_some() {
-                expired.push(slot);
+            if let Some(why) = conn.expired(now, &self.timeouts) {
+                expired.push((slot, why));
             } else if !conn.is_open() {
                 // Closing: a read notices when the linger time is over.
                 conn.readable = true;
                 self.ready.push(slot);
             }
         }
-        for slot in expired {
-            if self.slab.get(slot).is_some_and(Connection::is_handshaking) {
-                self.metrics.rejected_in_handshake();
-            }
-            self.retire(slot);
+        for (slot, expired) in expired {
+            let why = match expired {
+                Expired::Handshake => {
+                    self.metrics.rejected_in_handshake();
+                    "handshake timed out"
+                }
+                Expired::OutputStall => "not reading its answers (output stall timeout)",
+            };
+            self.retire(slot, why);
         }
     }
 
@@ -280,7 +297,7 @@ impl Connections {
         if overdue {
             let slots: Vec<usize> = self.slab.iter().map(|(slot, _)| slot).collect();
             for slot in slots {
-                self.retire(slot);
+                self.retire(slot, "server shutting down");
             }
         }
         self.finish_turn();
@@ -298,7 +315,7 @@ pub(super) mod tests {
     use crate::net::connection::HANDSHAKE_TIMEOUT;
 
     pub(in crate::shard) fn metrics() -> RequestMetrics {
-        RequestMetrics::new(crate::metrics::Clock::new(), None)
+        RequestMetrics::new(crate::metrics::Clock::new(), None, 0)
     }
 
     /// Limits for tests of the table and the shard around it.

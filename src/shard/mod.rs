@@ -416,7 +416,7 @@ fn request_metrics(ctx: &ShardContext) -> RequestMetrics {
     let slow = ctx
         .slow_request
         .map(|threshold| SlowRequests::new(threshold, ctx.id));
-    RequestMetrics::new(ctx.clock.clone(), slow)
+    RequestMetrics::new(ctx.clock.clone(), slow, ctx.id)
 }
 
 /// Milliseconds from the server's epoch to `now`: the shard clock.

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +30,12 @@ fn persistent(dir: &Path, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-/// The next stdout line containing `needle` (the recovery line comes
-/// right after the startup line).
+/// The first log line containing `needle`: among the start-up lines (the
+/// recovery line comes before `listening on`), else the next one after.
 fn stdout_line(server: &Server, needle: &str) -> String {
+    if let Some(line) = server.startup.iter().find(|l| l.contains(needle)) {
+        return line.clone();
+    }
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -45,17 +47,9 @@ fn stdout_line(server: &Server, needle: &str) -> String {
     }
 }
 
-/// Whether a stderr line containing `needle` arrives within a few seconds.
-fn stderr_has(stderr: &Receiver<String>, needle: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match stderr.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return true,
-            Ok(_) => continue,
-            Err(_) => return false,
-        }
-    }
-    false
+/// Whether a start-up log line (before `listening on`) contains `needle`.
+fn logged_at_startup(server: &Server, needle: &str) -> bool {
+    server.startup.iter().any(|line| line.contains(needle))
 }
 
 /// The session count of the recovery line
@@ -70,23 +64,24 @@ fn recovered_sessions(server: &Server) -> u64 {
 }
 
 /// Runs the binary expecting it to exit on its own (a refused start):
-/// its exit code and stderr.
+/// its exit code and what it wrote (the log on stdout, then stderr).
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nemesisdb"))
         .args(["--ip", "127.0.0.1", "--port", "0"])
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn nemesisdb");
     let deadline = Instant::now() + TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut stderr = String::new();
+            let mut output = String::new();
             use std::io::Read;
-            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-            return (status.code(), stderr);
+            let _ = child.stdout.take().unwrap().read_to_string(&mut output);
+            let _ = child.stderr.take().unwrap().read_to_string(&mut output);
+            return (status.code(), output);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -624,7 +619,7 @@ fn a_cut_at_every_offset_of_the_last_record_recovers_everything_before_it() {
                     );
                     if cut > tail.offset {
                         assert!(
-                            stderr_has(&server.stderr, "recovery: warning"),
+                            logged_at_startup(&server, "recovery: warning"),
                             "{context}: no warning about the torn record"
                         );
                     }
@@ -670,9 +665,9 @@ fn a_flipped_byte_before_the_tail_refuses_to_start_and_log_repair_truncates_ther
 
     let dir_arg = persist.to_str().unwrap();
     let args = ["--shards", "2", "--persist-path", dir_arg];
-    let (code, stderr) = run_to_exit(&args);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("--log-repair"), "{stderr}");
+    let (code, output) = run_to_exit(&args);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("--log-repair"), "{output}");
     assert!(
         std::fs::read(&segment.path).unwrap() == bytes,
         "a refused start changed the log"

@@ -16,6 +16,7 @@ mod events;
 mod expiry;
 mod hostile;
 mod limits;
+mod logging;
 mod observability;
 mod owners;
 mod persistence;

@@ -223,9 +223,12 @@ fn start_failure(args: &[&str]) -> (Option<i32>, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    // The reason is logged (stdout); stderr has anything said before the
+    // logger started.
+    let said = [out.stdout, out.stderr].concat();
     (
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+        String::from_utf8_lossy(&said).to_string(),
     )
 }
 
@@ -265,16 +268,16 @@ fn corrupt_and_truncated_files_are_refused_with_142() {
     }
     assert_eq!(st(&c.call(r#"{"SH_LOAD":{"name":"good"}}"#)), 141);
 
-    let (code, stderr) = start_failure(&["--persist-path", dir.arg(), "--load-name", "flipped"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("shard-0.ndb"), "{stderr}");
+    let (code, output) = start_failure(&["--persist-path", dir.arg(), "--load-name", "flipped"]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("shard-0.ndb"), "{output}");
     let (code, _) = start_failure(&["--persist-path", dir.arg(), "--load-name", "missing"]);
     assert_eq!(code, Some(1));
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"x").unwrap();
-    let (code, stderr) = start_failure(&["--persist-path", blocker.to_str().unwrap()]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("snapshots"), "{stderr}");
+    let (code, output) = start_failure(&["--persist-path", blocker.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("snapshots"), "{output}");
 }
 
 #[test]

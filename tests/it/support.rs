@@ -22,8 +22,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Lines the server printed on stdout after its startup line (such as
-    /// the recovery line), collected in the background.
+    /// The log lines (stdout) up to and including `listening on`: the
+    /// start-up summary, recovery and load lines and their warnings.
+    pub startup: Vec<String>,
+    /// Log lines (stdout) after those, collected in the background.
     pub stdout: mpsc::Receiver<String>,
     /// Lines the server printed on stderr, collected in the background (so
     /// the pipe never fills); shown when a test fails with the server up.
@@ -32,11 +34,14 @@ pub struct Server {
 
 impl Server {
     /// Starts the binary with `--port 0` and `args`, and waits for its
-    /// startup line to learn the port.
+    /// `listening on` line to learn the port.
     pub fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nemesisdb"))
             .args(["--ip", "127.0.0.1", "--port", "0"])
             .args(args)
+            // The runner's RUST_LOG would win over the flags and could hide
+            // the `listening on` line this waits for.
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -55,18 +60,21 @@ impl Server {
                 let _ = err_tx.send(line);
             }
         });
-        let line = line_rx
-            .recv_timeout(TIMEOUT)
-            .expect("server printed no startup line");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in startup line: {line}"));
+        let mut startup = Vec::new();
+        let addr = loop {
+            let line = line_rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| {
+                panic!("server printed no `listening on` line; before it: {startup:#?}")
+            });
+            let addr = listening_addr(&line);
+            startup.push(line);
+            if let Some(addr) = addr {
+                break addr;
+            }
+        };
         Server {
             child,
             addr,
+            startup,
             stdout: line_rx,
             stderr: err_rx,
         }
@@ -104,6 +112,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            for line in self.stdout.try_iter() {
+                eprintln!("server log: {line}");
+            }
             for line in self.stderr.try_iter() {
                 eprintln!("server stderr: {line}");
             }
@@ -111,6 +122,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address of a `listening on IP:PORT` log line, text or JSON.
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on ").nth(1)?;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+        .collect();
+    addr.parse().ok()
 }
 
 /// A blocking WebSocket client with timeouts.
