@@ -58,8 +58,14 @@ def measure(binary, sessions, with_owner):
         text=True,
     )
     try:
-        line = server.stdout.readline()
-        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
+        # Start-up lines (the config summary) come before this one.
+        found = None
+        while found is None:
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError("the server exited before listening")
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        port = int(found.group(1))
         time.sleep(0.2)
         before = rss_kib(server.pid)
         started = time.monotonic()

@@ -82,6 +82,9 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
+            # A RUST_LOG of the runner's would override the server's log
+            # level and could hide the line the tests wait for.
+            env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
             text=True,
             errors="replace",
         )
