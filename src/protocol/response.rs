@@ -215,14 +215,18 @@ pub fn status_in(response: &[u8], command: Option<CommandName>) -> Option<u16> {
         Some(at) if response.get(at..at + MARK.len()) == Some(MARK) => at,
         _ => response.windows(MARK.len()).position(|w| w == MARK)?,
     } + MARK.len();
-    let digits = response[at..]
-        .iter()
+    // At most five digits (statuses are below 65536): a fold, no UTF-8
+    // check or general integer parser, on every answer.
+    let digits = response.get(at..)?.iter().take(5);
+    let (code, count) = digits
         .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&response[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+        .fold((0u32, 0), |(code, n), &b| {
+            (code * 10 + u32::from(b - b'0'), n + 1)
+        });
+    if count == 0 {
+        return None;
+    }
+    u16::try_from(code).ok()
 }
 
 fn push_u64(out: &mut Vec<u8>, value: u64) {
