@@ -30,5 +30,5 @@ step "python client tests"
 venv=target/python-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q ./clients/python pytest pytest-asyncio
+"$venv/bin/python" -m pip install -q ./clients/python pytest pytest-asyncio prometheus_client
 NEMESISDB_BIN="$PWD/target/debug/nemesisdb" "$venv/bin/python" -m pytest -q clients/python/tests
