@@ -795,7 +795,6 @@ impl SessionStore {
         self.max_bytes = max_bytes;
     }
 
-    /// Accounted bytes held now.
     /// Keys over every session here (expired ones not yet reached by
     /// expiry included).
     pub fn key_count(&self) -> u64 {
@@ -815,6 +814,7 @@ impl SessionStore {
             .observe(now.saturating_sub(deadline));
     }
 
+    /// Accounted bytes held now.
     pub fn memory_used(&self) -> u64 {
         self.used_bytes
     }
@@ -883,7 +883,9 @@ impl SessionStore {
             self.used_bytes -= keys_cost(&session.keys);
             let cleared = session.keys.clear();
             self.key_count -= cleared as u64;
-            self.note_keys_expired(expiry.deadline, now);
+            if cleared > 0 {
+                self.note_keys_expired(expiry.deadline, now);
+            }
             let Some(session) = self.sessions.get_mut(tkn) else {
                 return;
             };
@@ -1059,7 +1061,9 @@ impl SessionStore {
             self.used_bytes -= keys_cost(&session.keys);
             let cleared = session.keys.clear();
             self.key_count -= cleared as u64;
-            self.note_keys_expired(e.deadline, now);
+            if cleared > 0 {
+                self.note_keys_expired(e.deadline, now);
+            }
             let session = self.sessions.get_mut(tkn)?;
             session.deadline =
                 next_period(e.deadline, e.settings, now).min(lifetime_end.unwrap_or(Millis::MAX));
