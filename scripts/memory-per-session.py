@@ -53,6 +53,8 @@ async def populate(port, sessions, with_owner):
 def measure(binary, sessions, with_owner):
     server = subprocess.Popen(
         [binary, "--port", "0", "--shards", "1"],
+        # The caller's RUST_LOG could hide the line we wait for.
+        env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

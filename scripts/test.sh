@@ -20,6 +20,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo check of the fuzz targets (their own workspace)"
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 step "cargo build (server binary for the loadtest and Python tests)"
 cargo build --workspace --bins
 

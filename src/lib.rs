@@ -11,7 +11,11 @@
 //!   runs the same code for N shards in one thread (fuzzing, property tests).
 //! - [`mesh`]: per-shard mailboxes and the messages shards exchange; token -> shard.
 //! - [`net`]: listeners (SO_REUSEPORT), the WebSocket handshake and framing, the
-//!   connection state machine.
+//!   connection state machine, the HTTP endpoints' requests (`/healthz`, `/readyz`,
+//!   `/metrics`) and the responder that answers them while start-up loads.
+//! - [`metrics`]: the figures each shard counts (answers by command and status,
+//!   their times, connections, expiry, snapshots, the change log) and their
+//!   Prometheus exposition.
 //! - [`protocol`]: the wire format only: the command table, request decoding, every
 //!   response body, statuses.
 //! - [`domain`]: what a session is made of (token, keys, expiry settings), shared by

@@ -102,7 +102,7 @@ fn run(data: &[u8]) {
                     conn.respond(seq, response, now);
                 }
                 ReadOutcome::Busy => {}
-                ReadOutcome::WouldBlock | ReadOutcome::Closed => break,
+                ReadOutcome::WouldBlock | ReadOutcome::Closed | ReadOutcome::Http(_) => break,
             }
         }
         if conn.needs_flush() {

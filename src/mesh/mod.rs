@@ -32,9 +32,9 @@ pub struct Ticket {
     pub conn_id: u64,
     /// The request's sequence number on that connection.
     pub seq: u64,
-    /// What the answer is counted under, and when the request was read (in
-    /// the asking shard's clock ticks): see `metrics::RequestMetrics`.
+    /// What the answer is counted under (see `metrics::RequestMetrics`).
     pub command: CommandLabel,
+    /// When the request's time began, in the asking shard's clock ticks.
     pub started: u64,
 }
 

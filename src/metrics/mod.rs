@@ -21,6 +21,7 @@ pub use exposition::{ServerFacts, encode};
 pub use requests::{Clock, RequestFigures, RequestMetrics, SlowRequests};
 
 use crate::protocol::request::RejectTo;
+use crate::protocol::response::status_at;
 use crate::protocol::{Command, CommandName, Rejection, Status};
 
 /// The exposition's media type (OpenMetrics text, which Prometheus reads).
@@ -170,6 +171,15 @@ impl CommandLabel {
         CommandName::ALL.get(usize::from(self.0)).copied()
     }
 
+    /// Where an answer to this command carries its status (None: unknown).
+    #[inline]
+    pub fn status_at(self) -> Option<usize> {
+        match STATUS_AT.get(self.index()) {
+            Some(&at) if at > 0 => Some(at),
+            _ => None,
+        }
+    }
+
     pub fn index(self) -> usize {
         usize::from(self.0)
     }
@@ -179,13 +189,31 @@ impl CommandLabel {
     }
 }
 
+/// [`status_at`] of every command, by label (0 for `unknown`).
+static STATUS_AT: [usize; CommandLabel::COUNT] = status_offsets();
+
+const fn status_offsets() -> [usize; CommandLabel::COUNT] {
+    let mut table = [0; CommandLabel::COUNT];
+    let mut i = 0;
+    while i < CommandName::ALL.len() {
+        table[i] = status_at(CommandName::ALL[i]);
+        i += 1;
+    }
+    table
+}
+
 /// How many status columns there are: every status, then one for an
 /// answer whose status could not be read (none should be).
 pub const STATUS_SLOTS: usize = Status::ALL.len() + 1;
 const UNREADABLE_STATUS: u8 = Status::ALL.len() as u8;
 
 /// Status code -> its column, for every code up to the largest.
-static STATUS_SLOT: [u8; Status::Unknown as usize + 1] = status_slots();
+const SLOT_OF_CODE: [u8; Status::Unknown as usize + 1] = status_slots();
+/// The same table in one place in memory, for lookups at run time.
+static STATUS_SLOT: [u8; Status::Unknown as usize + 1] = SLOT_OF_CODE;
+
+/// The column of status 150 (writes refused for memory, which are logged).
+pub const MEMORY_LIMIT_SLOT: usize = SLOT_OF_CODE[Status::MemoryLimit as usize] as usize;
 
 const fn status_slots() -> [u8; Status::Unknown as usize + 1] {
     let mut table = [UNREADABLE_STATUS; Status::Unknown as usize + 1];

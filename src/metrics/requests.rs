@@ -9,9 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CommandLabel, DURATION_BOUNDS_NS, Histogram, STATUS_SLOTS, status_slot};
+use super::{
+    CommandLabel, DURATION_BOUNDS_NS, Histogram, MEMORY_LIMIT_SLOT, STATUS_SLOTS, status_slot,
+};
 use crate::logging::RateLimited;
-use crate::protocol::Status;
 use crate::protocol::response::status_in;
 
 /// The clock requests are timed with: the CPU's time-stamp counter where
@@ -23,19 +24,6 @@ pub type Clock = quanta::Clock;
 /// and the count is logged with the next).
 const SLOW_LOG_EVERY: Duration = Duration::from_secs(1);
 
-const MEMORY_LIMIT_SLOT: usize = memory_limit_slot();
-
-const fn memory_limit_slot() -> usize {
-    let mut i = 0;
-    while i < Status::ALL.len() {
-        if Status::ALL[i] as u16 == Status::MemoryLimit as u16 {
-            return i;
-        }
-        i += 1;
-    }
-    Status::ALL.len()
-}
-
 /// A shard's request figures at the moment it was asked.
 #[derive(Clone, Debug)]
 pub struct RequestFigures {
@@ -43,6 +31,7 @@ pub struct RequestFigures {
     pub answers: Vec<[u64; STATUS_SLOTS]>,
     /// Nanoseconds from a request to its answer, by command label.
     pub durations_ns: Vec<Histogram>,
+    /// Connections accepted (probes and scrapes included).
     pub accepted: u64,
     /// Refused at accept: the connection limit was reached.
     pub rejected_limit: u64,
@@ -51,6 +40,7 @@ pub struct RequestFigures {
     pub rejected_handshake: u64,
     /// Closed by us for a breach of the WebSocket protocol or a limit.
     pub rejected_protocol: u64,
+    /// Socket bytes of every connection, closed or open.
     pub bytes_received: u64,
     pub bytes_sent: u64,
 }
@@ -169,7 +159,7 @@ impl RequestMetrics {
 
     /// An answer reached its connection: counts it under its command and
     /// the status it carries, and times it from `started`.
-    #[inline]
+    #[inline(always)]
     pub fn answered(&mut self, command: CommandLabel, started: u64, response: &[u8]) {
         let now = self.clock.raw();
         let took_ns = self.clock.delta_as_nanos(started, now);
@@ -177,7 +167,7 @@ impl RequestMetrics {
         if let Some(histogram) = self.figures.durations_ns.get_mut(label) {
             histogram.observe(took_ns);
         }
-        let status = status_slot(status_in(response, command.command()));
+        let status = status_slot(status_in(response, command.status_at()));
         if let Some(row) = self.figures.answers.get_mut(label) {
             row[status] += 1;
         }
@@ -234,8 +224,8 @@ impl RequestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::CommandName;
     use crate::protocol::response::Response;
+    use crate::protocol::{CommandName, Status};
 
     fn response(command: CommandName, status: Status) -> Vec<u8> {
         let mut out = Vec::new();

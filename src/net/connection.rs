@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::handshake::{self, Endpoint, MAX_REQUEST_BYTES, Outcome};
+use super::handshake::{self, Endpoint, MAX_REQUEST_BYTES, Outcome, SERVER_FULL};
 use super::socket::Socket;
 use super::transport::{Traffic, Transport};
 use super::websocket::{Discarded, Event, Flushed, WebSocket};
@@ -118,6 +118,9 @@ pub enum Refusal {
     Handshake,
     /// A breach of the WebSocket protocol or of a limit.
     Protocol(&'static str),
+    /// A WebSocket client that came in over the connection limit (on the
+    /// room kept for probes).
+    Limit,
 }
 
 /// The result of trying to read one message.
@@ -207,6 +210,8 @@ pub struct Connection<T: Transport = Socket> {
     refused: Option<Refusal>,
     /// What the transport had read and written when the connection closed.
     final_traffic: Traffic,
+    /// Taken over the connection limit: HTTP endpoints only.
+    probes_only: bool,
     _permit: Permit,
 }
 
@@ -240,6 +245,7 @@ impl<T: Transport> Connection<T> {
             peer_eof: false,
             refused: None,
             final_traffic: Traffic::default(),
+            probes_only: false,
             _permit: permit,
         }
     }
@@ -289,6 +295,17 @@ impl<T: Transport> Connection<T> {
         matches!(self.state, State::Handshake { .. } | State::Http { .. })
     }
 
+    /// Taken over the connection limit: it may ask an HTTP endpoint, and a
+    /// WebSocket upgrade gets 503.
+    pub fn serve_probes_only(&mut self) {
+        self.probes_only = true;
+    }
+
+    /// Answering an HTTP endpoint (not a WebSocket in the making).
+    pub fn is_http(&self) -> bool {
+        matches!(self.state, State::Http { .. })
+    }
+
     /// Why the server refused or ended the connection, if it did.
     pub fn refusal(&self) -> Option<Refusal> {
         self.refused
@@ -327,7 +344,7 @@ impl<T: Transport> Connection<T> {
                     Handshake::NeedMore => return ReadOutcome::WouldBlock,
                     Handshake::Endpoint(endpoint) => return ReadOutcome::Http(endpoint),
                     Handshake::Failed => {
-                        self.refused = Some(Refusal::Handshake);
+                        self.refused.get_or_insert(Refusal::Handshake);
                         self.set_closed();
                         return ReadOutcome::Closed;
                     }
@@ -463,6 +480,12 @@ impl<T: Transport> Connection<T> {
                     // hundred bytes without blocking.
                     let _ = transport.write_all(response);
                     let _ = transport.shutdown(Shutdown::Both);
+                    return Handshake::Failed;
+                }
+                Outcome::Upgrade { .. } if self.probes_only => {
+                    let _ = transport.write_all(SERVER_FULL);
+                    let _ = transport.shutdown(Shutdown::Both);
+                    self.refused = Some(Refusal::Limit);
                     return Handshake::Failed;
                 }
                 Outcome::Upgrade { response, head_len } => {
@@ -857,8 +880,6 @@ mod tests {
         assert!(matches!(conn.read(base), ReadOutcome::Closed));
     }
 
-    /// What a connection fed `bytes` in `chunks` hands out (each message
-    /// answered with its own bytes reversed), and everything it writes.
     #[test]
     fn an_http_endpoint_is_answered_in_full_however_slowly_then_closed() {
         let now = Instant::now();
@@ -887,6 +908,8 @@ mod tests {
         );
     }
 
+    /// What a connection fed `bytes` in `chunks` hands out (each message
+    /// answered with its own bytes reversed), and everything it writes.
     fn serve(bytes: &[u8], chunks: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
         let now = Instant::now();
         let transport = MemoryTransport::new(bytes, chunks);

@@ -53,6 +53,10 @@ impl Endpoint {
     }
 }
 
+/// The answer when the server holds all the connections it may.
+pub const SERVER_FULL: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 const BAD_VERSION: &[u8] = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n";
@@ -71,6 +75,11 @@ pub fn http_response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(body);
     out
+}
+
+/// [`http_response`] with a plain-text body.
+pub fn http_text(status: u16, body: &str) -> Vec<u8> {
+    http_response(status, "text/plain; charset=utf-8", body.as_bytes())
 }
 
 /// Examines the request bytes received so far.

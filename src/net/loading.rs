@@ -14,15 +14,16 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::handshake::{Endpoint, MAX_REQUEST_BYTES, Outcome, examine, http_response};
+use super::handshake::{Endpoint, MAX_REQUEST_BYTES, Outcome, examine, http_text};
 
 const WAKER: Token = Token(usize::MAX);
-/// A peer gets this long to send its request and take the answer.
+/// A peer gets this long, all told, to send its request and take the
+/// answer: one that trickles bytes cannot hold the thread longer.
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The thread answering while start-up loads.
@@ -111,16 +112,19 @@ fn serve(
 fn answer(stream: TcpStream) {
     // SAFETY: the descriptor comes straight from `stream`, which gives it up.
     let mut stream = unsafe { std::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
-    let prepared = stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_read_timeout(Some(PEER_TIMEOUT)))
-        .and_then(|()| stream.set_write_timeout(Some(PEER_TIMEOUT)));
-    if prepared.is_err() {
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    let time_left =
+        || Some(deadline.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero());
+    if stream.set_nonblocking(false).is_err() {
         return;
     }
     let mut received = Vec::new();
     let mut chunk = [0u8; 2048];
     let response = loop {
+        let Some(left) = time_left() else { return };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => received.extend_from_slice(&chunk[..n]),
@@ -129,17 +133,21 @@ fn answer(stream: TcpStream) {
             Outcome::Incomplete if received.len() < MAX_REQUEST_BYTES => continue,
             Outcome::Incomplete | Outcome::NotHttp => return,
             Outcome::Endpoint(Endpoint::Health) => {
-                break http_response(200, "text/plain; charset=utf-8", b"ok\n");
+                break http_text(200, "ok\n");
             }
             Outcome::Refuse { response } => break response.to_vec(),
             // Readiness, metrics and WebSocket clients: not yet.
             Outcome::Endpoint(_) | Outcome::Upgrade { .. } => {
-                break http_response(503, "text/plain; charset=utf-8", b"loading\n");
+                break http_text(503, "loading\n");
             }
         }
     };
-    let _ = stream.write_all(&response);
-    let _ = stream.shutdown(Shutdown::Write);
+    // A fresh socket's send buffer takes these few hundred bytes at once.
+    let Some(left) = time_left() else { return };
+    if stream.set_write_timeout(Some(left)).is_ok() {
+        let _ = stream.write_all(&response);
+        let _ = stream.shutdown(Shutdown::Write);
+    }
 }
 
 #[cfg(test)]

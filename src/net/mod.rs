@@ -1,5 +1,8 @@
 //! Network plumbing below the protocol: listening sockets, the WebSocket
-//! opening handshake and framing, and the per-connection state machine,
+//! opening handshake and framing (and the plain HTTP requests of the
+//! server's endpoints), the per-connection state machine, the responder of
+//! the start-up load (`loading`, the one part that blocks a thread of its
+//! own),
 //! over any [`transport::Transport`] (a TCP socket in production, scripted
 //! bytes in memory for tests and fuzzing).
 //!

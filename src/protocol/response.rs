@@ -203,14 +203,20 @@ pub fn write_json_str(out: &mut Vec<u8>, parts: &[&str]) {
     out.push(b'"');
 }
 
+/// Where [`Response::new`] puts the status of `command`'s answers:
+/// after `{"<command>_RSP":`.
+pub const fn status_at(command: CommandName) -> usize {
+    command.response().len() + 4
+}
+
 /// The status a response built here carries: the number after the first
 /// `{"st":`, which every constructor writes right after the response name
 /// (a name the client wrote is escaped, so it cannot hold `{"`). Lets the
 /// connection count answers by status without the router reporting each.
-/// `command`, when known, is where to look first: `{"<command>_RSP":{"st":`.
-pub fn status_in(response: &[u8], command: Option<CommandName>) -> Option<u16> {
+/// `expected` is where to look first ([`status_at`] of the command the
+/// answer is for, if known).
+pub fn status_in(response: &[u8], expected: Option<usize>) -> Option<u16> {
     const MARK: &[u8] = b"{\"st\":";
-    let expected = command.map(|c| c.response().len() + 4);
     let at = match expected {
         Some(at) if response.get(at..at + MARK.len()) == Some(MARK) => at,
         _ => response.windows(MARK.len()).position(|w| w == MARK)?,
@@ -282,19 +288,23 @@ mod tests {
                 Response::new(&mut out, command, status)
                     .u64("tkn", 7)
                     .finish();
-                assert_eq!(status_in(&out, Some(command)), Some(status.code()));
+                assert_eq!(
+                    status_in(&out, Some(status_at(command))),
+                    Some(status.code())
+                );
                 assert_eq!(status_in(&out, None), Some(status.code()));
             }
             let mut out = Vec::new();
             Response::error_frame(&mut out, status).finish();
-            assert_eq!(status_in(&out, Some(CommandName::Get)), Some(status.code()));
+            let get = Some(status_at(CommandName::Get));
+            assert_eq!(status_in(&out, get), Some(status.code()));
             // A name the client wrote, made to look like a status.
             let mut out = Vec::new();
             Response::for_unknown(&mut out, "X\":{\"st\":9", status).finish();
             assert_eq!(status_in(&out, None), Some(status.code()));
         }
         assert_eq!(
-            status_in(b"{\"SH_GET_RSP\":{}}", Some(CommandName::Get)),
+            status_in(b"{\"SH_GET_RSP\":{}}", Some(status_at(CommandName::Get))),
             None
         );
     }

@@ -68,3 +68,48 @@ impl Status {
         self as u16
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status added to the enum fails to compile here until it has a
+    /// place, and the test fails until `ALL` holds it there.
+    #[test]
+    fn all_lists_every_status_in_order() {
+        fn place(status: Status) -> usize {
+            match status {
+                Status::Ok => 0,
+                Status::PayLoadInvalid => 1,
+                Status::JsonInvalid => 2,
+                Status::CommandNotExist => 3,
+                Status::CommandMultiple => 4,
+                Status::CommandType => 5,
+                Status::CommandSyntax => 6,
+                Status::CommandDisabled => 7,
+                Status::ParamMissing => 8,
+                Status::ValueTypeInvalid => 9,
+                Status::ValueSize => 10,
+                Status::ValueNotInteger => 11,
+                Status::IntegerOverflow => 12,
+                Status::SessionNotExist => 13,
+                Status::SessionTokenInvalid => 14,
+                Status::SessionOpenFail => 15,
+                Status::SessionNewFail => 16,
+                Status::VersionMismatch => 17,
+                Status::SaveComplete => 18,
+                Status::SaveDirWriteFail => 19,
+                Status::SaveError => 20,
+                Status::LoadComplete => 21,
+                Status::LoadError => 22,
+                Status::MemoryLimit => 23,
+                Status::EventsLost => 24,
+                Status::Unknown => 25,
+            }
+        }
+        for (i, &status) in Status::ALL.iter().enumerate() {
+            assert_eq!(place(status), i, "{status:?}");
+        }
+        assert_eq!(Status::ALL.len(), place(Status::Unknown) + 1);
+    }
+}

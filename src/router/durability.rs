@@ -137,12 +137,12 @@ impl Router {
         })
     }
 
-    /// Why the change log stopped working, if it did: the server must stop.
     /// The change log's figures (None: it is off).
     pub(super) fn log_figures(&self) -> Option<LogFigures> {
         self.durability.writer.as_ref().map(LogWriter::figures)
     }
 
+    /// Why the change log stopped working, if it did: the server must stop.
     pub fn log_failure(&self) -> Option<&str> {
         self.durability.failure.as_deref()
     }

@@ -686,7 +686,11 @@ impl Router {
             Part::Subscribe { sub, filter, after } => {
                 self.register_subscriber(reply, sub, filter, after)
             }
-            Part::Metrics => PartResult::Metrics(Box::new(self.figures(replies))),
+            // Figures need no fsync: a scrape never waits on the disk.
+            Part::Metrics => {
+                let figures = PartResult::Metrics(Box::new(self.figures(replies)));
+                return self.send_part_result(reply, figures, replies);
+            }
         };
         self.send_part_result_durably(reply, result, replies);
     }

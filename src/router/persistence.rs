@@ -129,6 +129,7 @@ impl Router {
         match spawned {
             Ok(_) => self.persist.commits_in_flight += 1,
             Err(source) => {
+                self.snapshot_figures.failures += 1;
                 let why = PersistError::Thread {
                     role: "snapshot version",
                     source,
@@ -170,6 +171,7 @@ impl Router {
         let version = match result {
             Ok(version) => version,
             Err(e) => {
+                self.snapshot_figures.failures += 1;
                 let why = e.to_string();
                 let Some(ticket) = ticket else {
                     let kind = GatherKind::save_failed(name, e, self.now);

@@ -143,6 +143,10 @@ impl Connections {
                 self.metrics.rejected_in_handshake();
                 "handshake failed"
             }
+            Some(Refusal::Limit) => {
+                self.metrics.rejected_at_limit();
+                "connection limit reached"
+            }
             Some(Refusal::Protocol(reason)) => {
                 self.metrics.closed_for_protocol();
                 reason
@@ -164,6 +168,7 @@ impl Connections {
         registry: &Registry,
         mut stream: TcpStream,
         permit: Permit,
+        probes_only: bool,
     ) -> io::Result<()> {
         let entry = self.slab.vacant_entry();
         let slot = entry.key();
@@ -174,7 +179,11 @@ impl Connections {
         )?;
         let id = self.next_id;
         self.next_id += 1;
-        entry.insert(Connection::new(id, stream, self.limits, permit, self.now));
+        let mut conn = Connection::new(id, stream, self.limits, permit, self.now);
+        if probes_only {
+            conn.serve_probes_only();
+        }
+        entry.insert(conn);
         self.ready.push(slot);
         Ok(())
     }
@@ -255,15 +264,17 @@ impl Connections {
         let mut expired = Vec::new();
         for (slot, conn) in self.slab.iter_mut() {
             if let Some(why) = conn.expired(now, &self.timeouts) {
-                expired.push((slot, why));
+                expired.push((slot, why, conn.is_http()));
             } else if !conn.is_open() {
                 // Closing: a read notices when the linger time is over.
                 conn.readable = true;
                 self.ready.push(slot);
             }
         }
-        for (slot, expired) in expired {
+        for (slot, expired, http) in expired {
             let why = match expired {
+                // An HTTP answer not taken in time was no refusal of ours.
+                Expired::Handshake if http => "HTTP answer not taken in time",
                 Expired::Handshake => {
                     self.metrics.rejected_in_handshake();
                     "handshake timed out"
@@ -337,7 +348,7 @@ pub(super) mod tests {
         let permit = Permit::acquire(&Arc::new(AtomicUsize::new(0)), 10).unwrap();
         let mut conns = Connections::new(limits(), now, metrics());
         conns
-            .add(poll.registry(), TcpStream::from_std(server), permit)
+            .add(poll.registry(), TcpStream::from_std(server), permit, false)
             .unwrap();
         (conns, poll, client)
     }

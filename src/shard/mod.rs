@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use crate::mesh::{Address, Inbox, MeshPost, ShardId, Ticket};
 use crate::metrics::{Clock, CommandLabel, RequestMetrics, SlowRequests};
 use crate::net::connection::{Limits, Permit, ReadOutcome};
-use crate::net::handshake::{Endpoint, http_response};
+use crate::net::handshake::{Endpoint, SERVER_FULL, http_text};
 use crate::persist::SessionRecord;
 use crate::router::{LogSettings, Replies, Router, RouterConfig, SnapshotSchedule};
 use crate::shared_names::SharedNames;
@@ -35,8 +35,9 @@ use crate::store::{Millis, SessionStore};
 use connections::Connections;
 use shutdown::Phase;
 
-const SERVER_FULL: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+/// Connections taken past `--max-connections` for the HTTP endpoints only,
+/// so probes still get their answer when clients fill the server.
+const PROBE_RESERVE: usize = 8;
 
 const LISTENER: PollToken = PollToken(usize::MAX - 1);
 const WAKER: PollToken = PollToken(usize::MAX - 2);
@@ -270,17 +271,26 @@ impl Shard {
                     return;
                 }
             };
-            let Some(permit) = Permit::acquire(&self.ctx.connections, self.ctx.max_connections)
-            else {
-                self.conns.metrics.rejected_at_limit();
-                // Full: say so to an HTTP client, then close.
-                let _ = std::io::Write::write_all(&mut stream, SERVER_FULL);
-                continue;
+            let max = self.ctx.max_connections;
+            let (permit, probes_only) = match Permit::acquire(&self.ctx.connections, max) {
+                Some(permit) => (permit, false),
+                // Full: a probe may still come in; a WebSocket client is
+                // told 503 once its request shows it is one.
+                None => match Permit::acquire(&self.ctx.connections, max + PROBE_RESERVE) {
+                    Some(permit) => (permit, true),
+                    None => {
+                        self.conns.metrics.rejected_at_limit();
+                        let _ = std::io::Write::write_all(&mut stream, SERVER_FULL);
+                        continue;
+                    }
+                },
             };
             self.conns.metrics.accepted();
             let _ = stream.set_nodelay(true);
             // A stream that cannot be registered is dropped (closed).
-            let _ = self.conns.add(self.poll.registry(), stream, permit);
+            let _ = self
+                .conns
+                .add(self.poll.registry(), stream, permit, probes_only);
         }
     }
 
@@ -302,6 +312,7 @@ impl Shard {
             }
             self.conns.touch(slot);
             let mut budget = READ_BUDGET;
+            let mut timing = false;
             while let Some(conn) = self.conns.get_mut(slot) {
                 if budget == 0 {
                     // Others get a go; come back next turn.
@@ -314,9 +325,10 @@ impl Shard {
                 }
                 match conn.read(now) {
                     ReadOutcome::Message(incoming) => {
-                        if budget == READ_BUDGET {
+                        if !timing {
                             // Its first request is timed from here.
                             self.conns.metrics.turn_to_connection();
+                            timing = true;
                         }
                         budget -= 1;
                         let Some(conn) = self.conns.get_mut(slot) else {
@@ -361,12 +373,12 @@ impl Shard {
     /// Answers a request for one of the HTTP endpoints.
     fn serve_http(&mut self, endpoint: Endpoint, ticket: Ticket) {
         let answer = match endpoint {
-            Endpoint::Health => http_response(200, "text/plain; charset=utf-8", b"ok\n"),
+            Endpoint::Health => http_text(200, "ok\n"),
             Endpoint::Ready => {
                 let ready = self.phase.is_serving() && self.ctx.ready.load(Ordering::Acquire);
                 match ready {
-                    true => http_response(200, "text/plain; charset=utf-8", b"ready\n"),
-                    false => http_response(503, "text/plain; charset=utf-8", b"not ready\n"),
+                    true => http_text(200, "ready\n"),
+                    false => http_text(503, "not ready\n"),
                 }
             }
             // Answered once every shard has sent its figures.

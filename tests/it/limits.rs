@@ -2,6 +2,7 @@
 //! backpressure on clients that do not read, and the memory limit.
 
 use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::{Client, Server, body, raw, read_to_close, st};
@@ -18,13 +19,38 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 #[test]
 fn connections_past_the_limit_are_refused_cleanly() {
     let server = Server::start(&["--shards", "2", "--max-connections", "5"]);
     let mut clients: Vec<Client> = (0..5).map(|_| server.client()).collect();
+    // Full: a WebSocket client is told so, a probe still gets its answer.
     let mut extra = raw(server.addr);
+    extra.write_all(UPGRADE).unwrap();
     let reply = String::from_utf8_lossy(&read_to_close(&mut extra)).to_string();
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
+    let mut probe = raw(server.addr);
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&read_to_close(&mut probe)).to_string();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    // The room kept for probes is small: silent connections fill it, and
+    // the ones past it are refused at once.
+    let mut silent: Vec<TcpStream> = (0..12).map(|_| raw(server.addr)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut refused = 0;
+    for s in &mut silent {
+        s.set_nonblocking(true).unwrap();
+        let mut head = [0u8; 12];
+        let read = std::io::Read::read(s, &mut head);
+        if matches!(read, Ok(12)) && head.starts_with(b"HTTP/1.1 503") {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4, "12 silent connections, 8 places for probes");
+    drop(silent);
     for c in &mut clients {
         assert_eq!(st(&c.call(r#"{"SV_INFO":{}}"#)), 1);
     }
@@ -33,7 +59,7 @@ fn connections_past_the_limit_are_refused_cleanly() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut s = raw(server.addr);
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        s.write_all(UPGRADE).unwrap();
         let mut head = [0u8; 12];
         let n = std::io::Read::read(&mut s, &mut head).unwrap_or(0);
         if head[..n].starts_with(b"HTTP/1.1 101") {
