@@ -93,6 +93,23 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) 
     })
 }
 
+/// A counter with one sample per value of one label.
+fn labelled_counter<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: [(&str, u64); N],
+) -> fmt::Result {
+    family(encoder, name, help, MetricType::Counter, |m| {
+        for (value, n) in values {
+            m.encode_family(&[(label, value)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        Ok(())
+    })
+}
+
 fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -227,22 +244,16 @@ impl Collector for Scrape {
             "Connections accepted",
             requests.accepted,
         )?;
-        family(
+        labelled_counter(
             e,
             "connections_rejected",
             "Connections refused or ended by the server: at the connection limit, in the opening handshake, or for a protocol breach",
-            MetricType::Counter,
-            |m| {
-                for (reason, n) in [
-                    ("limit", requests.rejected_limit),
-                    ("handshake", requests.rejected_handshake),
-                    ("protocol", requests.rejected_protocol),
-                ] {
-                    m.encode_family(&[("reason", reason)])?
-                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-                }
-                Ok(())
-            },
+            "reason",
+            [
+                ("limit", requests.rejected_limit),
+                ("handshake", requests.rejected_handshake),
+                ("protocol", requests.rejected_protocol),
+            ],
         )?;
         counter(
             e,
@@ -258,22 +269,16 @@ impl Collector for Scrape {
         )?;
 
         let expiry = &self.expiry;
-        family(
+        labelled_counter(
             e,
             "expired",
             "Expiries: sessions deleted at their idle deadline (idle) or at the end of their lifetime (lifetime), and sessions whose keys were cleared (keys)",
-            MetricType::Counter,
-            |m| {
-                for (kind, n) in [
-                    ("idle", expiry.idle),
-                    ("lifetime", expiry.lifetime),
-                    ("keys", expiry.keys),
-                ] {
-                    m.encode_family(&[("kind", kind)])?
-                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-                }
-                Ok(())
-            },
+            "kind",
+            [
+                ("idle", expiry.idle),
+                ("lifetime", expiry.lifetime),
+                ("keys", expiry.keys),
+            ],
         )?;
         histogram(
             e,
