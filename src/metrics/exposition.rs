@@ -17,7 +17,7 @@ use super::{CommandLabel, ExpiryFigures, Histogram, RequestFigures, ShardFigures
 
 /// What the server knows about itself, beside the shards' figures.
 #[derive(Clone, Debug)]
-pub struct ServerFacts {
+pub struct ScrapeFacts {
     pub version: &'static str,
     /// Server-wide `--max-memory` (0: none).
     pub memory_limit: u64,
@@ -28,7 +28,7 @@ pub struct ServerFacts {
 }
 
 /// The text exposition of every shard's `figures` (one per shard).
-pub fn encode(figures: Vec<ShardFigures>, facts: ServerFacts) -> String {
+pub fn encode(figures: Vec<ShardFigures>, facts: ScrapeFacts) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector {
         started_s: facts.started_s,
@@ -50,11 +50,11 @@ struct Scrape {
     shards: Vec<ShardFigures>,
     requests: RequestFigures,
     expiry: ExpiryFigures,
-    facts: ServerFacts,
+    facts: ScrapeFacts,
 }
 
 impl Scrape {
-    fn new(mut shards: Vec<ShardFigures>, facts: ServerFacts) -> Self {
+    fn new(mut shards: Vec<ShardFigures>, facts: ScrapeFacts) -> Self {
         shards.sort_by_key(|s| s.shard);
         let mut requests = RequestFigures::default();
         let mut expiry = ExpiryFigures::default();
@@ -404,8 +404,8 @@ mod tests {
         figures
     }
 
-    fn facts() -> ServerFacts {
-        ServerFacts {
+    fn facts() -> ScrapeFacts {
+        ScrapeFacts {
             version: "9.9.9",
             memory_limit: 1 << 20,
             connections: 4,

@@ -17,7 +17,7 @@ mod exposition;
 mod process;
 mod requests;
 
-pub use exposition::{ServerFacts, encode};
+pub use exposition::{ScrapeFacts, encode};
 pub use requests::{Clock, RequestFigures, RequestMetrics, SlowRequests};
 
 use crate::protocol::request::RejectTo;

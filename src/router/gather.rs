@@ -589,7 +589,7 @@ impl Gather {
             }
             GatherKind::Metrics(shards) => {
                 let connections = shards.iter().map(|s| s.connections).sum();
-                let facts = metrics::ServerFacts {
+                let facts = metrics::ScrapeFacts {
                     version: env!("CARGO_PKG_VERSION"),
                     memory_limit: server.max_memory,
                     connections,
