@@ -274,7 +274,9 @@ impl Server {
     /// Binds, loads the start-up dataset if any, and starts every shard.
     pub fn start(config: &Config) -> Result<Server, StartError> {
         let open_files = raise_open_file_limit();
-        let fd_room = open_files.saturating_sub(RESERVED_FDS + 4 * config.shards as u64);
+        // The room kept for probes past the limit is room clients do not get.
+        let probes = crate::shard::PROBE_RESERVE as u64;
+        let fd_room = open_files.saturating_sub(RESERVED_FDS + probes + 4 * config.shards as u64);
         let capacity = config.max_connections.min(fd_room as usize).max(1);
         log_config(config, capacity);
         if let Some(path) = &config.persist {

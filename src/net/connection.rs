@@ -881,6 +881,26 @@ mod tests {
     }
 
     #[test]
+    fn over_the_limit_a_probe_is_answered_and_an_upgrade_refused() {
+        let now = Instant::now();
+        let transport = MemoryTransport::new(UPGRADE, &[]);
+        let mut conn = connection(&transport, now);
+        conn.serve_probes_only();
+        assert!(matches!(conn.read(now), ReadOutcome::Closed));
+        assert_eq!(conn.refusal(), Some(Refusal::Limit));
+        assert_eq!(transport.output(), SERVER_FULL);
+
+        let transport = MemoryTransport::new(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", &[]);
+        let mut conn = connection(&transport, now);
+        conn.serve_probes_only();
+        assert!(matches!(
+            conn.read(now),
+            ReadOutcome::Http(Endpoint::Health)
+        ));
+        assert_eq!(conn.refusal(), None);
+    }
+
+    #[test]
     fn an_http_endpoint_is_answered_in_full_however_slowly_then_closed() {
         let now = Instant::now();
         let transport = MemoryTransport::new(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n", &[]);

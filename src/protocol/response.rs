@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_status_is_read_back_from_every_kind_of_response() {
-        for &status in &Status::ALL {
+        for &status in Status::ALL {
             for &command in CommandName::ALL {
                 let mut out = Vec::new();
                 Response::new(&mut out, command, status)

@@ -37,7 +37,7 @@ use shutdown::Phase;
 
 /// Connections taken past `--max-connections` for the HTTP endpoints only,
 /// so probes still get their answer when clients fill the server.
-const PROBE_RESERVE: usize = 8;
+pub(crate) const PROBE_RESERVE: usize = 8;
 
 const LISTENER: PollToken = PollToken(usize::MAX - 1);
 const WAKER: PollToken = PollToken(usize::MAX - 2);

@@ -36,6 +36,12 @@ fn connections_past_the_limit_are_refused_cleanly() {
         .unwrap();
     let reply = String::from_utf8_lossy(&read_to_close(&mut probe)).to_string();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    // Both shards have let the two go (SV_INFO counts connections).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while clients[0].call(r#"{"SV_INFO":{}}"#)["connections"].as_u64() != Some(5) {
+        assert!(Instant::now() < deadline, "the refused connections stayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // The room kept for probes is small: silent connections fill it, and
     // the ones past it are refused at once.
     let mut silent: Vec<TcpStream> = (0..12).map(|_| raw(server.addr)).collect();
