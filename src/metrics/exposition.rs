@@ -138,21 +138,28 @@ fn shard_gauge(
     })
 }
 
-/// Writes a histogram kept in a unit that has `per_second` in a second.
+/// Writes one histogram's samples, kept in a unit with `per_second` in a second.
+fn histogram_values(
+    metric: &mut MetricEncoder,
+    histogram: &Histogram,
+    per_second: f64,
+) -> fmt::Result {
+    metric.encode_histogram::<NoLabelSet>(
+        histogram.sum() as f64 / per_second,
+        histogram.count(),
+        &histogram.buckets(per_second),
+        None,
+    )
+}
+
+/// [`histogram_values`] under `labels`.
 fn histogram_samples(
     metric: &mut MetricEncoder,
     labels: &impl EncodeLabelSet,
     histogram: &Histogram,
     per_second: f64,
 ) -> fmt::Result {
-    metric
-        .encode_family(labels)?
-        .encode_histogram::<NoLabelSet>(
-            histogram.sum() as f64 / per_second,
-            histogram.count(),
-            &histogram.buckets(per_second),
-            None,
-        )
+    histogram_values(&mut metric.encode_family(labels)?, histogram, per_second)
 }
 
 fn histogram(
@@ -163,12 +170,7 @@ fn histogram(
     per_second: f64,
 ) -> fmt::Result {
     family(encoder, name, help, MetricType::Histogram, |m| {
-        m.encode_histogram::<NoLabelSet>(
-            histogram.sum() as f64 / per_second,
-            histogram.count(),
-            &histogram.buckets(per_second),
-            None,
-        )
+        histogram_values(m, histogram, per_second)
     })
 }
 

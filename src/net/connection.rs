@@ -21,7 +21,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use super::handshake::{self, Endpoint, MAX_REQUEST_BYTES, Outcome, SERVER_FULL};
 use super::socket::Socket;
 use super::transport::{Traffic, Transport};
-use super::websocket::{Discarded, Event, Flushed, WebSocket};
+use super::websocket::{Discarded, Event, Flushed, WebSocket, write_from};
 
 /// How long a closing connection may take to let us read its last bytes.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -713,7 +713,7 @@ impl<T: Transport> Connection<T> {
                 sent,
                 answered,
             } => {
-                let result = write_out(transport, out, sent);
+                let result = write_from(transport, out, sent);
                 if matches!(result, Ok(Flushed::All)) && *answered {
                     let _ = transport.shutdown(Shutdown::Write);
                     self.set_closed();
@@ -741,24 +741,6 @@ impl<T: Transport> Connection<T> {
         self.final_traffic = self.traffic();
         self.state = State::Closed;
     }
-}
-
-/// Writes `out[sent..]` to a non-blocking transport, as far as it takes it.
-fn write_out<T: Transport>(
-    transport: &mut T,
-    out: &[u8],
-    sent: &mut usize,
-) -> std::io::Result<Flushed> {
-    while *sent < out.len() {
-        match transport.write(&out[*sent..]) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => *sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Flushed::All)
 }
 
 #[cfg(test)]

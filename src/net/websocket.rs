@@ -72,6 +72,25 @@ pub enum Flushed {
     Partly,
 }
 
+/// Writes `out[sent..]` to a non-blocking transport, as far as it takes it
+/// (the WebSocket's output, or an HTTP endpoint's answer).
+pub fn write_from<T: Transport>(
+    transport: &mut T,
+    out: &[u8],
+    sent: &mut usize,
+) -> io::Result<Flushed> {
+    while *sent < out.len() {
+        match transport.write(&out[*sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Flushed::All)
+}
+
 /// What one call to [`WebSocket::discard_input`] found.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Discarded {
@@ -378,14 +397,8 @@ impl<T: Transport> WebSocket<T> {
     /// Writes what is queued, until it is all sent or the transport is
     /// full (a writable event brings us back). An error is fatal.
     pub fn flush(&mut self) -> io::Result<Flushed> {
-        while self.written < self.output.len() {
-            match self.transport.write(&self.output[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        if let Flushed::Partly = write_from(&mut self.transport, &self.output, &mut self.written)? {
+            return Ok(Flushed::Partly);
         }
         self.output.clear();
         self.written = 0;
