@@ -2,22 +2,23 @@
 //! not a driver's closed or open loop: the event subscriber, and
 //! expiry-events' set-up and probe.
 //!
-//! Owns: one socket with its read buffer, cutting received bytes into whole
-//! messages (a WebSocket text message, or one RESP reply) in place, and
-//! answering pings. Knows nothing of what the messages mean.
+//! Owns: one stream (plain or TLS, see `net`) with its read buffer, cutting
+//! received bytes into whole messages (a WebSocket text message, or one
+//! RESP reply) in place, and answering pings. Knows nothing of what the
+//! messages mean.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::ops::Range;
 use std::time::Duration;
 
 use crate::config::{Protocol, Target};
+use crate::net::{self, Blocking};
 use crate::resp;
 use crate::rng::Rng;
 use crate::ws;
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Blocking,
     protocol: Protocol,
     buf: Vec<u8>,
     /// Received bytes not yet handed out are `buf[start..end]`.
@@ -30,15 +31,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects (and upgrades, for ws); `stream` picks the mask generator's
-    /// stream, so two clients of a run never share one.
+    /// Connects (with TLS and credentials, as the target says, and upgrades,
+    /// for ws); `stream` picks the mask generator's stream, so two clients
+    /// of a run never share one.
     pub fn connect(target: &Target, seed: u64, stream: u64) -> io::Result<Client> {
-        let mut s = TcpStream::connect_timeout(&target.addr, Duration::from_secs(5))?;
-        s.set_nodelay(true)?;
-        let leftover = match target.protocol {
-            Protocol::Ws => ws::handshake(&mut s, &target.host, &target.path)?,
-            Protocol::Redis => Vec::new(),
-        };
+        let (s, leftover) = net::connect(target)?;
         let mut buf = vec![0u8; (64 * 1024).max(leftover.len() * 2)];
         buf[..leftover.len()].copy_from_slice(&leftover);
         Ok(Client {
@@ -58,7 +55,7 @@ impl Client {
 
     /// How long one [`Client::read_more`] may block (`None`: forever).
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)
+        self.stream.socket().set_read_timeout(t)
     }
 
     /// Queues one request: a JSON text (ws, framed here) or whole RESP
@@ -72,6 +69,8 @@ impl Client {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.wbuf)?;
+        // TLS: records written but still in rustls's buffer go out.
+        self.stream.flush()?;
         self.wbuf.clear();
         Ok(())
     }
@@ -191,7 +190,7 @@ impl Client {
             );
             let _ = self.flush();
         }
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.stream.shutdown();
     }
 }
 
@@ -223,6 +222,8 @@ mod tests {
             host: format!("127.0.0.1:{port}"),
             path: "/".into(),
             url: String::new(),
+            tls: None,
+            auth: None,
         }
     }
 

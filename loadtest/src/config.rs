@@ -4,11 +4,16 @@
 //! module may assume a `Config` is consistent (threads <= connections, a
 //! positive rate, a parsed target).
 
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use clap::{Parser, ValueEnum};
+
+use crate::tls::{self, Trust};
 
 /// What one operation does; the same meaning on both targets (see the crate doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -83,16 +88,40 @@ impl Workload {
 #[command(
     name = "loadtest",
     version,
-    about = "Load generator for nemesisdb (ws://) and Redis (redis://)",
-    long_about = "Load generator for nemesisdb (ws://) and Redis (redis://).\n\n\
+    about = "Load generator for nemesisdb (ws://, wss://) and Redis (redis://, rediss://)",
+    long_about = "Load generator for nemesisdb (ws://, wss://) and Redis (redis://, rediss://).\n\n\
         Closed loop by default: every connection keeps --pipeline operations in flight.\n\
         With --rate: open loop at a fixed total rate; latency is counted from each\n\
         operation's scheduled send time, so a stalled server shows up as latency."
 )]
 struct Flags {
-    /// Target: ws://HOST:PORT/[PATH] (nemesisdb) or redis://HOST:PORT (Redis)
+    /// Target: ws://HOST:PORT/[PATH] or wss://... (nemesisdb), redis://HOST:PORT
+    /// or rediss://... (Redis); wss and rediss speak TLS
     #[arg(long, default_value = "ws://127.0.0.1:1987/")]
     url: String,
+
+    /// Speak TLS to a ws:// or redis:// URL (the same as wss:// or rediss://)
+    #[arg(long)]
+    tls: bool,
+
+    /// TLS: accept any server certificate (self-signed test certificates);
+    /// the handshake's signatures are still checked
+    #[arg(long, conflicts_with = "tls_ca")]
+    insecure: bool,
+
+    /// TLS: trust the certificates in this PEM file (instead of the bundled
+    /// Mozilla roots from webpki-roots)
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// Authenticate as this user: HTTP Basic in the WebSocket upgrade and in
+    /// --scrape's requests (nemesisdb), `AUTH user password` (Redis)
+    #[arg(long, requires = "password")]
+    user: Option<String>,
+
+    /// The password of --user
+    #[arg(long, requires = "user")]
+    password: Option<String>,
 
     /// What one operation does
     #[arg(long, value_enum, default_value = "get")]
@@ -187,6 +216,38 @@ pub struct Target {
     pub path: String,
     /// The URL as given, reported as `target`.
     pub url: String,
+    /// `Some`: the connection speaks TLS (wss://, rediss://, --tls).
+    pub tls: Option<tls::Tls>,
+    /// `--user`/`--password`, sent when a connection opens.
+    pub auth: Option<Credentials>,
+}
+
+/// A user and its password (`--user`, `--password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Credentials {
+    /// The value of an `Authorization` header: `Basic base64(user:password)`
+    /// (RFC 7617).
+    pub fn basic(&self) -> String {
+        let pair = format!("{}:{}", self.user, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+}
+
+/// Never prints the password.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +292,9 @@ pub struct Config {
     pub save_at: Option<Duration>,
     /// The server's `/metrics`, scraped before and after the timed run.
     pub scrape: Option<String>,
+    /// Which server certificates TLS connections accept (the target's, and
+    /// an https:// `--scrape`'s).
+    pub trust: Trust,
 }
 
 impl Config {
@@ -240,7 +304,37 @@ impl Config {
     }
 
     fn from_flags(f: Flags) -> Result<Config, String> {
-        let target = parse_target(&f.url)?;
+        let (mut target, secure) = parse_target(&f.url)?;
+        let trust = match (&f.tls_ca, f.insecure) {
+            (Some(path), _) => Trust::Ca(Arc::new(tls::load_certificates(path)?)),
+            (None, true) => Trust::Any,
+            (None, false) => Trust::Roots,
+        };
+        let scrape_secure = f
+            .scrape
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+        if (f.insecure || f.tls_ca.is_some()) && !(secure || f.tls || scrape_secure) {
+            return Err(
+                "--insecure and --tls-ca are for TLS: a wss:// or rediss:// \
+                 --url, --tls, or an https:// --scrape"
+                    .into(),
+            );
+        }
+        if secure || f.tls {
+            target.tls = Some(tls::Tls::new(&trust, &target.host)?);
+        }
+        target.auth = match (f.user, f.password) {
+            (Some(user), Some(password)) => {
+                if user.contains(':') {
+                    return Err("--user: a user name cannot hold ':' (HTTP Basic \
+                         separates the user from the password with it)"
+                        .into());
+                }
+                Some(Credentials { user, password })
+            }
+            _ => None,
+        };
         if f.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
@@ -335,19 +429,29 @@ impl Config {
             subscribe: f.subscribe,
             save_at,
             scrape: f.scrape,
+            trust,
         })
     }
 }
 
-/// `ws://host:port/path` or `redis://host:port`.
-fn parse_target(url: &str) -> Result<Target, String> {
-    let (protocol, rest, default_port) = if let Some(r) = url.strip_prefix("ws://") {
-        (Protocol::Ws, r, 1987)
-    } else if let Some(r) = url.strip_prefix("redis://") {
-        (Protocol::Redis, r, 6379)
-    } else {
+/// `ws://host:port/path`, `redis://host:port`, or the same over TLS
+/// (`wss://`, `rediss://`: the second value is true). The ports default to
+/// 1987 and 6379 with or without TLS (a nemesisdb port speaks one or the
+/// other; Redis's TLS port is chosen by `tls-port`).
+fn parse_target(url: &str) -> Result<(Target, bool), String> {
+    let schemes = [
+        ("ws://", Protocol::Ws, false, 1987),
+        ("wss://", Protocol::Ws, true, 1987),
+        ("redis://", Protocol::Redis, false, 6379),
+        ("rediss://", Protocol::Redis, true, 6379),
+    ];
+    let Some((protocol, secure, rest, default_port)) = schemes
+        .iter()
+        .find_map(|&(scheme, p, secure, port)| Some((p, secure, url.strip_prefix(scheme)?, port)))
+    else {
         return Err(format!(
-            "--url {url:?}: expected ws://HOST:PORT/ or redis://HOST:PORT"
+            "--url {url:?}: expected ws://HOST:PORT/, wss://HOST:PORT/, redis://HOST:PORT \
+             or rediss://HOST:PORT"
         ));
     };
     let (authority, path) = match rest.find('/') {
@@ -372,13 +476,16 @@ fn parse_target(url: &str) -> Result<Target, String> {
         .map_err(|e| format!("--url {url:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("--url {url:?}: host has no address"))?;
-    Ok(Target {
+    let target = Target {
         protocol,
         addr,
         host: authority.to_string(),
         path: path.to_string(),
         url: url.to_string(),
-    })
+        tls: None,
+        auth: None,
+    };
+    Ok((target, secure))
 }
 
 #[cfg(test)]
@@ -387,18 +494,94 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        let t = parse_target("ws://127.0.0.1:1987/").unwrap();
-        assert_eq!(t.protocol, Protocol::Ws);
+        let (t, secure) = parse_target("ws://127.0.0.1:1987/").unwrap();
+        assert_eq!((t.protocol, secure), (Protocol::Ws, false));
         assert_eq!(t.addr.port(), 1987);
         assert_eq!(t.path, "/");
-        let t = parse_target("redis://127.0.0.1").unwrap();
-        assert_eq!(t.protocol, Protocol::Redis);
+        let (t, secure) = parse_target("redis://127.0.0.1").unwrap();
+        assert_eq!((t.protocol, secure), (Protocol::Redis, false));
         assert_eq!(t.addr.port(), 6379);
-        let t = parse_target("ws://127.0.0.1:5/x/y").unwrap();
+        let (t, _) = parse_target("ws://127.0.0.1:5/x/y").unwrap();
         assert_eq!(t.path, "/x/y");
         assert_eq!(t.host, "127.0.0.1:5");
         assert!(parse_target("http://127.0.0.1").is_err());
         assert!(parse_target("ws:///").is_err());
+        let (t, secure) = parse_target("wss://127.0.0.1:7/p").unwrap();
+        assert_eq!((t.protocol, secure), (Protocol::Ws, true));
+        assert_eq!((t.addr.port(), t.path.as_str()), (7, "/p"));
+        let (t, secure) = parse_target("wss://127.0.0.1").unwrap();
+        assert_eq!((t.addr.port(), secure), (1987, true));
+        let (t, secure) = parse_target("rediss://127.0.0.1").unwrap();
+        assert_eq!((t.protocol, secure), (Protocol::Redis, true));
+        assert_eq!(t.addr.port(), 6379);
+        let (t, secure) = parse_target("rediss://[::1]:6380").unwrap();
+        assert_eq!(
+            (t.addr.port(), secure, t.host.as_str()),
+            (6380, true, "[::1]:6380")
+        );
+        assert!(parse_target("https://127.0.0.1").is_err());
+        assert!(parse_target("wss:///").is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let f = Flags::try_parse_from([&["loadtest"], args].concat()).map_err(|e| e.to_string())?;
+        Config::from_flags(f)
+    }
+
+    #[test]
+    fn tls_comes_from_the_scheme_or_the_flag() {
+        assert!(parse(&[]).unwrap().target.tls.is_none());
+        let c = parse(&["--url", "wss://127.0.0.1:1/", "--insecure"]).unwrap();
+        let tls = c.target.tls.unwrap();
+        assert_eq!(
+            format!("{:?}", tls.name),
+            "IpAddress(V4(Ipv4Addr([127, 0, 0, 1])))"
+        );
+        assert!(matches!(c.trust, Trust::Any));
+        let c = parse(&["--url", "redis://localhost:1", "--tls"]).unwrap();
+        assert_eq!(c.target.protocol, Protocol::Redis);
+        let tls = c.target.tls.unwrap();
+        assert_eq!(format!("{:?}", tls.name), "DnsName(\"localhost\")");
+        assert!(matches!(c.trust, Trust::Roots));
+        let c = parse(&["--url", "ws://[::1]:1/", "--tls"]).unwrap();
+        assert!(c.target.tls.is_some());
+        let c = parse(&["--url", "rediss://127.0.0.1:1"]).unwrap();
+        assert!(c.target.tls.is_some());
+        // Trust flags without TLS anywhere say so.
+        let e = parse(&["--insecure"]).unwrap_err();
+        assert!(e.contains("--insecure and --tls-ca are for TLS"), "{e}");
+        let https = "https://127.0.0.1:1/metrics";
+        let c = parse(&["--insecure", "--scrape", https]).unwrap();
+        assert!(c.target.tls.is_none());
+        assert_eq!(c.scrape.as_deref(), Some(https));
+        assert!(parse(&["--insecure", "--tls-ca", "x.pem", "--tls"]).is_err());
+        let e = parse(&["--tls", "--tls-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(e.starts_with("--tls-ca /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn credentials_need_both_flags() {
+        let c = parse(&["--user", "u", "--password", "p:w"]).unwrap();
+        let auth = c.target.auth.unwrap();
+        assert_eq!((auth.user.as_str(), auth.password.as_str()), ("u", "p:w"));
+        assert_eq!(auth.basic(), "Basic dTpwOnc=");
+        assert!(
+            !format!("{auth:?}").contains("p:w"),
+            "Debug hides the password"
+        );
+        assert!(parse(&[]).unwrap().target.auth.is_none());
+        assert!(parse(&["--user", "u"]).is_err());
+        assert!(parse(&["--password", "p"]).is_err());
+        assert!(parse(&["--user", "a:b", "--password", "p"]).is_err());
+        let c = parse(&[
+            "--url",
+            "rediss://127.0.0.1:1",
+            "--user",
+            "u",
+            "--password",
+            "p",
+        ]);
+        assert!(c.unwrap().target.auth.is_some());
     }
 
     #[test]
@@ -460,7 +643,7 @@ mod tests {
         assert!(redis.contains("--scrape is for nemesisdb"), "{redis}");
         let bad = parse(&["--scrape", "127.0.0.1:1987"]).unwrap_err();
         assert!(bad.starts_with("--scrape"), "{bad}");
-        assert!(parse(&["--scrape", "https://127.0.0.1/metrics"]).is_err());
+        assert!(parse(&["--scrape", "https://127.0.0.1/metrics"]).is_ok());
         assert!(parse(&["--workload", "expiry-events", "--scrape", url]).is_err());
     }
 }

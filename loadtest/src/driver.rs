@@ -19,18 +19,17 @@
 //! that lost starts again from phase 0, up to [`MAX_RETRIES`] times.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::TcpStream as StdStream;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Protocol, Target};
+use crate::net::{self, Stream};
 use crate::resp;
 use crate::rng::Rng;
 use crate::save::SaveWindow;
@@ -140,7 +139,7 @@ struct Pending {
 /// One connection and its operations. Lives across phases; a failed one is
 /// closed and stays dead.
 pub struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     /// Global connection number: the stream of its generator and operation ids.
     index: usize,
     rbuf: Vec<u8>,
@@ -174,21 +173,16 @@ pub struct Conn {
 const READ_CHUNK: usize = 64 * 1024;
 
 impl Conn {
-    /// Connects (and upgrades, for ws) with blocking I/O, then turns the
-    /// socket non-blocking. Not timed.
+    /// Connects (TLS, upgrade, credentials, as the target says) with
+    /// blocking I/O, then turns the stream non-blocking. Not timed.
     pub fn connect(target: &Target, index: usize, seed: u64) -> io::Result<Conn> {
-        let mut s = StdStream::connect_timeout(&target.addr, Duration::from_secs(5))?;
-        s.set_nodelay(true)?;
-        let leftover = match target.protocol {
-            Protocol::Ws => ws::handshake(&mut s, &target.host, &target.path)?,
-            Protocol::Redis => Vec::new(),
-        };
-        s.set_nonblocking(true)?;
+        let (s, mut leftover) = net::connect(target)?;
+        let stream = Stream::from_blocking(s, &mut leftover)?;
         let mut rbuf = vec![0u8; READ_CHUNK.max(leftover.len() * 2)];
         rbuf[..leftover.len()].copy_from_slice(&leftover);
         let now = Instant::now();
         Ok(Conn {
-            stream: Some(TcpStream::from_std(s)),
+            stream: Some(stream),
             index,
             rbuf,
             rstart: 0,
@@ -214,21 +208,28 @@ impl Conn {
         self.stream.is_some()
     }
 
+    /// The agreed TLS protocol and cipher suite; `None` for plain TCP.
+    pub fn tls(&self) -> Option<String> {
+        self.stream.as_ref().and_then(Stream::tls)
+    }
+
     /// Ends the connection politely: a WebSocket close frame (1000, normal
     /// closure) so the server sees a clean goodbye rather than a reset.
     /// Best effort: the run is over either way.
     pub fn close(mut self, protocol: Protocol) {
-        if let (Protocol::Ws, Some(stream)) = (protocol, self.stream.as_mut()) {
-            self.wbuf.clear();
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        self.wbuf.clear();
+        if protocol == Protocol::Ws {
             ws::write_frame(
                 &mut self.wbuf,
                 ws::OP_CLOSE,
                 &[&1000u16.to_be_bytes()],
                 &mut self.rng,
             );
-            let _ = stream.write(&self.wbuf);
-            let _ = stream.shutdown(std::net::Shutdown::Write);
         }
+        stream.close(&self.wbuf);
     }
 
     /// Tokens collected by the last set-up phase.
@@ -385,6 +386,12 @@ impl Conn {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
+        }
+        // TLS: records a write left in rustls's buffer (plain: nothing).
+        match stream.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.fail(c),
         }
     }
 
@@ -834,8 +841,11 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
     for (i, conn) in conns.iter_mut().enumerate() {
         conn.prepare(plan);
         let registered = conn.stream.as_mut().map(|s| {
-            poll.registry()
-                .register(s, Token(i), Interest::READABLE | Interest::WRITABLE)
+            poll.registry().register(
+                s.socket(),
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
         });
         if let Some(Err(_)) = registered {
             conn.fail(&mut c);
@@ -946,7 +956,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
     }
     for conn in &mut conns {
         if let Some(s) = conn.stream.as_mut() {
-            let _ = poll.registry().deregister(s);
+            let _ = poll.registry().deregister(s.socket());
         }
     }
     if let Some(p) = &plan.progress {

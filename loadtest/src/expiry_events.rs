@@ -179,6 +179,8 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             server_cpu_s: cpu.server,
             events: Some(&events),
             save: None,
+            // Not told for this workload's blocking clients.
+            tls: None,
         };
         report::write(dir, &summary, &outcome, &meta)?;
     }

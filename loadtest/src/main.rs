@@ -1,5 +1,5 @@
-//! `loadtest`: the load generator for nemesisdb (`ws://`) and Redis
-//! (`redis://`), in the manner of memtier_benchmark and redis-benchmark.
+//! `loadtest`: the load generator for nemesisdb (`ws://`, `wss://`) and
+//! Redis (`redis://`, `rediss://`), in the manner of memtier_benchmark and redis-benchmark.
 //!
 //! A run connects every connection (untimed), creates the sessions the
 //! workload reads (untimed), then runs the workload for `--duration` seconds
@@ -13,6 +13,8 @@
 //! - `run`      the phases of a run, threads, output
 //! - `driver`   one thread's mio event loop over many connections
 //! - `client`   one blocking connection (subscriber, expiry-events)
+//! - `net`      opening a connection (TCP, TLS, upgrade or AUTH); streams
+//! - `tls`      rustls (ring): trust from the flags, the non-blocking stream
 //! - `events`   the event subscriber (`--subscribe`) and event lag statistics
 //! - `expiry_events` the expiry-events workload: its own phases and report
 //! - `workload` what an operation is on each target; pre-encoded requests
@@ -32,6 +34,7 @@ mod config;
 mod driver;
 mod events;
 mod expiry_events;
+mod net;
 mod report;
 mod resp;
 mod rng;
@@ -40,6 +43,7 @@ mod save;
 mod scrape;
 mod stats;
 mod timer;
+mod tls;
 mod workload;
 mod ws;
 

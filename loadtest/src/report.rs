@@ -41,6 +41,10 @@ struct Report<'a> {
     /// `--save-at`: the save and latency while it ran; absent without.
     #[serde(skip_serializing_if = "Option::is_none")]
     save: Option<&'a SaveSummary>,
+    /// What the TLS connections agreed on (protocol, cipher suite, key
+    /// exchange); absent for plain TCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a str>,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -80,6 +84,7 @@ pub struct Meta<'a> {
     pub server_cpu_s: Option<f64>,
     pub events: Option<&'a EventSummary>,
     pub save: Option<&'a SaveSummary>,
+    pub tls: Option<&'a str>,
 }
 
 pub fn write(
@@ -103,6 +108,7 @@ pub fn write(
         series: &outcome.series,
         events: meta.events,
         save: meta.save,
+        tls: meta.tls,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let path = dir.join("report.json");

@@ -31,6 +31,9 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             .map_err(|e| format!("connection {} to {}: {e}", i + 1, cfg.target.url))?;
         groups[i % cfg.threads].push(conn);
     }
+    // What the first connection agreed on stands for all (one client
+    // configuration, one server).
+    let tls = groups.first().and_then(|g| g.first()).and_then(Conn::tls);
     let value = value_text(cfg.value_size, cfg.seed);
     let protocol = cfg.target.protocol;
 
@@ -65,7 +68,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let scraper = cfg
         .scrape
         .as_deref()
-        .map(|url| Scraper::new(url, cfg.timeout));
+        .map(|url| Scraper::new(url, cfg.timeout, &cfg.trust, cfg.target.auth.as_ref()));
     let scraped_before = scraper.as_ref().map(|s| {
         let before = s.scrape();
         if let Err(e) = &before {
@@ -167,6 +170,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             server_cpu_s: cpu.server,
             events: events.as_ref(),
             save: save.as_ref(),
+            tls: tls.as_deref(),
         };
         report::write(dir, &summary, &outcome, &meta)?;
     }
@@ -175,6 +179,9 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
         // report.json).
         if let Some(e) = &events {
             eprintln!("loadtest: {}", e.line());
+        }
+        if let Some(t) = &tls {
+            eprintln!("loadtest: tls: {t}");
         }
         if let Some(s) = &save {
             eprintln!(
@@ -193,6 +200,9 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
             outcome.failed_connections,
             retries,
         );
+        if let Some(t) = &tls {
+            println!("  TLS           {t}");
+        }
         if let Some(e) = &events {
             e.print();
         }

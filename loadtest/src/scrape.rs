@@ -35,7 +35,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
 use crate::buckets::{Buckets, BucketsError, Estimate};
+use crate::config::Credentials;
+use crate::tls::Trust;
 
 const DURATIONS: &str = "nemesisdb_command_duration_seconds";
 const ANSWERED: &str = "nemesisdb_commands_total";
@@ -66,6 +70,11 @@ impl fmt::Display for ScrapeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScrapeError::Fetch(e) => write!(f, "{e}"),
+            ScrapeError::Status(401) => write!(
+                f,
+                "HTTP status 401: the server has users; pass --user and --password \
+                 (or they were refused)"
+            ),
             ScrapeError::Status(s) => write!(
                 f,
                 "HTTP status {s} (is this a nemesisdb with GET /metrics on this port?)"
@@ -82,20 +91,15 @@ impl fmt::Display for ScrapeError {
     }
 }
 
-/// Checks a `--scrape` URL before the run: `http://HOST[:PORT]/PATH`.
+/// Checks a `--scrape` URL before the run: `http[s]://HOST[:PORT]/PATH`.
 pub fn check_url(url: &str) -> Result<(), String> {
     let uri: ureq::http::Uri = url.parse().map_err(|e| format!("--scrape {url:?}: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "--scrape {url:?}: https is not supported (loadtest has no TLS); \
-                 nemesisdb serves /metrics on its WebSocket port, over http://"
-            ));
-        }
+        Some("http" | "https") => {}
         _ => {
             return Err(format!(
-                "--scrape {url:?}: expected http://HOST:PORT/metrics"
+                "--scrape {url:?}: expected http://HOST:PORT/metrics (https:// for a \
+                 server with --tls-cert)"
             ));
         }
     }
@@ -109,12 +113,31 @@ pub fn check_url(url: &str) -> Result<(), String> {
 pub struct Scraper {
     agent: ureq::Agent,
     url: String,
+    /// `Authorization` header (`--user`): a server with users wants it.
+    authorization: Option<String>,
 }
 
 impl Scraper {
-    /// `url` passed [`check_url`]; `timeout` bounds a whole request.
-    pub fn new(url: &str, timeout: Duration) -> Scraper {
+    /// `url` passed [`check_url`]; `timeout` bounds a whole request. An
+    /// https URL is fetched over ureq's rustls (ring), trusting what the
+    /// target's TLS trusts.
+    pub fn new(url: &str, timeout: Duration, trust: &Trust, auth: Option<&Credentials>) -> Scraper {
+        let roots = match trust {
+            Trust::Ca(certs) => RootCerts::new_with_certs(
+                &certs
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            Trust::Roots | Trust::Any => RootCerts::WebPki,
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(roots)
+            .disable_verification(matches!(trust, Trust::Any))
+            .build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_global(Some(timeout))
             // The server under test is never behind a proxy, whatever the
             // environment says.
@@ -127,6 +150,7 @@ impl Scraper {
         Scraper {
             agent,
             url: url.to_string(),
+            authorization: auth.map(Credentials::basic),
         }
     }
 
@@ -136,9 +160,11 @@ impl Scraper {
 
     /// GETs the exposition and reads the families used here.
     pub fn scrape(&self) -> Result<Metrics, ScrapeError> {
-        let mut response = self
-            .agent
-            .get(&self.url)
+        let mut request = self.agent.get(&self.url);
+        if let Some(a) = &self.authorization {
+            request = request.header("Authorization", a);
+        }
+        let mut response = request
             .call()
             .map_err(|e| ScrapeError::Fetch(e.to_string()))?;
         let status = response.status().as_u16();
@@ -718,8 +744,7 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
         assert!(check_url("http://127.0.0.1:1987/metrics").is_ok());
         assert!(check_url("http://localhost/metrics").is_ok());
         assert!(check_url("http://[::1]:1987/metrics").is_ok());
-        let e = check_url("https://127.0.0.1:1987/metrics").unwrap_err();
-        assert!(e.contains("no TLS"), "{e}");
+        assert!(check_url("https://127.0.0.1:1987/metrics").is_ok());
         assert!(check_url("ws://127.0.0.1:1987/").is_err());
         assert!(check_url("127.0.0.1:1987/metrics").is_err());
         assert!(check_url("http://").is_err());
@@ -761,7 +786,9 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
             true,
         );
         let url = serve_once(http("200 OK", &body));
-        let m = Scraper::new(&url, Duration::from_secs(5)).scrape().unwrap();
+        let m = Scraper::new(&url, Duration::from_secs(5), &Trust::Roots, None)
+            .scrape()
+            .unwrap();
         assert_eq!(m.durations["SH_GET"].count(), 7);
     }
 
@@ -769,7 +796,7 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
     fn a_server_without_metrics_is_an_error_not_a_panic() {
         // What a nemesisdb before /metrics answers a plain GET with.
         let url = serve_once(http("400 Bad Request", ""));
-        let e = Scraper::new(&url, Duration::from_secs(5))
+        let e = Scraper::new(&url, Duration::from_secs(5), &Trust::Roots, None)
             .scrape()
             .unwrap_err();
         assert!(matches!(e, ScrapeError::Status(400)), "{e}");
@@ -778,7 +805,7 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/metrics", listener.local_addr().unwrap());
         drop(listener);
-        let e = Scraper::new(&url, Duration::from_secs(5))
+        let e = Scraper::new(&url, Duration::from_secs(5), &Trust::Roots, None)
             .scrape()
             .unwrap_err();
         assert!(matches!(e, ScrapeError::Fetch(_)), "{e}");

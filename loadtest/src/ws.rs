@@ -14,11 +14,10 @@
 //! tungstenite's helpers for the key and the accept check.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use memchr::memmem;
 
+use crate::config::Credentials;
 use crate::rng::Rng;
 
 pub const OP_CONTINUATION: u8 = 0x0;
@@ -28,16 +27,19 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
-/// Upgrades a connected, blocking stream. Returns bytes the server sent after
-/// its 101 response (normally none), which belong to the frame stream.
-pub fn handshake(stream: &mut TcpStream, host: &str, path: &str) -> io::Result<Vec<u8>> {
+/// Upgrades a connected, blocking stream (plain or TLS; the caller sets its
+/// timeouts). `auth` goes in an `Authorization: Basic` header. Returns bytes
+/// the server sent after its 101 response (normally none), which belong to
+/// the frame stream.
+pub fn handshake<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+    auth: Option<&Credentials>,
+) -> io::Result<Vec<u8>> {
     let key = tungstenite::handshake::client::generate_key();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(request.as_bytes())?;
+    stream.write_all(upgrade_request(host, path, &key, auth).as_bytes())?;
+    stream.flush()?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let end = loop {
@@ -62,11 +64,26 @@ pub fn handshake(stream: &mut TcpStream, host: &str, path: &str) -> io::Result<V
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(bad("handshake response is not HTTP")),
     }
-    if response.code != Some(101) {
-        return Err(bad(&format!(
-            "handshake answered {} instead of 101",
-            response.code.unwrap_or(0)
-        )));
+    match (response.code, auth) {
+        (Some(101), _) => {}
+        (Some(401), Some(_)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the server refused --user/--password (HTTP 401)",
+            ));
+        }
+        (Some(401), None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the server wants credentials (HTTP 401): pass --user and --password",
+            ));
+        }
+        (code, _) => {
+            return Err(bad(&format!(
+                "handshake answered {} instead of 101",
+                code.unwrap_or(0)
+            )));
+        }
     }
     let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let accept = response
@@ -77,8 +94,19 @@ pub fn handshake(stream: &mut TcpStream, host: &str, path: &str) -> io::Result<V
     if accept != Some(expected.as_bytes()) {
         return Err(bad("handshake Sec-WebSocket-Accept is missing or wrong"));
     }
-    stream.set_read_timeout(None)?;
     Ok(buf[end..].to_vec())
+}
+
+/// The HTTP/1.1 upgrade request.
+fn upgrade_request(host: &str, path: &str, key: &str, auth: Option<&Credentials>) -> String {
+    let authorization = match auth {
+        Some(a) => format!("Authorization: {}\r\n", a.basic()),
+        None => String::new(),
+    };
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{authorization}\r\n"
+    )
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -362,6 +390,36 @@ mod tests {
             .collect();
         assert_eq!(payload.len(), len);
         (opcode, payload)
+    }
+
+    #[test]
+    fn upgrade_request_carries_basic_auth() {
+        let plain = upgrade_request("h:1", "/p", "k==", None);
+        assert!(
+            plain.starts_with("GET /p HTTP/1.1\r\nHost: h:1\r\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.ends_with("Sec-WebSocket-Version: 13\r\n\r\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("Authorization"));
+        let auth = Credentials {
+            user: "Aladdin".into(),
+            password: "open sesame".into(),
+        };
+        // RFC 7617's example.
+        assert_eq!(auth.basic(), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        let with = upgrade_request("h:1", "/", "k==", Some(&auth));
+        assert!(
+            with.ends_with(
+                "Sec-WebSocket-Version: 13\r\nAuthorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\r\n"
+            ),
+            "{with}"
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(with.as_bytes()).unwrap().is_complete());
     }
 
     #[test]
