@@ -263,6 +263,122 @@ mod tests {
         assert_eq!(socket.read(&mut buf).unwrap(), 4);
     }
 
+    /// A server config for "localhost" and a client config that trusts it.
+    fn tls_pair() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = key.cert.der().clone();
+        let private =
+            rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+        let provider = crate::security::tls::provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A TLS socket and its peer's blocking TCP stream, before any byte.
+    fn tls_socket() -> (Socket, std::net::TcpStream, Arc<rustls::ClientConfig>) {
+        let (server, client) = tls_pair();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let socket = Socket::tls(TcpStream::from_std(accepted), server).unwrap();
+        (socket, peer, client)
+    }
+
+    /// Reads from a non-blocking socket until `want` bytes came (or the end).
+    fn read_exactly(socket: &mut Socket, want: usize) -> io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < want && std::time::Instant::now() < deadline {
+            socket.readiness();
+            match socket.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn tls_carries_requests_in_and_a_large_answer_out_in_order() {
+        let (mut socket, peer, client) = tls_socket();
+        let (blocked_tx, blocked_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let session = rustls::ClientConnection::new(client, name).unwrap();
+            let mut tls = rustls::StreamOwned::new(session, peer);
+            tls.write_all(b"hello over tls").unwrap();
+            tls.flush().unwrap();
+            // Nothing is read until the server's socket is full.
+            blocked_rx.recv().unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer);
+            answer
+        });
+        assert_eq!(read_exactly(&mut socket, 14).unwrap(), b"hello over tls");
+        let answer: Vec<u8> = (0..64u32 << 20).map(|i| (i % 253) as u8).collect();
+        let mut sent = 0;
+        let mut end = answer.len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let result = match sent < end {
+                true => socket.write(&answer[sent..end]).map(|n| sent += n),
+                false => socket.flush(),
+            };
+            match result {
+                Ok(()) if sent == end => match socket.flush() {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                },
+                Ok(()) => {}
+                // Full: the peer may read now, and a little more follows.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && end == answer.len() => {
+                    end = sent + (1 << 20);
+                    blocked_tx.send(()).unwrap();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(end < answer.len(), "the socket never filled");
+        socket.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(reader.join().unwrap(), &answer[..end]);
+        assert!(socket.traffic().sent > end as u64, "records cost bytes");
+    }
+
+    #[test]
+    fn bytes_that_are_not_tls_are_an_error_and_the_end_of_stream_an_end() {
+        let (mut socket, mut peer, _) = tls_socket();
+        peer.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let error = read_exactly(&mut socket, 1).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+        let (mut socket, peer, _) = tls_socket();
+        drop(peer);
+        assert_eq!(read_exactly(&mut socket, 1).unwrap(), b"");
+    }
+
     /// Reading paused right after a short read; bytes came, and their edge
     /// was signalled: the next read must ask the kernel, or they would wait
     /// for an edge that never comes (a stall found by loadtest's logout-all).
