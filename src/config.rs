@@ -767,6 +767,63 @@ mod tests {
     }
 
     #[test]
+    fn beyond_loopback_users_or_no_auth_are_required() {
+        let resolve = |args: &[&str]| Config::resolve(flags(args), &[0]);
+        let error = resolve(&["--ip", "0.0.0.0"]).unwrap_err().to_string();
+        assert!(
+            error.contains("--users") && error.contains("--no-auth"),
+            "{error}"
+        );
+        assert!(resolve(&["--ip", "10.1.2.3"]).is_err());
+        assert!(resolve(&["--ip", "::"]).is_err());
+        assert!(resolve(&["--ip", "::1"]).is_ok(), "IPv6 loopback");
+        assert!(resolve(&["--ip", "127.0.0.2"]).is_ok(), "all of 127/8");
+        assert!(resolve(&["--ip", "0.0.0.0", "--no-auth"]).is_ok());
+        let with_users = resolve(&["--ip", "0.0.0.0", "--users", "u.json"]).unwrap();
+        assert_eq!(with_users.security.users, Some(PathBuf::from("u.json")));
+        assert_eq!(with_users.security.tls, None);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_from_flags_or_the_file() {
+        let resolve = |args: &[&str]| Config::resolve(flags(args), &[0]);
+        let config = resolve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(
+            config.security.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: None
+            })
+        );
+        // clap refuses half a pair on the command line.
+        assert!(Flags::try_parse_from(["nemesisdb", "--tls-cert", "c.pem"]).is_err());
+        assert!(Flags::try_parse_from(["nemesisdb", "--tls-client-ca", "ca.pem"]).is_err());
+        let dir = std::env::temp_dir().join(format!("ndb-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"ip":"0.0.0.0","users":"/etc/ndb/users.json",
+                "tls":{"cert":"/c.pem","key":"/k.pem","clientCa":"/ca.pem"}}"#,
+        )
+        .unwrap();
+        let config = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        let tls = config.security.tls.unwrap();
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(
+            config.security.users,
+            Some(PathBuf::from("/etc/ndb/users.json"))
+        );
+        std::fs::write(&file, r#"{"tls":{"cert":"/c.pem"}}"#).unwrap();
+        let error = resolve(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(error.to_string().contains("--tls-key"), "{error}");
+        std::fs::write(&file, r#"{"ip":"0.0.0.0","noAuth":true}"#).unwrap();
+        assert!(resolve(&["--config", file.to_str().unwrap()]).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn pinning() {
         let cores = [0, 1, 2, 3];
         let pin = |spec: &str, shards: usize| parse_pinning(spec, shards, &cores);

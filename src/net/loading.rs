@@ -211,4 +211,29 @@ mod tests {
         assert_eq!(listeners.len(), 2);
         assert_eq!(listeners[1].local_addr().unwrap(), addr);
     }
+
+    #[test]
+    fn over_tls_probes_are_answered_in_tls() {
+        let (server, client) = crate::security::tls::tests::localhost_pair();
+        let listeners = bind_shared("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let responder = LoadingResponder::start(listeners, Some(server)).unwrap();
+        let get_tls = |path: &str| {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let session = rustls::ClientConnection::new(client.clone(), name).unwrap();
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::StreamOwned::new(session, tcp);
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer);
+            String::from_utf8(answer).unwrap()
+        };
+        assert!(get_tls("/healthz").starts_with("HTTP/1.1 200 "));
+        assert!(get_tls("/readyz").starts_with("HTTP/1.1 503 "));
+        // A plain request gets nothing it could take for an answer.
+        let plain = get(addr, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(!plain.contains("200"), "{plain}");
+        responder.finish().unwrap();
+    }
 }

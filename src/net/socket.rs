@@ -263,32 +263,9 @@ mod tests {
         assert_eq!(socket.read(&mut buf).unwrap(), 4);
     }
 
-    /// A server config for "localhost" and a client config that trusts it.
-    fn tls_pair() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
-        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = key.cert.der().clone();
-        let private =
-            rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
-        let provider = crate::security::tls::provider();
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], private)
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
-    }
-
     /// A TLS socket and its peer's blocking TCP stream, before any byte.
     fn tls_socket() -> (Socket, std::net::TcpStream, Arc<rustls::ClientConfig>) {
-        let (server, client) = tls_pair();
+        let (server, client) = crate::security::tls::tests::localhost_pair();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))

@@ -68,3 +68,67 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A server config for "localhost" (a fresh self-signed certificate)
+    /// and a client config that trusts it.
+    pub(crate) fn localhost_pair() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = key.cert.der().clone();
+        let private = PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    #[test]
+    fn files_that_are_missing_or_not_pem_are_named_in_the_error() {
+        let dir = std::env::temp_dir().join(format!("ndb-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        let junk_path = dir.join("junk.pem");
+        std::fs::write(&cert_path, key.cert.pem()).unwrap();
+        std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&junk_path, "not pem").unwrap();
+        let files = |cert: &Path, key: &Path, ca: Option<&Path>| TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: ca.map(Into::into),
+        };
+        assert!(server_config(&files(&cert_path, &key_path, None)).is_ok());
+        assert!(server_config(&files(&cert_path, &key_path, Some(&cert_path))).is_ok());
+        let missing = dir.join("missing.pem");
+        for (bad, named) in [
+            (files(&missing, &key_path, None), &missing),
+            (files(&junk_path, &key_path, None), &junk_path),
+            (files(&cert_path, &junk_path, None), &junk_path),
+            (files(&cert_path, &cert_path, None), &cert_path),
+            (files(&cert_path, &key_path, Some(&junk_path)), &junk_path),
+        ] {
+            let error = server_config(&bad).err().unwrap();
+            assert!(error.contains(&named.display().to_string()), "{error}");
+        }
+        // A key that is not the certificate's.
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other_key = dir.join("other-key.pem");
+        std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+        assert!(server_config(&files(&cert_path, &other_key, None)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -265,6 +265,6 @@ pub(crate) mod tests {
             assert!(error.contains(says), "{text}: {error}");
         }
         let debug = format!("{:?}", Credentials::from_basic(b"Basic YTpi").unwrap());
-        assert!(!debug.contains('b') || !debug.contains("\"b\""), "{debug}");
+        assert!(!debug.contains("\"b\""), "{debug}");
     }
 }
