@@ -2,7 +2,7 @@
 # Runs every test of the project: formatting and lints, the Rust unit and
 # integration tests (which start the real server binary), the loadtest
 # smoke test, and the Python client's tests against the real server.
-# Installs what it needs from the package registries (cargo, pip).
+# Installs what it needs from the package registries (cargo, pip, apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,15 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; e
 command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+# The Python TLS tests make their certificates with the openssl command.
+if ! command -v openssl >/dev/null; then
+  step "apt-get install openssl"
+  sudo_if_needed=""
+  [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+  $sudo_if_needed apt-get update -qq
+  $sudo_if_needed apt-get install -y -qq openssl >/dev/null
 fi
 
 step "cargo fmt --check"

@@ -12,6 +12,7 @@ use simd_json::prelude::*;
 
 use crate::logging;
 pub use crate::persist::log::FsyncPolicy;
+use crate::security::{SecuritySettings, TlsFiles};
 
 pub const DEFAULT_PORT: u16 = 1987;
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -118,6 +119,26 @@ pub struct Flags {
     /// line: timestamp, level, threadName, target, fields) [default: text].
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<String>,
+    /// PEM certificate chain: with --tls-key the port speaks only TLS
+    /// (wss://, and https:// for the HTTP endpoints). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate that chains
+    /// to one of them (mutual TLS). Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Users file: a JSON list of {"name", "passwordSha256", "role"} with
+    /// role admin, app or read. Connections must then authenticate (Basic
+    /// auth in the upgrade, or SV_AUTH first). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Allow listening on an address other than loopback without users
+    /// (anyone who reaches the port may read and end every session).
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 /// Which cores the shards run on.
@@ -167,6 +188,8 @@ pub struct Config {
     /// The diagnostic log's level and format (`RUST_LOG` is read by
     /// `logging::init`, not here).
     pub logging: logging::Settings,
+    /// TLS and users files (read by `security::Security::load`).
+    pub security: SecuritySettings,
 }
 
 /// Periodic snapshots and the change log.
@@ -242,6 +265,11 @@ struct FileSettings {
     log_fsync: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    users: Option<PathBuf>,
+    no_auth: bool,
 }
 
 impl Config {
@@ -261,12 +289,20 @@ impl Config {
             log_repair: flags.log_repair,
         };
         let logging = resolve_logging(&flags, &file)?;
+        let flags_security = SecurityFlags {
+            tls_cert: flags.tls_cert.clone(),
+            tls_key: flags.tls_key.clone(),
+            tls_client_ca: flags.tls_client_ca.clone(),
+            users: flags.users.clone(),
+            no_auth: flags.no_auth,
+        };
         let persist_on = flags.persist_path.is_some() || file.persist_enabled;
         let durability = resolve_durability(&flags_durability, &file, persist_on)?;
         let ip = flags
             .ip
             .or(file.ip)
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let security = resolve_security(&flags_security, &file, ip)?;
         let port = flags.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let shards = flags
             .shards
@@ -384,8 +420,53 @@ impl Config {
             slow_request: slow_request_ms.map(Duration::from_millis),
             durability,
             logging,
+            security,
         })
     }
+}
+
+/// The security flags, taken out before the others are consumed.
+struct SecurityFlags {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    users: Option<PathBuf>,
+    no_auth: bool,
+}
+
+/// TLS and users: the flags, else the file's `tls` and `users`. Refuses to
+/// listen beyond loopback with no users unless told so (`--no-auth`).
+fn resolve_security(
+    flags: &SecurityFlags,
+    file: &FileSettings,
+    ip: IpAddr,
+) -> Result<SecuritySettings, ConfigError> {
+    let cert = flags.tls_cert.clone().or_else(|| file.tls_cert.clone());
+    let key = flags.tls_key.clone().or_else(|| file.tls_key.clone());
+    let client_ca = flags
+        .tls_client_ca
+        .clone()
+        .or_else(|| file.tls_client_ca.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        (None, None) if client_ca.is_none() => None,
+        (None, None) => return Err(invalid("--tls-client-ca needs --tls-cert and --tls-key")),
+        _ => return Err(invalid("TLS needs both --tls-cert and --tls-key")),
+    };
+    let users = flags.users.clone().or_else(|| file.users.clone());
+    let no_auth = flags.no_auth || file.no_auth;
+    if users.is_none() && !no_auth && !ip.is_loopback() {
+        return Err(invalid(format!(
+            "refusing to listen on {ip} with no users: anyone who reaches the port could read \
+             and end every session. Give --users FILE (see the README, Security), or --no-auth \
+             to allow it deliberately"
+        )));
+    }
+    Ok(SecuritySettings { tls, users })
 }
 
 /// The diagnostic log's settings: the flag, else the file's `log` object.
@@ -606,6 +687,30 @@ fn parse_settings(root: &OwnedValue) -> Result<FileSettings, String> {
             _ => return Err("pinCores must be \"auto\", a list string, or an array".into()),
         });
     }
+    if let Some(tls) = root.get("tls") {
+        let tls = tls.as_object().ok_or("tls must be an object")?;
+        let path = |name: &str| -> Result<Option<PathBuf>, String> {
+            match tls.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .map(|p| Some(PathBuf::from(p)))
+                    .ok_or_else(|| format!("tls.{name} must be a string")),
+            }
+        };
+        settings.tls_cert = path("cert")?;
+        settings.tls_key = path("key")?;
+        settings.tls_client_ca = path("clientCa")?;
+    }
+    if let Some(v) = root.get("users") {
+        let path = v
+            .as_str()
+            .ok_or("users must be a string (the users file)")?;
+        settings.users = Some(path.into());
+    }
+    if let Some(v) = root.get("noAuth") {
+        settings.no_auth = v.as_bool().ok_or("noAuth must be a boolean")?;
+    }
     if let Some(log) = root.get("log") {
         let log = log.as_object().ok_or("log must be an object")?;
         if let Some(v) = log.get("level") {
@@ -659,6 +764,63 @@ mod tests {
         assert_eq!(config.shards, 3);
         assert_eq!(config.pinning, Pinning::None);
         assert_eq!(config.max_payload, DEFAULT_MAX_PAYLOAD);
+    }
+
+    #[test]
+    fn beyond_loopback_users_or_no_auth_are_required() {
+        let resolve = |args: &[&str]| Config::resolve(flags(args), &[0]);
+        let error = resolve(&["--ip", "0.0.0.0"]).unwrap_err().to_string();
+        assert!(
+            error.contains("--users") && error.contains("--no-auth"),
+            "{error}"
+        );
+        assert!(resolve(&["--ip", "10.1.2.3"]).is_err());
+        assert!(resolve(&["--ip", "::"]).is_err());
+        assert!(resolve(&["--ip", "::1"]).is_ok(), "IPv6 loopback");
+        assert!(resolve(&["--ip", "127.0.0.2"]).is_ok(), "all of 127/8");
+        assert!(resolve(&["--ip", "0.0.0.0", "--no-auth"]).is_ok());
+        let with_users = resolve(&["--ip", "0.0.0.0", "--users", "u.json"]).unwrap();
+        assert_eq!(with_users.security.users, Some(PathBuf::from("u.json")));
+        assert_eq!(with_users.security.tls, None);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_from_flags_or_the_file() {
+        let resolve = |args: &[&str]| Config::resolve(flags(args), &[0]);
+        let config = resolve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(
+            config.security.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                client_ca: None
+            })
+        );
+        // clap refuses half a pair on the command line.
+        assert!(Flags::try_parse_from(["nemesisdb", "--tls-cert", "c.pem"]).is_err());
+        assert!(Flags::try_parse_from(["nemesisdb", "--tls-client-ca", "ca.pem"]).is_err());
+        let dir = std::env::temp_dir().join(format!("ndb-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"ip":"0.0.0.0","users":"/etc/ndb/users.json",
+                "tls":{"cert":"/c.pem","key":"/k.pem","clientCa":"/ca.pem"}}"#,
+        )
+        .unwrap();
+        let config = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        let tls = config.security.tls.unwrap();
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(
+            config.security.users,
+            Some(PathBuf::from("/etc/ndb/users.json"))
+        );
+        std::fs::write(&file, r#"{"tls":{"cert":"/c.pem"}}"#).unwrap();
+        let error = resolve(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(error.to_string().contains("--tls-key"), "{error}");
+        std::fs::write(&file, r#"{"ip":"0.0.0.0","noAuth":true}"#).unwrap();
+        assert!(resolve(&["--config", file.to_str().unwrap()]).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

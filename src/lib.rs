@@ -16,6 +16,8 @@
 //! - [`metrics`]: the figures each shard counts (answers by command and status,
 //!   their times, connections, expiry, snapshots, the change log) and their
 //!   Prometheus exposition.
+//! - [`security`]: TLS configuration from PEM files, users and their password
+//!   checks, and the admission of each request by role; reloaded on SIGHUP.
 //! - [`protocol`]: the wire format only: the command table, request decoding, every
 //!   response body, statuses.
 //! - [`domain`]: what a session is made of (token, keys, expiry settings), shared by
@@ -49,6 +51,7 @@ pub mod net;
 pub mod persist;
 pub mod protocol;
 pub mod router;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod shared_names;

@@ -1,5 +1,5 @@
-//! `nemesisdb`: flags -> Config -> logging -> Server::start -> wait for a
-//! signal -> stop.
+//! `nemesisdb`: flags -> Config -> logging -> TLS and users -> Server::start
+//! -> wait for a signal: SIGHUP reloads TLS and users, SIGINT/SIGTERM stop.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,10 @@ use clap::Parser;
 use nemesisdb::config::{Config, Flags};
 use nemesisdb::logging;
 use nemesisdb::server::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use std::sync::Arc;
+
+use nemesisdb::security::Security;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
@@ -31,16 +34,24 @@ fn main() -> ExitCode {
         eprintln!("nemesisdb: {e}");
         return ExitCode::from(2);
     }
+    // A file that cannot be read is a configuration error, like a bad flag.
+    let security = match Security::load(config.security.clone()) {
+        Ok(security) => Arc::new(security),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Registered before the shards start, so no signal is lost to the
-    // default handler.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    // default handler (SIGHUP's would end the process).
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             tracing::error!(error = %e, "cannot handle signals: {e}");
             return ExitCode::from(1);
         }
     };
-    let server = match Server::start(&config) {
+    let server = match Server::start(&config, security.clone()) {
         Ok(server) => server,
         Err(e) => {
             tracing::error!(error = %e, "cannot start: {e}");
@@ -51,14 +62,19 @@ fn main() -> ExitCode {
     let watcher = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
                 let name = match signal {
+                    SIGHUP => {
+                        reload(&security);
+                        continue;
+                    }
                     SIGINT => "SIGINT",
                     SIGTERM => "SIGTERM",
                     _ => "a signal",
                 };
                 tracing::info!(signal = name, "{name} received: stopping");
                 stopper.stop();
+                break;
             }
         });
     if let Err(e) = watcher {
@@ -81,6 +97,22 @@ fn main() -> ExitCode {
             );
             ExitCode::from(70)
         }
+    }
+}
+
+/// SIGHUP: reads the TLS and users files again; new connections use them,
+/// open ones keep what they have. A bad file changes nothing.
+fn reload(security: &Security) {
+    match security.reload() {
+        Ok(reloaded) => tracing::info!(
+            tls = reloaded.tls,
+            users = reloaded.users,
+            "SIGHUP received: TLS and users reloaded"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "SIGHUP received: reload failed, keeping what was loaded: {e}"
+        ),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::net::listener::bind_shared;
 use crate::net::loading::LoadingResponder;
 use crate::persist::{self, LoadableVersion, LogPositions, SessionRecord, ShardFileWriter};
 use crate::router::{LogSettings, SnapshotSchedule};
+use crate::security::Security;
 use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
 use crate::startup::{self, RecoveryReport};
@@ -255,10 +256,15 @@ fn log_config(config: &Config, capacity: usize) {
         snapshot_keep = persist.as_ref().map(|_| d.snapshot_keep),
         load = config.load.as_ref().map(|l| l.name.as_str()),
         save_on_shutdown = config.save_on_shutdown.as_deref(),
-        "starting nemesisdb {} on {}: {} shards, persistence {persistence}",
+        tls = config.security.tls.is_some(),
+        mutual_tls = config.security.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        users = config.security.users.as_ref().map(|p| p.display().to_string()),
+        "starting nemesisdb {} on {}: {} shards, persistence {persistence}, {}, {}",
         env!("CARGO_PKG_VERSION"),
         config.addr,
         config.shards,
+        if config.security.tls.is_some() { "TLS" } else { "no TLS" },
+        if config.security.users.is_some() { "users required" } else { "no users (open to anyone who reaches the port)" },
     );
     if capacity < config.max_connections {
         tracing::warn!(
@@ -272,7 +278,9 @@ fn log_config(config: &Config, capacity: usize) {
 
 impl Server {
     /// Binds, loads the start-up dataset if any, and starts every shard.
-    pub fn start(config: &Config) -> Result<Server, StartError> {
+    /// `security` is what `config.security` names, loaded (the caller
+    /// keeps it to reload on SIGHUP).
+    pub fn start(config: &Config, security: Arc<Security>) -> Result<Server, StartError> {
         let open_files = raise_open_file_limit();
         // The room kept for probes past the limit is room clients do not get.
         let probes = crate::shard::PROBE_RESERVE as u64;
@@ -287,7 +295,7 @@ impl Server {
         let listeners = bind_shared(config.addr, config.shards)
             .map_err(|e| StartError::Listen(config.addr, e))?;
         let addr = listeners[0].local_addr()?;
-        let responder = LoadingResponder::start(listeners)?;
+        let responder = LoadingResponder::start(listeners, security.tls())?;
         // With the change log on, recovery has every change and wins over a
         // dataset named to load; with it off, a dataset named to load is
         // what the operator chose to start from.
@@ -377,6 +385,7 @@ impl Server {
                 ready: ready.clone(),
                 clock: clock.clone(),
                 slow_request: config.slow_request,
+                security: security.clone(),
                 draining: draining.clone(),
             };
             let records = std::mem::take(&mut restore[id]);

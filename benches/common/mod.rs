@@ -4,9 +4,11 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 use nemesisdb::config::{Config, Flags};
+use nemesisdb::security::Security;
 use nemesisdb::server::Server;
 use tungstenite::{Message, WebSocket};
 
@@ -19,7 +21,8 @@ pub fn start_server(flags: Flags) -> Server {
         ..flags
     };
     let config = Config::resolve(flags, &[0, 1]).expect("config");
-    Server::start(&config).expect("start server")
+    let security = Security::load(config.security.clone()).expect("TLS and users");
+    Server::start(&config, Arc::new(security)).expect("start server")
 }
 
 pub fn connect(addr: SocketAddr) -> Ws {

@@ -259,6 +259,12 @@ impl Collector for Scrape {
         )?;
         counter(
             e,
+            "auth_failures",
+            "Authentications refused: an unknown user or a wrong password (Basic auth or SV_AUTH)",
+            requests.auth_failures,
+        )?;
+        counter(
+            e,
             "bytes_received",
             "Bytes read from clients",
             requests.bytes_received,

@@ -40,6 +40,8 @@ pub struct RequestFigures {
     pub rejected_handshake: u64,
     /// Closed by us for a breach of the WebSocket protocol or a limit.
     pub rejected_protocol: u64,
+    /// Credentials that named no user or carried a wrong password.
+    pub auth_failures: u64,
     /// Socket bytes of every connection, closed or open.
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -54,6 +56,7 @@ impl Default for RequestFigures {
             rejected_limit: 0,
             rejected_handshake: 0,
             rejected_protocol: 0,
+            auth_failures: 0,
             bytes_received: 0,
             bytes_sent: 0,
         }
@@ -74,6 +77,7 @@ impl RequestFigures {
         self.rejected_limit += other.rejected_limit;
         self.rejected_handshake += other.rejected_handshake;
         self.rejected_protocol += other.rejected_protocol;
+        self.auth_failures += other.auth_failures;
         self.bytes_received += other.bytes_received;
         self.bytes_sent += other.bytes_sent;
     }
@@ -130,6 +134,8 @@ pub struct RequestMetrics {
     shard: usize,
     /// Writes refused for memory (status 150) are logged, rate-limited.
     memory_refusals: RateLimited,
+    /// So are failed authentications (a guessing client sends many).
+    auth_failure_lines: RateLimited,
 }
 
 impl RequestMetrics {
@@ -141,6 +147,7 @@ impl RequestMetrics {
             slow,
             shard,
             memory_refusals: RateLimited::new(SLOW_LOG_EVERY),
+            auth_failure_lines: RateLimited::new(SLOW_LOG_EVERY),
         }
     }
 
@@ -208,6 +215,22 @@ impl RequestMetrics {
 
     pub fn closed_for_protocol(&mut self) {
         self.figures.rejected_protocol += 1;
+    }
+
+    /// Counts a failed authentication and logs it (at most one line a
+    /// second per shard, saying how many were held back).
+    pub fn auth_failed(&mut self, peer: Option<std::net::SocketAddr>, user: &str) {
+        self.figures.auth_failures += 1;
+        if let Some(suppressed) = self.auth_failure_lines.allow(Instant::now()) {
+            let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            tracing::warn!(
+                peer = %peer,
+                user,
+                shard = self.shard,
+                suppressed,
+                "authentication failed for user {user:?} from {peer}"
+            );
+        }
     }
 
     /// Bytes of a connection that is gone (live ones are added when asked).

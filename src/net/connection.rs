@@ -10,6 +10,7 @@
 //! has waited on its peer too long.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,10 +19,14 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::handshake::{self, Endpoint, MAX_REQUEST_BYTES, Outcome, SERVER_FULL};
+use super::handshake::{
+    self, Authorization, Endpoint, MAX_REQUEST_BYTES, Outcome, SERVER_FULL, UNAUTHORIZED,
+};
 use super::socket::Socket;
 use super::transport::{Traffic, Transport};
 use super::websocket::{Discarded, Event, Flushed, WebSocket, write_from};
+use crate::protocol::Role;
+use crate::security::{Current, Identity, Users};
 
 /// How long a closing connection may take to let us read its last bytes.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -121,6 +126,9 @@ pub enum Refusal {
     /// A WebSocket client that came in over the connection limit (on the
     /// room kept for probes).
     Limit,
+    /// Credentials that name no user or carry a wrong password (Basic auth
+    /// in the upgrade or a scrape, or `SV_AUTH`).
+    Auth,
 }
 
 /// The result of trying to read one message.
@@ -212,13 +220,38 @@ pub struct Connection<T: Transport = Socket> {
     final_traffic: Traffic,
     /// Taken over the connection limit: HTTP endpoints only.
     probes_only: bool,
+    /// The users it may authenticate as, as they were when it was
+    /// accepted; None: the server has none.
+    users: Option<Arc<Users>>,
+    /// Who it is: None until it authenticates (always someone on a server
+    /// without users).
+    identity: Option<Identity>,
+    /// The name credentials that failed gave (for the log).
+    failed_user: Option<Box<str>>,
+    peer: Option<std::net::SocketAddr>,
     _permit: Permit,
 }
 
 impl Connection<Socket> {
-    /// A client's TCP connection, accepted at `now`.
-    pub fn new(id: u64, stream: TcpStream, limits: Limits, permit: Permit, now: Instant) -> Self {
-        Connection::over(Socket::new(stream), id, limits, permit, now)
+    /// A client's TCP connection, accepted at `now`, speaking TLS and
+    /// asking for users as `security` says.
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        security: Current,
+        limits: Limits,
+        permit: Permit,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let peer = stream.peer_addr().ok();
+        let socket = match security.tls {
+            Some(config) => Socket::tls(stream, config)?,
+            None => Socket::new(stream),
+        };
+        let mut conn = Connection::over(socket, id, limits, permit, now);
+        conn.peer = peer;
+        conn.require_users(security.users);
+        Ok(conn)
     }
 }
 
@@ -246,7 +279,74 @@ impl<T: Transport> Connection<T> {
             refused: None,
             final_traffic: Traffic::default(),
             probes_only: false,
+            users: None,
+            identity: Some(Identity::anyone()),
+            failed_user: None,
+            peer: None,
             _permit: permit,
+        }
+    }
+
+    /// With users, the connection is nobody until it authenticates.
+    pub fn require_users(&mut self, users: Option<Arc<Users>>) {
+        if users.is_some() {
+            self.identity = None;
+        }
+        self.users = users;
+    }
+
+    /// What it may do (None: it has not authenticated yet).
+    pub fn role(&self) -> Option<Role> {
+        self.identity.as_ref().map(|identity| identity.role)
+    }
+
+    /// It authenticated (`SV_AUTH`): its requests run as `identity` now.
+    pub fn authenticated(&mut self, identity: Identity) {
+        self.identity = Some(identity);
+    }
+
+    /// Its credentials were wrong (`SV_AUTH`): nothing more is read, and it
+    /// closes with 1008 once its answers are written.
+    pub fn refuse_credentials(&mut self, user: &str, now: Instant) {
+        self.refused = Some(Refusal::Auth);
+        self.failed_user = Some(user.into());
+        self.end_after_answers(CloseCode::Policy, "authentication failed", now);
+    }
+
+    /// The name that failed to authenticate, if one did.
+    pub fn failed_user(&self) -> Option<&str> {
+        self.failed_user.as_deref()
+    }
+
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
+    }
+
+    /// Checks Basic credentials from the request head. Ok with nobody when
+    /// none came (the first message may be `SV_AUTH`); Err when they are
+    /// wrong. Without users the header is ignored, as it always was.
+    fn check_authorization(&mut self, authorization: Authorization) -> Result<(), ()> {
+        let Some(users) = &self.users else {
+            return Ok(());
+        };
+        let identity = match &authorization {
+            Authorization::Absent => return Ok(()),
+            Authorization::Basic(credentials) => users.verify(credentials),
+            Authorization::Malformed => None,
+        };
+        match identity {
+            Some(identity) => {
+                self.identity = Some(identity);
+                Ok(())
+            }
+            None => {
+                self.refused = Some(Refusal::Auth);
+                self.failed_user = Some(match authorization {
+                    Authorization::Basic(credentials) => credentials.user.into(),
+                    _ => "(unreadable Authorization header)".into(),
+                });
+                Err(())
+            }
         }
     }
 
@@ -454,13 +554,34 @@ impl<T: Transport> Connection<T> {
                 Ok(0) => return Handshake::Failed,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Handshake::NeedMore,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // A TLS handshake may have answers the socket did not take.
+                    self.needs_flush = true;
+                    return Handshake::NeedMore;
+                }
                 Err(_) => return Handshake::Failed,
             };
             received.extend_from_slice(&chunk[..n]);
             match handshake::examine(received) {
                 Outcome::Incomplete => continue,
-                Outcome::Endpoint(endpoint) => {
+                Outcome::Endpoint(endpoint, authorization) => {
+                    // The figures are for users only, when there are users.
+                    let checked = match endpoint {
+                        Endpoint::Metrics => self.check_authorization(authorization),
+                        Endpoint::Health | Endpoint::Ready => Ok(()),
+                    };
+                    let State::Handshake { transport, .. } = &mut self.state else {
+                        unreachable!("matched above");
+                    };
+                    let anonymous_scrape = endpoint == Endpoint::Metrics
+                        && self.users.is_some()
+                        && self.identity.is_none();
+                    if checked.is_err() || anonymous_scrape {
+                        let _ = transport.write_all(UNAUTHORIZED);
+                        let _ = transport.flush();
+                        let _ = transport.shutdown(Shutdown::Both);
+                        return Handshake::Failed;
+                    }
                     let State::Handshake { transport, .. } =
                         std::mem::replace(&mut self.state, State::Closed)
                     else {
@@ -479,21 +600,41 @@ impl<T: Transport> Connection<T> {
                     // Best effort: a fresh socket's send buffer takes a few
                     // hundred bytes without blocking.
                     let _ = transport.write_all(response);
+                    let _ = transport.flush();
                     let _ = transport.shutdown(Shutdown::Both);
                     return Handshake::Failed;
                 }
                 Outcome::Upgrade { .. } if self.probes_only => {
                     let _ = transport.write_all(SERVER_FULL);
+                    let _ = transport.flush();
                     let _ = transport.shutdown(Shutdown::Both);
                     self.refused = Some(Refusal::Limit);
                     return Handshake::Failed;
                 }
-                Outcome::Upgrade { response, head_len } => {
+                Outcome::Upgrade {
+                    response,
+                    head_len,
+                    authorization,
+                } => {
+                    if self.check_authorization(authorization).is_err() {
+                        let State::Handshake { transport, .. } = &mut self.state else {
+                            unreachable!("matched above");
+                        };
+                        let _ = transport.write_all(UNAUTHORIZED);
+                        let _ = transport.flush();
+                        let _ = transport.shutdown(Shutdown::Both);
+                        return Handshake::Failed;
+                    }
+                    let State::Handshake { transport, .. } = &mut self.state else {
+                        unreachable!("matched above");
+                    };
                     // 101 responses are ~130 bytes: a fresh socket never
                     // blocks on them; if it does, the peer is not reading.
+                    // Over TLS the record may wait in rustls for a flush.
                     if transport.write_all(&response).is_err() {
                         return Handshake::Failed;
                     }
+                    self.needs_flush = true;
                     let State::Handshake {
                         transport,
                         received,
@@ -721,7 +862,13 @@ impl<T: Transport> Connection<T> {
                 }
                 result
             }
-            State::Handshake { .. } | State::Closed => Ok(Flushed::All),
+            // TLS handshake records the socket did not take at once.
+            State::Handshake { transport, .. } => match transport.flush() {
+                Ok(()) => Ok(Flushed::All),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Flushed::Partly),
+                Err(e) => Err(e),
+            },
+            State::Closed => Ok(Flushed::All),
         };
         match result {
             Ok(Flushed::All) => {

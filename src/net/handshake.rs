@@ -9,6 +9,8 @@
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::security::Credentials;
+
 /// Largest request head accepted.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -20,14 +22,27 @@ pub enum Outcome {
     Incomplete,
     /// A valid upgrade: send `response`, then speak WebSocket; the request
     /// head was `head_len` bytes, anything after it is WebSocket data.
-    Upgrade { response: Vec<u8>, head_len: usize },
+    Upgrade {
+        response: Vec<u8>,
+        head_len: usize,
+        authorization: Authorization,
+    },
     /// A plain `GET` of one of the server's HTTP endpoints: the caller
     /// answers it, then closes.
-    Endpoint(Endpoint),
+    Endpoint(Endpoint, Authorization),
     /// HTTP, but not an acceptable upgrade: send `response`, then close.
     Refuse { response: &'static [u8] },
     /// Not HTTP at all: close without a word.
     NotHttp,
+}
+
+/// What the request's `Authorization` header said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorization {
+    Absent,
+    Basic(Credentials),
+    /// Present, but not Basic credentials we can read.
+    Malformed,
 }
 
 /// The HTTP endpoints served on the WebSocket port (see `docs/PROTOCOL.md`).
@@ -56,6 +71,10 @@ impl Endpoint {
 /// The answer when the server holds all the connections it may.
 pub const SERVER_FULL: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// The answer to wrong credentials (and to a scrape without any, when the
+/// server has users).
+pub const UNAUTHORIZED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"nemesisdb\", charset=\"UTF-8\"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
@@ -111,6 +130,16 @@ pub fn examine(received: &[u8]) -> Outcome {
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
+    let authorization = match request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("Authorization"))
+    {
+        None => Authorization::Absent,
+        Some(h) => {
+            Credentials::from_basic(h.value).map_or(Authorization::Malformed, Authorization::Basic)
+        }
+    };
     let is_upgrade = request.method == Some("GET")
         && request.version == Some(1)
         && has_token("Upgrade", "websocket")
@@ -119,7 +148,7 @@ pub fn examine(received: &[u8]) -> Outcome {
         && request.method == Some("GET")
         && let Some(endpoint) = request.path.and_then(Endpoint::at)
     {
-        return Outcome::Endpoint(endpoint);
+        return Outcome::Endpoint(endpoint, authorization);
     }
     let key = header("Sec-WebSocket-Key")
         .map(str::trim)
@@ -141,6 +170,7 @@ pub fn examine(received: &[u8]) -> Outcome {
     Outcome::Upgrade {
         response: response.into_bytes(),
         head_len,
+        authorization,
     }
 }
 
@@ -155,8 +185,13 @@ mod tests {
         let mut bytes = UPGRADE.as_bytes().to_vec();
         bytes.extend_from_slice(b"\x81\x85");
         match examine(&bytes) {
-            Outcome::Upgrade { response, head_len } => {
+            Outcome::Upgrade {
+                response,
+                head_len,
+                authorization,
+            } => {
                 assert_eq!(head_len, UPGRADE.len());
+                assert_eq!(authorization, Authorization::Absent);
                 let text = String::from_utf8(response).unwrap();
                 // The RFC's own example key and answer.
                 assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
@@ -202,7 +237,10 @@ mod tests {
             ("/metrics", Endpoint::Metrics),
         ] {
             let get = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
-            assert_eq!(examine(get.as_bytes()), Outcome::Endpoint(endpoint));
+            assert_eq!(
+                examine(get.as_bytes()),
+                Outcome::Endpoint(endpoint, Authorization::Absent)
+            );
             let post = format!("POST {path} HTTP/1.1\r\nHost: a\r\n\r\n");
             assert!(matches!(examine(post.as_bytes()), Outcome::Refuse { .. }));
         }
@@ -212,6 +250,34 @@ mod tests {
         assert!(matches!(
             examine(upgrade.as_bytes()),
             Outcome::Upgrade { .. }
+        ));
+    }
+
+    #[test]
+    fn the_authorization_header_is_read_as_basic_credentials() {
+        let with = |value: &str| {
+            let request = UPGRADE.replace(
+                "Host: a\r\n",
+                &format!("Host: a\r\nauthorization: {value}\r\n"),
+            );
+            match examine(request.as_bytes()) {
+                Outcome::Upgrade { authorization, .. } => authorization,
+                other => panic!("{other:?}"),
+            }
+        };
+        // "ann:pw"
+        assert_eq!(
+            with("Basic YW5uOnB3"),
+            Authorization::Basic(Credentials {
+                user: "ann".into(),
+                password: "pw".into()
+            })
+        );
+        assert_eq!(with("Bearer xyz"), Authorization::Malformed);
+        let scrape = b"GET /metrics HTTP/1.1\r\nAuthorization: Basic YW5uOnB3\r\n\r\n";
+        assert!(matches!(
+            examine(scrape),
+            Outcome::Endpoint(Endpoint::Metrics, Authorization::Basic(_))
         ));
     }
 

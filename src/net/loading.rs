@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use super::handshake::{Endpoint, MAX_REQUEST_BYTES, Outcome, examine, http_text};
 
@@ -34,7 +35,11 @@ pub struct LoadingResponder {
 }
 
 impl LoadingResponder {
-    pub fn start(mut listeners: Vec<TcpListener>) -> io::Result<LoadingResponder> {
+    /// Answers on `listeners` (over TLS with `tls`) until [`Self::finish`].
+    pub fn start(
+        mut listeners: Vec<TcpListener>,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> io::Result<LoadingResponder> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         for (i, listener) in listeners.iter_mut().enumerate() {
@@ -45,7 +50,7 @@ impl LoadingResponder {
         let stop = done.clone();
         let thread = std::thread::Builder::new()
             .name("loading".into())
-            .spawn(move || serve(poll, listeners, &stop))?;
+            .spawn(move || serve(poll, listeners, tls, &stop))?;
         Ok(LoadingResponder {
             done,
             waker,
@@ -78,6 +83,7 @@ impl Drop for LoadingResponder {
 fn serve(
     mut poll: Poll,
     mut listeners: Vec<TcpListener>,
+    tls: Option<Arc<ServerConfig>>,
     done: &AtomicBool,
 ) -> io::Result<Vec<TcpListener>> {
     let mut events = Events::with_capacity(64);
@@ -95,7 +101,7 @@ fn serve(
             // ends meanwhile (the rest are the shards').
             while !done.load(Ordering::Acquire) {
                 match listener.accept() {
-                    Ok((stream, _)) => answer(stream),
+                    Ok((stream, _)) => answer(stream, tls.as_ref()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
@@ -109,20 +115,44 @@ fn serve(
 }
 
 /// Reads one request and answers it; any failure just drops the peer.
-fn answer(stream: TcpStream) {
+fn answer(stream: TcpStream, tls: Option<&Arc<ServerConfig>>) {
     // SAFETY: the descriptor comes straight from `stream`, which gives it up.
-    let mut stream = unsafe { std::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
-    let deadline = Instant::now() + PEER_TIMEOUT;
-    let time_left =
-        || Some(deadline.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero());
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
     if stream.set_nonblocking(false).is_err() {
         return;
     }
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    match tls {
+        None => answer_over(stream.try_clone(), stream, deadline),
+        Some(config) => {
+            let Ok(session) = ServerConnection::new(config.clone()) else {
+                return;
+            };
+            // Blocking: the handshake runs inside the first read, under the
+            // same deadline as the request.
+            let timeouts = stream.try_clone();
+            answer_over(timeouts, StreamOwned::new(session, stream), deadline);
+        }
+    }
+}
+
+/// [`answer`] over a blocking stream, plain or TLS; `timeouts` is the TCP
+/// socket under it, whose timeouts bound every read and write.
+fn answer_over(
+    timeouts: io::Result<std::net::TcpStream>,
+    mut stream: impl Read + Write,
+    deadline: Instant,
+) {
+    let Ok(socket) = timeouts else { return };
+    let time_left =
+        || Some(deadline.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero());
     let mut received = Vec::new();
     let mut chunk = [0u8; 2048];
     let response = loop {
         let Some(left) = time_left() else { return };
-        if stream.set_read_timeout(Some(left)).is_err() {
+        if socket.set_read_timeout(Some(left)).is_err()
+            || socket.set_write_timeout(Some(left)).is_err()
+        {
             return;
         }
         match stream.read(&mut chunk) {
@@ -132,21 +162,22 @@ fn answer(stream: TcpStream) {
         match examine(&received) {
             Outcome::Incomplete if received.len() < MAX_REQUEST_BYTES => continue,
             Outcome::Incomplete | Outcome::NotHttp => return,
-            Outcome::Endpoint(Endpoint::Health) => {
+            Outcome::Endpoint(Endpoint::Health, _) => {
                 break http_text(200, "ok\n");
             }
             Outcome::Refuse { response } => break response.to_vec(),
             // Readiness, metrics and WebSocket clients: not yet.
-            Outcome::Endpoint(_) | Outcome::Upgrade { .. } => {
+            Outcome::Endpoint(..) | Outcome::Upgrade { .. } => {
                 break http_text(503, "loading\n");
             }
         }
     };
     // A fresh socket's send buffer takes these few hundred bytes at once.
     let Some(left) = time_left() else { return };
-    if stream.set_write_timeout(Some(left)).is_ok() {
+    if socket.set_write_timeout(Some(left)).is_ok() {
         let _ = stream.write_all(&response);
-        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.flush();
+        let _ = socket.shutdown(Shutdown::Write);
     }
 }
 
@@ -167,7 +198,7 @@ mod tests {
     fn answers_probes_while_loading_then_hands_the_listeners_back() {
         let listeners = bind_shared("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let addr = listeners[0].local_addr().unwrap();
-        let responder = LoadingResponder::start(listeners).unwrap();
+        let responder = LoadingResponder::start(listeners, None).unwrap();
         for _ in 0..4 {
             let health = get(addr, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
             assert!(health.starts_with("HTTP/1.1 200 ") && health.ends_with("ok\n"));
@@ -179,5 +210,30 @@ mod tests {
         let listeners = responder.finish().unwrap();
         assert_eq!(listeners.len(), 2);
         assert_eq!(listeners[1].local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn over_tls_probes_are_answered_in_tls() {
+        let (server, client) = crate::security::tls::tests::localhost_pair();
+        let listeners = bind_shared("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let responder = LoadingResponder::start(listeners, Some(server)).unwrap();
+        let get_tls = |path: &str| {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let session = rustls::ClientConnection::new(client.clone(), name).unwrap();
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::StreamOwned::new(session, tcp);
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer);
+            String::from_utf8(answer).unwrap()
+        };
+        assert!(get_tls("/healthz").starts_with("HTTP/1.1 200 "));
+        assert!(get_tls("/readyz").starts_with("HTTP/1.1 503 "));
+        // A plain request gets nothing it could take for an answer.
+        let plain = get(addr, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(!plain.contains("200"), "{plain}");
+        responder.finish().unwrap();
     }
 }

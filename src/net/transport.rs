@@ -3,7 +3,7 @@
 //! over it (static dispatch: no cost on the hot path), so they run the same
 //! over a client's TCP socket ([`super::socket::Socket`]), over scripted
 //! bytes in memory ([`super::memory::MemoryTransport`], for tests and
-//! fuzzing) and, later, over a TLS stream.
+//! fuzzing), and over TLS (the same socket with rustls in it).
 //!
 //! It must not know anything of WebSocket or HTTP: bytes in, bytes out.
 
@@ -15,7 +15,10 @@ use std::net::Shutdown;
 /// `read` and `write` follow [`Read`] and [`Write`] for a non-blocking
 /// stream: `WouldBlock` when nothing can be read or written for now (the
 /// event loop calls again on the next readiness), `Ok(0)` from `read` at the
-/// peer's end of stream. `flush` is never called: what `write` took is sent.
+/// peer's end of stream. What `write` took is the transport's to send:
+/// `flush` is called once everything is written, and says `WouldBlock`
+/// while the transport still holds bytes it could not send (TLS records);
+/// a writable event brings the caller back.
 pub trait Transport: Read + Write {
     /// A hint from the event loop that the peer has shut its side (or the
     /// stream failed): its end of stream may be queued behind data with no

@@ -88,7 +88,15 @@ pub fn write_from<T: Transport>(
             Err(e) => return Err(e),
         }
     }
-    Ok(Flushed::All)
+    // What the transport took may still be in it (TLS records).
+    loop {
+        match transport.flush() {
+            Ok(()) => return Ok(Flushed::All),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What one call to [`WebSocket::discard_input`] found.

@@ -204,6 +204,14 @@ pub fn unsubscribed(out: &mut Vec<u8>) {
 }
 
 /// `SH_END_ALL`: how many sessions ended.
+/// `SV_AUTH` succeeded: who the connection is now.
+pub fn authenticated(out: &mut Vec<u8>, user: &str, role: &str) {
+    Response::new(out, CommandName::Auth, Status::Ok)
+        .str("user", user)
+        .str("role", role)
+        .finish();
+}
+
 pub fn ended_all(out: &mut Vec<u8>, cnt: u64) {
     Response::new(out, CommandName::EndAll, Status::Ok)
         .u64("cnt", cnt)

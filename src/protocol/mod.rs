@@ -9,7 +9,7 @@ pub mod request;
 pub mod response;
 mod status;
 
-pub use command::CommandName;
-pub use request::{Command, Rejection, RequestParser, Versioning, parse_request};
+pub use command::{CommandName, Role};
+pub use request::{Command, Rejection, RequestParser, Secret, Versioning, parse_request};
 pub use response::{Response, encode_rejection, encode_status};
 pub use status::Status;

@@ -11,6 +11,7 @@ use simd_json::{ErrorType, Tape};
 
 use super::CommandName;
 use super::Status;
+use super::command::Role;
 use super::raw;
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
 use crate::events::{EventFilter, EventKind};
@@ -119,6 +120,23 @@ pub enum Command {
         after: Option<Box<str>>,
     },
     Unsubscribe,
+    /// `SV_AUTH`: answered by the shard the connection lives on, which
+    /// knows the users; it never reaches the router.
+    Auth {
+        user: Box<str>,
+        password: Secret,
+    },
+}
+
+/// A password as it arrived: kept out of `Debug` output, so no log line or
+/// panic message can show it.
+#[derive(PartialEq, Eq)]
+pub struct Secret(pub Box<str>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// What a request asks of its session's version: `withVersion`, `ifVersion`.
@@ -196,13 +214,23 @@ impl Command {
             Command::Incr { .. } => CommandName::Incr,
             Command::Subscribe { .. } => CommandName::Subscribe,
             Command::Unsubscribe => CommandName::Unsubscribe,
+            Command::Auth { .. } => CommandName::Auth,
+        }
+    }
+
+    /// The least role that may run it: the command table's, except that
+    /// `SH_TOUCH` with `slide:false` only reads.
+    pub fn least_role(&self) -> Role {
+        match self {
+            Command::Touch { slide: false, .. } => Role::Read,
+            _ => self.kind().least_role(),
         }
     }
 }
 
 /// Who a rejection is addressed to: the generic `ERR` response, or the
 /// command's own `<CMD>_RSP`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectTo {
     /// `{"ERR":{...}}`: the frame was not a request at all.
     Frame,
@@ -483,6 +511,14 @@ fn command_of(root: Value<'_, '_>, text: &[u8]) -> Result<Command, Rejection> {
         }
         CommandName::Subscribe => p.subscribe(),
         CommandName::Unsubscribe => Ok(Command::Unsubscribe),
+        CommandName::Auth => Ok(Command::Auth {
+            user: p.credential("user", "user is required", "user must be a string")?,
+            password: Secret(p.credential(
+                "password",
+                "password is required",
+                "password must be a string",
+            )?),
+        }),
     }
 }
 
@@ -644,7 +680,7 @@ fn takes_session(kind: CommandName) -> bool {
         End | Info | Set | Add | ClearSet | Get | Rmv | Contains | Count | Keys | Clear | Touch
         | Incr => true,
         New | Open | EndAll | Exists | InfoAll | Save | Load | ServerInfo | OwnerSessions
-        | OwnerEnd | Subscribe | Unsubscribe => false,
+        | OwnerEnd | Subscribe | Unsubscribe | Auth => false,
     }
 }
 
@@ -795,6 +831,26 @@ impl Params<'_, '_, '_> {
     }
 
     /// `owner`: 1 to 256 bytes of text.
+    /// `SV_AUTH`'s `user` or `password`: any string (the users file decides
+    /// what exists), bounded like every name.
+    fn credential(
+        &self,
+        field: &str,
+        missing: &'static str,
+        not_string: &'static str,
+    ) -> Result<Box<str>, Rejection> {
+        match self.params.get(field).map(string_of) {
+            None => Err(self.reject(Status::ParamMissing, missing, None)),
+            Some(Some(s)) if s.len() > MAX_NAME_LEN => Err(self.reject(
+                Status::ValueSize,
+                "user and password are at most 256 bytes",
+                None,
+            )),
+            Some(Some(s)) => Ok(s.into()),
+            Some(None) => Err(self.reject(Status::ValueTypeInvalid, not_string, None)),
+        }
+    }
+
     fn owner(&self) -> Result<Box<str>, Rejection> {
         match self.params.get("owner").map(string_of) {
             None => Err(self.reject(Status::ParamMissing, "owner is required", None)),

@@ -15,6 +15,7 @@ use crate::mesh::Ticket;
 use crate::metrics::{RequestFigures, RequestMetrics};
 use crate::net::connection::{Connection, Expired, Limits, Permit, Refusal, Timeouts};
 use crate::router::Replies;
+use crate::security::Current;
 
 pub struct Connections {
     slab: Slab<Connection>,
@@ -151,6 +152,11 @@ impl Connections {
                 self.metrics.closed_for_protocol();
                 reason
             }
+            Some(Refusal::Auth) => {
+                let user = conn.failed_user().unwrap_or_default();
+                self.metrics.auth_failed(conn.peer(), user);
+                "authentication failed"
+            }
             None => why,
         };
         tracing::debug!(
@@ -169,6 +175,7 @@ impl Connections {
         mut stream: TcpStream,
         permit: Permit,
         probes_only: bool,
+        security: Current,
     ) -> io::Result<()> {
         let entry = self.slab.vacant_entry();
         let slot = entry.key();
@@ -179,7 +186,7 @@ impl Connections {
         )?;
         let id = self.next_id;
         self.next_id += 1;
-        let mut conn = Connection::new(id, stream, self.limits, permit, self.now);
+        let mut conn = Connection::new(id, stream, security, self.limits, permit, self.now)?;
         if probes_only {
             conn.serve_probes_only();
         }
@@ -348,7 +355,13 @@ pub(super) mod tests {
         let permit = Permit::acquire(&Arc::new(AtomicUsize::new(0)), 10).unwrap();
         let mut conns = Connections::new(limits(), now, metrics());
         conns
-            .add(poll.registry(), TcpStream::from_std(server), permit, false)
+            .add(
+                poll.registry(),
+                TcpStream::from_std(server),
+                permit,
+                false,
+                Current::default(),
+            )
             .unwrap();
         (conns, poll, client)
     }

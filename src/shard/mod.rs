@@ -29,7 +29,9 @@ use crate::metrics::{Clock, CommandLabel, RequestMetrics, SlowRequests};
 use crate::net::connection::{Limits, Permit, ReadOutcome};
 use crate::net::handshake::{Endpoint, SERVER_FULL, http_text};
 use crate::persist::SessionRecord;
+use crate::protocol::{Command, CommandName, Status, answer, encode_status};
 use crate::router::{LogSettings, Replies, Router, RouterConfig, SnapshotSchedule};
+use crate::security::{Identity, Security, admit};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use connections::Connections;
@@ -79,6 +81,8 @@ pub struct ShardContext {
     pub clock: Clock,
     /// Requests slower than this are logged (None: none are).
     pub slow_request: Option<Duration>,
+    /// TLS and users for new connections (reloaded on SIGHUP).
+    pub security: Arc<Security>,
     /// Shards still finishing their connections; every shard serves its
     /// inbox until this is 0, so no shard waits on one that has left.
     pub draining: Arc<AtomicUsize>,
@@ -288,9 +292,10 @@ impl Shard {
             self.conns.metrics.accepted();
             let _ = stream.set_nodelay(true);
             // A stream that cannot be registered is dropped (closed).
+            let security = self.ctx.security.current();
             let _ = self
                 .conns
-                .add(self.poll.registry(), stream, permit, probes_only);
+                .add(self.poll.registry(), stream, permit, probes_only, security);
         }
     }
 
@@ -335,6 +340,7 @@ impl Shard {
                             break;
                         };
                         let (conn_id, seq) = (conn.id, conn.next_request());
+                        let role = conn.role();
                         let request = self.router.decode(incoming, conn.message());
                         let ticket = Ticket {
                             conn: slot,
@@ -343,7 +349,12 @@ impl Shard {
                             command: CommandLabel::of_request(&request),
                             started: self.conns.metrics.request_started(),
                         };
-                        self.router.dispatch(ticket, request, &mut self.conns);
+                        match admit(role, request) {
+                            Ok(Command::Auth { user, password }) => {
+                                self.authenticate(ticket, &user, &password.0);
+                            }
+                            request => self.router.dispatch(ticket, request, &mut self.conns),
+                        }
                     }
                     ReadOutcome::Http(endpoint) => {
                         let ticket = Ticket {
@@ -368,6 +379,43 @@ impl Shard {
         // Duplicates are harmless: a slot with nothing left reads WouldBlock.
         still_ready.dedup();
         self.conns.ready_again(still_ready);
+    }
+
+    /// `SV_AUTH`: on success the connection's requests run as the user
+    /// from now on; a failure is answered 17, and the connection closes
+    /// with 1008 after it. A server without users takes anyone as admin.
+    fn authenticate(&mut self, ticket: Ticket, user: &str, password: &str) {
+        let identity = match self.ctx.security.users() {
+            Some(users) => users.check(user, password),
+            None => Some(Identity::anyone()),
+        };
+        let mut out = Vec::new();
+        match &identity {
+            Some(identity) => {
+                let name = if identity.user.is_empty() {
+                    user
+                } else {
+                    &identity.user
+                };
+                answer::authenticated(&mut out, name, identity.role.name());
+            }
+            None => encode_status(
+                &mut out,
+                CommandName::Auth,
+                Status::AuthFailed,
+                None,
+                Some("unknown user or wrong password"),
+            ),
+        }
+        self.conns.answer_owned(ticket, out);
+        let now = self.conns.now();
+        let Some(conn) = self.conns.get_mut(ticket.conn) else {
+            return;
+        };
+        match identity {
+            Some(identity) => conn.authenticated(identity),
+            None => conn.refuse_credentials(user, now),
+        }
     }
 
     /// Answers a request for one of the HTTP endpoints.
