@@ -4,6 +4,7 @@
 # ours/Redis, and server CPU time per million operations; then measures bytes
 # per session after populating fresh servers with --populate sessions.
 # With --events it measures session events instead (issue #16, below).
+# With --tls the same matrix runs over TLS on both servers (issue #19, below).
 #
 # Cores are split so the generator never competes with the server it
 # measures: by default both servers get core 0 (ours as --shards 1
@@ -13,6 +14,7 @@
 # Usage: scripts/compare-redis.sh [--server-cpus LIST] [--client-cpus LIST]
 #          [--duration S] [--connections N] [--sessions N] [--populate N]
 #          [--workloads "get set ..."] [--pipelines "1 16"] [--repeat N] [--out FILE]
+#          [--tls]
 #        scripts/compare-redis.sh --events [--event-sessions N] [--event-wait S]
 #          [--server-cpus LIST] [--client-cpus LIST] [--out FILE]
 #   --server-cpus LIST  cores for the servers (default 0); ours runs one shard
@@ -32,6 +34,20 @@
 #                       measurement runs)
 #   --pipelines LIST    the --pipeline values each workload runs at (default
 #                       "1 16")
+#   --tls               the matrix and the memory measurement over TLS: a
+#                       throwaway self-signed certificate (ECDSA P-256, made
+#                       by openssl in the temporary directory, never kept)
+#                       serves both servers: ours with --tls-cert/--tls-key,
+#                       Redis with --port 0 --tls-port P --tls-cert-file
+#                       --tls-key-file --tls-ca-cert-file --tls-auth-clients
+#                       no; loadtest connects to wss:// and rediss:// with
+#                       --insecure (rustls with ring, the same client for
+#                       both, so both negotiate the same protocol and cipher
+#                       suite, shown under the table). A third server, ours
+#                       without TLS, runs each row too, and a second table
+#                       sets ours plain beside ours over TLS (ops/s, server
+#                       CPU per op, p99): what TLS costs us.
+#                       --out defaults to target/compare-redis-tls.md
 #   --events            instead of the above, issue #16's measurement (loadtest
 #                       --workload expiry-events on each server in turn):
 #                       --event-sessions sessions expire within one second, a
@@ -85,6 +101,7 @@ SERVER_CPUS_GIVEN=0
 PERSIST=0
 PERSIST_SESSIONS=1000000
 PERSIST_RATE=50000
+TLS=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -104,7 +121,8 @@ while [ $# -gt 0 ]; do
         --persist) PERSIST=1; shift ;;
         --persist-sessions) PERSIST_SESSIONS="$2"; shift 2 ;;
         --persist-rate) PERSIST_RATE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,69p' "$0"; exit 0 ;;
+        --tls) TLS=1; shift ;;
+        -h|--help) sed -n '2,84p' "$0"; exit 0 ;;
         *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -117,8 +135,15 @@ if [ "$EVENTS" = 1 ]; then
     [ "$SERVER_CPUS_GIVEN" = 1 ] || SERVER_CPUS="0,1"
 elif [ "$PERSIST" = 1 ]; then
     OUT="${OUT:-$TARGET_DIR/compare-redis-persist.md}"
+elif [ "$TLS" = 1 ]; then
+    OUT="${OUT:-$TARGET_DIR/compare-redis-tls.md}"
 else
     OUT="${OUT:-$TARGET_DIR/compare-redis.md}"
+fi
+if [ "$TLS" = 1 ] && { [ "$EVENTS" = 1 ] || [ "$PERSIST" = 1 ]; }; then
+    echo "compare-redis: --tls runs the comparison matrix; it does not combine with" \
+         "--events or --persist" >&2
+    exit 2
 fi
 WORK="$(mktemp -d)"
 
@@ -149,6 +174,26 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+# --tls: one throwaway certificate for both servers, in $WORK (removed on
+# exit). ECDSA P-256: both rustls (ring) and OpenSSL serve it, and the key
+# type only costs in the handshake, which is outside every timed run.
+# CA:FALSE so that rustls's webpki would also take it with --tls-ca.
+TLS_DIR="$WORK/tls"
+LT_TLS=()
+if [ "$TLS" = 1 ]; then
+    if ! command -v openssl >/dev/null 2>&1; then
+        echo "compare-redis: installing openssl" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    fi
+    mkdir -p "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -addext "basicConstraints=critical,CA:FALSE" \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null
+    LT_TLS=(--insecure)
+fi
+
 echo "compare-redis: building (release)" >&2
 cargo build --release -q -p nemesisdb -p loadtest
 # NEMESISDB_BIN measures another build (e.g. an earlier commit) with this script.
@@ -159,14 +204,18 @@ OURS_PID=""
 REDIS_PID=""
 OURS_PORT=""
 REDIS_PORT=""
+# --tls: ours without TLS, beside the two TLS servers.
+PLAIN_PID=""
+PLAIN_PORT=""
 
 stop_servers() {
-    for pid in $OURS_PID $REDIS_PID; do
+    for pid in $OURS_PID $REDIS_PID $PLAIN_PID; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     OURS_PID=""
     REDIS_PID=""
+    PLAIN_PID=""
 }
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 
@@ -174,17 +223,17 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Prints the port from our server's startup line in $WORK/ours.log, once
-# it is there; fails (saying why) if it never comes.
+# Prints the port from our server's startup line in LOG (default
+# $WORK/ours.log), once it is there; fails (saying why) if it never comes.
 ours_port() {
-    local port=""
+    local log="${1:-$WORK/ours.log}" port=""
     for _ in $(seq 100); do
-        port="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/ours.log" | head -1 | cut -d: -f2 || true)"
+        port="$(grep -o 'listening on 127.0.0.1:[0-9]*' "$log" | head -1 | cut -d: -f2 || true)"
         [ -n "$port" ] && { echo "$port"; return 0; }
         sleep 0.1
     done
     echo "compare-redis: nemesisdb did not start:" >&2
-    cat "$WORK/ours.log" >&2
+    cat "$log" >&2
     return 1
 }
 
@@ -196,35 +245,62 @@ wait_for_port() {
     done
 }
 
+# Starts ours and Redis (and with --tls, ours without TLS too); sets
+# OURS_URL and REDIS_URL.
 start_servers() {
+    local ours_tls=() redis_listen=()
+    if [ "$TLS" = 1 ]; then
+        ours_tls=(--tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
+    fi
     : > "$WORK/ours.log"
-    taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" \
+    taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" "${ours_tls[@]}" \
         > "$WORK/ours.log" 2>&1 &
     OURS_PID=$!
     OURS_PORT="$(ours_port)" || exit 1
 
     REDIS_PORT="$(free_port)"
-    taskset -c "$SERVER_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+    redis_listen=(--port "$REDIS_PORT")
+    if [ "$TLS" = 1 ]; then
+        redis_listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$TLS_DIR/cert.pem"
+            --tls-key-file "$TLS_DIR/key.pem" --tls-ca-cert-file "$TLS_DIR/cert.pem"
+            --tls-auth-clients no)
+    fi
+    taskset -c "$SERVER_CPUS" redis-server "${redis_listen[@]}" --bind 127.0.0.1 \
         --save '' --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
     REDIS_PID=$!
     wait_for_port "$REDIS_PORT"
+
+    if [ "$TLS" = 1 ]; then
+        OURS_URL="wss://127.0.0.1:$OURS_PORT/"
+        REDIS_URL="rediss://127.0.0.1:$REDIS_PORT"
+        : > "$WORK/plain.log"
+        taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$SHARDS" "${PIN[@]}" \
+            > "$WORK/plain.log" 2>&1 &
+        PLAIN_PID=$!
+        PLAIN_PORT="$(ours_port "$WORK/plain.log")" || exit 1
+    else
+        OURS_URL="ws://127.0.0.1:$OURS_PORT/"
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    fi
 }
 
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
-# run NAME URL PID WORKLOAD PIPELINE -> appends one JSON line to results.
-# The server's CPU time is read by loadtest itself around the timed run
-# (--server-pid), so session set-up and teardown are not counted.
+# run NAME URL PID WORKLOAD PIPELINE [LOADTEST FLAGS...] -> appends one
+# JSON line to results. The server's CPU time is read by loadtest itself
+# around the timed run (--server-pid), so session set-up and teardown are
+# not counted.
 run() {
     local name="$1" url="$2" pid="$3" workload="$4" pipeline="$5"
+    shift 5
     local json
     rm -rf "$WORK/report"
     json="$(taskset -c "$CLIENT_CPUS" "$LOADTEST" --url "$url" --workload "$workload" \
         --pipeline "$pipeline" --connections "$CONNECTIONS" --duration "$DURATION" \
         --sessions "$SESSIONS" --threads "$CLIENT_THREADS" --server-pid "$pid" \
-        --out "$WORK/report" --json | tail -1 || true)"
+        --out "$WORK/report" --json "$@" | tail -1 || true)"
     [ -n "$json" ] || json='{}'
     python3 - "$name" "$workload" "$pipeline" "$WORK/report/report.json" "$json" \
         >> "$WORK/results.jsonl" <<'EOF'
@@ -236,7 +312,7 @@ except (OSError, ValueError):
     rep = {}
 print(json.dumps({"server": name, "workload": workload, "pipeline": int(pipeline),
                   "cpu_s": rep.get("server_cpu_s"), "client_cpu_s": rep.get("client_cpu_s"),
-                  "retries": rep.get("retries"), "r": json.loads(raw)}))
+                  "retries": rep.get("retries"), "tls": rep.get("tls"), "r": json.loads(raw)}))
 EOF
     echo "  $name $workload pipeline $pipeline: $json" >&2
 }
@@ -493,8 +569,8 @@ if [ "$EVENTS" = 1 ]; then
     echo "compare-redis: events: $EVENT_SESSIONS sessions expiring within one second;" \
          "ours with $SHARDS shards; servers on cpus $SERVER_CPUS, loadtest on cpus $CLIENT_CPUS" >&2
     start_servers
-    event_run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID"
-    event_run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID"
+    event_run ours "$OURS_URL" "$OURS_PID"
+    event_run redis "$REDIS_URL" "$REDIS_PID"
     stop_servers
     mkdir -p "$(dirname "$OUT")"
     python3 - "$WORK/events-ours/report.json" "$WORK/events-redis/report.json" \
@@ -577,7 +653,7 @@ EOF
 fi
 
 echo "compare-redis: servers on cpus $SERVER_CPUS, loadtest on cpus $CLIENT_CPUS," \
-     "$CONNECTIONS connections, $DURATION s per run" >&2
+     "$CONNECTIONS connections, $DURATION s per run$([ "$TLS" = 1 ] && echo ', over TLS')" >&2
 : > "$WORK/results.jsonl"
 start_servers
 # The machine's speed drifts over minutes; repeating the whole matrix (not
@@ -585,8 +661,11 @@ start_servers
 for _ in $(seq "$REPEAT"); do
     for w in $WORKLOADS; do
         for p in $PIPELINES; do
-            run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID" "$w" "$p"
-            run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID" "$w" "$p"
+            run ours "$OURS_URL" "$OURS_PID" "$w" "$p" "${LT_TLS[@]}"
+            run redis "$REDIS_URL" "$REDIS_PID" "$w" "$p" "${LT_TLS[@]}"
+            if [ "$TLS" = 1 ]; then
+                run ours-plain "ws://127.0.0.1:$PLAIN_PORT/" "$PLAIN_PID" "$w" "$p"
+            fi
         done
     done
 done
@@ -601,7 +680,7 @@ mem_run() {
     before="$(rss_kib "$pid")"
     json="$(taskset -c "$CLIENT_CPUS" "$LOADTEST" --url "$url" --workload populate \
         --pipeline 16 --connections "$CONNECTIONS" --sessions "$POPULATE" \
-        --threads "$CLIENT_THREADS" --json | tail -1 || true)"
+        --threads "$CLIENT_THREADS" --json "${LT_TLS[@]}" | tail -1 || true)"
     sleep 0.5
     after="$(rss_kib "$pid")"
     [ -n "$json" ] || json='{}'
@@ -613,17 +692,17 @@ print(json.dumps({"server": name, "before": int(before), "after": int(after), "r
 EOF
 }
 : > "$WORK/memory.jsonl"
-mem_run ours "ws://127.0.0.1:$OURS_PORT/" "$OURS_PID"
-mem_run redis "redis://127.0.0.1:$REDIS_PORT" "$REDIS_PID"
+mem_run ours "$OURS_URL" "$OURS_PID"
+mem_run redis "$REDIS_URL" "$REDIS_PID"
 stop_servers
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/results.jsonl" "$WORK/memory.jsonl" "$POPULATE" \
     "$SERVER_CPUS" "$CLIENT_CPUS" "$CONNECTIONS" "$DURATION" "$SESSIONS" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(redis-server --version | awk '{print $3}')" \
-    "$REPEAT" > "$OUT" <<'EOF'
+    "$REPEAT" "$TLS" > "$OUT" <<'EOF'
 import json, statistics, sys
-results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver, repeat = sys.argv[1:]
+results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver, repeat, tls = sys.argv[1:]
 
 def cpu_per_m(d, key):
     ops = d["r"].get("ops") or 0
@@ -631,9 +710,13 @@ def cpu_per_m(d, key):
 
 # Every run of a row, per server, as the numbers the table shows.
 rows = {}
+# --tls: what the connections agreed on, per server.
+agreed = {}
 for line in open(results):
     d = json.loads(line)
     r = d["r"]
+    if d.get("tls"):
+        agreed.setdefault(d["server"], set()).add(d["tls"])
     run = {
         "ops": r.get("ops_per_sec"),
         "p50": r.get("latency_us", {}).get("p50"),
@@ -654,8 +737,9 @@ def fmt(x, nd=0):
     return "-" if x is None else f"{x:,.{nd}f}"
 
 runs_note = f"median of {repeat} runs per row, " if int(repeat) > 1 else ""
+over = " Both over TLS (wss://, rediss://, loadtest --insecure), one self-signed ECDSA P-256 certificate." if tls == "1" else ""
 print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {scpus}, "
-      f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {runs_note}{sessions} sessions.")
+      f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {runs_note}{sessions} sessions.{over}")
 print()
 print("| workload | pipeline | ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
       "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | CPU ours/Redis per run "
@@ -676,6 +760,28 @@ for (w, p), d in rows.items():
           f"| {fmt(median(o, 'cpu'), 2)} | {fmt(median(r, 'cpu'), 2)} | {spread} "
           f"| {fmt(median(o, 'client'), 2)}/{fmt(median(r, 'client'), 2)} | {errors} | {retries} |")
 print()
+if tls == "1":
+    for server, name in (("ours", "ours"), ("redis", "Redis")):
+        print(f"TLS agreed with {name}: {', '.join(sorted(agreed.get(server, []))) or 'not reported'}.")
+    print()
+    print("What TLS costs us: ours without TLS (`ws://`, a second nemesisdb with the same flags "
+          "but no certificate, run right after the other two in each row) beside ours over TLS "
+          "(the table above). CPU: server s per million ops; ratios TLS / plain.")
+    print()
+    print("| workload | pipeline | plain ops/s | TLS ops/s | ops/s TLS/plain | plain CPU s/M ops "
+          "| TLS CPU s/M ops | CPU TLS/plain | plain p99 us | TLS p99 us "
+          "| loadtest CPU s/M ops plain/TLS | errors plain/TLS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (w, p), d in rows.items():
+        pl, t = d.get("ours-plain", []), d.get("ours", [])
+        po, to = median(pl, "ops"), median(t, "ops")
+        pc, tc = median(pl, "cpu"), median(t, "cpu")
+        errors = f"{sum(x['errors'] or 0 for x in pl)}/{sum(x['errors'] or 0 for x in t)}"
+        print(f"| {w} | {p} | {fmt(po)} | {fmt(to)} | {fmt(to / po if po and to else None, 2)} "
+              f"| {fmt(pc, 2)} | {fmt(tc, 2)} | {fmt(tc / pc if pc and tc else None, 2)} "
+              f"| {fmt(median(pl, 'p99'), 1)} | {fmt(median(t, 'p99'), 1)} "
+              f"| {fmt(median(pl, 'client'), 2)}/{fmt(median(t, 'client'), 2)} | {errors} |")
+    print()
 print(f"Memory after `populate` of {int(populate):,} sessions (keys user and cart, 3600 s expiry), "
       "from each fresh server's resident set:")
 print()
