@@ -48,6 +48,11 @@ fn server_binary() -> PathBuf {
 
 /// Starts `nemesisdb --port 0 --shards 2` and returns it with its port.
 fn start_server() -> (Guard, u16) {
+    start_server_with(&[])
+}
+
+/// The same with `extra` flags.
+fn start_server_with(extra: &[&str]) -> (Guard, u16) {
     let bin = server_binary();
     assert!(
         bin.exists(),
@@ -57,6 +62,7 @@ fn start_server() -> (Guard, u16) {
     );
     let mut child = Command::new(&bin)
         .args(["--port", "0", "--shards", "2"])
+        .args(extra)
         // The runner's RUST_LOG could hide the line we wait for.
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -256,15 +262,26 @@ static REDIS_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Starts `redis-server` on a free port of 127.0.0.1 with `extra` flags;
 /// `None` when it is not installed.
 fn start_redis(extra: &[&str]) -> Option<(Redis, u16)> {
+    start_redis_listening(|port| {
+        ["--port", port]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    })
+}
+
+/// The same with the flags `listen` gives for a free port (which must make
+/// Redis accept on it).
+fn start_redis_listening(listen: impl FnOnce(&str) -> Vec<String>) -> Option<(Redis, u16)> {
     let turn = REDIS_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         l.local_addr().expect("bound").port()
     };
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(extra)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(listen(&port.to_string()))
         .stdout(Stdio::null())
         .spawn()
         .ok()?;
@@ -785,4 +802,182 @@ fn subscribe_sees_every_event_of_a_run() {
     );
     assert_eq!(e["received"], 4000, "{e}");
     assert_eq!((&e["lost"], &e["expired"]), (&0.into(), &0.into()), "{e}");
+}
+
+/// A throwaway certificate for 127.0.0.1 (rcgen, not a CA, so `--tls-ca`
+/// takes it) in its own directory, removed on drop.
+struct TestCert {
+    dir: PathBuf,
+}
+
+impl TestCert {
+    fn new(name: &str) -> TestCert {
+        let dir = std::env::temp_dir().join(format!("loadtest-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("rcgen makes a certificate");
+        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).expect("cert.pem");
+        std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("key.pem");
+        TestCert { dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().to_string()
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the generator and returns its exit code and stderr (for runs that
+/// must fail).
+fn loadtest_fails(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .output()
+        .expect("loadtest runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// wss:// with users: every workload over TLS with Basic credentials
+/// (verified against the test certificate), and `--scrape` over https with
+/// them; a wrong password is refused at the upgrade.
+#[test]
+fn tls_and_users_against_the_server() {
+    let cert = TestCert::new("tls-server");
+    // sha256("s3cret")
+    let users = r#"[{"name":"alice","passwordSha256":"1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0","role":"admin"}]"#;
+    std::fs::write(cert.dir.join("users.json"), users).expect("users.json");
+    let (cert_pem, key_pem, users_json) = (
+        cert.file("cert.pem"),
+        cert.file("key.pem"),
+        cert.file("users.json"),
+    );
+    let (_server, port) = start_server_with(&[
+        "--tls-cert",
+        &cert_pem,
+        "--tls-key",
+        &key_pem,
+        "--users",
+        &users_json,
+    ]);
+    let url = format!("wss://127.0.0.1:{port}/");
+    let tls = [
+        "--tls-ca",
+        &cert_pem,
+        "--user",
+        "alice",
+        "--password",
+        "s3cret",
+    ];
+    for w in ["get", "mixed", "cas", "lifecycle", "logout-all"] {
+        let (v, stderr) = loadtest_and_stderr(
+            &[
+                &["--url", &url, "--workload", w][..],
+                &[
+                    "--requests",
+                    "600",
+                    "--sessions",
+                    "100",
+                    "--connections",
+                    "4",
+                ],
+                &["--pipeline", "4", "--threads", "2"],
+                &tls,
+            ]
+            .concat(),
+        );
+        check(&v, 600, &format!("{url} {w}"));
+        assert!(stderr.contains("loadtest: tls: TLSv1_3 "), "{stderr}");
+    }
+    let scrape = format!("https://127.0.0.1:{port}/metrics");
+    let (v, stderr) = loadtest_and_stderr(
+        &[
+            &["--url", &url, "--workload", "get", "--requests", "300"][..],
+            &["--sessions", "50", "--connections", "2", "--threads", "1"],
+            &["--scrape", &scrape],
+            &tls,
+        ]
+        .concat(),
+    );
+    check(&v, 300, "get with --scrape over https");
+    assert_eq!(v["server"]["answered"]["SH_GET"]["1"], 300, "{v} {stderr}");
+
+    let (code, stderr) = loadtest_fails(&[
+        "--url",
+        &url,
+        "--requests",
+        "10",
+        "--tls-ca",
+        &cert_pem,
+        "--user",
+        "alice",
+        "--password",
+        "wrong",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("refused --user/--password"), "{stderr}");
+    // Not told to trust the certificate: the bundled roots do not know it.
+    let (code, stderr) = loadtest_fails(&["--url", &url, "--requests", "10"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+}
+
+/// rediss:// against a Redis built with TLS, when this machine has one
+/// (skipped otherwise): every workload, the certificate verified.
+#[test]
+fn every_workload_against_redis_over_tls_if_installed() {
+    let cert = TestCert::new("tls-redis");
+    let (cert_pem, key_pem) = (cert.file("cert.pem"), cert.file("key.pem"));
+    // Only TLS is spoken: no plain port.
+    let Some((_redis, tls_port)) = start_redis_listening(|port| {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            port,
+            "--tls-cert-file",
+            &cert_pem,
+            "--tls-key-file",
+            &key_pem,
+            "--tls-ca-cert-file",
+            &cert_pem,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    }) else {
+        eprintln!("redis-server is not installed: skipping the Redis TLS smoke test");
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    for w in WORKLOADS {
+        let (v, stderr) = loadtest_and_stderr(&[
+            "--url",
+            &url,
+            "--tls-ca",
+            &cert_pem,
+            "--workload",
+            w,
+            "--requests",
+            "1000",
+            "--sessions",
+            "200",
+            "--connections",
+            "4",
+            "--pipeline",
+            "4",
+            "--threads",
+            "2",
+        ]);
+        check(&v, 1000, &format!("{url} {w}"));
+        assert!(stderr.contains("loadtest: tls: TLSv1_3 "), "{stderr}");
+    }
 }
