@@ -265,6 +265,10 @@ impl TlsStream {
             if self.pos < self.end {
                 // rustls takes what fits its record buffer; the rest stays.
                 let n = self.conn.read_tls(&mut &self.cipher[self.pos..self.end])?;
+                if n == 0 {
+                    // rustls takes nothing after the server's close_notify.
+                    return Ok(total);
+                }
                 self.pos += n;
                 self.process()?;
                 continue;
