@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use clap::{Parser, ValueEnum};
 
-use crate::tls::{self, Trust};
+use crate::tls::{self, Identity, Trust};
 
 /// What one operation does; the same meaning on both targets (see the crate doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -113,6 +113,15 @@ struct Flags {
     /// Mozilla roots from webpki-roots)
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+
+    /// TLS: our certificate chain (PEM), for a server that asks for one
+    /// (mutual TLS, nemesisdb's --tls-client-ca)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS: the private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// Authenticate as this user: HTTP Basic in the WebSocket upgrade and in
     /// --scrape's requests (nemesisdb), `AUTH user password` (Redis)
@@ -292,9 +301,9 @@ pub struct Config {
     pub save_at: Option<Duration>,
     /// The server's `/metrics`, scraped before and after the timed run.
     pub scrape: Option<String>,
-    /// Which server certificates TLS connections accept (the target's, and
-    /// an https:// `--scrape`'s).
-    pub trust: Trust,
+    /// Which server certificates TLS connections accept, and our own (the
+    /// target's connections, and an https:// `--scrape`'s).
+    pub tls: tls::Options,
 }
 
 impl Config {
@@ -306,23 +315,29 @@ impl Config {
     fn from_flags(f: Flags) -> Result<Config, String> {
         let (mut target, secure) = parse_target(&f.url)?;
         let trust = match (&f.tls_ca, f.insecure) {
-            (Some(path), _) => Trust::Ca(Arc::new(tls::load_certificates(path)?)),
+            (Some(path), _) => Trust::Ca(Arc::new(tls::load_certificates("--tls-ca", path)?)),
             (None, true) => Trust::Any,
             (None, false) => Trust::Roots,
         };
+        let identity = match (&f.tls_cert, &f.tls_key) {
+            (Some(cert), Some(key)) => Some(Identity::load(cert, key)?),
+            _ => None,
+        };
+        let tls_flags = f.insecure || f.tls_ca.is_some() || identity.is_some();
         let scrape_secure = f
             .scrape
             .as_deref()
             .is_some_and(|u| u.starts_with("https://"));
-        if (f.insecure || f.tls_ca.is_some()) && !(secure || f.tls || scrape_secure) {
+        if tls_flags && !(secure || f.tls || scrape_secure) {
             return Err(
-                "--insecure and --tls-ca are for TLS: a wss:// or rediss:// \
-                 --url, --tls, or an https:// --scrape"
+                "--insecure, --tls-ca and --tls-cert are for TLS: a wss:// or \
+                 rediss:// --url, --tls, or an https:// --scrape"
                     .into(),
             );
         }
+        let tls_options = tls::Options { trust, identity };
         if secure || f.tls {
-            target.tls = Some(tls::Tls::new(&trust, &target.host)?);
+            target.tls = Some(tls::Tls::new(&tls_options, &target.host)?);
         }
         target.auth = match (f.user, f.password) {
             (Some(user), Some(password)) => {
@@ -429,7 +444,7 @@ impl Config {
             subscribe: f.subscribe,
             save_at,
             scrape: f.scrape,
-            trust,
+            tls: tls_options,
         })
     }
 }
@@ -537,19 +552,32 @@ mod tests {
             format!("{:?}", tls.name),
             "IpAddress(V4(Ipv4Addr([127, 0, 0, 1])))"
         );
-        assert!(matches!(c.trust, Trust::Any));
+        assert!(matches!(c.tls.trust, Trust::Any));
         let c = parse(&["--url", "redis://localhost:1", "--tls"]).unwrap();
         assert_eq!(c.target.protocol, Protocol::Redis);
         let tls = c.target.tls.unwrap();
         assert_eq!(format!("{:?}", tls.name), "DnsName(\"localhost\")");
-        assert!(matches!(c.trust, Trust::Roots));
+        assert!(matches!(c.tls.trust, Trust::Roots));
         let c = parse(&["--url", "ws://[::1]:1/", "--tls"]).unwrap();
         assert!(c.target.tls.is_some());
         let c = parse(&["--url", "rediss://127.0.0.1:1"]).unwrap();
         assert!(c.target.tls.is_some());
         // Trust flags without TLS anywhere say so.
         let e = parse(&["--insecure"]).unwrap_err();
-        assert!(e.contains("--insecure and --tls-ca are for TLS"), "{e}");
+        assert!(
+            e.contains("--insecure, --tls-ca and --tls-cert are for TLS"),
+            "{e}"
+        );
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).is_err());
+        assert!(parse(&["--tls", "--tls-cert", "c.pem"]).is_err());
+        let e = parse(&[
+            "--tls",
+            "--tls-cert",
+            "/nonexistent/c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        assert!(e.unwrap_err().starts_with("--tls-cert /nonexistent/c.pem"));
         let https = "https://127.0.0.1:1/metrics";
         let c = parse(&["--insecure", "--scrape", https]).unwrap();
         assert!(c.target.tls.is_none());

@@ -249,7 +249,7 @@ impl Stream {
 mod tests {
     use super::*;
     use crate::config::{Credentials, Protocol, Target};
-    use crate::tls::{Tls, Trust};
+    use crate::tls::{Options, Tls, Trust};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use rustls::{ServerConfig, ServerConnection};
     use std::net::TcpListener;
@@ -314,7 +314,16 @@ mod tests {
         Target {
             protocol,
             addr: ([127, 0, 0, 1], port).into(),
-            tls: Some(Tls::new(trust, &host).unwrap()),
+            tls: Some(
+                Tls::new(
+                    &Options {
+                        trust: trust.clone(),
+                        identity: None,
+                    },
+                    &host,
+                )
+                .unwrap(),
+            ),
             host,
             path: "/".into(),
             url: String::new(),

@@ -68,7 +68,7 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let scraper = cfg
         .scrape
         .as_deref()
-        .map(|url| Scraper::new(url, cfg.timeout, &cfg.trust, cfg.target.auth.as_ref()));
+        .map(|url| Scraper::new(url, cfg.timeout, &cfg.tls, cfg.target.auth.as_ref()));
     let scraped_before = scraper.as_ref().map(|s| {
         let before = s.scrape();
         if let Err(e) = &before {

@@ -35,11 +35,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 use crate::buckets::{Buckets, BucketsError, Estimate};
 use crate::config::Credentials;
-use crate::tls::Trust;
+use crate::tls::{Options, Trust};
 
 const DURATIONS: &str = "nemesisdb_command_duration_seconds";
 const ANSWERED: &str = "nemesisdb_commands_total";
@@ -120,9 +120,9 @@ pub struct Scraper {
 impl Scraper {
     /// `url` passed [`check_url`]; `timeout` bounds a whole request. An
     /// https URL is fetched over ureq's rustls (ring), trusting what the
-    /// target's TLS trusts.
-    pub fn new(url: &str, timeout: Duration, trust: &Trust, auth: Option<&Credentials>) -> Scraper {
-        let roots = match trust {
+    /// target's TLS trusts and showing the same client certificate.
+    pub fn new(url: &str, timeout: Duration, tls: &Options, auth: Option<&Credentials>) -> Scraper {
+        let roots = match &tls.trust {
             Trust::Ca(certs) => RootCerts::new_with_certs(
                 &certs
                     .iter()
@@ -134,7 +134,17 @@ impl Scraper {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .root_certs(roots)
-            .disable_verification(matches!(trust, Trust::Any))
+            .disable_verification(matches!(tls.trust, Trust::Any))
+            .client_cert(tls.identity.as_ref().and_then(|id| {
+                let chain: Vec<_> = id
+                    .chain
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                    .collect();
+                // rustls read the same file already, so this reads too.
+                let key = PrivateKey::from_pem(&id.key_pem).ok()?;
+                Some(ClientCert::new_with_certs(&chain, key))
+            }))
             .build();
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)
@@ -739,6 +749,11 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
         assert_eq!(json["above"], serde_json::json!(["p99"]));
     }
 
+    const NO_TLS: Options = Options {
+        trust: Trust::Roots,
+        identity: None,
+    };
+
     #[test]
     fn urls_are_checked() {
         assert!(check_url("http://127.0.0.1:1987/metrics").is_ok());
@@ -786,7 +801,7 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
             true,
         );
         let url = serve_once(http("200 OK", &body));
-        let m = Scraper::new(&url, Duration::from_secs(5), &Trust::Roots, None)
+        let m = Scraper::new(&url, Duration::from_secs(5), &NO_TLS, None)
             .scrape()
             .unwrap();
         assert_eq!(m.durations["SH_GET"].count(), 7);
@@ -796,7 +811,7 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
     fn a_server_without_metrics_is_an_error_not_a_panic() {
         // What a nemesisdb before /metrics answers a plain GET with.
         let url = serve_once(http("400 Bad Request", ""));
-        let e = Scraper::new(&url, Duration::from_secs(5), &Trust::Roots, None)
+        let e = Scraper::new(&url, Duration::from_secs(5), &NO_TLS, None)
             .scrape()
             .unwrap_err();
         assert!(matches!(e, ScrapeError::Status(400)), "{e}");
@@ -805,7 +820,7 @@ nemesisdb_command_duration_seconds_count{command="SH_GET"} 3
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/metrics", listener.local_addr().unwrap());
         drop(listener);
-        let e = Scraper::new(&url, Duration::from_secs(5), &Trust::Roots, None)
+        let e = Scraper::new(&url, Duration::from_secs(5), &NO_TLS, None)
             .scrape()
             .unwrap_err();
         assert!(matches!(e, ScrapeError::Fetch(_)), "{e}");

@@ -3,7 +3,8 @@
 //!
 //! Owns: the crypto provider (ring, named here rather than left to a
 //! process default, so nothing pulls in aws-lc-rs), which server
-//! certificates are accepted ([`Trust`]), and the ciphertext side of a
+//! certificates are accepted ([`Trust`]), our own certificate for mutual
+//! TLS ([`Identity`]), and the ciphertext side of a
 //! non-blocking connection ([`TlsStream`]). Knows nothing of WebSocket or
 //! RESP: what goes in and comes out is plaintext.
 //!
@@ -23,7 +24,7 @@ use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -40,6 +41,48 @@ pub enum Trust {
     Any,
 }
 
+/// The TLS flags: which servers to trust, and who we are.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub trust: Trust,
+    /// `--tls-cert`/`--tls-key`: for a server that asks for a client
+    /// certificate (mutual TLS); none by default.
+    pub identity: Option<Identity>,
+}
+
+/// Our certificate chain and its key, shown to a server that asks.
+#[derive(Clone)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// The key file as read, for ureq (whose key type wants its own kind tag).
+    pub key_pem: Arc<Vec<u8>>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn load(cert: &Path, key: &Path) -> Result<Identity, String> {
+        let chain = load_certificates("--tls-cert", cert)?;
+        let fail = |e: &dyn std::fmt::Display| format!("--tls-key {}: {e}", key.display());
+        let key_pem = std::fs::read(key).map_err(|e| fail(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| fail(&e))?;
+        Ok(Identity {
+            chain,
+            key: Arc::new(key),
+            key_pem: Arc::new(key_pem),
+        })
+    }
+}
+
 /// What a TLS connection to the target is opened with.
 #[derive(Clone, Debug)]
 pub struct Tls {
@@ -50,7 +93,7 @@ pub struct Tls {
 
 impl Tls {
     /// `host` is the URL's authority: `name[:port]` or `[v6][:port]`.
-    pub fn new(trust: &Trust, host: &str) -> Result<Tls, String> {
+    pub fn new(options: &Options, host: &str) -> Result<Tls, String> {
         let bare = match host.strip_prefix('[') {
             Some(v6) => v6.split(']').next().unwrap_or(v6),
             None => host.rsplit_once(':').map_or(host, |(h, _)| h),
@@ -58,7 +101,7 @@ impl Tls {
         let name = ServerName::try_from(bare.to_string())
             .map_err(|e| format!("--url: {bare:?} is no TLS server name: {e}"))?;
         Ok(Tls {
-            config: client_config(trust)?,
+            config: client_config(options)?,
             name,
         })
     }
@@ -73,22 +116,18 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// TLS 1.3 and 1.2 with ring's cipher suites in rustls's order (AES-256-GCM
-/// first for 1.3), no client certificate.
-pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
+/// first for 1.3); a client certificate only when given one.
+pub fn client_config(options: &Options) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
-    let config = match trust {
+    let builder = match &options.trust {
         Trust::Any => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-            .with_no_client_auth(),
-        Trust::Roots => {
-            let roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))),
+        Trust::Roots => builder.with_root_certificates(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
         Trust::Ca(certs) => {
             let mut roots = RootCertStore::empty();
             for c in certs.iter() {
@@ -96,15 +135,21 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
                     .add(c.clone())
                     .map_err(|e| format!("--tls-ca: a certificate rustls refuses: {e}"))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
+    };
+    let config = match &options.identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
     };
     Ok(Arc::new(config))
 }
 
-/// The certificates of a PEM file (`--tls-ca`); at least one.
-pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("--tls-ca {}: {e}", path.display());
+/// The certificates of a PEM file (given as `flag`); at least one.
+pub fn load_certificates(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{flag} {}: {e}", path.display());
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| fail(&e))?
         .collect::<Result<Vec<_>, _>>()

@@ -981,3 +981,67 @@ fn every_workload_against_redis_over_tls_if_installed() {
         assert!(stderr.contains("loadtest: tls: TLSv1_3 "), "{stderr}");
     }
 }
+
+/// Mutual TLS: a server with `--tls-client-ca` takes loadtest's
+/// `--tls-cert`/`--tls-key` (for the run and for `--scrape`), and refuses a
+/// run without them.
+#[test]
+fn client_certificates_against_a_server_that_asks() {
+    let cert = TestCert::new("mtls");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("a CA");
+    let client_key = rcgen::KeyPair::generate().expect("a client key");
+    let mut params = rcgen::CertificateParams::new(vec!["loadtest".to_string()]).expect("params");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = params
+        .signed_by(&client_key, &ca)
+        .expect("a client certificate");
+    std::fs::write(cert.dir.join("ca.pem"), ca.pem()).expect("ca.pem");
+    std::fs::write(cert.dir.join("client.pem"), client.pem()).expect("client.pem");
+    std::fs::write(cert.dir.join("client.key"), client_key.serialize_pem()).expect("client.key");
+    let (cert_pem, key_pem, ca_pem) = (
+        cert.file("cert.pem"),
+        cert.file("key.pem"),
+        cert.file("ca.pem"),
+    );
+    let (_server, port) = start_server_with(&[
+        "--tls-cert",
+        &cert_pem,
+        "--tls-key",
+        &key_pem,
+        "--tls-client-ca",
+        &ca_pem,
+    ]);
+    let url = format!("wss://127.0.0.1:{port}/");
+    let scrape = format!("https://127.0.0.1:{port}/metrics");
+    let (client_pem, client_key_pem) = (cert.file("client.pem"), cert.file("client.key"));
+    let (v, stderr) = loadtest_and_stderr(&[
+        "--url",
+        &url,
+        "--tls-ca",
+        &cert_pem,
+        "--tls-cert",
+        &client_pem,
+        "--tls-key",
+        &client_key_pem,
+        "--workload",
+        "set",
+        "--requests",
+        "400",
+        "--sessions",
+        "50",
+        "--connections",
+        "2",
+        "--threads",
+        "1",
+        "--scrape",
+        &scrape,
+    ]);
+    check(&v, 400, "set with a client certificate");
+    assert_eq!(v["server"]["answered"]["SH_SET"]["1"], 400, "{v} {stderr}");
+
+    let (code, stderr) = loadtest_fails(&["--url", &url, "--tls-ca", &cert_pem, "--requests", "5"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}
