@@ -31,7 +31,7 @@ use crate::net::handshake::{Endpoint, SERVER_FULL, http_text};
 use crate::persist::SessionRecord;
 use crate::protocol::{Command, CommandName, Status, answer, encode_status};
 use crate::router::{LogSettings, Replies, Router, RouterConfig, SnapshotSchedule};
-use crate::security::{Identity, Security, admit};
+use crate::security::{Security, admit};
 use crate::shared_names::SharedNames;
 use crate::store::{Millis, SessionStore};
 use connections::Connections;
@@ -350,7 +350,9 @@ impl Shard {
                             started: self.conns.metrics.request_started(),
                         };
                         match admit(role, request) {
-                            Ok(Command::Auth { user, password }) => {
+                            Ok(Command::Auth { user, password })
+                                if self.ctx.security.has_users() =>
+                            {
                                 self.authenticate(ticket, &user, &password.0);
                             }
                             request => self.router.dispatch(ticket, request, &mut self.conns),
@@ -381,24 +383,18 @@ impl Shard {
         self.conns.ready_again(still_ready);
     }
 
-    /// `SV_AUTH`: on success the connection's requests run as the user
-    /// from now on; a failure is answered 17, and the connection closes
-    /// with 1008 after it. A server without users takes anyone as admin.
+    /// `SV_AUTH` on a server with users: on success the connection's
+    /// requests run as the user from now on; a failure is answered 17, and
+    /// the connection closes with 1008 after it.
     fn authenticate(&mut self, ticket: Ticket, user: &str, password: &str) {
-        let identity = match self.ctx.security.users() {
-            Some(users) => users.check(user, password),
-            None => Some(Identity::anyone()),
-        };
+        let identity = self
+            .ctx
+            .security
+            .users()
+            .and_then(|users| users.check(user, password));
         let mut out = Vec::new();
         match &identity {
-            Some(identity) => {
-                let name = if identity.user.is_empty() {
-                    user
-                } else {
-                    &identity.user
-                };
-                answer::authenticated(&mut out, name, identity.role.name());
-            }
+            Some(identity) => answer::authenticated(&mut out, &identity.user, identity.role.name()),
             None => encode_status(
                 &mut out,
                 CommandName::Auth,

@@ -5,7 +5,8 @@ The binary comes from ``NEMESISDB_BIN`` (default ``<repo>/target/debug/nemesisdb
 and is started as ``BIN --ip 127.0.0.1 --port 0 --shards 2``; its startup line
 on stdout, ``listening on IP:PORT``, says where to connect. A server that
 tests restart (`restartable_server`) gets a fixed free port instead, so that
-it comes back where its clients knew it.
+it comes back where its clients knew it. A server given ``--tls-cert`` speaks
+only TLS: its `uri` is ``wss://``.
 
 Every test runs under a watchdog: a test that hangs dumps its stack and ends
 the run instead of stalling CI.
@@ -69,8 +70,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def uri_for(extra_args: "tuple[str, ...]", host: str, port: int) -> str:
+    """Where a server started with `extra_args` is reached: ``wss://`` with TLS."""
+    scheme = "wss" if "--tls-cert" in extra_args else "ws"
+    return f"{scheme}://{host}:{port}/"
+
+
 class ServerProcess:
-    """One running server binary; `uri` is where it listens."""
+    """One running server binary; `uri` is where it listens (``wss://`` with
+    ``--tls-cert``)."""
 
     def __init__(self, *extra_args: str, port: int = 0) -> None:
         binary = server_binary()
@@ -93,7 +101,7 @@ class ServerProcess:
         # Drain stdout for the life of the process so the server never blocks on a full pipe.
         threading.Thread(target=self._drain, args=(lines,), daemon=True).start()
         self.host, self.port = self._wait_for_listening(lines)
-        self.uri = f"ws://{self.host}:{self.port}/"
+        self.uri = uri_for(extra_args, self.host, self.port)
 
     def _drain(self, lines: "queue.Queue[Optional[str]]") -> None:
         assert self.proc.stdout is not None
@@ -206,7 +214,7 @@ class RestartableServer:
         # start then fails loudly rather than silently talking to a stranger.
         self.port = free_port()
         self.start()
-        self.uri = f"ws://127.0.0.1:{self.port}/"
+        self.uri = uri_for(extra_args, "127.0.0.1", self.port)
 
     def start(self) -> None:
         assert self.process is None, "already running"
@@ -234,6 +242,21 @@ def restartable_server() -> Iterator[RestartableServer]:
     server = RestartableServer()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def make_restartable_server() -> Iterator[Callable[..., RestartableServer]]:
+    """`restartable_server` with extra flags; every one started is killed after the test."""
+    started: List[RestartableServer] = []
+
+    def make(*extra_args: str) -> RestartableServer:
+        server = RestartableServer(*extra_args)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
 
 
 @pytest.fixture
@@ -272,19 +295,20 @@ Handler = Callable[[Any], Awaitable[None]]
 
 @pytest_asyncio.fixture
 async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    """Start an in-process WebSocket server running `handler(ws)`; returns its uri."""
+    """Start an in-process WebSocket server running `handler(ws)`; returns its
+    uri. Keyword arguments go to ``websockets.serve`` (e.g. ``process_request``)."""
     import websockets
 
     servers: List[Any] = []
 
-    async def start(handler: Handler) -> str:
+    async def start(handler: Handler, **serve_kwargs: Any) -> str:
         async def run(ws: Any, *_: Any) -> None:
             try:
                 await handler(ws)
             except Exception:
                 pass
 
-        srv = await websockets.serve(run, "127.0.0.1", 0)
+        srv = await websockets.serve(run, "127.0.0.1", 0, **serve_kwargs)
         servers.append(srv)
         port = next(iter(srv.sockets)).getsockname()[1]
         return f"ws://127.0.0.1:{port}/"

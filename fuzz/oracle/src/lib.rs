@@ -42,15 +42,15 @@ use simd_json::value::tape::Node;
 use simd_json::{OwnedValue, StaticNode};
 
 /// The status table of docs/PROTOCOL.md, without Unknown (1000).
-pub const STATUSES: [u64; 25] = [
-    1, 2, 3, 10, 11, 12, 13, 14, 26, 41, 42, 43, 44, 100, 101, 102, 103, 104, 121, 122, 123, 141,
-    142, 150, 160,
+pub const STATUSES: [u64; 28] = [
+    1, 2, 3, 10, 11, 12, 13, 14, 15, 16, 17, 26, 41, 42, 43, 44, 100, 101, 102, 103, 104, 121, 122,
+    123, 141, 142, 150, 160,
 ];
 
 /// Every command of docs/PROTOCOL.md, for generators; see
 /// [`allowed_statuses`]. Kept by hand, apart from the server's own command
 /// table, so a test can hold the two against each other.
-pub const COMMANDS: [&str; 25] = [
+pub const COMMANDS: [&str; 26] = [
     "SH_NEW",
     "SH_OPEN",
     "SH_END",
@@ -76,6 +76,7 @@ pub const COMMANDS: [&str; 25] = [
     "SH_INCR",
     "SH_SUBSCRIBE",
     "SH_UNSUBSCRIBE",
+    "SV_AUTH",
 ];
 
 /// The dispatcher's seed: fixed, so the tokens it mints (and `$N` in a
@@ -119,6 +120,7 @@ pub const VALID: &[&str] = &[
     r#"{"SH_CLEAR":{"tkn":$0}}"#,
     r#"{"SH_CLEAR_SET":{"tkn":$1,"keys":{"q":-1.5e-3}}}"#,
     r#"{"SV_INFO":{}}"#,
+    r#"{"SV_AUTH":{"user":"ann","password":"pw"}}"#,
     r#"{"SH_NEW":{"owner":"ann","keys":{"a":1,"b":[true]},"expiry":{"duration":0,"maxLifetime":60}}}"#,
     r#"{"SH_NEW":{"owner":"ann","expiry":{"duration":0}}}"#,
     r#"{"SH_TOUCH":{"tkn":$1}}"#,
@@ -189,6 +191,8 @@ pub const SLOTS: &[&str] = &[
     r#"{"SH_CLEAR_SET":{"tkn":$1,"keys":@}}"#,
     r#"{"SH_CLEAR_SET":{"tkn":$0,"keys":{"a":@}}}"#,
     r#"{"SV_INFO":{"x":@}}"#,
+    r#"{"SV_AUTH":{"user":@,"password":"pw"}}"#,
+    r#"{"SV_AUTH":{"user":"ann","password":@}}"#,
     r#"{"SV_INFO":@}"#,
     r#"{"SH_NEW":{"owner":@}}"#,
     r#"{"SH_NEW":{"keys":@}}"#,
@@ -364,6 +368,8 @@ pub fn allowed_statuses(command: &str) -> &'static [u64] {
         "SH_TOUCH" => &[1, 12, 41, 100, 101],
         "SH_OWNER_SESSIONS" => &[1, 12, 26, 41, 42],
         "SH_OWNER_END" => &[1, 12, 26, 41, 42, 101],
+        // The harness is a server without users: anyone authenticates.
+        "SV_AUTH" => &[1, 12, 26, 41, 42],
         _ => &[10, 12],
     }
 }
@@ -391,6 +397,7 @@ fn ok_fields(command: &str) -> (&'static [&'static str], &'static [&'static str]
         "SH_OWNER_SESSIONS" => (&["owner", "tkns"], &[]),
         "SH_OWNER_END" => (&["owner", "cnt"], &[]),
         "SH_INFO_ALL" => (&["totalSessions", "totalKeys"], &[]),
+        "SV_AUTH" => (&["user", "role"], &[]),
         "SH_GET" | "SH_KEYS" => (&["tkn", "keys"], &["version"]),
         "SH_CONTAINS" => (&["tkn", "contains"], &["version"]),
         "SH_COUNT" | "SH_CLEAR" | "SH_CLEAR_SET" => (&["tkn", "cnt"], &["version"]),

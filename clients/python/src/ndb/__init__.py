@@ -12,10 +12,11 @@
   to calls and sets pushed events aside, and the backoff between attempts
   to reach a server.
 - `ndb.status`: the `Status` table, `ResponseError`, its `VersionMismatch`
-  subclass and `ProtocolError`.
+  subclass, `ProtocolError` and `AuthenticationError`.
 """
 
 from .sessionclient import (
+    AuthenticationError,
     Event,
     EventStream,
     ProtocolError,
@@ -40,6 +41,7 @@ __all__ = [
     "ResponseError",
     "VersionMismatch",
     "ProtocolError",
+    "AuthenticationError",
     "Status",
 ]
 __version__ = "0.1.0"

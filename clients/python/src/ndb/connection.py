@@ -21,14 +21,23 @@ connection's `on_event` sink, or are dropped when it has none.
 The module also holds `Backoff` and `retry`: how the client spaces its
 attempts to reach a server that went away. A connection itself never
 reconnects: it is one socket's life, and `ndb.sessionclient` replaces it.
+
+It is the one place that knows which ``websockets.connect`` it calls:
+`connect_options` turns credentials and a TLS context into that
+function's keyword arguments, and `open` turns its refusals (HTTP 401, a
+certificate that does not verify) into errors that say so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import inspect
 import json
 import random
+import ssl as ssl_module
 from collections import deque
+from collections.abc import Mapping
 from typing import (
     Any,
     Awaitable,
@@ -36,6 +45,7 @@ from typing import (
     Collection,
     Deque,
     Dict,
+    List,
     Optional,
     Tuple,
     TypeVar,
@@ -44,10 +54,19 @@ from typing import (
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .status import ProtocolError, ResponseError, Status, response_error
+from .status import AuthenticationError, ProtocolError, ResponseError, Status, response_error
 
 #: The name of a pushed event message; never the name of a reply.
 EVENT = "SH_EVENT"
+
+#: The keyword ``websockets.connect`` takes extra request headers by: the
+#: asyncio implementation (websockets 14 and later) calls it
+#: ``additional_headers``, the legacy one (12, 13) ``extra_headers``.
+HEADERS_KWARG = (
+    "additional_headers"
+    if "additional_headers" in inspect.signature(websockets.connect).parameters
+    else "extra_headers"
+)
 
 T = TypeVar("T")
 
@@ -103,8 +122,10 @@ class Connection:
         """Connect to `uri` and start the reader and writer tasks.
 
         Raises:
+            AuthenticationError: the server answered the upgrade with 401:
+                the credentials in its ``Authorization`` header are wrong.
             ConnectionError: the server could not be reached or refused the
-                WebSocket handshake.
+                WebSocket or TLS handshake.
             RuntimeError: this connection was already opened.
         """
         if self._ws is not None or self._error is not None:
@@ -117,7 +138,27 @@ class Connection:
             ws = await websockets.connect(uri, **connect_kwargs)
         except ConnectionError:
             raise
+        except ssl_module.SSLCertVerificationError as e:
+            raise ConnectionError(
+                f"cannot connect to {uri}: the server's TLS certificate did not verify: "
+                f"{e.verify_message or e}"
+            ) from e
+        except ssl_module.SSLError as e:
+            raise ConnectionError(f"cannot connect to {uri}: TLS handshake failed: {e}") from e
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as e:
+            if _http_status(e) == 401:
+                raise AuthenticationError(
+                    f"authentication failed: {uri} answered the upgrade with HTTP 401 "
+                    "(the user or password is wrong)"
+                ) from e
+            if _closed_before_answering(e) and uri.lower().startswith("wss://"):
+                # What a client sees of a server that requires client
+                # certificates: its TLS alert is lost in the close.
+                raise ConnectionError(
+                    f"cannot connect to {uri}: the server closed the connection before "
+                    f"answering the upgrade (over TLS, a server that requires a client "
+                    f"certificate does so when none it trusts was presented): {e}"
+                ) from e
             raise ConnectionError(f"cannot connect to {uri}: {e}") from e
         self._ws = ws
         self._outbox = asyncio.Queue()
@@ -276,6 +317,72 @@ class Connection:
             pass
 
 
+def _http_status(error: BaseException) -> Optional[int]:
+    """The HTTP status of a refused upgrade, if `error` is one: websockets'
+    `InvalidStatus` keeps the response (``.response.status_code``), the
+    legacy `InvalidStatusCode` the code itself (``.status_code``)."""
+    status = getattr(error, "status_code", None)
+    if status is None:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _closed_before_answering(error: BaseException) -> bool:
+    """Whether `error` says the connection ended before any HTTP response."""
+    cause: Optional[BaseException] = error
+    while cause is not None:
+        if isinstance(cause, EOFError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """The value of an ``Authorization`` header with Basic credentials (RFC 7617, UTF-8)."""
+    token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+    return f"Basic {token}"
+
+
+def connect_options(
+    connect_kwargs: Dict[str, Any],
+    authorization: Optional[str] = None,
+    ssl: Optional[ssl_module.SSLContext] = None,
+) -> Dict[str, Any]:
+    """The keyword arguments for ``websockets.connect``: `connect_kwargs` with
+    an ``Authorization`` header of value `authorization` added to the
+    caller's own headers (under `HEADERS_KWARG`), and `ssl`.
+
+    Raises:
+        ValueError: `authorization` given while the caller's headers carry
+            an ``Authorization`` of their own: which one to send is unclear.
+    """
+    options = dict(connect_kwargs)
+    if authorization is not None:
+        headers = _header_pairs(options.get(HEADERS_KWARG))
+        if any(name.lower() == "authorization" for name, _ in headers):
+            raise ValueError(
+                f"{HEADERS_KWARG} has an Authorization header already; "
+                "give user and password, or that header, not both"
+            )
+        options[HEADERS_KWARG] = headers + [("Authorization", authorization)]
+    if ssl is not None:
+        options["ssl"] = ssl
+    return options
+
+
+def _header_pairs(headers: Any) -> List[Tuple[str, str]]:
+    """Request headers in any form websockets takes (a mapping, its `Headers`,
+    pairs) as pairs."""
+    if headers is None:
+        return []
+    raw_items = getattr(headers, "raw_items", None)  # websockets' Headers: keeps repeats
+    if callable(raw_items):
+        return list(raw_items())
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return [(name, value) for name, value in headers]
+
+
 def _body_of(command: str, response: Dict[str, Any], ok: Collection[int]) -> Dict[str, Any]:
     """Check that `response` answers `command` with a success status; return its body."""
     name, body = next(iter(response.items()))
@@ -315,7 +422,9 @@ async def retry(
     Gives up, raising a `ConnectionError` that names the last failure, once
     `timeout` seconds have passed (None: never; 0: after the first try) or
     `stop` is set. A `ProtocolError` is raised at once: a server that broke
-    the contract is not one to wait for. Other exceptions pass through.
+    the contract is not one to wait for; so is an `AuthenticationError`:
+    credentials refused once are refused again. Other exceptions pass
+    through.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
@@ -323,7 +432,7 @@ async def retry(
     while True:
         try:
             return await attempt()
-        except ProtocolError:
+        except (ProtocolError, AuthenticationError):
             raise
         except ConnectionError as e:
             error = e

@@ -192,6 +192,8 @@ class EventStream:
             was made with ``reconnect=False``). `cursor` says where to resume.
         ProtocolError: the server broke the contract on the stream's
             connection (a malformed message); that is not resumed.
+        AuthenticationError: the server refused the client's credentials
+            when the stream connected (or reconnected); not retried.
     """
 
     def __init__(self, client: "SessionClient", params: Dict[str, Any], after: Any) -> None:
@@ -337,7 +339,7 @@ class EventStream:
         """Connect and subscribe from the cursor, retrying with backoff as the
         client reconnects; returns the subscription and, when events were
         missed, the ``lost`` event to hand out first."""
-        uri, connect_kwargs = self._client._event_endpoint()
+        uri = self._client._event_endpoint()
         timeout = self._client._reconnect_timeout if self._client._reconnect else 0
         if self._resume_delay:
             try:
@@ -351,7 +353,7 @@ class EventStream:
             sub = _Subscription()
             self._sub = sub  # from here on aclose() closes it
             try:
-                await sub.conn.open(uri, **connect_kwargs)
+                await self._client._open_connection(sub.conn, uri)
                 lost = await self._send_subscribe(sub.conn)
             except BaseException:
                 if self._sub is sub:

@@ -36,6 +36,7 @@ server_info            dict: ``serverVersion``, ``persistEnabled``, ``shards``,
                        ``sessions``, ``keys``, ``connections``, ``uptimeSeconds``,
                        ``memoryUsed``, ``maxMemory``, ``sessionNotExist``
 events (not async)     `EventStream`: ``async for`` yields `Event` objects
+authenticate           str: the role, ``'admin'``, ``'app'`` or ``'read'``
 =====================  ==========================================================
 
 Versions (docs/PROTOCOL.md, "Versions, compare-and-set, increments"): with
@@ -52,16 +53,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl as ssl_module
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Collection, Dict, List, NamedTuple, Optional, Tuple, Type, Union
 
-from .connection import Connection, retry
+from .connection import Connection, basic_authorization, connect_options, retry
 from .events import Event, EventStream
-from .status import ProtocolError, ResponseError, Status, VersionMismatch
+from .status import AuthenticationError, ProtocolError, ResponseError, Status, VersionMismatch
 
 __all__ = [
+    "AuthenticationError",
     "SessionClient",
     "Session",
     "Event",
@@ -191,6 +194,14 @@ class SessionClient:
     Session events (`events`) come on connections of their own, one per
     subscription, which resume where they stopped in the same way.
 
+    On a server with users, give ``user`` and ``password``: every connection
+    the client opens (the first, each reconnection, each event stream's)
+    sends them in its upgrade request, and a wrong pair raises
+    `AuthenticationError` at once, never retried. `authenticate` is the
+    other way in (``SV_AUTH`` on the open connection). For ``wss://``,
+    ``ssl`` is the `ssl.SSLContext` that verifies the server (and holds a
+    client certificate for mutual TLS).
+
     Use it directly::
 
         client = SessionClient()
@@ -211,6 +222,9 @@ class SessionClient:
         *,
         reconnect: bool = True,
         reconnect_timeout: Optional[float] = 5.0,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        ssl: Optional[ssl_module.SSLContext] = None,
         **connect_kwargs: Any,
     ) -> None:
         """Create a client; nothing connects until `open` (or ``async with``).
@@ -226,19 +240,48 @@ class SessionClient:
                 stream) keeps trying to reach a server that went away before
                 it raises `ConnectionError`; None: for ever; 0: one attempt.
                 Attempts start 50 ms apart and double to at most 2 s apart.
+            user, password: credentials for a server with users, sent as
+                ``Authorization: Basic`` in the upgrade request of every
+                connection the client opens. Both or neither. Over ``ws://``
+                they cross the network in clear: use ``wss://``.
+            ssl: the TLS context for a ``wss://`` uri, e.g.
+                ``ssl.create_default_context(cafile='ca.pem')`` for a server
+                whose certificate a private CA signed; None: the system's
+                default verification. Not for ``ws://``.
             connect_kwargs: passed to ``websockets.connect`` (e.g.
                 ``open_timeout``, ``ping_interval``).
 
         Raises:
-            TypeError: `reconnect` is not a bool.
-            ValueError: `reconnect_timeout` is negative.
+            TypeError: `reconnect` is not a bool; `user` or `password` is not
+                a str; `ssl` is not an `ssl.SSLContext`.
+            ValueError: `reconnect_timeout` is negative; only one of `user`
+                and `password` is given; `user` holds a ``:`` (Basic
+                credentials split there); `connect_kwargs` carry an
+                ``Authorization`` header besides `user`.
         """
         if not isinstance(reconnect, bool):
             raise TypeError(f"reconnect must be a bool, not {type(reconnect).__name__}")
         if reconnect_timeout is not None and not reconnect_timeout >= 0:
             raise ValueError(f"reconnect_timeout must be >= 0 or None, got {reconnect_timeout!r}")
+        if (user is None) != (password is None):
+            raise ValueError("give both user and password, or neither")
+        authorization = None
+        if user is not None and password is not None:
+            _check_credentials(user, password)
+            # Basic credentials split at the first colon (the server's users
+            # file refuses such names, so no user could be meant).
+            if ":" in user:
+                raise ValueError("a user name cannot hold ':' (Basic credentials split there)")
+            authorization = basic_authorization(user, password)
+        if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}")
         self._uri = uri
-        self._connect_kwargs = connect_kwargs
+        self._ssl = ssl
+        # What every connection of this client is opened with, streams' too.
+        self._connect_kwargs = connect_options(connect_kwargs, authorization, ssl)
+        # The credentials of the last `authenticate` that succeeded: every new
+        # connection sends them (SV_AUTH) before anything else.
+        self._sv_auth: Optional[Tuple[str, str]] = None
         self._reconnect = reconnect
         self._reconnect_timeout = reconnect_timeout
         self._conn = Connection()
@@ -261,8 +304,12 @@ class SessionClient:
         (Once open, a lost connection is replaced by the next call.)
 
         Raises:
-            ConnectionError: the server could not be reached.
-            ValueError: no uri here nor in the constructor.
+            AuthenticationError: the server refused the client's ``user`` and
+                ``password`` (HTTP 401).
+            ConnectionError: the server could not be reached (or its TLS
+                certificate did not verify).
+            ValueError: no uri here nor in the constructor; an ``ssl``
+                context for a ``ws://`` uri.
             RuntimeError: this client was already opened (or closed).
         """
         if self._opened or self._closed:
@@ -270,8 +317,10 @@ class SessionClient:
         uri = uri if uri is not None else self._uri
         if not uri:
             raise ValueError("open() needs a uri such as 'ws://127.0.0.1:1987/'")
+        if self._ssl is not None and not uri.lower().startswith("wss://"):
+            raise ValueError(f"an ssl context is for wss:// uris, not {uri!r}")
         self._uri = uri
-        await self._conn.open(uri, **self._connect_kwargs)
+        await self._open_connection(self._conn, uri)
         self._opened = True
 
     async def listen(self, uri: str) -> None:
@@ -345,8 +394,9 @@ class SessionClient:
                 raise ConnectionError("connection closed by client") from None
             raise
         except ConnectionError as e:
-            # One exception instance raised in many tasks would collect all their tracebacks.
-            error = ConnectionError(*e.args)
+            # One exception instance raised in many tasks would collect all their
+            # tracebacks. The type stays: an AuthenticationError is one for each.
+            error = type(e)(*e.args)
             error.__cause__ = e.__cause__
             raise error from e.__cause__
 
@@ -358,7 +408,7 @@ class SessionClient:
 
             async def attempt() -> Connection:
                 conn = Connection()
-                await conn.open(uri, **self._connect_kwargs)
+                await self._open_connection(conn, uri)
                 return conn
 
             conn = await retry(attempt, self._reconnect_timeout)
@@ -369,6 +419,63 @@ class SessionClient:
             return conn
         finally:
             self._reconnecting = None
+
+    async def _open_connection(self, conn: Connection, uri: str) -> None:
+        """Open `conn` as this client opens every connection (its first, a
+        reconnection, an event stream's): with its TLS context and Basic
+        credentials, then ``SV_AUTH`` if `authenticate` succeeded before.
+
+        Raises:
+            AuthenticationError: the server refused the credentials (401 to
+                the upgrade, or 17 to the repeated ``SV_AUTH``).
+            ConnectionError: as `Connection.open`.
+        """
+        await conn.open(uri, **self._connect_kwargs)
+        credentials = self._sv_auth
+        if credentials is None:
+            return
+        user, password = credentials
+        try:
+            await conn.request("SV_AUTH", {"user": user, "password": password})
+        except ResponseError as e:
+            await conn.close()
+            if e.st == Status.AuthFailed:
+                raise AuthenticationError(
+                    f"authentication failed: {uri} refused user {user!r} (SV_AUTH: {e})"
+                ) from e
+            raise
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def authenticate(self, user: str, password: str) -> str:
+        """Authenticate the open connection as `user` (SV_AUTH); returns the
+        role the server gave it: ``'admin'``, ``'app'`` or ``'read'``.
+
+        The other way in besides ``SessionClient(uri, user=..., password=...)``,
+        for a caller that learns the credentials after connecting. Requests
+        sent after it run with the new role. The client remembers the
+        credentials: every connection it opens later (a reconnection, an event
+        stream) sends the same ``SV_AUTH`` first, and a refusal there raises
+        `AuthenticationError`. A server without users answers ``'admin'``
+        whatever is sent.
+
+        Raises:
+            ResponseError: AuthFailed (17) for an unknown user or a wrong
+                password. The server then closes the connection; the client
+                forgets credentials an earlier `authenticate` gave, so its next
+                call reconnects with only what the constructor was given.
+            TypeError: `user` or `password` is not a str.
+        """
+        _check_credentials(user, password)
+        try:
+            body = await self._request("SV_AUTH", {"user": user, "password": password})
+        except ResponseError as e:
+            if e.st == Status.AuthFailed:
+                self._sv_auth = None
+            raise
+        self._sv_auth = (user, password)
+        return str(body["role"])
 
     # --------------------------------------------------------------------- events
 
@@ -428,13 +535,13 @@ class SessionClient:
         self._streams.add(stream)
         return stream
 
-    def _event_endpoint(self) -> Tuple[str, Dict[str, Any]]:
-        """Where an event stream connects, and how."""
+    def _event_endpoint(self) -> str:
+        """Where an event stream connects (it opens with `_open_connection`)."""
         if self._closed:
             raise ConnectionError("connection closed by client")
         if not self._uri:
             raise ConnectionError("not connected: call open() first (or give the uri)")
-        return self._uri, self._connect_kwargs
+        return self._uri
 
     def _forget_stream(self, stream: EventStream) -> None:
         self._streams.discard(stream)
@@ -957,6 +1064,12 @@ def _key_names(keys: Union[str, Iterable[str]]) -> List[str]:
         if not isinstance(k, str):
             raise TypeError(f"key names must be str, not {type(k).__name__}: {k!r}")
     return names
+
+
+def _check_credentials(user: str, password: str) -> None:
+    for what, value in (("user", user), ("password", password)):
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must be a str, not {type(value).__name__}")
 
 
 def _check_session_name(name: str) -> None:

@@ -1,8 +1,9 @@
 """Status codes of the NemesisDB protocol and the error raised for them.
 
 This module owns the one table of `st` values (docs/PROTOCOL.md, "Status
-values"), `ResponseError` and its `VersionMismatch` subclass. It knows
-nothing about sockets or commands.
+values"), `ResponseError` and its `VersionMismatch` subclass, and the two
+`ConnectionError`s that waiting will not cure: `ProtocolError` and
+`AuthenticationError`. It knows nothing about sockets or commands.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class Status(IntEnum):
     CommandType = 12
     CommandSyntax = 13
     CommandDisabled = 14
+    AuthRequired = 15
+    NotPermitted = 16
+    AuthFailed = 17
     ParamMissing = 26
     ValueTypeInvalid = 41
     ValueSize = 42
@@ -134,4 +138,20 @@ class ProtocolError(ConnectionError):
     reply that lacks the ``version`` a call asked for (a server from before
     versions, which ignores ``withVersion``/``ifVersion``) fails only that
     call. It is a `ConnectionError`.
+    """
+
+
+class AuthenticationError(ConnectionError):
+    """The server refused this client's credentials when it connected.
+
+    Raised by `SessionClient.open` and by a reconnection when the server
+    answers the WebSocket upgrade with HTTP 401 (a user or password in
+    ``SessionClient(uri, user=..., password=...)`` that the server does not
+    know), and by a reconnection whose ``SV_AUTH`` (repeating a successful
+    `authenticate` on the new connection) is answered with AuthFailed (17).
+
+    It is a `ConnectionError`, but one that is never retried with backoff:
+    the same credentials would be refused again. Each later call makes one
+    new attempt (the server's users may have been reloaded meanwhile) and
+    raises it again at once.
     """
