@@ -3,7 +3,7 @@
 //! server that stops answering fails the test instead of hanging it.
 //!
 //! TLS: [`Pki`] makes a CA and certificates signed by it into a scratch
-//! directory (never into the repository); [`Server::start_tls`] starts a
+//! directory (never into the repository); [`Server::start_over`] starts a
 //! server on them, and its [`Server::client`] and [`Connector`] then speak
 //! TLS. [`Stream`] is the client's socket either way, so a test that writes
 //! raw WebSocket bytes runs over both unchanged.
@@ -52,6 +52,18 @@ pub struct Server {
     pub stderr: mpsc::Receiver<String>,
     /// How [`Server::client`] speaks TLS to it (None: plain WebSocket).
     pub tls: Option<Arc<ClientConfig>>,
+    /// The certificates of a server started by [`Server::start_over`], kept
+    /// until the process is gone.
+    _pki: Option<Pki>,
+}
+
+/// What a client speaks to the server: for tests that run both ways.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `ws://`
+    Plain,
+    /// `wss://`, with certificates from a fresh [`Pki`].
+    Tls,
 }
 
 impl Server {
@@ -59,6 +71,20 @@ impl Server {
     /// `listening on` line to learn the port.
     pub fn start(args: &[&str]) -> Server {
         Server::start_on("127.0.0.1", args)
+    }
+
+    /// [`Server::start`] over `transport`: with `Tls`, the port speaks only
+    /// TLS and [`Server::client`] connects with it.
+    pub fn start_over(transport: Transport, args: &[&str]) -> Server {
+        match transport {
+            Transport::Plain => Server::start(args),
+            Transport::Tls => {
+                let pki = Pki::new("server");
+                let mut server = Server::start_tls(&pki, args);
+                server._pki = Some(pki);
+                server
+            }
+        }
     }
 
     /// [`Server::start`] with `pki`'s server certificate: clients of
@@ -114,6 +140,7 @@ impl Server {
             stdout: line_rx,
             stderr: err_rx,
             tls: None,
+            _pki: None,
         }
     }
 
@@ -395,6 +422,16 @@ impl Stream {
     /// Shuts the TCP socket down, as `TcpStream::shutdown` (no TLS alert).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.tcp().shutdown(how)
+    }
+
+    /// Ends our side of the stream and keeps reading: over TLS a
+    /// close_notify first, then the TCP half-close.
+    pub fn end_writing(&mut self) -> io::Result<()> {
+        if let Stream::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            tls.flush()?;
+        }
+        self.shutdown(Shutdown::Write)
     }
 
     /// The server's end-entity certificate, once a TLS handshake is done.
