@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nemesisdb::mesh::{shard_of, shard_of_owner};
@@ -181,14 +182,18 @@ fn wss_round_trip_on_both_shards_and_https_endpoints() {
         let r = c.call(&format!(r#"{{"SH_GET":{{"tkn":{tkn},"keys":["a"]}}}}"#));
         assert_eq!(st(&r), 100);
     }
-    // TLS 1.2 is spoken too.
+    // TLS 1.2 is spoken too, and to a client that offers no ALPN.
+    let mut config =
+        (*pki.client_config_with(ClientCert::None, &[&rustls::version::TLS12])).clone();
+    config.alpn_protocols.clear();
     let tls12 = Connector {
         addr: server.addr,
-        tls: Some(pki.client_config_with(ClientCert::None, &[&rustls::version::TLS12])),
+        tls: Some(Arc::new(config)),
     };
     let mut c = tls12.client();
-    let version = c.ws.get_ref().tls().and_then(|t| t.protocol_version());
-    assert_eq!(version, Some(ProtocolVersion::TLSv1_2));
+    let tls = c.ws.get_ref().tls().expect("a TLS connection");
+    assert_eq!(tls.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    assert_eq!(tls.alpn_protocol(), None);
     let tkn = c.new_session("{}");
     assert_eq!(st(&c.call(&format!(r#"{{"SH_END":{{"tkn":{tkn}}}}}"#))), 1);
 
@@ -639,9 +644,20 @@ const CHALLENGE: &str = "\r\nWWW-Authenticate: Basic realm=\"nemesisdb\", charse
 
 #[test]
 fn sv_auth_and_basic_auth_take_users_and_refuse_wrong_credentials() {
+    const ZOE: (&str, &str) = ("zoë", "pässwörd ✓");
     let dir = TempDir::new("auth");
-    let users = all_roles(&dir);
-    let server = Server::start(&["--shards", "2", "--users", &users]);
+    let users = dir.path().join("users.json");
+    write_users(
+        &users,
+        &[
+            (ADMIN, Role::Admin),
+            (APP, Role::App),
+            (READ, Role::Read),
+            (ZOE, Role::Read),
+        ],
+    );
+    let users = users.to_str().expect("UTF-8 temp path");
+    let server = Server::start(&["--shards", "2", "--users", users]);
     let connector = server.connector();
 
     // A wrong password: 17, then a close with 1008, then a warning naming
@@ -667,6 +683,33 @@ fn sv_auth_and_basic_auth_take_users_and_refuse_wrong_credentials() {
     assert!(!line.contains("guess"), "a password in the log: {line}");
     let mut failures = 1;
 
+    // Requests pipelined behind SV_AUTH run as its user; behind a failed
+    // one they are neither run nor answered.
+    let mut c = connector.client();
+    c.queue_text(format!(
+        r#"{{"SV_AUTH":{{"user":"{}","password":"{}"}}}}"#,
+        APP.0, APP.1
+    ));
+    c.queue_text(r#"{"SH_NEW":{"name":"pipelined"}}"#.to_string());
+    c.queue_text(r#"{"SH_INFO_ALL":{}}"#.to_string());
+    c.flush();
+    assert_eq!(st(&body(&c.recv_json(), "SV_AUTH_RSP")), 1);
+    assert_eq!(st(&body(&c.recv_json(), "SH_NEW_RSP")), 1);
+    assert_eq!(st(&body(&c.recv_json(), "SH_INFO_ALL_RSP")), 16);
+    let mut c = connector.client();
+    c.queue_text(r#"{"SV_AUTH":{"user":"ann","password":"guess"}}"#.to_string());
+    c.queue_text(r#"{"SH_NEW":{"name":"after a failure"}}"#.to_string());
+    c.flush();
+    assert_eq!(st(&body(&c.recv_json(), "SV_AUTH_RSP")), 17);
+    match c.ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+    failures += 1;
+    let mut admin = connector.client_as(ADMIN.0, ADMIN.1);
+    let r = admin.call(r#"{"SH_INFO_ALL":{}}"#);
+    assert_eq!(r["totalSessions"].as_u64(), Some(1), "{r}");
+
     // The right password: 1 with the user and role, then the role's rights.
     for role in Role::ALL {
         let (user, password) = credentials(role);
@@ -688,7 +731,14 @@ fn sv_auth_and_basic_auth_take_users_and_refuse_wrong_credentials() {
         assert_eq!(st(&r), 1);
     }
 
-    // Basic auth in the upgrade.
+    // Basic auth in the upgrade (and UTF-8 in names and passwords).
+    let mut c = connector.client_as(ZOE.0, ZOE.1);
+    assert_eq!(st(&c.call(r#"{"SH_INFO_ALL":{}}"#)), 16);
+    let r = c.call(&format!(
+        r#"{{"SV_AUTH":{{"user":"{}","password":"{}"}}}}"#,
+        ZOE.0, ZOE.1
+    ));
+    assert_eq!((st(&r), r["user"].as_str()), (1, Some(ZOE.0)));
     for role in Role::ALL {
         let (user, password) = credentials(role);
         let mut c = connector.client_as(user, password);
@@ -746,6 +796,47 @@ fn sv_auth_and_basic_auth_take_users_and_refuse_wrong_credentials() {
         assert!(reply.starts_with(UNAUTHORIZED), "{header}: {reply:?}");
         assert!(reply.contains(CHALLENGE), "{reply:?}");
     }
+}
+
+/// A client guessing passwords fills no log: failures are counted one by
+/// one, but logged at most once a second on each shard.
+#[test]
+fn auth_failures_are_logged_at_most_once_a_second_per_shard() {
+    let dir = TempDir::new("auth-log");
+    let users = all_roles(&dir);
+    let server = Server::start(&["--shards", "2", "--users", &users]);
+    let connector = server.connector();
+    let started = Instant::now();
+    let guesses = 60;
+    for i in 0..guesses {
+        let reply = raw_upgrade(server.addr, &basic(ADMIN.0, &format!("guess {i}")));
+        assert!(reply.starts_with(UNAUTHORIZED), "{reply:?}");
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let mut counted = auth_failures(&connector, READ);
+    while counted < f64::from(guesses) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        counted = auth_failures(&connector, READ);
+    }
+    assert_eq!(counted, f64::from(guesses));
+    let failed = r#"authentication failed for user "ann""#;
+    server.wait_for_line(failed);
+    // A line is written before its failure is counted; give the reader
+    // thread a moment to pass on the rest (one missed only makes the
+    // bound below easier to meet).
+    std::thread::sleep(Duration::from_millis(200));
+    let elapsed = started.elapsed();
+    let lines = 1 + server
+        .stdout
+        .try_iter()
+        .filter(|line| line.contains(failed))
+        .count() as u64;
+    // One a second per shard, in a window `elapsed` long.
+    let allowed = 2 * (elapsed.as_secs() + 2);
+    assert!(
+        lines <= allowed,
+        "{lines} lines for {guesses} failures in {elapsed:?}"
+    );
 }
 
 /// Without users, `SV_AUTH` takes any name as admin and a Basic header,
@@ -1028,5 +1119,10 @@ fn listening_beyond_loopback_needs_users_or_no_auth() {
     let mut c = loopback(&guarded).client();
     assert_eq!(st(&c.call(r#"{"SH_NEW":{}}"#)), 15);
     let mut c = loopback(&guarded).client_as(APP.0, APP.1);
+    assert!(c.new_session("{}") > 0);
+
+    // All of 127/8 is loopback: no users needed.
+    let other_loopback = Server::start_on("127.0.0.2", &["--shards", "2"]);
+    let mut c = other_loopback.client();
     assert!(c.new_session("{}") > 0);
 }
