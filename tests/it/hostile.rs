@@ -8,13 +8,17 @@
 //! The response checks are the fuzz target's (the oracle crate,
 //! `fuzz/oracle/`), so the binary and `LocalDispatcher` are held to the same
 //! promises.
+//!
+//! The tests about framing and misbehaving peers run twice, over plain
+//! WebSocket and over TLS (`<test>::plain`, `<test>::tls`): TLS records cut
+//! frames at other places, and the server reads through rustls.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::support::{Client, Server, TempDir, body, raw, read_to_close, st};
+use crate::support::{Client, Server, TempDir, Transport, body, raw, read_to_close, st};
 use nemesisdb::mesh::shard_of;
 use nemesisdb_oracle as oracle;
 use simd_json::prelude::*;
@@ -27,6 +31,36 @@ const SEEDED_KEYS: &str = r#"{"k":"v","n":1E2,"o":{"x":[1.0,"\u00e9",null]}}"#;
 fn two_shards() -> Server {
     Server::start(&["--shards", "2"])
 }
+
+/// Declares `<test>::plain` and `<test>::tls`, which run the function
+/// `<test>(transport)` over each transport.
+macro_rules! over_each_transport {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use crate::support::Transport;
+
+            #[test]
+            fn plain() {
+                super::$test(Transport::Plain)
+            }
+
+            #[test]
+            fn tls() {
+                super::$test(Transport::Tls)
+            }
+        }
+    )+};
+}
+
+over_each_transport!(
+    a_hostile_client_does_not_disturb_others,
+    framing_edge_cases_get_the_protocol_answers,
+    invalid_utf8_in_fragments_gets_3_then_a_1007_close,
+    protocol_violations_close_only_their_connection,
+    frame_headers_claiming_huge_payloads_close_with_1009,
+    a_request_sent_byte_by_byte_is_answered_and_blocks_nobody,
+    a_client_that_half_closes_still_gets_its_answers,
+);
 
 /// One client per shard, each with a session on its own shard holding
 /// [`SEEDED_KEYS`]: requests about the other client's session cross shards.
@@ -278,19 +312,18 @@ fn values_come_back_exactly_as_sent() {
 /// A client sending garbage as fast as it can: another client's requests
 /// keep being answered correctly, and the garbage sender's connection stays
 /// open.
-#[test]
-fn a_hostile_client_does_not_disturb_others() {
-    let server = two_shards();
+fn a_hostile_client_does_not_disturb_others(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2"]);
     let owners = one_session_per_shard(&server);
     let tokens: Vec<u64> = owners.iter().map(|(_, t)| *t).collect();
     drop(owners);
     let done = Arc::new(AtomicBool::new(false));
-    let addr = server.addr;
+    let connector = server.connector();
     let reader = {
         let done = done.clone();
         let tokens = tokens.clone();
         std::thread::spawn(move || {
-            let mut c = Client::connect(addr);
+            let mut c = connector.client();
             let mut rounds = 0u64;
             while !done.load(Ordering::Relaxed) || rounds < 50 {
                 for tkn in &tokens {
@@ -374,9 +407,8 @@ const CONTINUE: OpCode = OpCode::Data(Data::Continue);
 /// fragmented messages (one answer per message, UTF-8 checked over the
 /// whole message, pings answered in between), a message of exactly
 /// `maxPayload` bytes.
-#[test]
-fn framing_edge_cases_get_the_protocol_answers() {
-    let server = Server::start(&["--shards", "2", "--max-payload", "4096"]);
+fn framing_edge_cases_get_the_protocol_answers(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2", "--max-payload", "4096"]);
     let mut c = server.client();
     let err = |c: &mut Client| body(&c.recv_json(), "ERR");
 
@@ -457,9 +489,8 @@ fn framing_edge_cases_get_the_protocol_answers() {
 /// Invalid UTF-8 split over fragments: tungstenite cannot resync after it,
 /// so the server answers 3 and then ends the connection with 1007 (RFC 6455
 /// §8.1) instead of dropping it mid-stream; nothing stored changes.
-#[test]
-fn invalid_utf8_in_fragments_gets_3_then_a_1007_close() {
-    let server = two_shards();
+fn invalid_utf8_in_fragments_gets_3_then_a_1007_close(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2"]);
     let cases: [&[&[u8]]; 3] = [
         // Bad in the first fragment.
         &[b"\"\xff", b"\""],
@@ -500,9 +531,8 @@ fn invalid_utf8_in_fragments_gets_3_then_a_1007_close() {
 /// Frames that break RFC 6455 itself (unmasked, reserved opcode, oversized
 /// control frame): the connection may be closed, but the server keeps
 /// serving everyone else and their data.
-#[test]
-fn protocol_violations_close_only_their_connection() {
-    let server = two_shards();
+fn protocol_violations_close_only_their_connection(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2"]);
     let owners = one_session_per_shard(&server);
     let tokens: Vec<u64> = owners.iter().map(|(_, t)| *t).collect();
     let mut watcher = server.client();
@@ -634,9 +664,8 @@ fn hostile_save_and_load_requests_stay_inside_the_persist_path() {
 /// A frame header claiming an enormous payload (up to 2^63 bytes, and the
 /// 2^64 - 1 the RFC forbids) is refused at once with 1009, before any of
 /// it is buffered; other clients carry on.
-#[test]
-fn frame_headers_claiming_huge_payloads_close_with_1009() {
-    let server = two_shards();
+fn frame_headers_claiming_huge_payloads_close_with_1009(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2"]);
     let mut other = server.client();
     for length in [
         [0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
@@ -658,9 +687,8 @@ fn frame_headers_claiming_huge_payloads_close_with_1009() {
 
 /// A request trickling in a byte at a time (mid-frame for a while) is
 /// answered once complete, and nobody waits for it meanwhile.
-#[test]
-fn a_request_sent_byte_by_byte_is_answered_and_blocks_nobody() {
-    let server = two_shards();
+fn a_request_sent_byte_by_byte_is_answered_and_blocks_nobody(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2"]);
     let mut slow = server.client();
     let mut other = server.client();
     let payload = br#"{"SH_NEW":{"name":"trickle"}}"#;
@@ -770,9 +798,8 @@ fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 /// A client that sends its requests and then half-closes (with or without
 /// a close frame first) still gets every answer, from this shard or the
 /// other, and then our close frame, before the connection ends.
-#[test]
-fn a_client_that_half_closes_still_gets_its_answers() {
-    let server = two_shards();
+fn a_client_that_half_closes_still_gets_its_answers(transport: Transport) {
+    let server = Server::start_over(transport, &["--shards", "2"]);
     let owners = one_session_per_shard(&server);
     let tokens: Vec<u64> = owners.iter().map(|(_, t)| *t).collect();
     for with_close_frame in [true, false] {
@@ -792,7 +819,7 @@ fn a_client_that_half_closes_still_gets_its_answers() {
                 bytes.extend(masked(0x8, &1000u16.to_be_bytes()));
             }
             stream.write_all(&bytes).unwrap();
-            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            stream.end_writing().unwrap();
             let frames = server_frames(&read_to_close(stream));
             let texts: Vec<String> = frames
                 .iter()

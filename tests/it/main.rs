@@ -21,6 +21,7 @@ mod observability;
 mod owners;
 mod persistence;
 mod props;
+mod security;
 mod server;
 mod support;
 mod versions;
