@@ -121,14 +121,14 @@ pub struct Flags {
     pub log_format: Option<String>,
     /// PEM certificate chain: with --tls-key the port speaks only TLS
     /// (wss://, and https:// for the HTTP endpoints). Reloaded on SIGHUP.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA certificates: clients must present a certificate that chains
     /// to one of them (mutual TLS). Needs --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
     /// Users file: a JSON list of {"name", "passwordSha256", "role"} with
     /// role admin, app or read. Connections must then authenticate (Basic
@@ -459,7 +459,8 @@ fn resolve_security(
     };
     let users = flags.users.clone().or_else(|| file.users.clone());
     let no_auth = flags.no_auth || file.no_auth;
-    if users.is_none() && !no_auth && !ip.is_loopback() {
+    // ::ffff:127.0.0.1 is loopback too.
+    if users.is_none() && !no_auth && !ip.to_canonical().is_loopback() {
         return Err(invalid(format!(
             "refusing to listen on {ip} with no users: anyone who reaches the port could read \
              and end every session. Give --users FILE (see the README, Security), or --no-auth \
@@ -777,6 +778,8 @@ mod tests {
         assert!(resolve(&["--ip", "10.1.2.3"]).is_err());
         assert!(resolve(&["--ip", "::"]).is_err());
         assert!(resolve(&["--ip", "::1"]).is_ok(), "IPv6 loopback");
+        assert!(resolve(&["--ip", "::ffff:127.0.0.1"]).is_ok(), "mapped");
+        assert!(resolve(&["--ip", "::ffff:0.0.0.0"]).is_err());
         assert!(resolve(&["--ip", "127.0.0.2"]).is_ok(), "all of 127/8");
         assert!(resolve(&["--ip", "0.0.0.0", "--no-auth"]).is_ok());
         let with_users = resolve(&["--ip", "0.0.0.0", "--users", "u.json"]).unwrap();
@@ -796,9 +799,13 @@ mod tests {
                 client_ca: None
             })
         );
-        // clap refuses half a pair on the command line.
-        assert!(Flags::try_parse_from(["nemesisdb", "--tls-cert", "c.pem"]).is_err());
-        assert!(Flags::try_parse_from(["nemesisdb", "--tls-client-ca", "ca.pem"]).is_err());
+        // Half a pair is refused once flags and file are merged.
+        let error = resolve(&["--tls-cert", "c.pem"]).unwrap_err().to_string();
+        assert!(error.contains("--tls-key"), "{error}");
+        let error = resolve(&["--tls-client-ca", "ca.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--tls-cert"), "{error}");
         let dir = std::env::temp_dir().join(format!("ndb-config-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("config.json");
@@ -815,6 +822,16 @@ mod tests {
             config.security.users,
             Some(PathBuf::from("/etc/ndb/users.json"))
         );
+        // A flag completes what the file began.
+        let mixed = resolve(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--tls-client-ca",
+            "/other-ca.pem",
+        ])
+        .unwrap();
+        let tls = mixed.security.tls.unwrap();
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/other-ca.pem")));
         std::fs::write(&file, r#"{"tls":{"cert":"/c.pem"}}"#).unwrap();
         let error = resolve(&["--config", file.to_str().unwrap()]).unwrap_err();
         assert!(error.to_string().contains("--tls-key"), "{error}");

@@ -80,6 +80,9 @@ pub enum Expired {
     /// The client left its responses unread for longer than
     /// [`Timeouts::output_stall`].
     OutputStall,
+    /// The server has users and the client did not authenticate within
+    /// [`Timeouts::handshake`] of its accept: it is closed with 1008.
+    Unauthenticated,
 }
 
 /// A place in the server-wide connection limit, given back on drop.
@@ -243,13 +246,11 @@ impl Connection<Socket> {
         permit: Permit,
         now: Instant,
     ) -> io::Result<Self> {
-        let peer = stream.peer_addr().ok();
         let socket = match security.tls {
             Some(config) => Socket::tls(stream, config)?,
             None => Socket::new(stream),
         };
         let mut conn = Connection::over(socket, id, limits, permit, now);
-        conn.peer = peer;
         conn.require_users(security.users);
         Ok(conn)
     }
@@ -322,6 +323,11 @@ impl<T: Transport> Connection<T> {
         self.peer
     }
 
+    /// Where it came from (for the log of a failed authentication).
+    pub fn set_peer(&mut self, peer: std::net::SocketAddr) {
+        self.peer = Some(peer);
+    }
+
     /// Checks Basic credentials from the request head. Ok with nobody when
     /// none came (the first message may be `SV_AUTH`); Err when they are
     /// wrong. Without users the header is ignored, as it always was.
@@ -382,6 +388,12 @@ impl<T: Transport> Connection<T> {
         let over = |since: Instant, limit: Duration| now.saturating_duration_since(since) > limit;
         if self.is_handshaking() && over(self.accepted_at, timeouts.handshake) {
             return Some(Expired::Handshake);
+        }
+        // With users, a connection that has not said who it is by the end
+        // of the handshake time holds a place it may not use.
+        let anonymous = self.users.is_some() && self.identity.is_none() && self.is_open();
+        if anonymous && over(self.accepted_at, timeouts.handshake) {
+            return Some(Expired::Unauthenticated);
         }
         match self.blocked_since {
             Some(since) if over(since, timeouts.output_stall) => Some(Expired::OutputStall),
@@ -975,6 +987,29 @@ mod tests {
         conn.flush(t1 + 10 * SECOND);
         assert!(conn.wants_input());
         assert_eq!(conn.expired(t1 + 60 * SECOND, &timeouts()), None);
+    }
+
+    #[test]
+    fn with_users_a_connection_that_never_authenticates_expires() {
+        let base = Instant::now();
+        let users = Arc::new(Users::parse(&mut b"[]".to_vec()).unwrap());
+        let transport = MemoryTransport::new(UPGRADE, &[]);
+        let mut conn = connection(&transport, base);
+        conn.require_users(Some(users.clone()));
+        assert!(matches!(conn.read(base), ReadOutcome::WouldBlock));
+        assert!(conn.is_open() && conn.role().is_none());
+        let late = base + 10 * SECOND + MILLI;
+        assert_eq!(conn.expired(base + 10 * SECOND, &timeouts()), None);
+        assert_eq!(
+            conn.expired(late, &timeouts()),
+            Some(Expired::Unauthenticated)
+        );
+        // Once it is someone, the clock stops mattering.
+        conn.authenticated(Identity::anyone());
+        assert_eq!(conn.expired(late, &timeouts()), None);
+        // Without users nobody has to authenticate.
+        let (conn, _) = upgraded(base);
+        assert_eq!(conn.expired(late, &timeouts()), None);
     }
 
     #[test]

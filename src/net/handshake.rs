@@ -140,6 +140,14 @@ pub fn examine(received: &[u8]) -> Outcome {
             Credentials::from_basic(h.value).map_or(Authorization::Malformed, Authorization::Basic)
         }
     };
+    // A browser's upgrade (it sends Origin) carries Basic credentials only
+    // from its cache, on behalf of whatever page opened the socket: they
+    // are not used, lest any site act as a user who once typed them in.
+    // Browsers authenticate with SV_AUTH.
+    let authorization = match header("Origin") {
+        Some(_) => Authorization::Absent,
+        None => authorization,
+    };
     let is_upgrade = request.method == Some("GET")
         && request.version == Some(1)
         && has_token("Upgrade", "websocket")
@@ -274,6 +282,11 @@ mod tests {
             })
         );
         assert_eq!(with("Bearer xyz"), Authorization::Malformed);
+        // From a browser, credentials are its cache's, not the page's.
+        assert_eq!(
+            with("Basic YW5uOnB3\r\nOrigin: https://example.com"),
+            Authorization::Absent
+        );
         let scrape = b"GET /metrics HTTP/1.1\r\nAuthorization: Basic YW5uOnB3\r\n\r\n";
         assert!(matches!(
             examine(scrape),

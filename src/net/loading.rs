@@ -121,41 +121,83 @@ fn answer(stream: TcpStream, tls: Option<&Arc<ServerConfig>>) {
     if stream.set_nonblocking(false).is_err() {
         return;
     }
-    let deadline = Instant::now() + PEER_TIMEOUT;
+    let peer = Deadline {
+        stream,
+        at: Instant::now() + PEER_TIMEOUT,
+    };
     match tls {
-        None => answer_over(stream.try_clone(), stream, deadline),
+        None => answer_over(peer),
         Some(config) => {
             let Ok(session) = ServerConnection::new(config.clone()) else {
                 return;
             };
             // Blocking: the handshake runs inside the first read, under the
             // same deadline as the request.
-            let timeouts = stream.try_clone();
-            answer_over(timeouts, StreamOwned::new(session, stream), deadline);
+            answer_over(StreamOwned::new(session, peer));
         }
     }
 }
 
-/// [`answer`] over a blocking stream, plain or TLS; `timeouts` is the TCP
-/// socket under it, whose timeouts bound every read and write.
-fn answer_over(
-    timeouts: io::Result<std::net::TcpStream>,
-    mut stream: impl Read + Write,
-    deadline: Instant,
-) {
-    let Ok(socket) = timeouts else { return };
-    let time_left =
-        || Some(deadline.saturating_duration_since(Instant::now())).filter(|left| !left.is_zero());
+/// A blocking socket that gives up at a deadline: every read and write
+/// waits at most the time left, so a peer that trickles bytes (a TLS
+/// handshake takes many reads inside one of ours) cannot hold the thread.
+struct Deadline {
+    stream: std::net::TcpStream,
+    at: Instant,
+}
+
+impl Deadline {
+    fn time_left(&self) -> io::Result<Duration> {
+        Some(self.at.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| io::ErrorKind::TimedOut.into())
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.time_left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.time_left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What [`answer`] reads and writes through: the socket, or TLS over it.
+trait Peer: Read + Write {
+    /// Ends our side once the answer is out.
+    fn finish(&mut self);
+}
+
+impl Peer for Deadline {
+    fn finish(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+impl Peer for StreamOwned<ServerConnection, Deadline> {
+    fn finish(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        self.sock.finish();
+    }
+}
+
+/// [`answer`] over a plain or TLS peer.
+fn answer_over(mut peer: impl Peer) {
     let mut received = Vec::new();
     let mut chunk = [0u8; 2048];
     let response = loop {
-        let Some(left) = time_left() else { return };
-        if socket.set_read_timeout(Some(left)).is_err()
-            || socket.set_write_timeout(Some(left)).is_err()
-        {
-            return;
-        }
-        match stream.read(&mut chunk) {
+        match peer.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => received.extend_from_slice(&chunk[..n]),
         }
@@ -172,12 +214,12 @@ fn answer_over(
             }
         }
     };
-    // A fresh socket's send buffer takes these few hundred bytes at once.
-    let Some(left) = time_left() else { return };
-    if socket.set_write_timeout(Some(left)).is_ok() {
-        let _ = stream.write_all(&response);
-        let _ = stream.flush();
-        let _ = socket.shutdown(Shutdown::Write);
+    if peer
+        .write_all(&response)
+        .and_then(|()| peer.flush())
+        .is_ok()
+    {
+        peer.finish();
     }
 }
 
@@ -210,6 +252,44 @@ mod tests {
         let listeners = responder.finish().unwrap();
         assert_eq!(listeners.len(), 2);
         assert_eq!(listeners[1].local_addr().unwrap(), addr);
+    }
+
+    /// A peer that trickles a TLS handshake one byte at a time is dropped
+    /// at its deadline, and the probe after it is answered.
+    #[test]
+    fn a_trickling_tls_peer_cannot_hold_the_responder() {
+        let (server, client) = crate::security::tls::tests::localhost_pair();
+        let listeners = bind_shared("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let responder = LoadingResponder::start(listeners, Some(server)).unwrap();
+        let trickler = std::thread::spawn(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            // A ClientHello's record header claiming 16 KiB, then a byte
+            // every 100 ms for 20 s: each read well within any timeout.
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).unwrap();
+            (0..200).any(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                tcp.write_all(&[0x01]).is_err()
+            })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let session = rustls::ClientConnection::new(client, name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        // Far less than the trickler's 20 s, far more than its 500 ms.
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut tls = rustls::StreamOwned::new(session, tcp);
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 "),
+            "answered while the trickler trickles: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(trickler.join().unwrap(), "the trickler was dropped");
+        responder.finish().unwrap();
     }
 
     #[test]

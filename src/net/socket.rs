@@ -24,7 +24,7 @@ use rustls::{ServerConfig, ServerConnection};
 use super::transport::{Traffic, Transport};
 
 /// Encrypted bytes rustls may hold for a connection beyond what the socket
-/// took: one full record and change. The output limit is the WebSocket's;
+/// took (about four full records). The output limit is the WebSocket's;
 /// this only bounds what sits below it.
 const TLS_PENDING_LIMIT: usize = 64 * 1024;
 
@@ -70,10 +70,6 @@ impl Socket {
         let mut socket = Socket::new(stream);
         socket.tls = Some(Box::new(tls));
         Ok(socket)
-    }
-
-    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.raw.stream.peer_addr().ok()
     }
 }
 

@@ -203,7 +203,6 @@ pub fn unsubscribed(out: &mut Vec<u8>) {
     Response::new(out, CommandName::Unsubscribe, Status::Ok).finish();
 }
 
-/// `SH_END_ALL`: how many sessions ended.
 /// `SV_AUTH` succeeded: who the connection is now.
 pub fn authenticated(out: &mut Vec<u8>, user: &str, role: &str) {
     Response::new(out, CommandName::Auth, Status::Ok)
@@ -212,6 +211,7 @@ pub fn authenticated(out: &mut Vec<u8>, user: &str, role: &str) {
         .finish();
 }
 
+/// `SH_END_ALL`: how many sessions ended.
 pub fn ended_all(out: &mut Vec<u8>, cnt: u64) {
     Response::new(out, CommandName::EndAll, Status::Ok)
         .u64("cnt", cnt)

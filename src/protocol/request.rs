@@ -830,7 +830,6 @@ impl Params<'_, '_, '_> {
         }))
     }
 
-    /// `owner`: 1 to 256 bytes of text.
     /// `SV_AUTH`'s `user` or `password`: any string (the users file decides
     /// what exists), bounded like every name.
     fn credential(
@@ -851,6 +850,7 @@ impl Params<'_, '_, '_> {
         }
     }
 
+    /// `owner`: 1 to 256 bytes of text.
     fn owner(&self) -> Result<Box<str>, Rejection> {
         match self.params.get("owner").map(string_of) {
             None => Err(self.reject(Status::ParamMissing, "owner is required", None)),

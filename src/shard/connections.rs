@@ -4,6 +4,7 @@
 //! event loop reads messages off the connections it is handed.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -173,6 +174,7 @@ impl Connections {
         &mut self,
         registry: &Registry,
         mut stream: TcpStream,
+        peer: SocketAddr,
         permit: Permit,
         probes_only: bool,
         security: Current,
@@ -187,6 +189,7 @@ impl Connections {
         let id = self.next_id;
         self.next_id += 1;
         let mut conn = Connection::new(id, stream, security, self.limits, permit, self.now)?;
+        conn.set_peer(peer);
         if probes_only {
             conn.serve_probes_only();
         }
@@ -279,6 +282,13 @@ impl Connections {
             }
         }
         for (slot, expired, http) in expired {
+            if expired == Expired::Unauthenticated {
+                if let Some(conn) = self.slab.get_mut(slot) {
+                    conn.close(CloseCode::Policy, "authentication timed out", now);
+                    self.touched.push(slot);
+                }
+                continue;
+            }
             let why = match expired {
                 // An HTTP answer not taken in time was no refusal of ours.
                 Expired::Handshake if http => "HTTP answer not taken in time",
@@ -287,6 +297,7 @@ impl Connections {
                     "handshake timed out"
                 }
                 Expired::OutputStall => "not reading its answers (output stall timeout)",
+                Expired::Unauthenticated => "not authenticated in time",
             };
             self.retire(slot, why);
         }
@@ -350,7 +361,7 @@ pub(super) mod tests {
         let poll = mio::Poll::new().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (server, peer) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         let permit = Permit::acquire(&Arc::new(AtomicUsize::new(0)), 10).unwrap();
         let mut conns = Connections::new(limits(), now, metrics());
@@ -358,6 +369,7 @@ pub(super) mod tests {
             .add(
                 poll.registry(),
                 TcpStream::from_std(server),
+                peer,
                 permit,
                 false,
                 Current::default(),

@@ -264,7 +264,7 @@ impl Shard {
             return;
         };
         loop {
-            let (mut stream, _) = match listener.accept() {
+            let (mut stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -282,9 +282,12 @@ impl Shard {
                 // told 503 once its request shows it is one.
                 None => match Permit::acquire(&self.ctx.connections, max + PROBE_RESERVE) {
                     Some(permit) => (permit, true),
+                    // A TLS port speaks no plain HTTP: the peer sees a close.
                     None => {
                         self.conns.metrics.rejected_at_limit();
-                        let _ = std::io::Write::write_all(&mut stream, SERVER_FULL);
+                        if self.ctx.security.settings().tls.is_none() {
+                            let _ = std::io::Write::write_all(&mut stream, SERVER_FULL);
+                        }
                         continue;
                     }
                 },
@@ -293,9 +296,14 @@ impl Shard {
             let _ = stream.set_nodelay(true);
             // A stream that cannot be registered is dropped (closed).
             let security = self.ctx.security.current();
-            let _ = self
-                .conns
-                .add(self.poll.registry(), stream, permit, probes_only, security);
+            let _ = self.conns.add(
+                self.poll.registry(),
+                stream,
+                peer,
+                permit,
+                probes_only,
+                security,
+            );
         }
     }
 
