@@ -8,21 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// One HTTP GET on a fresh connection: the status code and the body.
+/// One HTTP GET on a fresh plain connection: the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = raw(addr);
-    write_all(
-        &mut stream,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
-    );
-    let answer = String::from_utf8(read_to_close(&mut stream)).expect("UTF-8 answer");
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
+    let answer = Connector { addr, tls: None }.get(path, None);
+    (answer.status, answer.body)
 }
 
 /// The value of the sample line that starts with `sample` (name and labels
