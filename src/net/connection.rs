@@ -163,6 +163,52 @@ enum Handshake {
     Failed,
 }
 
+/// Who a connection is, and whom it may become.
+struct Authentication {
+    /// The users it may authenticate as, as they were when it was
+    /// accepted; None: the server has none.
+    users: Option<Arc<Users>>,
+    /// Who it is: None until it authenticates (always someone on a server
+    /// without users).
+    identity: Option<Identity>,
+    /// The name that failed credentials gave (for the log).
+    failed_user: Option<Box<str>>,
+}
+
+impl Authentication {
+    /// With users, and nobody yet.
+    fn is_anonymous(&self) -> bool {
+        self.users.is_some() && self.identity.is_none()
+    }
+
+    /// Checks Basic credentials from the request head. Ok, still nobody,
+    /// when none came (the first message may be `SV_AUTH`); Err when they
+    /// are wrong. Without users the header is ignored, as it always was.
+    fn check(&mut self, authorization: Authorization) -> Result<(), ()> {
+        let Some(users) = &self.users else {
+            return Ok(());
+        };
+        let identity = match &authorization {
+            Authorization::Absent => return Ok(()),
+            Authorization::Basic(credentials) => users.verify(credentials),
+            Authorization::Malformed => None,
+        };
+        match identity {
+            Some(identity) => {
+                self.identity = Some(identity);
+                Ok(())
+            }
+            None => {
+                self.failed_user = Some(match authorization {
+                    Authorization::Basic(credentials) => credentials.user.into(),
+                    _ => "(unreadable Authorization header)".into(),
+                });
+                Err(())
+            }
+        }
+    }
+}
+
 enum State<T: Transport> {
     Handshake {
         transport: T,
@@ -223,14 +269,7 @@ pub struct Connection<T: Transport = Socket> {
     final_traffic: Traffic,
     /// Taken over the connection limit: HTTP endpoints only.
     probes_only: bool,
-    /// The users it may authenticate as, as they were when it was
-    /// accepted; None: the server has none.
-    users: Option<Arc<Users>>,
-    /// Who it is: None until it authenticates (always someone on a server
-    /// without users).
-    identity: Option<Identity>,
-    /// The name credentials that failed gave (for the log).
-    failed_user: Option<Box<str>>,
+    auth: Authentication,
     peer: Option<std::net::SocketAddr>,
     _permit: Permit,
 }
@@ -280,9 +319,11 @@ impl<T: Transport> Connection<T> {
             refused: None,
             final_traffic: Traffic::default(),
             probes_only: false,
-            users: None,
-            identity: Some(Identity::anyone()),
-            failed_user: None,
+            auth: Authentication {
+                users: None,
+                identity: Some(Identity::anyone()),
+                failed_user: None,
+            },
             peer: None,
             _permit: permit,
         }
@@ -291,32 +332,32 @@ impl<T: Transport> Connection<T> {
     /// With users, the connection is nobody until it authenticates.
     pub fn require_users(&mut self, users: Option<Arc<Users>>) {
         if users.is_some() {
-            self.identity = None;
+            self.auth.identity = None;
         }
-        self.users = users;
+        self.auth.users = users;
     }
 
     /// What it may do (None: it has not authenticated yet).
     pub fn role(&self) -> Option<Role> {
-        self.identity.as_ref().map(|identity| identity.role)
+        self.auth.identity.as_ref().map(|identity| identity.role)
     }
 
     /// It authenticated (`SV_AUTH`): its requests run as `identity` now.
     pub fn authenticated(&mut self, identity: Identity) {
-        self.identity = Some(identity);
+        self.auth.identity = Some(identity);
     }
 
     /// Its credentials were wrong (`SV_AUTH`): nothing more is read, and it
     /// closes with 1008 once its answers are written.
     pub fn refuse_credentials(&mut self, user: &str, now: Instant) {
         self.refused = Some(Refusal::Auth);
-        self.failed_user = Some(user.into());
+        self.auth.failed_user = Some(user.into());
         self.end_after_answers(CloseCode::Policy, "authentication failed", now);
     }
 
     /// The name that failed to authenticate, if one did.
     pub fn failed_user(&self) -> Option<&str> {
-        self.failed_user.as_deref()
+        self.auth.failed_user.as_deref()
     }
 
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
@@ -326,34 +367,6 @@ impl<T: Transport> Connection<T> {
     /// Where it came from (for the log of a failed authentication).
     pub fn set_peer(&mut self, peer: std::net::SocketAddr) {
         self.peer = Some(peer);
-    }
-
-    /// Checks Basic credentials from the request head. Ok with nobody when
-    /// none came (the first message may be `SV_AUTH`); Err when they are
-    /// wrong. Without users the header is ignored, as it always was.
-    fn check_authorization(&mut self, authorization: Authorization) -> Result<(), ()> {
-        let Some(users) = &self.users else {
-            return Ok(());
-        };
-        let identity = match &authorization {
-            Authorization::Absent => return Ok(()),
-            Authorization::Basic(credentials) => users.verify(credentials),
-            Authorization::Malformed => None,
-        };
-        match identity {
-            Some(identity) => {
-                self.identity = Some(identity);
-                Ok(())
-            }
-            None => {
-                self.refused = Some(Refusal::Auth);
-                self.failed_user = Some(match authorization {
-                    Authorization::Basic(credentials) => credentials.user.into(),
-                    _ => "(unreadable Authorization header)".into(),
-                });
-                Err(())
-            }
-        }
     }
 
     /// Whether to read more requests now: not while too many are
@@ -391,8 +404,8 @@ impl<T: Transport> Connection<T> {
         }
         // With users, a connection that has not said who it is by the end
         // of the handshake time holds a place it may not use.
-        let anonymous = self.users.is_some() && self.identity.is_none() && self.is_open();
-        if anonymous && over(self.accepted_at, timeouts.handshake) {
+        if self.auth.is_anonymous() && self.is_open() && over(self.accepted_at, timeouts.handshake)
+        {
             return Some(Expired::Unauthenticated);
         }
         match self.blocked_since {
@@ -578,17 +591,17 @@ impl<T: Transport> Connection<T> {
                 Outcome::Incomplete => continue,
                 Outcome::Endpoint(endpoint, authorization) => {
                     // The figures are for users only, when there are users.
-                    let checked = match endpoint {
-                        Endpoint::Metrics => self.check_authorization(authorization),
-                        Endpoint::Health | Endpoint::Ready => Ok(()),
+                    let allowed = match endpoint {
+                        Endpoint::Metrics => self
+                            .auth
+                            .check(authorization)
+                            .map(|()| !self.auth.is_anonymous()),
+                        Endpoint::Health | Endpoint::Ready => Ok(true),
                     };
-                    let State::Handshake { transport, .. } = &mut self.state else {
-                        unreachable!("matched above");
-                    };
-                    let anonymous_scrape = endpoint == Endpoint::Metrics
-                        && self.users.is_some()
-                        && self.identity.is_none();
-                    if checked.is_err() || anonymous_scrape {
+                    if allowed != Ok(true) {
+                        if allowed.is_err() {
+                            self.refused = Some(Refusal::Auth);
+                        }
                         let _ = transport.write_all(UNAUTHORIZED);
                         let _ = transport.flush();
                         let _ = transport.shutdown(Shutdown::Both);
@@ -628,18 +641,13 @@ impl<T: Transport> Connection<T> {
                     head_len,
                     authorization,
                 } => {
-                    if self.check_authorization(authorization).is_err() {
-                        let State::Handshake { transport, .. } = &mut self.state else {
-                            unreachable!("matched above");
-                        };
+                    if self.auth.check(authorization).is_err() {
+                        self.refused = Some(Refusal::Auth);
                         let _ = transport.write_all(UNAUTHORIZED);
                         let _ = transport.flush();
                         let _ = transport.shutdown(Shutdown::Both);
                         return Handshake::Failed;
                     }
-                    let State::Handshake { transport, .. } = &mut self.state else {
-                        unreachable!("matched above");
-                    };
                     // 101 responses are ~130 bytes: a fresh socket never
                     // blocks on them; if it does, the peer is not reading.
                     // Over TLS the record may wait in rustls for a flush.
