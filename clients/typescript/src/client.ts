@@ -172,15 +172,15 @@ export class Session {
   }
 
   /** Set keys (SH_SET). Resolves to the new version when `withVersion`/`ifVersion` is given. */
-  set(keys: Keys, opts: WriteOptions = {}): Promise<Version | undefined> {
+  async set(keys: Keys, opts: WriteOptions = {}): Promise<Version | undefined> {
     return this.client.write("SH_SET", { tkn: this.tkn, keys: keyValues(keys) }, opts);
   }
   /** Set keys that do not exist yet; existing keys keep their value (SH_ADD). */
-  add(keys: Keys, opts: WriteOptions = {}): Promise<Version | undefined> {
+  async add(keys: Keys, opts: WriteOptions = {}): Promise<Version | undefined> {
     return this.client.write("SH_ADD", { tkn: this.tkn, keys: keyValues(keys) }, opts);
   }
   /** Remove keys; absent names are ignored (SH_RMV). */
-  rmv(keys: string | string[], opts: WriteOptions = {}): Promise<Version | undefined> {
+  async rmv(keys: string | string[], opts: WriteOptions = {}): Promise<Version | undefined> {
     return this.client.write("SH_RMV", { tkn: this.tkn, keys: keyNames(keys) }, opts);
   }
 
@@ -196,42 +196,42 @@ export class Session {
   /** Which of `keys` exist, in request order (SH_CONTAINS). */
   contains(keys: string | string[], opts?: CallOptions & Plain): Promise<string[]>;
   contains(keys: string | string[], opts: CallOptions & { withVersion: true }): Promise<Versioned<string[]>>;
-  contains(keys: string | string[], opts: ReadOptions = {}): Promise<string[] | Versioned<string[]>> {
+  async contains(keys: string | string[], opts: ReadOptions = {}): Promise<string[] | Versioned<string[]>> {
     return this.client.result("SH_CONTAINS", { tkn: this.tkn, keys: keyNames(keys) }, opts, (b) => b.contains as string[]);
   }
 
   /** How many keys the session holds (SH_COUNT). */
   count(opts?: CallOptions & Plain): Promise<number>;
   count(opts: CallOptions & { withVersion: true }): Promise<Versioned<number>>;
-  count(opts: ReadOptions = {}): Promise<number | Versioned<number>> {
+  async count(opts: ReadOptions = {}): Promise<number | Versioned<number>> {
     return this.client.result("SH_COUNT", { tkn: this.tkn }, opts, (b) => Number(b.cnt));
   }
 
   /** The names of all keys, in no particular order (SH_KEYS). */
   keys(opts?: CallOptions & Plain): Promise<string[]>;
   keys(opts: CallOptions & { withVersion: true }): Promise<Versioned<string[]>>;
-  keys(opts: ReadOptions = {}): Promise<string[] | Versioned<string[]>> {
+  async keys(opts: ReadOptions = {}): Promise<string[] | Versioned<string[]>> {
     return this.client.result("SH_KEYS", { tkn: this.tkn }, opts, (b) => b.keys as string[]);
   }
 
   /** Remove every key, keep the session (SH_CLEAR); resolves to how many were removed. */
   clear(opts?: CallOptions & Plain): Promise<number>;
   clear(opts: CallOptions & Versioned_): Promise<Versioned<number>>;
-  clear(opts: WriteOptions = {}): Promise<number | Versioned<number>> {
+  async clear(opts: WriteOptions = {}): Promise<number | Versioned<number>> {
     return this.client.result("SH_CLEAR", { tkn: this.tkn }, opts, (b) => Number(b.cnt));
   }
 
   /** Replace all keys with `keys` in one step (SH_CLEAR_SET); resolves to how many were removed. */
   clearSet(keys: Keys, opts?: CallOptions & Plain): Promise<number>;
   clearSet(keys: Keys, opts: CallOptions & Versioned_): Promise<Versioned<number>>;
-  clearSet(keys: Keys, opts: WriteOptions = {}): Promise<number | Versioned<number>> {
+  async clearSet(keys: Keys, opts: WriteOptions = {}): Promise<number | Versioned<number>> {
     return this.client.result("SH_CLEAR_SET", { tkn: this.tkn, keys: keyValues(keys) }, opts, (b) => Number(b.cnt));
   }
 
   /** Add `by` (default 1) to the integer at `key`, atomically (SH_INCR); resolves to the new value. */
   incr(key: string, by?: Int, opts?: CallOptions & Plain): Promise<Int>;
   incr(key: string, by: Int | undefined, opts: CallOptions & Versioned_): Promise<Versioned<Int>>;
-  incr(key: string, by: Int = 1, opts: WriteOptions = {}): Promise<Int | Versioned<Int>> {
+  async incr(key: string, by: Int = 1, opts: WriteOptions = {}): Promise<Int | Versioned<Int>> {
     if (typeof key !== "string") throw new TypeError("key must be a string");
     if (!isIntegerIn(by, I64_MIN, I64_MAX)) throw new RangeError(`by must be a signed 64-bit integer, got ${String(by)}`);
     return this.client.result("SH_INCR", { tkn: this.tkn, key, by }, opts, (b) => b.value as Int);
@@ -250,7 +250,7 @@ export class Session {
    */
   touch(opts?: CallOptions & { slide?: boolean } & Plain): Promise<number>;
   touch(opts: CallOptions & { slide?: boolean; withVersion: true }): Promise<Versioned<number>>;
-  touch(opts: ReadOptions & { slide?: boolean } = {}): Promise<number | Versioned<number>> {
+  async touch(opts: ReadOptions & { slide?: boolean } = {}): Promise<number | Versioned<number>> {
     return this.client.result("SH_TOUCH", { tkn: this.tkn, slide: opts.slide ?? true }, opts, (b) => Number(b.ttlMs));
   }
 
