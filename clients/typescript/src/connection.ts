@@ -96,7 +96,10 @@ export class Connection {
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
         if (error) {
-          socket.onopen = socket.onclose = socket.onerror = socket.onmessage = null;
+          socket.onopen = socket.onclose = socket.onmessage = null;
+          // Not null: `ws` reports closing a socket still connecting as an
+          // error event, and an error without a listener would crash Node.
+          socket.onerror = () => {};
           try {
             socket.close();
           } catch {
