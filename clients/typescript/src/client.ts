@@ -440,7 +440,7 @@ export class Client {
 
   /** The open connection, or one that the reconnection will open within `reconnectTimeoutMs`. */
   private connection(signal?: AbortSignal): Promise<Connection> {
-    if (this.conn) return Promise.resolve(this.conn);
+    if (this.conn?.isOpen) return Promise.resolve(this.conn);
     if (this.fatal) return Promise.reject(this.fatal);
     return new Promise<Connection>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -475,7 +475,9 @@ export class Client {
   call(command: string, params: object, opts: CallOptions = {}, ok: readonly number[] = [Status.Ok]): Promise<Body> {
     const conn = this.conn;
     // The common case stays synchronous, so that calls made in one turn are sent in that order.
-    if (conn) return conn.request(command, params, ok, opts.signal);
+    // A socket already closing (its close event not yet handled) is not
+    // written to: the call waits for the next connection instead.
+    if (conn?.isOpen) return conn.request(command, params, ok, opts.signal);
     return this.connection(opts.signal).then((c) => c.request(command, params, ok, opts.signal));
   }
 
