@@ -35,6 +35,8 @@ const INTEGER = /^-?(0|[1-9][0-9]*)$/;
 
 /** A number token's text as a `number`, or a `bigint` when it is an integer a `number` cannot hold. */
 export function numberFromSource(source: string): number | bigint {
+  // 15 characters hold at most 15 digits: always a safe integer, or not an integer.
+  if (source.length <= 15) return Number(source);
   const n = Number(source);
   if (!Number.isSafeInteger(n) && INTEGER.test(source)) return BigInt(source);
   return n;
