@@ -15,8 +15,9 @@
  * 3. Otherwise a parser given by the runtime entry (Node 18/20: the
  *    `lossless-json` package).
  *
- * `stringify` writes a `bigint` as its digits, so values read back can be
- * written unchanged.
+ * `stringify` writes a `bigint` as its digits (even where an application
+ * installed `BigInt.prototype.toJSON`), so values read back can be written
+ * unchanged.
  */
 
 export type JsonParse = (text: string) => unknown;
@@ -70,18 +71,36 @@ export function sourceTextParse(): JsonParse | undefined {
 
 /** Wrap an exact parser with the fast path for messages that cannot hold an unsafe integer. */
 export function withFastPath(exact: JsonParse): JsonParse {
-  const longDigits = /[0-9]{16}/;
-  return (text) => (longDigits.test(text) ? exact(text) : JSON.parse(text));
+  return (text) => (hasLongDigitRun(text) ? exact(text) : JSON.parse(text));
+}
+
+/** Whether `text` holds 16 or more ASCII digits in a row: a plain scan, it never edits the text. */
+export function hasLongDigitRun(text: string): boolean {
+  let run = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 48 && c <= 57) {
+      if (++run >= 16) return true;
+    } else {
+      run = 0;
+    }
+  }
+  return false;
 }
 
 /** `JSON.stringify`, but a `bigint` is written as its decimal digits (a JSON number). */
 export function stringify(value: unknown): string {
-  try {
-    return JSON.stringify(value);
-  } catch (e) {
-    if (!(e instanceof TypeError)) throw e;
+  // An application may install `BigInt.prototype.toJSON` (commonly to give a
+  // string): `JSON.stringify` would then write every bigint as that, a
+  // string, not a number. Only then, or when `JSON.stringify` refuses a
+  // bigint, is the message written by this module's own writer.
+  if (typeof (BigInt.prototype as { toJSON?: unknown }).toJSON !== "function") {
+    try {
+      return JSON.stringify(value);
+    } catch (e) {
+      if (!(e instanceof TypeError)) throw e;
+    }
   }
-  // Only messages holding a bigint get here: JSON.stringify refuses them.
   const out: string[] = [];
   write(value, out, new Set());
   return out.join("");
@@ -99,10 +118,11 @@ function write(value: unknown, out: string[], seen: Set<object>): boolean {
     seen.add(value);
     if (Array.isArray(value)) {
       out.push("[");
-      value.forEach((item, i) => {
+      // An index loop, not forEach: a hole is written as null, as JSON.stringify does.
+      for (let i = 0; i < value.length; i++) {
         if (i > 0) out.push(",");
-        if (!write(item, out, seen)) out.push("null");
-      });
+        if (!write(value[i], out, seen)) out.push("null");
+      }
       out.push("]");
     } else {
       out.push("{");

@@ -7,7 +7,7 @@ import { createServer } from "node:http";
 import { mkdtempSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, normalize } from "node:path";
-import { after, before, test } from "node:test";
+import { after, before, test } from "./support.mjs";
 import puppeteer from "puppeteer-core";
 import { PACKAGE_ROOT, ServerProcess, TWO_POW_53 } from "./support.mjs";
 

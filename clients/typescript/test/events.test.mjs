@@ -1,6 +1,6 @@
 // Session events: `for await`, filters, keys, and resuming from the cursor after a restart.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { after, before, test } from "./support.mjs";
 import { connect } from "../dist/node.js";
 import { RestartableServer, ServerProcess, unique } from "./support.mjs";
 

@@ -1,7 +1,8 @@
 // Exact JSON, without a server: parsing keeps integers beyond 2^53, writing writes bigints back.
 import assert from "node:assert/strict";
-import { test } from "node:test";
 import { numberFromSource, stringify } from "../dist/index.js";
+import { hasLongDigitRun } from "../dist/json.js";
+import { test } from "./support.mjs";
 
 test("numberFromSource keeps unsafe integers exact and leaves the rest numbers", () => {
   assert.equal(numberFromSource("16351792548006066062"), 16351792548006066062n);
@@ -18,4 +19,40 @@ test("stringify writes bigints as JSON numbers, and everything else as JSON.stri
   const cyclic = { x: 1n };
   cyclic.self = cyclic;
   assert.throws(() => stringify(cyclic), TypeError);
+});
+
+test("stringify writes holes in arrays as null, as JSON.stringify does", () => {
+  // eslint-disable-next-line no-sparse-arrays
+  const sparse = [1n, , 3];
+  sparse[5] = "x";
+  assert.equal(stringify({ a: sparse }), '{"a":[1,null,3,null,null,"x"]}');
+  assert.equal(stringify({ a: new Array(2), b: 1n }), '{"a":[null,null],"b":1}');
+});
+
+test("an application's BigInt.prototype.toJSON does not turn bigints into strings", () => {
+  assert.equal(Object.getOwnPropertyDescriptor(BigInt.prototype, "toJSON"), undefined);
+  Object.defineProperty(BigInt.prototype, "toJSON", {
+    value() {
+      return this.toString();
+    },
+    configurable: true,
+    writable: true,
+  });
+  try {
+    assert.equal(JSON.stringify({ a: 1n }), '{"a":"1"}'); // what the application asked for, its own business
+    assert.equal(stringify({ a: 18446744073709551615n, b: [2n], c: "s", d: 1.5 }), '{"a":18446744073709551615,"b":[2],"c":"s","d":1.5}');
+    assert.equal(stringify({ a: 1, b: "s" }), '{"a":1,"b":"s"}');
+    assert.equal(stringify({ d: new Date(0) }), JSON.stringify({ d: new Date(0) }));
+  } finally {
+    delete BigInt.prototype.toJSON;
+  }
+  assert.equal(BigInt.prototype.toJSON, undefined);
+});
+
+test("the parser is chosen by a scan for 16 digits in a row", () => {
+  assert.equal(hasLongDigitRun('{"a":123456789012345}'), false);
+  assert.equal(hasLongDigitRun('{"a":1234567890123456}'), true);
+  assert.equal(hasLongDigitRun('{"a":"123456789012345","b":1}'), false);
+  assert.equal(hasLongDigitRun(""), false);
+  assert.equal(hasLongDigitRun("9".repeat(16)), true);
 });

@@ -1,6 +1,6 @@
 // The connection's life: reconnect after the server restarts, surfaced as events; writes never resent.
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { test } from "./support.mjs";
 import { ConnectionError, NdbError, connect } from "../dist/node.js";
 import { RestartableServer, eventually, freePort } from "./support.mjs";
 

@@ -12,6 +12,18 @@ import { createServer } from "node:net";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { randomUUID } from "node:crypto";
+import * as nodeTest from "node:test";
+
+/**
+ * `node:test`'s test and hooks with a timeout each, so that a hang fails the
+ * run instead of stalling it (node:test has no default timeout; the
+ * `--test-timeout` flag needs Node 20.11+).
+ */
+export const TEST_TIMEOUT_MS = 60000;
+export const test = (name, fn) => nodeTest.test(name, { timeout: TEST_TIMEOUT_MS }, fn);
+export const describe = (name, fn) => nodeTest.describe(name, { timeout: TEST_TIMEOUT_MS }, fn);
+export const before = (fn) => nodeTest.before(fn, { timeout: TEST_TIMEOUT_MS });
+export const after = (fn) => nodeTest.after(fn, { timeout: TEST_TIMEOUT_MS });
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const PACKAGE_ROOT = resolve(HERE, "..");
