@@ -1,8 +1,9 @@
 /**
- * The Node entry (Node 18+): the `ws` package for the socket (unless the
- * runtime has a global WebSocket and no `ws` options are given), and for
- * exact integers `JSON.parse` with the number's source text where the
- * runtime has it (Node 21+), else the `lossless-json` package.
+ * The Node entry (Node 18+): always the `ws` package for the socket (it can
+ * pause reading, which event streams need for back-pressure; Node 22's global
+ * WebSocket cannot), and for exact integers `JSON.parse` with the number's
+ * source text where the runtime has it (Node 21+), else the `lossless-json`
+ * package.
  *
  * Credentials go as `SV_AUTH`, the first message of each connection, as in
  * browsers: one way in for both, and a refusal is a status (17) rather than
@@ -10,16 +11,43 @@
  */
 
 import { parse as losslessParse } from "lossless-json";
-import type { ClientOptions, WebSocket as WsSocket } from "ws";
+import { WebSocket, type ClientOptions } from "ws";
 import { Client, type ConnectOptions } from "./client.js";
 import type { SocketLike } from "./connection.js";
 import { type JsonParse, numberFromSource, sourceTextParse, withFastPath } from "./json.js";
 
 export * from "./index.js";
 
-/** `connect`'s options in Node: `ws` options too (`ca`, `rejectUnauthorized`, `cert`, `key` for `wss://`). */
+/** Certificates and keys: PEM text or its bytes (a `Buffer` is a `Uint8Array`). */
+export type Pem = string | Uint8Array | Array<string | Uint8Array>;
+
+/**
+ * Socket options in Node, passed to the `ws` package as they are. Declared
+ * here so that using this package's types needs nothing else installed.
+ */
+export interface NodeSocketOptions {
+  /** Certificate authorities to trust for `wss://` (default: Node's). */
+  ca?: Pem;
+  /** A client certificate and its key, for mutual TLS. */
+  cert?: Pem;
+  key?: Pem;
+  /** The key's passphrase. */
+  passphrase?: string;
+  /** False accepts any server certificate: for tests only (default true). */
+  rejectUnauthorized?: boolean;
+  /** The TLS server name (SNI), when not the URL's host. */
+  servername?: string;
+  /** Extra HTTP headers on the upgrade request (e.g. `Authorization`). */
+  headers?: Record<string, string>;
+  /** Milliseconds allowed for the opening handshake. */
+  handshakeTimeout?: number;
+  /** Largest message accepted, in bytes. */
+  maxPayload?: number;
+}
+
+/** `connect`'s options in Node: socket options too (`ca`, `rejectUnauthorized`, `cert`, `key` for `wss://`). */
 export interface NodeConnectOptions extends ConnectOptions {
-  ws?: ClientOptions;
+  ws?: NodeSocketOptions;
 }
 
 const exactParse: JsonParse = withFastPath(
@@ -28,15 +56,8 @@ const exactParse: JsonParse = withFastPath(
 
 export async function connect(url: string, options: NodeConnectOptions = {}): Promise<Client> {
   const parse = options.jsonParse ?? exactParse;
-  const globalWs = (globalThis as { WebSocket?: new (url: string) => SocketLike }).WebSocket;
-  let socket: (url: string) => SocketLike;
-  if (globalWs && options.ws === undefined) {
-    socket = (u) => new globalWs(u);
-  } else {
-    const { WebSocket } = await import("ws");
-    const wsOptions: ClientOptions = { perMessageDeflate: false, ...options.ws };
-    socket = (u) => batchWrites(new WebSocket(u, wsOptions));
-  }
+  const wsOptions: ClientOptions = { perMessageDeflate: false, ...(options.ws as ClientOptions | undefined) };
+  const socket = (u: string): SocketLike => batchWrites(new WebSocket(u, wsOptions));
   return new Client(url, { socket, parse }, options).open(options.signal);
 }
 
@@ -47,7 +68,7 @@ export async function connect(url: string, options: NodeConnectOptions = {}): Pr
  * tick): the same frames in the same order, in far fewer writes. `_socket`
  * is `ws`'s own field; without it messages are simply written one by one.
  */
-function batchWrites(ws: WsSocket): SocketLike {
+function batchWrites(ws: WebSocket): SocketLike {
   const send = ws.send.bind(ws);
   let corked = false;
   (ws as unknown as SocketLike).send = (data: string) => {

@@ -56,3 +56,15 @@ test("the parser is chosen by a scan for 16 digits in a row", () => {
   assert.equal(hasLongDigitRun(""), false);
   assert.equal(hasLongDigitRun("9".repeat(16)), true);
 });
+
+test("the published types import nothing outside the package (no @types/ws, no @types/node needed)", async () => {
+  const { readdirSync, readFileSync } = await import("node:fs");
+  const dist = new URL("../dist/", import.meta.url);
+  for (const file of readdirSync(dist).filter((f) => f.endsWith(".d.ts"))) {
+    const text = readFileSync(new URL(file, dist), "utf8");
+    for (const m of text.matchAll(/(?:from|import\()\s*["']([^"']+)["']/g)) {
+      assert.ok(m[1].startsWith("./"), `${file} imports ${m[1]}`);
+    }
+    assert.doesNotMatch(text, /\bNodeJS\.|:\s*Buffer\b/, file);
+  }
+});
