@@ -179,7 +179,9 @@ export class Connection {
       try {
         this.socket.send(frame);
       } catch (e) {
-        reject(new ConnectionError(`send failed: ${describe(e)}`, { cause: e }));
+        // Through the entry: it also removes the abort listener.
+        entry.settled = true;
+        entry.reject(new ConnectionError(`send failed: ${describe(e)}`, { cause: e }));
         return;
       }
       this.pending.push(entry);
