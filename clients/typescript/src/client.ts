@@ -186,11 +186,9 @@ export class Session {
 
   /** Read keys (SH_GET): only the keys that exist. */
   get(keys: string | string[], opts?: CallOptions & Plain): Promise<Keys>;
-  get(keys: string | string[], opts: CallOptions & { withVersion: true }): Promise<{ keys: Keys; version: Version }>;
-  async get(keys: string | string[], opts: ReadOptions = {}): Promise<Keys | { keys: Keys; version: Version }> {
-    const body = await this.client.call("SH_GET", withVersion({ tkn: this.tkn, keys: keyNames(keys) }, opts), opts);
-    const values = body.keys as Keys;
-    return opts.withVersion ? { keys: values, version: versionOf("SH_GET", body) } : values;
+  get(keys: string | string[], opts: CallOptions & { withVersion: true }): Promise<Versioned<Keys>>;
+  async get(keys: string | string[], opts: ReadOptions = {}): Promise<Keys | Versioned<Keys>> {
+    return this.client.result("SH_GET", { tkn: this.tkn, keys: keyNames(keys) }, opts, (b) => b.keys as Keys);
   }
 
   /** Which of `keys` exist, in request order (SH_CONTAINS). */
@@ -280,6 +278,8 @@ export class Client {
   private waiters: Array<{ resolve: (c: Connection) => void; reject: (e: Error) => void }> = [];
   private listeners = new Map<keyof ClientEvents, Set<(ev: never) => void>>();
   private readonly streams = new Set<EventStream>();
+  /** Aborted by `close()`: ends backoff sleeps and connection attempts in progress. */
+  private readonly lifetime = new AbortController();
   private readonly reconnectEnabled: boolean;
   private readonly reconnectTimeoutMs: number;
   private readonly connectTimeoutMs: number;
@@ -308,8 +308,18 @@ export class Client {
 
   /** Open the first connection: one attempt. Called by `connect`. */
   async open(signal?: AbortSignal): Promise<this> {
-    this.conn = await this.openConnection(signal, { onClose: (e) => this.onLost(e) });
+    const both = anySignal([signal, this.lifetime.signal]);
+    try {
+      this.conn = await this.openConnection(both.signal, { onClose: (e) => this.onLost(e) });
+    } finally {
+      both.dispose();
+    }
     return this;
+  }
+
+  /** Aborted when the client closes. @internal */
+  get closedSignal(): AbortSignal {
+    return this.lifetime.signal;
   }
 
   /** True while the request connection is open. */
@@ -340,6 +350,7 @@ export class Client {
     if (this.closed) return;
     this.closed = true;
     this.fatal = new ConnectionError("client closed");
+    this.lifetime.abort(this.fatal);
     this.conn?.close("client closed");
     this.conn = undefined;
     for (const stream of [...this.streams]) void stream.close();
@@ -368,21 +379,29 @@ export class Client {
     );
     if (this.credentials) {
       const { user, password } = this.credentials;
+      // The answer is bounded like the socket's opening: a server that
+      // accepts the socket but never answers must not hold the client.
+      const timeout = new AbortController();
+      const timer = setTimeout(
+        () => timeout.abort(new ConnectionError(`no answer to SV_AUTH from ${this.url} within ${this.connectTimeoutMs} ms`)),
+        this.connectTimeoutMs,
+      );
+      const both = anySignal([signal, timeout.signal]);
       try {
-        await conn.request("SV_AUTH", { user, password }, [Status.Ok], signal);
+        await conn.request("SV_AUTH", { user, password }, [Status.Ok], both.signal);
       } catch (e) {
         conn.close();
         if (e instanceof NdbError && e.status === Status.AuthFailed) {
           throw new AuthenticationError(`the server refused user ${JSON.stringify(user)}`, e.serverMessage);
         }
         throw e;
+      } finally {
+        clearTimeout(timer);
+        both.dispose();
       }
     }
+    if (lost) throw lost;
     authenticated = true;
-    if (lost) {
-      hooks.onClose?.(lost);
-      throw lost;
-    }
     return conn;
   }
 
@@ -404,10 +423,10 @@ export class Client {
     let delay = 0;
     for (let attempt = 1; !this.closed; attempt++) {
       this.emit("reconnecting", { attempt, delayMs: delay });
-      if (delay > 0) await sleep(delay);
+      if (delay > 0) await sleep(delay, this.lifetime.signal);
       if (this.closed) break;
       try {
-        const conn = await this.openConnection(undefined, { onClose: (e) => this.onLost(e) });
+        const conn = await this.openConnection(this.lifetime.signal, { onClose: (e) => this.onLost(e) });
         if (this.closed) {
           conn.close();
           break;
@@ -616,7 +635,6 @@ export class Client {
     if (this.closed) throw new ConnectionError("client closed");
     const stream = new EventStream(this, opts, {
       reconnect: this.reconnectEnabled,
-      reconnectTimeoutMs: this.reconnectTimeoutMs,
       backoff: this.backoff,
       forget: (s) => this.streams.delete(s),
     });
@@ -695,6 +713,31 @@ export function nextDelay(previous: number, backoff: { initialMs: number; maxMs:
   const base = previous === 0 ? backoff.initialMs : Math.min(previous * 2, backoff.maxMs);
   // Up to a quarter less, so that many clients of one restarted server do not return in step.
   return Math.round(base * (0.75 + Math.random() * 0.25));
+}
+
+/**
+ * A signal that aborts when any of `signals` does, with its reason
+ * (`AbortSignal.any` is Node 20.3+); `dispose` removes the listeners.
+ */
+export function anySignal(signals: Array<AbortSignal | undefined>): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const present = signals.filter((s): s is AbortSignal => s !== undefined);
+  const onAbort = (ev: Event) => {
+    dispose();
+    controller.abort((ev.target as AbortSignal).reason);
+  };
+  const dispose = () => {
+    for (const s of present) s.removeEventListener("abort", onAbort);
+  };
+  for (const s of present) {
+    if (s.aborted) {
+      dispose();
+      controller.abort(s.reason);
+      break;
+    }
+    s.addEventListener("abort", onAbort, { once: true });
+  }
+  return { signal: controller.signal, dispose };
 }
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -10,13 +10,21 @@
  *
  * Resuming: the stream keeps the cursor of the last event it received (before
  * any, the one the `SH_SUBSCRIBE` answer gave). When the connection goes it
- * opens another with backoff and subscribes with `after: cursor`; events
- * that are gone by then (status 160, or a cursor the server no longer
- * understands) come as one event of kind `lost` first. Nothing is skipped
- * silently.
+ * opens another with backoff, as the client does (without limit, until the
+ * stream closes or the credentials are refused), and subscribes with
+ * `after: cursor`; events that are gone by then (status 160, or a cursor the
+ * server no longer understands) come as one event of kind `lost` first.
+ * Nothing is skipped silently. The queue survives the reconnection, so
+ * resuming from the last event *received* is right; an application that
+ * stores a cursor for a later run stores the last *processed* event's
+ * `event.cursor`.
+ *
+ * One subscription at a time: a connection becomes the stream's (`conn`)
+ * only once its `SH_SUBSCRIBE` is answered; only one subscribe loop runs;
+ * events and losses of any other connection are ignored.
  */
 
-import type { Client } from "./client.js";
+import type { Client, ClientEvents } from "./client.js";
 import { nextDelay, sleep, tokenString } from "./client.js";
 import type { Connection } from "./connection.js";
 import type { JsonValue } from "./json.js";
@@ -52,7 +60,12 @@ export interface SessionEvent {
   keys?: Record<string, JsonValue>;
   keysTruncated?: boolean;
   lost?: number;
-  /** Pass as `after` to resume right after this event. */
+  /**
+   * Pass as `after` to resume right after this event. Every event the server
+   * sends carries one, and so does a `lost` event (where the stream resumed).
+   * To go on in a later run, store the cursor of the last event you
+   * *processed*, not `stream.cursor` (which is the last one received).
+   */
   cursor?: string;
   /** The body as it arrived. */
   raw: Body;
@@ -60,7 +73,6 @@ export interface SessionEvent {
 
 interface StreamSettings {
   reconnect: boolean;
-  reconnectTimeoutMs: number;
   backoff: { initialMs: number; maxMs: number };
   forget: (s: EventStream) => void;
 }
@@ -71,7 +83,8 @@ const LOW_WATER = 32;
 
 export class EventStream implements AsyncIterableIterator<SessionEvent> {
   private queue: SessionEvent[] = [];
-  private waiting: { resolve: (r: IteratorResult<SessionEvent>) => void; reject: (e: unknown) => void } | undefined;
+  /** `next()` calls waiting for an event, oldest first. */
+  private waiting: Array<{ resolve: (r: IteratorResult<SessionEvent>) => void; reject: (e: unknown) => void }> = [];
   /** Why the stream ended, if it did with an error; thrown once the queue is drained. */
   private failure: unknown;
   private closed = false;
@@ -83,6 +96,11 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
   /** Whether the cursor came from the server, not the caller: a refusal of the server's own means events were lost. */
   private cursorFromServer = false;
   private readonly abort = new AbortController();
+  /** True while a subscribe loop runs: a loss then starts no second one. */
+  private subscribing = false;
+  private readonly listeners = new Map<keyof ClientEvents, Set<(ev: never) => void>>();
+  private readonly signal: AbortSignal | undefined;
+  private readonly onSignal = () => void this.close();
 
   constructor(
     private readonly client: Client,
@@ -94,13 +112,40 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
     if (opts.owner !== undefined) this.params.owner = opts.owner;
     if (opts.withKeys !== undefined) this.params.withKeys = opts.withKeys;
     this.cursorValue = opts.after;
+    this.signal = opts.signal;
     if (opts.signal) {
       if (opts.signal.aborted) void this.close();
-      else opts.signal.addEventListener("abort", () => void this.close(), { once: true });
+      else opts.signal.addEventListener("abort", this.onSignal, { once: true });
     }
   }
 
-  /** Where the stream is: pass as `after` to a new stream to go on from here. */
+  /**
+   * Listen to the stream's connection life, as `client.on` does for the
+   * client's: `disconnect`, `reconnecting` (each attempt), `reconnect`, and
+   * `error` (the stream gave up: the iteration then throws it).
+   */
+  on<K extends keyof ClientEvents>(type: K, listener: (ev: ClientEvents[K]) => void): () => void {
+    let set = this.listeners.get(type);
+    if (!set) this.listeners.set(type, (set = new Set()));
+    set.add(listener);
+    return () => void set.delete(listener);
+  }
+
+  private emit<K extends keyof ClientEvents>(type: K, ev: ClientEvents[K]): void {
+    for (const listener of [...(this.listeners.get(type) ?? [])] as Array<(ev: ClientEvents[K]) => void>) {
+      try {
+        listener(ev);
+      } catch {
+        /* a listener's failure is its own */
+      }
+    }
+  }
+
+  /**
+   * The cursor of the last event received (queued, perhaps not yet
+   * processed): where this stream resumes after a reconnect. To resume in a
+   * later run, store the `cursor` of the last event you processed instead.
+   */
   get cursor(): string | undefined {
     return this.cursorValue;
   }
@@ -134,7 +179,7 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
       throw failure;
     }
     if (this.closed) return { value: undefined, done: true };
-    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
   }
 
   /** Leaving a `for await` loop closes the stream. */
@@ -146,30 +191,39 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
   /** End the subscription and close its connection; a waiting `next()` ends the loop. */
   async close(): Promise<void> {
     if (this.closed) return;
-    this.closed = true;
-    this.abort.abort();
-    this.settings.forget(this);
-    this.conn?.close("event stream closed");
-    this.conn = undefined;
+    this.end("event stream closed");
     this.wake();
   }
 
+  private end(reason: string): void {
+    this.closed = true;
+    this.abort.abort();
+    this.signal?.removeEventListener("abort", this.onSignal);
+    this.settings.forget(this);
+    // A paused `ws` socket would not read the server's close frame and
+    // would linger (keeping Node alive) until its 30 s close timeout.
+    if (this.paused) this.conn?.resumeReading();
+    this.paused = false;
+    this.conn?.close(reason);
+    this.conn = undefined;
+  }
+
   private wake(): void {
-    const w = this.waiting;
-    if (!w) return;
-    const event = this.queue.shift();
-    if (event) {
-      this.waiting = undefined;
-      w.resolve({ value: event, done: false });
-    } else if (this.failure !== undefined) {
-      this.waiting = undefined;
-      const failure = this.failure;
-      this.failure = undefined;
-      w.reject(failure);
-    } else if (this.closed) {
-      this.waiting = undefined;
-      w.resolve({ value: undefined, done: true });
+    while (this.waiting.length > 0) {
+      const event = this.queue.shift();
+      if (event) {
+        this.waiting.shift()!.resolve({ value: event, done: false });
+      } else if (this.failure !== undefined) {
+        const failure = this.failure;
+        this.failure = undefined;
+        this.waiting.shift()!.reject(failure);
+      } else if (this.closed) {
+        this.waiting.shift()!.resolve({ value: undefined, done: true });
+      } else {
+        return;
+      }
     }
+    this.resumeIfDrained();
   }
 
   private push(event: SessionEvent): void {
@@ -193,31 +247,47 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
   }
 
   private fail(error: unknown): void {
+    if (this.closed) return;
     this.failure = error;
-    this.closed = true;
-    this.abort.abort();
-    this.settings.forget(this);
-    this.conn?.close("event stream failed");
-    this.conn = undefined;
+    this.end("event stream failed");
+    this.emit("error", { error: error instanceof Error ? error : new Error(String(error)) });
     this.wake();
   }
 
-  /** Connect and subscribe from the cursor; retries with backoff when `retrying`, up to the reconnect timeout. */
+  /**
+   * Connect and subscribe from the cursor. The first subscription makes one
+   * attempt; later ones (`retrying`) retry with backoff like the client's
+   * reconnection: without limit, until the stream closes or the error is
+   * not one a retry can mend (refused credentials, a broken contract, a
+   * refused subscription).
+   */
   private async subscribe(retrying: boolean): Promise<void> {
-    const deadline = Date.now() + this.settings.reconnectTimeoutMs;
-    let delay = 0;
-    for (;;) {
-      if (this.closed) return;
-      try {
-        await this.subscribeOnce();
-        return;
-      } catch (e) {
+    if (this.subscribing) return;
+    this.subscribing = true;
+    try {
+      let delay = 0;
+      for (let attempt = 1; ; attempt++) {
         if (this.closed) return;
-        const retryable = e instanceof ConnectionError && !(e instanceof ProtocolError) && e.name !== "AuthenticationError";
-        if (!retrying || !retryable || !this.settings.reconnect || Date.now() >= deadline) throw e;
+        if (retrying) this.emit("reconnecting", { attempt, delayMs: delay });
+        if (delay > 0) await sleep(delay, this.abort.signal);
+        if (this.closed) return;
+        try {
+          await this.subscribeOnce();
+          if (this.conn) {
+            if (retrying) this.emit("reconnect", { attempts: attempt });
+            return;
+          }
+          // Subscribed, but that connection went before this loop went on: again.
+        } catch (e) {
+          if (this.closed) return;
+          const retryable = e instanceof ConnectionError && !(e instanceof ProtocolError) && e.name !== "AuthenticationError";
+          if (!retrying || !retryable || !this.settings.reconnect) throw e;
+        }
+        retrying = true;
+        delay = nextDelay(delay, this.settings.backoff);
       }
-      delay = nextDelay(delay, this.settings.backoff);
-      await sleep(delay, this.abort.signal);
+    } finally {
+      this.subscribing = false;
     }
   }
 
@@ -227,12 +297,22 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
     // so that a `lost` event from the answer comes first.
     let answered = false;
     const early: Body[] = [];
-    const conn = await this.client.openConnection(this.abort.signal, {
-      onEvent: (body) => (answered ? this.push(toEvent(body)) : early.push(body)),
-      onClose: (error) => this.onLost(conn, error),
+    let conn: Connection | undefined;
+    conn = await this.client.openConnection(this.abort.signal, {
+      // Only the stream's current connection delivers; a stale one is ignored.
+      onEvent: (body) => {
+        if (!answered) early.push(body);
+        else if (conn !== undefined && this.conn === conn) this.push(toEvent(body));
+      },
+      onClose: (error) => {
+        if (conn !== undefined && this.conn === conn) this.onLost(conn, error);
+        // Before it is the stream's, a loss fails the pending SH_SUBSCRIBE: the loop retries.
+      },
     });
-    this.conn = conn;
-    this.paused = false;
+    if (this.closed) {
+      conn.close();
+      return;
+    }
     const params = { ...this.params };
     if (this.cursorValue !== undefined) params.after = this.cursorValue;
     let body: Body;
@@ -250,6 +330,14 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
       delete params.after;
       body = await conn.request("SH_SUBSCRIBE", params, [Status.Ok], this.abort.signal);
     }
+    if (this.closed || !conn.isOpen) {
+      conn.close();
+      if (this.closed) return;
+      throw new ConnectionError("the event connection closed as it subscribed");
+    }
+    // Subscribed: from here this is the stream's connection, in one synchronous step.
+    this.conn = conn;
+    this.paused = false;
     this.takeCursor(body);
     if (refused) {
       this.push({ event: "lost", lost: -1, cursor: this.cursorValue, raw: refused.body });
@@ -271,10 +359,14 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
   private onLost(conn: Connection, error: ConnectionError): void {
     if (this.conn !== conn || this.closed) return;
     this.conn = undefined;
+    this.paused = false;
+    this.emit("disconnect", { error });
     if (error instanceof ProtocolError || !this.settings.reconnect) {
       this.fail(error);
       return;
     }
+    // A loop already running sees `conn` gone and subscribes again itself.
+    if (this.subscribing) return;
     this.subscribe(true).catch((e) => this.fail(e));
   }
 }

@@ -177,7 +177,7 @@ describe("versions", () => {
   test("withVersion and ifVersion; a mismatch carries the current version", async () => {
     const s = await client.createSession({ keys: { cart: [1] } });
     const read = await s.get("cart", { withVersion: true });
-    assert.deepEqual(read, { keys: { cart: [1] }, version: 1 });
+    assert.deepEqual(read, { value: { cart: [1] }, version: 1 });
     assert.equal(await s.set({ cart: [1, 2] }, { ifVersion: read.version }), 2);
     await assert.rejects(s.set({ cart: [1, 3] }, { ifVersion: read.version }), (e) => {
       assert.ok(e instanceof VersionMismatchError);

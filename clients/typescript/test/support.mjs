@@ -139,3 +139,31 @@ export async function eventually(predicate, what, timeoutMs = 10000) {
 }
 
 export const TWO_POW_53 = 2n ** 53n;
+
+/**
+ * A `Client` whose sockets (`ws`, as the Node entry makes them) the test can
+ * see and drop: `sockets` in creation order, `openCount()`, and `tap.onSend(ws,
+ * data)` called after each frame is handed to a socket.
+ */
+export async function trackedClient(url, options = {}) {
+  const { WebSocket } = await import("ws");
+  const { parse } = await import("lossless-json");
+  const { Client, numberFromSource } = await import("../dist/node.js");
+  const sockets = [];
+  const tap = { onSend: undefined };
+  const socket = (u) => {
+    const ws = new WebSocket(u, { perMessageDeflate: false });
+    sockets.push(ws);
+    const send = ws.send.bind(ws);
+    ws.send = (data) => {
+      send(data);
+      tap.onSend?.(ws, data);
+    };
+    return ws;
+  };
+  const client = new Client(url, { socket, parse: (t) => parse(t, null, numberFromSource) }, options);
+  const openCount = () => sockets.filter((w) => w.readyState === WebSocket.OPEN).length;
+  return { client, sockets, tap, openCount };
+}
+
+export const delay = (ms) => new Promise((r) => setTimeout(r, ms));
