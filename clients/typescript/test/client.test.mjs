@@ -254,14 +254,23 @@ describe("errors and options", () => {
     await assert.rejects(client.createSession({ shared: true }), (e) => e instanceof NdbError && !(e instanceof ConnectionError));
   });
 
-  test("a call aborted by its signal rejects with the signal's reason; later calls stay matched", async () => {
-    const s = await client.createSession({ keys: { a: 1 } });
-    const ac = new AbortController();
-    const p = s.get("a", { signal: ac.signal });
-    ac.abort(new Error("gave up"));
-    await assert.rejects(p, /gave up/);
+  test("a call aborted by its signal rejects with the signal's reason; the calls around it keep their own answers", async () => {
+    const s = await client.createSession({ keys: { a: "A", b: "B", c: "C", d: "D" } });
+    for (let round = 0; round < 20; round++) {
+      const ac = new AbortController();
+      // All four are in flight together; the second is aborted before any answer comes.
+      const pa = s.get("a");
+      const pb = s.get("b", { signal: ac.signal });
+      const pc = s.get("c");
+      const pd = s.incr("n", round + 1);
+      ac.abort(new Error("gave up"));
+      await assert.rejects(pb, /gave up/);
+      assert.deepEqual(await pa, { a: "A" });
+      assert.deepEqual(await pc, { c: "C" });
+      assert.equal(await pd, ((round + 1) * (round + 2)) / 2);
+    }
     await assert.rejects(s.get("a", { signal: AbortSignal.abort() }), (e) => e.name === "AbortError");
-    assert.deepEqual(await s.get("a", { signal: AbortSignal.timeout(5000) }), { a: 1 });
+    assert.deepEqual(await s.get("d", { signal: AbortSignal.timeout(5000) }), { d: "D" });
     await s.end();
   });
 
@@ -313,6 +322,25 @@ describe("users", () => {
       await assert.rejects(anon.createSession(), (e) => e instanceof NdbError && e.status === Status.AuthRequired);
     } finally {
       anon.close();
+    }
+  });
+
+  test("authenticate() refused (17) with calls pipelined behind it: they reject with ConnectionError, none resolves", async () => {
+    const c = await connect(own.url, { user: "web", password: "web-pw", backoff: { initialMs: 10, maxMs: 50 } });
+    try {
+      const s = await c.createSession({ keys: { a: 1 } });
+      const auth = c.authenticate("ops", "wrong");
+      const behind = [s.get("a"), s.set({ b: 2 }), s.incr("n"), c.createSession()];
+      await assert.rejects(auth, (e) => e instanceof AuthenticationError && e.status === 17);
+      for (const o of await Promise.allSettled(behind)) {
+        assert.equal(o.status, "rejected", `resolved: ${JSON.stringify(o.value)}`);
+        assert.ok(o.reason instanceof ConnectionError, String(o.reason));
+        assert.ok(!(o.reason instanceof AuthenticationError));
+      }
+      // The client reconnects with its own credentials; nothing behind the refusal ran.
+      assert.deepEqual(await s.get(["a", "b", "n"]), { a: 1 });
+    } finally {
+      c.close();
     }
   });
 });
