@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tests the TypeScript client (clients/typescript): installs Node, npm and
-# Chromium from Debian's packages when missing, then `npm ci`, the strict
+# Tests the TypeScript client (clients/typescript): installs Node (when
+# missing or older than 18), npm and Chromium from Debian's packages (as root,
+# or through sudo when there is one; otherwise it says what to install), then `npm ci`, the strict
 # type check and build (`npm run build`), and both suites (`npm test`: the
 # Node suite against the real server binary, and the browser suite in
 # headless Chromium). Idempotent.
@@ -12,16 +13,42 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-sudo_if_needed=""
-[ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then
+    as_root=(sudo)
+  else
+    as_root=(false)
+  fi
+fi
+apt_install() {
+  if [ "${as_root[*]}" = false ]; then
+    echo "missing: $* (not root and no sudo: install them, e.g. apt-get install -y $*, then run this again)" >&2
+    exit 1
+  fi
+  step "apt-get install $*"
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+# True when `node` is present and at least version 18.
+node_ok() {
+  local major
+  major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')
+  [ -n "$major" ] && [ "$major" -ge 18 ] 2>/dev/null
+}
+
+if [ -n "${CHROMIUM_BIN:-}" ] && [ ! -x "$CHROMIUM_BIN" ]; then
+  echo "CHROMIUM_BIN=$CHROMIUM_BIN: no executable there (unset it to use /usr/bin/chromium)" >&2
+  exit 1
+fi
 missing=()
-command -v node >/dev/null || missing+=(nodejs)
+node_ok || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 [ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
-if [ "${#missing[@]}" -gt 0 ]; then
-  step "apt-get install ${missing[*]}"
-  $sudo_if_needed apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+[ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
+if ! node_ok; then
+  echo "node $(node --version 2>/dev/null || echo missing) is older than 18, even after installing Debian's nodejs: install Node 18+" >&2
+  exit 1
 fi
 
 export NEMESISDB_BIN="${NEMESISDB_BIN:-$PWD/target/debug/nemesisdb}"
