@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting and lints, the Rust unit and
 # integration tests (which start the real server binary), the loadtest
-# smoke test, and the Python client's tests against the real server.
+# smoke test, and the Python and TypeScript clients' tests against the real
+# server (the TypeScript ones in Node and in headless Chromium).
 # Installs what it needs from the package registries (cargo, pip, apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,3 +45,6 @@ venv=target/python-venv
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q ./clients/python pytest pytest-asyncio prometheus_client
 NEMESISDB_BIN="$PWD/target/debug/nemesisdb" "$venv/bin/python" -m pytest -q clients/python/tests
+
+step "typescript client tests"
+NEMESISDB_BIN="$PWD/target/debug/nemesisdb" scripts/test-typescript.sh
