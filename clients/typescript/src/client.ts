@@ -9,6 +9,7 @@
  * `Runtime` (how to make a socket, how to parse JSON exactly).
  */
 
+import { Listeners } from "./listeners.js";
 import { Connection, type ConnectionHooks, type SocketFactory, describe } from "./connection.js";
 import { EventStream, type EventsOptions } from "./events.js";
 import type { JsonParse, JsonValue } from "./json.js";
@@ -276,7 +277,7 @@ export class Client {
   private fatal: Error | undefined;
   private reconnecting = false;
   private waiters: Array<{ resolve: (c: Connection) => void; reject: (e: Error) => void }> = [];
-  private listeners = new Map<keyof ClientEvents, Set<(ev: never) => void>>();
+  private readonly listeners = new Listeners<ClientEvents>();
   private readonly streams = new Set<EventStream>();
   /** Aborted by `close()`: ends backoff sleeps and connection attempts in progress. */
   private readonly lifetime = new AbortController();
@@ -329,20 +330,11 @@ export class Client {
 
   /** Listen to the request connection's life; returns a function that removes the listener. */
   on<K extends keyof ClientEvents>(type: K, listener: (ev: ClientEvents[K]) => void): () => void {
-    let set = this.listeners.get(type);
-    if (!set) this.listeners.set(type, (set = new Set()));
-    set.add(listener);
-    return () => void set.delete(listener);
+    return this.listeners.on(type, listener);
   }
 
   private emit<K extends keyof ClientEvents>(type: K, ev: ClientEvents[K]): void {
-    for (const listener of [...(this.listeners.get(type) ?? [])] as Array<(ev: ClientEvents[K]) => void>) {
-      try {
-        listener(ev);
-      } catch {
-        /* a listener's failure is its own */
-      }
-    }
+    this.listeners.emit(type, ev);
   }
 
   /** Close the connection and every event stream. Calls in flight fail with `ConnectionError`. */

@@ -24,6 +24,7 @@
  * events and losses of any other connection are ignored.
  */
 
+import { Listeners } from "./listeners.js";
 import type { Client, ClientEvents } from "./client.js";
 import { nextDelay, sleep, tokenString } from "./client.js";
 import type { Connection } from "./connection.js";
@@ -98,7 +99,7 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
   private readonly abort = new AbortController();
   /** True while a subscribe loop runs: a loss then starts no second one. */
   private subscribing = false;
-  private readonly listeners = new Map<keyof ClientEvents, Set<(ev: never) => void>>();
+  private readonly listeners = new Listeners<ClientEvents>();
   private readonly signal: AbortSignal | undefined;
   private readonly onSignal = () => void this.close();
 
@@ -125,20 +126,11 @@ export class EventStream implements AsyncIterableIterator<SessionEvent> {
    * `error` (the stream gave up: the iteration then throws it).
    */
   on<K extends keyof ClientEvents>(type: K, listener: (ev: ClientEvents[K]) => void): () => void {
-    let set = this.listeners.get(type);
-    if (!set) this.listeners.set(type, (set = new Set()));
-    set.add(listener);
-    return () => void set.delete(listener);
+    return this.listeners.on(type, listener);
   }
 
   private emit<K extends keyof ClientEvents>(type: K, ev: ClientEvents[K]): void {
-    for (const listener of [...(this.listeners.get(type) ?? [])] as Array<(ev: ClientEvents[K]) => void>) {
-      try {
-        listener(ev);
-      } catch {
-        /* a listener's failure is its own */
-      }
-    }
+    this.listeners.emit(type, ev);
   }
 
   /**
