@@ -99,6 +99,9 @@ pub enum Msg {
         /// (original NemesisDB servers, for SH_SET and SH_GET): checked by
         /// command name and order only.
         untokened: u64,
+        /// Successful replies with no token where the workload needs the
+        /// reply's (SH_NEW): errors, told apart from replies out of order.
+        token_missing: u64,
         /// Compare-and-sets that lost and were tried again (cas).
         retries: u64,
         /// With `--save-at`: latencies of the operations in flight during
@@ -463,6 +466,7 @@ impl Conn {
                                         c.mismatched += 1
                                     }
                                     Some(Fault::NoToken) => c.untokened += 1,
+                                    Some(Fault::TokenMissing) => c.token_missing += 1,
                                     None => {}
                                 }
                                 token = j.token.unwrap_or(0);
@@ -616,6 +620,10 @@ enum Fault {
     /// NemesisDB servers answer SH_SET and SH_GET so: not an error, the
     /// reply is checked by its command name and order only.
     NoToken,
+    /// A success with no token where the workload needs the reply's own
+    /// (SH_NEW's answer names the new session): an error, but no sign of
+    /// replies out of order.
+    TokenMissing,
 }
 
 /// What one nemesisdb reply says.
@@ -658,6 +666,10 @@ fn judge_ws(scanner: &ws::Scanner, body: &[u8], whole_text: bool, e: &Expect) ->
             (Some(want), Some(got)) if want != got => {
                 ok = false;
                 fault = Some(Fault::OtherToken);
+            }
+            (_, None) if e.check == Check::Token => {
+                ok = false;
+                fault = Some(Fault::TokenMissing);
             }
             (Some(_), None) => fault = Some(Fault::NoToken),
             _ => {}
@@ -750,6 +762,7 @@ struct Collector {
     failed_connections: u64,
     mismatched: u64,
     untokened: u64,
+    token_missing: u64,
     retries: u64,
     last_completion: Instant,
     /// `--save-at`: the save's window, and latencies during it and outside.
@@ -776,6 +789,7 @@ impl Collector {
             failed_connections: self.failed_connections,
             mismatched: self.mismatched,
             untokened: self.untokened,
+            token_missing: self.token_missing,
             retries: self.retries,
             save: self.save.take().map(|(_, hists)| hists),
         }
@@ -818,6 +832,7 @@ pub fn run_thread(mut conns: Vec<Conn>, plan: &Plan, tx: Sender<Msg>) -> Vec<Con
         failed_connections: 0,
         mismatched: 0,
         untokened: 0,
+        token_missing: 0,
         retries: 0,
         last_completion: plan.start,
         save: plan.save.as_ref().map(|w| {
@@ -998,6 +1013,15 @@ mod tests {
         let set = expect(Check::Ok, b"SH_SET_RSP", Some(7));
         let bare = judge(r#"{"SH_SET_RSP":{"st":1}}"#, set);
         assert_eq!((bare.ok, bare.fault), (true, Some(Fault::NoToken)));
+        // The workload's own check still applies (lifecycle's SH_GET).
+        let filled = expect(Check::Filled, b"SH_GET_RSP", Some(7));
+        let bare = judge(
+            r#"{"SH_GET_RSP":{"st":1,"keys":{"user":"v","cart":"v"}}}"#,
+            filled,
+        );
+        assert_eq!((bare.ok, bare.fault), (true, Some(Fault::NoToken)));
+        let half = judge(r#"{"SH_GET_RSP":{"st":1,"keys":{"user":"v"}}}"#, filled);
+        assert!(!half.ok);
         // Another session's token, or another command: out of order.
         let other = judge(r#"{"SH_GET_RSP":{"st":1,"tkn":8,"keys":{}}}"#, get);
         assert_eq!((other.ok, other.fault), (false, Some(Fault::OtherToken)));
@@ -1017,7 +1041,15 @@ mod tests {
         let new = expect(Check::Token, b"SH_NEW_RSP", None);
         let j = judge(r#"{"SH_NEW_RSP":{"st":1,"tkn":"42"}}"#, new);
         assert_eq!((j.ok, j.token, j.fault), (true, Some(42), None));
-        assert!(!judge(r#"{"SH_NEW_RSP":{"st":1}}"#, new).ok);
+        // SH_NEW's token is the new session: without it the reply fails,
+        // and says so rather than blaming the order.
+        let bare = judge(r#"{"SH_NEW_RSP":{"st":1}}"#, new);
+        assert_eq!((bare.ok, bare.fault), (false, Some(Fault::TokenMissing)));
+        // A refusal is an error of its own, whatever it carries.
+        let refused = judge(r#"{"SH_NEW_RSP":{"st":22}}"#, new);
+        assert_eq!((refused.ok, refused.fault), (false, None));
+        let other = judge(r#"{"SH_GET_RSP":{"st":1,"tkn":42}}"#, new);
+        assert_eq!((other.ok, other.fault), (false, Some(Fault::OtherCommand)));
         let touch = expect(Check::Ttl, b"SH_TOUCH_RSP", Some(3));
         assert!(
             judge(

@@ -461,6 +461,7 @@ impl Probe {
             failed_connections: 0,
             mismatched: 0,
             untokened: 0,
+            token_missing: 0,
             retries: 0,
             save: None,
         }

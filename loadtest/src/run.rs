@@ -375,6 +375,13 @@ fn run_phase(
             outcome.untokened
         );
     }
+    if outcome.token_missing > 0 {
+        eprintln!(
+            "loadtest: {} successful replies had no token in the reply where the workload \
+             needs it (SH_NEW's answer names the new session): counted as errors",
+            outcome.token_missing
+        );
+    }
     // A thread that panicked lost its connections; the run goes on without.
     let groups = handles
         .into_iter()

@@ -43,6 +43,8 @@ pub struct Outcome {
     pub mismatched: u64,
     /// Successes that echoed no token (see `Msg::Done`).
     pub untokened: u64,
+    /// Successes with no token where one was needed (see `Msg::Done`).
+    pub token_missing: u64,
     /// Compare-and-sets that lost and were tried again (see `Msg::Done`).
     pub retries: u64,
     /// `--save-at`: latencies during the save and outside it (see `Msg::Done`).
@@ -71,7 +73,7 @@ pub fn collect(
 ) -> Outcome {
     let mut hist = new_histogram();
     let (mut ops, mut errors, mut failed, mut mismatched) = (0u64, 0u64, 0u64, 0u64);
-    let (mut untokened, mut retries) = (0u64, 0u64);
+    let (mut untokened, mut token_missing, mut retries) = (0u64, 0u64, 0u64);
     let mut open: BTreeMap<u64, Open> = BTreeMap::new();
     let mut closed: BTreeMap<u64, SecondStat> = BTreeMap::new();
     let mut done = 0;
@@ -111,6 +113,7 @@ pub fn collect(
                 failed_connections,
                 mismatched: m,
                 untokened: u,
+                token_missing: t,
                 retries: r,
                 save: s,
             }) => {
@@ -124,6 +127,7 @@ pub fn collect(
                 failed += failed_connections;
                 mismatched += m;
                 untokened += u;
+                token_missing += t;
                 retries += r;
                 last = last.max(at);
             }
@@ -180,6 +184,7 @@ pub fn collect(
         failed_connections: failed,
         mismatched,
         untokened,
+        token_missing,
         retries,
         save,
     }
