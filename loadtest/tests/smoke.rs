@@ -493,9 +493,10 @@ fn failures_are_counted_and_the_run_ends() {
 }
 
 /// A fake server answering the way original NemesisDB servers do: SH_NEW and
-/// SH_END echo `tkn`, SH_SET and SH_GET do not. Lives until the test process
-/// ends.
-fn fake_original_nemesisdb() -> u16 {
+/// SH_END echo `tkn`, SH_SET and SH_GET do not. With `new_tkn` false, SH_NEW
+/// succeeds without the new session's token too (a server loadtest cannot
+/// measure). Lives until the test process ends.
+fn fake_original_nemesisdb(new_tkn: bool) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let port = listener.local_addr().expect("bound").port();
@@ -572,7 +573,11 @@ fn fake_original_nemesisdb() -> u16 {
                         let answer = match cmd.as_str() {
                             "SH_NEW" => {
                                 token += 1;
-                                serde_json::json!({"SH_NEW_RSP":{"st":1,"tkn":token}})
+                                if new_tkn {
+                                    serde_json::json!({"SH_NEW_RSP":{"st":1,"tkn":token}})
+                                } else {
+                                    serde_json::json!({"SH_NEW_RSP":{"st":1}})
+                                }
                             }
                             "SH_SET" => serde_json::json!({"SH_SET_RSP":{"st":1}}),
                             "SH_GET" => serde_json::json!(
@@ -611,7 +616,7 @@ fn fake_original_nemesisdb() -> u16 {
 /// says there was no token in the reply instead of blaming the order.
 #[test]
 fn replies_without_a_token_are_not_errors() {
-    let port = fake_original_nemesisdb();
+    let port = fake_original_nemesisdb(true);
     let url = format!("ws://127.0.0.1:{port}/");
     for w in ["get", "set", "lifecycle-classic"] {
         let (v, stderr) = loadtest_and_stderr(&[
@@ -634,6 +639,24 @@ fn replies_without_a_token_are_not_errors() {
         assert!(stderr.contains("no token in the reply"), "{w}: {stderr}");
         assert!(!stderr.contains("out of order"), "{w}: {stderr}");
     }
+}
+
+/// Issue 21: SH_NEW's token names the new session, so a reply without it
+/// fails set-up, and loadtest says the reply had no token rather than that
+/// replies came out of order.
+#[test]
+fn sh_new_without_a_token_is_said_so() {
+    let port = fake_original_nemesisdb(false);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--url", &url, "--workload", "get", "--requests", "20"])
+        .args(["--sessions", "10", "--connections", "1", "--threads", "1"])
+        .output()
+        .expect("loadtest runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no token in the reply"), "{stderr}");
+    assert!(!stderr.contains("out of order"), "{stderr}");
 }
 
 /// Runs the generator expecting it to refuse its flags: exit status 2, and
