@@ -163,6 +163,15 @@ enum Handshake {
     Failed,
 }
 
+/// Answers a request that ends the connection (400, 401, 503) and closes
+/// it. Best effort: a fresh socket's send buffer takes these few hundred
+/// bytes without blocking.
+fn refuse<T: Transport>(transport: &mut T, answer: &[u8]) {
+    let _ = transport.write_all(answer);
+    let _ = transport.flush();
+    let _ = transport.shutdown(Shutdown::Both);
+}
+
 /// Who a connection is, and whom it may become.
 struct Authentication {
     /// The users it may authenticate as, as they were when it was
@@ -602,9 +611,7 @@ impl<T: Transport> Connection<T> {
                         if allowed.is_err() {
                             self.refused = Some(Refusal::Auth);
                         }
-                        let _ = transport.write_all(UNAUTHORIZED);
-                        let _ = transport.flush();
-                        let _ = transport.shutdown(Shutdown::Both);
+                        refuse(transport, UNAUTHORIZED);
                         return Handshake::Failed;
                     }
                     let State::Handshake { transport, .. } =
@@ -622,17 +629,11 @@ impl<T: Transport> Connection<T> {
                 }
                 Outcome::NotHttp => return Handshake::Failed,
                 Outcome::Refuse { response } => {
-                    // Best effort: a fresh socket's send buffer takes a few
-                    // hundred bytes without blocking.
-                    let _ = transport.write_all(response);
-                    let _ = transport.flush();
-                    let _ = transport.shutdown(Shutdown::Both);
+                    refuse(transport, response);
                     return Handshake::Failed;
                 }
                 Outcome::Upgrade { .. } if self.probes_only => {
-                    let _ = transport.write_all(SERVER_FULL);
-                    let _ = transport.flush();
-                    let _ = transport.shutdown(Shutdown::Both);
+                    refuse(transport, SERVER_FULL);
                     self.refused = Some(Refusal::Limit);
                     return Handshake::Failed;
                 }
@@ -643,9 +644,7 @@ impl<T: Transport> Connection<T> {
                 } => {
                     if self.auth.check(authorization).is_err() {
                         self.refused = Some(Refusal::Auth);
-                        let _ = transport.write_all(UNAUTHORIZED);
-                        let _ = transport.flush();
-                        let _ = transport.shutdown(Shutdown::Both);
+                        refuse(transport, UNAUTHORIZED);
                         return Handshake::Failed;
                     }
                     // 101 responses are ~130 bytes: a fresh socket never

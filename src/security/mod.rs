@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use rustls::ServerConfig;
 
 use crate::protocol::request::RejectTo;
-use crate::protocol::{Command, Rejection, Role, Status};
+use crate::protocol::{Command, CommandName, Rejection, Role, Status};
 pub use tls::TlsFiles;
 pub use users::{Credentials, Identity, Users};
 
@@ -138,7 +138,8 @@ pub fn admit(who: Option<Role>, request: Result<Command, Rejection>) -> Result<C
         (Some(_), Ok(_)) => Status::NotPermitted,
         (Some(_), Err(_)) => return request,
         (None, Ok(Command::Auth { .. })) => return request,
-        (None, Err(rejection)) if rejection.to == RejectTo::Command("SV_AUTH".into()) => {
+        (None, Err(rejection)) if matches!(&rejection.to, RejectTo::Command(name) if name == CommandName::Auth.wire()) =>
+        {
             return request;
         }
         (None, _) => Status::AuthRequired,
@@ -165,7 +166,7 @@ pub fn admit(who: Option<Role>, request: Result<Command, Rejection>) -> Result<C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{CommandName, parse_request};
+    use crate::protocol::parse_request;
 
     fn who(role: Role) -> Role {
         role
