@@ -1,12 +1,15 @@
 //! Issue #21's first step: how much of request decoding a JSON library can
 //! take off, measured on the exact requests loadtest sends (get and set
-//! workloads: one key; lifecycle: two keys). Measures only; the server's
-//! decoder is not touched.
+//! workloads: one key; lifecycle: two keys).
 //!
-//! Four ways to read one request, each ending with the same owned
+//! Five ways to read one request, each ending with the same owned
 //! [`Command`] (checked once before anything is timed, so no variant does
 //! less work):
-//! - `ours`: [`RequestParser::parse`] with reused buffers, the baseline;
+//! - `ours`: [`RequestParser::parse`] with reused buffers: the fast path
+//!   for canonical `SH_GET` / `SH_SET` (`protocol::canonical`), which all
+//!   of these take;
+//! - `ours, general decoder only`: [`RequestParser::parse_general`], the
+//!   decoder every other request goes through;
 //! - `simd-json tape only`: the copy and `fill_tape` our decoder starts
 //!   with, nothing read off the tape (the part that is simd-json's);
 //! - `sonic-rs lazy`: sonic-rs's on-demand iterators, which validate what
@@ -199,6 +202,7 @@ fn parsers(c: &mut Criterion) {
     for (shape, text) in shapes() {
         let text = text.as_bytes();
         let expected = ours.parse(text).expect("loadtest's request decodes");
+        assert_eq!(ours.parse_general(text).as_ref(), Ok(&expected), "{shape}");
         assert!(tape.parse(text).is_some(), "{shape}: simd-json");
         assert_eq!(sonic_lazy(text).as_ref(), Some(&expected), "{shape}: lazy");
         assert_eq!(
@@ -211,6 +215,9 @@ fn parsers(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_function("ours", |b| {
             b.iter(|| black_box(ours.parse(black_box(text))))
+        });
+        group.bench_function("ours, general decoder only", |b| {
+            b.iter(|| black_box(ours.parse_general(black_box(text))))
         });
         group.bench_function("simd-json tape only", |b| {
             b.iter(|| black_box(tape.parse(black_box(text))))

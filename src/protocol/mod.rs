@@ -3,6 +3,7 @@
 //! shard, no store); the session types it speaks come from [`crate::domain`].
 
 pub mod answer;
+pub mod canonical;
 mod command;
 mod raw;
 pub mod request;

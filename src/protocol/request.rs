@@ -11,6 +11,7 @@ use simd_json::{ErrorType, Tape};
 
 use super::CommandName;
 use super::Status;
+use super::canonical;
 use super::command::Role;
 use super::raw;
 use crate::domain::{ExpirySettings, KeyValue, NewSession, Token};
@@ -285,6 +286,15 @@ pub struct RequestParser {
 impl RequestParser {
     /// Decodes one request; stored values are taken from `text` as written.
     pub fn parse(&mut self, text: &[u8]) -> Result<Command, Rejection> {
+        match canonical::recognize(text) {
+            Some(command) => Ok(command),
+            None => self.parse_general(text),
+        }
+    }
+
+    /// [`RequestParser::parse`] without the fast path for canonical
+    /// requests: the reference the fast path is tested against.
+    pub fn parse_general(&mut self, text: &[u8]) -> Result<Command, Rejection> {
         let mut tape = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let result = decode(text, &mut self.scratch, &mut self.buffers, &mut tape);
         self.tape = Some(tape.reset());
