@@ -42,7 +42,7 @@ impl Replies for Connections {
         let now = self.now;
         if let Some(conn) = self.live(ticket) {
             conn.respond_slice(ticket.seq, response, now);
-            self.touched.push(ticket.conn);
+            self.touch(ticket.conn);
         }
     }
 
@@ -52,7 +52,7 @@ impl Replies for Connections {
         let now = self.now;
         if let Some(conn) = self.live(ticket) {
             conn.respond(ticket.seq, response, now);
-            self.touched.push(ticket.conn);
+            self.touch(ticket.conn);
         }
     }
 
@@ -61,7 +61,7 @@ impl Replies for Connections {
         match self.live(ticket) {
             Some(conn) if conn.is_open() => {
                 conn.push(message, now);
-                self.touched.push(ticket.conn);
+                self.touch(ticket.conn);
                 true
             }
             _ => false,
@@ -79,7 +79,7 @@ impl Replies for Connections {
         let now = self.now;
         if let Some(conn) = self.live(ticket) {
             conn.respond(ticket.seq, response, now);
-            self.touched.push(ticket.conn);
+            self.touch(ticket.conn);
         }
     }
 
@@ -238,7 +238,12 @@ impl Connections {
 
     /// Marks a connection to flush (or drop) at the end of the turn.
     pub fn touch(&mut self, slot: usize) {
-        self.touched.push(slot);
+        // A connection's answers mostly come one after another (its
+        // pipelined requests run in turn): skip the repeats here, so the
+        // turn's sort has one entry per connection, not one per answer.
+        if self.touched.last() != Some(&slot) {
+            self.touched.push(slot);
+        }
     }
 
     /// One write per touched connection; drops the ones that closed.
