@@ -335,7 +335,7 @@ mod tests {
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
                         let size = seed % 20_000;
-                        if seed % 3 == 0 && used > 0 {
+                        if seed.is_multiple_of(3) && used > 0 {
                             let freed = size.min(used);
                             used -= freed;
                             used_total.fetch_sub(freed, Ordering::SeqCst);
