@@ -1,7 +1,8 @@
 //! The server's hot paths, one by one: request decoding, decoding plus
 //! dispatch of a whole request (as a shard runs it for its own sessions),
 //! the store's get and set, response encoding, and the cross-shard hop (a
-//! batch through the mesh and back between two threads).
+//! batch through the mesh and back between two threads). Sets run with and
+//! without `--max-memory`, so the limit's cost per request shows.
 //!
 //! `cargo bench --bench hot_paths`. Compare before/after of an optimisation
 //! on the same machine in one sitting; the numbers are per operation.
@@ -16,8 +17,12 @@ use nemesisdb::protocol::{answer, parse_request};
 use nemesisdb::router::LocalDispatcher;
 use nemesisdb::shared_names::SharedNames;
 use nemesisdb::store::SessionStore;
+use nemesisdb::store::budget::MemoryBudget;
 
 const GET: &str = r#"{"SH_GET":{"tkn":"TKN","keys":["user"]}}"#;
+/// `--max-memory` for the limited cases: far above what they use, so
+/// nothing is refused and only the accounting's cost shows.
+const LIMIT: u64 = 8 << 30;
 const SET: &str = r#"{"SH_SET":{"tkn":"TKN","keys":{"user":"u1234567890abcde","cart":[1,2,3]}}}"#;
 
 fn decoding(c: &mut Criterion) {
@@ -73,6 +78,13 @@ fn dispatch(c: &mut Criterion) {
             black_box(d.handle(sets[i].as_bytes(), true))
         })
     });
+    d.set_memory_limit(LIMIT);
+    group.bench_function("SH_SET of 10k sessions, --max-memory", |b| {
+        b.iter(|| {
+            i = (i + 7919) % sets.len();
+            black_box(d.handle(sets[i].as_bytes(), true))
+        })
+    });
     group.finish();
 }
 
@@ -107,6 +119,38 @@ fn store(c: &mut Criterion) {
             black_box(store.set(tkn, keys, 0).is_ok())
         })
     });
+    // A budget shared with another shard, as the server has it: the same
+    // set, plus the growth it would make and the local comparison.
+    store.set_memory_budget(Some(Arc::new(MemoryBudget::new(LIMIT, 2))));
+    group.bench_function("set one key of 100k sessions, --max-memory", |b| {
+        b.iter(|| {
+            tkn = tkn % n + 1;
+            let keys = vec![("user".into(), b"\"v\"".to_vec().into_boxed_slice())];
+            black_box(store.set(tkn, keys, 0).is_ok())
+        })
+    });
+    // Every session grows by 1 KiB in one pass over them and gives it back
+    // in the next: 100 MiB up and down, so the store borrows from the pool
+    // and returns to it as a server under churn would.
+    let big = vec![b'x'; 1024].into_boxed_slice();
+    let mut grow = false;
+    group.bench_function(
+        "set one key of 100k sessions, +-1 KiB a pass, --max-memory",
+        |b| {
+            b.iter(|| {
+                tkn = tkn % n + 1;
+                if tkn == 1 {
+                    grow = !grow;
+                }
+                let value = if grow {
+                    big.clone()
+                } else {
+                    b"\"v\"".to_vec().into_boxed_slice()
+                };
+                black_box(store.set(tkn, vec![("user".into(), value)], 0).is_ok())
+            })
+        },
+    );
     group.finish();
 }
 

@@ -23,7 +23,8 @@
 //! - [`domain`]: what a session is made of (token, keys, expiry settings), shared by
 //!   the wire format, the store and the snapshot files.
 //! - [`store`]: one shard's sessions and keys: lazy and background expiry, snapshots,
-//!   memory accounting.
+//!   memory accounting; `store::budget` is the server-wide `--max-memory` pool the
+//!   shards borrow from.
 //! - [`expiry`]: the per-shard hashed timing wheel (no clock reads inside).
 //! - [`events`]: session events: the per-shard ring, filters, encoding, cursors.
 //! - [`persist`]: snapshot files and dataset versions (format, writer, loader), the

@@ -25,6 +25,7 @@ use crate::shard::{Shard, ShardContext, new_poll};
 use crate::shared_names::SharedNames;
 use crate::startup::{self, RecoveryReport};
 use crate::store::SessionStore;
+use crate::store::budget::MemoryBudget;
 
 /// File descriptors kept for everything but client connections: listeners,
 /// pollers, wakers, snapshot files, stdio.
@@ -355,6 +356,8 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let owners_scattered = Arc::new(AtomicBool::new(false));
+        let memory = (config.max_memory > 0)
+            .then(|| Arc::new(MemoryBudget::new(config.max_memory, config.shards)));
         // Tells this run's event cursors from an earlier run's.
         let instance: u64 = rand::random();
         let (exit_sender, exits) = channel();
@@ -372,7 +375,7 @@ impl Server {
                 },
                 connections: connections.clone(),
                 max_connections: capacity,
-                max_memory: config.max_memory,
+                memory: memory.clone(),
                 persist: config.persist.clone(),
                 started,
                 wall_epoch_ms,

@@ -17,6 +17,7 @@ use crate::mesh::{Envelope, PostBack, ShardId, Ticket};
 use crate::net::connection::Incoming;
 use crate::shared_names::SharedNames;
 use crate::store::Millis;
+use crate::store::budget::MemoryBudget;
 
 pub struct LocalDispatcher {
     shards: Vec<Router>,
@@ -91,7 +92,7 @@ impl LocalDispatcher {
                 let config = RouterConfig {
                     id,
                     shards,
-                    max_memory: 0,
+                    memory: None,
                     persist: None,
                     names: names.clone(),
                     owners_scattered: owners_scattered.clone(),
@@ -115,18 +116,14 @@ impl LocalDispatcher {
         }
     }
 
-    /// The server-wide memory limit (0: none), split between the shards
-    /// as the server splits it.
+    /// The server-wide memory limit (0: none), one budget shared by the
+    /// shards as the server shares it. Each store first claims what it
+    /// already uses.
     pub fn set_memory_limit(&mut self, bytes: u64) {
-        let count = self.shards.len() as u64;
+        let budget = (bytes > 0).then(|| Arc::new(MemoryBudget::new(bytes, self.shards.len())));
         for router in &mut self.shards {
-            router.config.max_memory = bytes;
-            let share = if bytes == 0 {
-                0
-            } else {
-                (bytes / count).max(1)
-            };
-            router.store.set_memory_limit(share);
+            router.config.memory = budget.clone();
+            router.store.set_memory_budget(budget.clone());
         }
     }
 

@@ -46,6 +46,7 @@ use crate::protocol::{
     Command, CommandName, Rejection, RequestParser, Role, Status, encode_rejection, encode_status,
 };
 use crate::shared_names::SharedNames;
+use crate::store::budget::MemoryBudget;
 use crate::store::{Millis, SessionStore};
 use gather::{Gather, GatherKind};
 use persistence::PersistJobs;
@@ -96,9 +97,10 @@ pub trait Replies {
 pub struct RouterConfig {
     pub id: ShardId,
     pub shards: usize,
-    /// Server-wide memory limit in bytes (0 = none); each shard enforces
-    /// its equal share, so the data path needs no shared counter.
-    pub max_memory: u64,
+    /// The server-wide memory limit, shared by every shard's store (None:
+    /// no limit). A store borrows from it in chunks, so a request only
+    /// touches it when its shard's reservation runs out.
+    pub memory: Option<Arc<MemoryBudget>>,
     /// Where snapshots live; None: persistence is off (`SH_SAVE` -> 14).
     pub persist: Option<PathBuf>,
     pub names: Arc<SharedNames>,
@@ -124,6 +126,11 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
+    /// `--max-memory`, server-wide (0: none).
+    pub fn max_memory(&self) -> u64 {
+        self.memory.as_ref().map_or(0, |b| b.limit())
+    }
+
     /// A restored session whose owner's shard is another one: owner
     /// commands must ask every shard from now on.
     fn note_owner_placement(&self, record: &SessionRecord) {
@@ -192,9 +199,7 @@ impl Router {
         let mut store = SessionStore::new(config.names.clone());
         store.set_wall_epoch(config.wall_epoch_ms);
         store.set_event_retention(config.event_retention);
-        if config.max_memory > 0 {
-            store.set_memory_limit((config.max_memory / config.shards as u64).max(1));
-        }
+        store.set_memory_budget(config.memory.clone());
         Router {
             outbox: (0..config.shards).map(|_| Vec::new()).collect(),
             config,
@@ -750,7 +755,7 @@ impl Router {
             shards: self.config.shards,
             persist_enabled: self.config.persist.is_some(),
             uptime_s: self.now / 1000,
-            max_memory: self.config.max_memory,
+            max_memory: self.config.max_memory(),
             instance: self.config.instance,
             wall_epoch_ms: self.config.wall_epoch_ms,
         };

@@ -33,6 +33,7 @@ use crate::protocol::{Command, CommandName, Status, answer, encode_status};
 use crate::router::{LogSettings, Replies, Router, RouterConfig, SnapshotSchedule};
 use crate::security::{Security, admit};
 use crate::shared_names::SharedNames;
+use crate::store::budget::MemoryBudget;
 use crate::store::{Millis, SessionStore};
 use connections::Connections;
 use shutdown::Phase;
@@ -56,8 +57,8 @@ pub struct ShardContext {
     /// Open connections over all shards, and how many are allowed.
     pub connections: Arc<AtomicUsize>,
     pub max_connections: usize,
-    /// Server-wide memory limit in bytes (0 = none).
-    pub max_memory: u64,
+    /// The server-wide memory limit every shard borrows from (None: none).
+    pub memory: Option<Arc<MemoryBudget>>,
     /// Where snapshots live; None: persistence is off (`SH_SAVE` -> 14).
     pub persist: Option<PathBuf>,
     /// Process start: the epoch of the shard clocks and of `uptimeSeconds`.
@@ -115,7 +116,7 @@ impl Shard {
         let config = RouterConfig {
             id: ctx.id,
             shards: ctx.shards,
-            max_memory: ctx.max_memory,
+            memory: ctx.memory.clone(),
             persist: ctx.persist.clone(),
             names: ctx.names.clone(),
             owners_scattered: ctx.owners_scattered.clone(),

@@ -7,7 +7,10 @@
 //! It knows nothing of connections, shards or the wire format; time comes in
 //! as milliseconds on the caller's monotonic clock, and the wheel ticks in
 //! those same milliseconds, so a timer is due exactly when its session is.
+//! Its only server-wide state is the memory budget it borrows from
+//! ([`budget`]).
 
+pub mod budget;
 mod extras;
 mod keymap;
 #[cfg(test)]
@@ -23,6 +26,7 @@ mod versions_test;
 
 use std::sync::Arc;
 
+use budget::{MemoryBudget, Reservation};
 pub use extras::Extras;
 use extras::{EXTRAS_OVERHEAD, ExtrasTable};
 pub use keymap::KeyMap;
@@ -340,8 +344,9 @@ pub struct SessionStore {
     key_count: u64,
     /// Accounted bytes held (see `SESSION_OVERHEAD`).
     used_bytes: u64,
-    /// Writes that would pass this are refused; 0 = no limit.
-    max_bytes: u64,
+    /// This store's share of the server-wide memory limit: growth past it
+    /// borrows from the pool, and is refused when the pool is short.
+    memory: Reservation,
     names: Arc<SharedNames>,
     /// One timer per session that expires; the timer's value is the token.
     wheel: TimingWheel,
@@ -380,7 +385,7 @@ impl SessionStore {
             sessions: Sessions::new(),
             key_count: 0,
             used_bytes: 0,
-            max_bytes: 0,
+            memory: Reservation::default(),
             names,
             wheel: TimingWheel::new(0),
             fired: Vec::new(),
@@ -789,10 +794,23 @@ impl SessionStore {
         }
     }
 
-    /// Refuse writes that would take the accounted bytes past `max_bytes`
-    /// (0 = no limit).
+    /// Borrows from `budget` (shared with the other shards) from now on,
+    /// claiming first what is used already; None: no limit. What was held
+    /// of an earlier budget goes back to it.
+    pub fn set_memory_budget(&mut self, budget: Option<Arc<MemoryBudget>>) {
+        self.memory = Reservation::new(budget);
+        self.memory.claim(self.used_bytes);
+    }
+
+    /// A budget of `max_bytes` for this store alone (0 = no limit): refuse
+    /// writes that would take the accounted bytes past it.
     pub fn set_memory_limit(&mut self, max_bytes: u64) {
-        self.max_bytes = max_bytes;
+        self.set_memory_budget((max_bytes > 0).then(|| Arc::new(MemoryBudget::new(max_bytes, 1))));
+    }
+
+    /// Bytes this store holds of the memory budget (used or not).
+    pub fn memory_reserved(&self) -> u64 {
+        self.memory.held()
     }
 
     /// Keys over every session here (expired ones not yet reached by
@@ -819,11 +837,16 @@ impl SessionStore {
         self.used_bytes
     }
 
-    /// Whether growing by `delta` bytes stays within the limit.
-    fn fits(&self, delta: i64) -> bool {
-        self.max_bytes == 0
-            || delta <= 0
-            || self.used_bytes.saturating_add(delta as u64) <= self.max_bytes
+    /// Whether growing by `delta` bytes stays within the limit: a local
+    /// comparison, unless the reservation must grow from the shared pool.
+    fn fits(&mut self, delta: i64) -> bool {
+        self.memory.fits(self.used_bytes, delta)
+    }
+
+    /// After bytes were freed: hands what this store holds past its need
+    /// back to the other shards (a local comparison when there is none).
+    fn settle_memory(&mut self) {
+        self.memory.settle(self.used_bytes);
     }
 
     /// The earliest time background expiry may have work (never later
@@ -841,6 +864,8 @@ impl SessionStore {
             self.settle_fired(tkn, now);
         }
         self.fired = fired;
+        // Once a turn: also returns what lazy expiry on reads freed.
+        self.settle_memory();
         more
     }
 
@@ -915,7 +940,7 @@ impl SessionStore {
     }
 
     /// Whether `new` (its name, owner and keys) fits in memory.
-    pub fn can_create_session(&self, new: &NewSession) -> bool {
+    pub fn can_create_session(&mut self, new: &NewSession) -> bool {
         let has_extras = new.owner.is_some() || new.expiry.is_some_and(|e| e.max_lifetime_s > 0);
         let extras = if has_extras {
             EXTRAS_OVERHEAD + new.owner.as_deref().map_or(0, |o| o.len() as u64)
@@ -1155,6 +1180,7 @@ impl SessionStore {
         self.preserve(tkn);
         self.record(tkn, EventKind::Ended, None, now);
         self.remove(tkn);
+        self.settle_memory();
         Ok(())
     }
 
@@ -1184,6 +1210,7 @@ impl SessionStore {
         }
         self.key_count = 0;
         self.used_bytes = 0;
+        self.settle_memory();
         self.extras.clear();
         self.wheel = TimingWheel::new(now);
         live as u64
@@ -1191,7 +1218,7 @@ impl SessionStore {
 
     /// `SH_SET`: all keys or, past the memory limit, none.
     pub fn set(&mut self, tkn: Token, keys: Vec<KeyValue>, now: Millis) -> Result<(), Refusal> {
-        let limited = self.max_bytes > 0;
+        let limited = self.memory.is_limited();
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let growth: i64 = if limited {
             keys.iter()
@@ -1231,6 +1258,9 @@ impl SessionStore {
         self.used_bytes = self.used_bytes.saturating_add_signed(bytes);
         if carry {
             self.carry_version(tkn);
+        }
+        if bytes < 0 {
+            self.settle_memory();
         }
         Ok(())
     }
@@ -1342,6 +1372,7 @@ impl SessionStore {
         }
         self.key_count = self.key_count - removed as u64 + count as u64;
         self.used_bytes = self.used_bytes - before + cost;
+        self.settle_memory();
         Ok(removed)
     }
 
@@ -1370,6 +1401,7 @@ impl SessionStore {
         }
         self.key_count -= removed;
         self.used_bytes -= bytes;
+        self.settle_memory();
         Ok(())
     }
 
@@ -1388,6 +1420,7 @@ impl SessionStore {
         }
         self.key_count -= removed as u64;
         self.used_bytes -= bytes;
+        self.settle_memory();
         Ok(removed)
     }
 
@@ -1431,6 +1464,9 @@ impl SessionStore {
         if carry {
             self.carry_version(tkn);
         }
+        if growth < 0 {
+            self.settle_memory();
+        }
         Ok(sum)
     }
 
@@ -1462,8 +1498,11 @@ impl SessionStore {
                 let mut extras = Extras::new(None, 0, 0, 0);
                 extras.version_high = 1;
                 // Accounted but never refused: the write that carries has
-                // been let in already.
-                self.used_bytes += extras.cost();
+                // been let in already. Borrowed for when the pool has it;
+                // when not, this store uses a few bytes past its share.
+                let cost = extras.cost();
+                let _ = self.memory.fits(self.used_bytes, cost as i64);
+                self.used_bytes += cost;
                 session.extras = self.extras.insert(tkn, extras);
                 session.flags |= HAS_EXTRAS;
                 session.set_version_low(0);
@@ -1808,6 +1847,60 @@ mod tests {
         s.clear(1, 0).unwrap();
         s.end(1, 0).unwrap();
         assert_eq!(s.memory_used(), 0, "accounting returns to zero");
+    }
+
+    /// Two shards' stores on one budget: either may use nearly all of it,
+    /// and what one frees the other can use at once.
+    #[test]
+    fn stores_share_one_budget_and_freed_bytes_flow_back() {
+        const LIMIT: u64 = 64 * 1024;
+        let budget = Arc::new(MemoryBudget::new(LIMIT, 2));
+        let (mut a, mut b) = (store(), store());
+        a.set_memory_budget(Some(budget.clone()));
+        b.set_memory_budget(Some(budget.clone()));
+        let value = "v".repeat(1000);
+        let fill = |s: &mut SessionStore, tkn: Token| {
+            s.create(tkn, None, false, None, 0);
+            let mut i = 0;
+            while s.set(tkn, vec![kv(&format!("k{i}"), &value)], 0).is_ok() {
+                i += 1;
+                assert!(s.memory_used() <= s.memory_reserved());
+            }
+            i
+        };
+        let keys = fill(&mut a, 1);
+        assert!(a.memory_used() > LIMIT * 9 / 10, "one store alone");
+        assert!(a.memory_used() + b.memory_used() <= LIMIT);
+        // b cannot even have a session's worth until a frees some.
+        let session = NewSession {
+            name: None,
+            shared: false,
+            expiry: None,
+            owner: None,
+            keys: vec![kv("k", &value)],
+            report_version: false,
+        };
+        assert!(!b.can_create_session(&session));
+        let half: Vec<Box<str>> = (0..keys / 2).map(|i| format!("k{i}").into()).collect();
+        a.remove_keys(1, &half, 0).unwrap();
+        assert!(
+            a.memory_reserved() <= a.memory_used() + 2 * budget.chunk(),
+            "what a freed went back"
+        );
+        fill(&mut b, 2);
+        let total = a.memory_used() + b.memory_used();
+        assert!(
+            total <= LIMIT && total > LIMIT - budget.slack(2) - 1100,
+            "{total}"
+        );
+        assert_eq!(
+            a.memory_reserved() + b.memory_reserved() + budget.free(),
+            LIMIT
+        );
+        // Ending everything gives all but a chunk each back.
+        a.end_all(0);
+        b.end(2, 0).unwrap();
+        assert!(budget.free() >= LIMIT - 2 * budget.chunk());
     }
 
     #[test]

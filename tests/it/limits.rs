@@ -248,3 +248,101 @@ fn a_client_stuck_over_the_output_limit_is_disconnected() {
     );
     assert_eq!(st(&setup.call(r#"{"SV_INFO":{}}"#)), 1);
 }
+
+/// `--max-memory` for the two tests below: small enough for a debug build
+/// to fill quickly, large enough that chunks are 1 MiB.
+const BUDGET: u64 = 64 << 20;
+
+/// Fills session `tkn` with 64 KiB values until a write is refused with
+/// 150; returns how many keys it took.
+fn fill(c: &mut Client, tkn: u64, prefix: &str) -> usize {
+    let value = "v".repeat(64 * 1024);
+    let mut stored = 0;
+    loop {
+        let r = c.call(&format!(
+            r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"{prefix}{stored}":"{value}"}}}}}}"#
+        ));
+        match st(&r) {
+            1 => stored += 1,
+            150 => return stored,
+            other => panic!("unexpected status {other}: {r}"),
+        }
+        assert!(stored < 2000, "the limit never applied");
+    }
+}
+
+fn memory_used(c: &mut Client) -> u64 {
+    let info = c.call(r#"{"SV_INFO":{}}"#);
+    assert_eq!(info["maxMemory"].as_u64(), Some(BUDGET));
+    let used = info["memoryUsed"].as_u64().unwrap();
+    assert!(used <= BUDGET, "{used} past the limit");
+    used
+}
+
+#[test]
+fn one_session_can_fill_the_whole_server_wide_limit_and_freed_bytes_move_between_shards() {
+    let limit = BUDGET.to_string();
+    let server = Server::start(&["--shards", "2", "--max-memory", &limit]);
+    let mut pair = crate::support::one_client_per_shard(&server, 2).into_iter();
+    let (mut a, a_tkn) = pair.next().unwrap();
+    let (mut b, b_tkn) = pair.next().unwrap();
+    // One session lives on one shard, and may still take nearly all of it
+    // (an equal share per shard would stop it at half).
+    let stored = fill(&mut a, a_tkn, "a");
+    let used = memory_used(&mut a);
+    assert!(used >= BUDGET / 10 * 9, "refused at {used} of {BUDGET}");
+    // The other shard has at most the chunk it took for its session left.
+    let spare = fill(&mut b, b_tkn, "b");
+    assert!(spare <= 16, "{spare} keys of 64 KiB in a 1 MiB chunk");
+    let half: Vec<String> = (0..stored / 2).map(|i| format!(r#""a{i}""#)).collect();
+    let r = a.call(&format!(
+        r#"{{"SH_RMV":{{"tkn":{a_tkn},"keys":[{}]}}}}"#,
+        half.join(",")
+    ));
+    assert_eq!(st(&r), 1, "{r}");
+    // No waiting: the shard hands freed bytes back as it frees them.
+    let taken = fill(&mut b, b_tkn, "c");
+    assert!(
+        taken * 10 >= stored / 2 * 9,
+        "{taken} of {} freed",
+        stored / 2
+    );
+    let used = memory_used(&mut b);
+    assert!(used >= BUDGET / 10 * 9, "refused at {used} of {BUDGET}");
+}
+
+#[test]
+fn sessions_on_both_shards_written_unevenly_reach_the_server_wide_limit() {
+    let limit = BUDGET.to_string();
+    let server = Server::start(&["--shards", "2", "--max-memory", &limit]);
+    let mut sessions = Vec::new();
+    for (mut c, tkn) in crate::support::one_client_per_shard(&server, 2) {
+        let mut tkns = vec![tkn];
+        for _ in 0..7 {
+            tkns.push(c.new_session("{}"));
+        }
+        sessions.push((c, tkns));
+    }
+    // Three writes on the first shard for each on the second, spread over
+    // each shard's sessions, until the first refusal anywhere.
+    let value = "v".repeat(64 * 1024);
+    let mut written = 0usize;
+    'fill: loop {
+        for (shard, (c, tkns)) in sessions.iter_mut().enumerate() {
+            for _ in 0..if shard == 0 { 3 } else { 1 } {
+                let tkn = tkns[written % tkns.len()];
+                let r = c.call(&format!(
+                    r#"{{"SH_SET":{{"tkn":{tkn},"keys":{{"k{written}":"{value}"}}}}}}"#
+                ));
+                match st(&r) {
+                    1 => written += 1,
+                    150 => break 'fill,
+                    other => panic!("unexpected status {other}: {r}"),
+                }
+                assert!(written < 2000, "the limit never applied");
+            }
+        }
+    }
+    let used = memory_used(&mut sessions[0].0);
+    assert!(used >= BUDGET / 10 * 9, "refused at {used} of {BUDGET}");
+}
