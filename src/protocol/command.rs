@@ -62,6 +62,14 @@ macro_rules! command_table {
                 }
             }
 
+            /// How its successful response starts, `{"SH_GET_RSP":{"st":1`:
+            /// one copy for the most common start.
+            pub const fn ok_prefix(self) -> &'static str {
+                match self {
+                    $(CommandName::$variant => concat!("{\"", $wire, "_RSP\":{\"st\":1"),)+
+                }
+            }
+
             /// The least role that may run it (`SH_TOUCH` with `slide:false`
             /// asks less: see `Command::least_role`).
             pub const fn least_role(self) -> Role {

@@ -21,6 +21,10 @@ impl<'a> Response<'a> {
     /// Starts `{"<command>_RSP":{"st":<status>` for one of our commands
     /// (static ASCII identifiers: copied, nothing to escape).
     pub fn new(out: &'a mut Vec<u8>, command: CommandName, status: Status) -> Self {
+        if status == Status::Ok {
+            out.extend_from_slice(command.ok_prefix().as_bytes());
+            return Response { out, first: false };
+        }
         out.extend_from_slice(b"{\"");
         out.extend_from_slice(command.response().as_bytes());
         out.extend_from_slice(b"\":{\"st\":");
@@ -278,6 +282,17 @@ mod tests {
 
     fn text(out: Vec<u8>) -> String {
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_ok_prefix_is_the_envelope_any_status_gets() {
+        for &command in CommandName::ALL {
+            let mut out = Vec::new();
+            Response::for_unknown(&mut out, command.wire(), Status::Ok).finish();
+            let mut ok = Vec::new();
+            Response::new(&mut ok, command, Status::Ok).finish();
+            assert_eq!(text(ok), text(out), "{command:?}");
+        }
     }
 
     #[test]
