@@ -46,7 +46,7 @@ use crate::protocol::{
     Command, CommandName, Rejection, RequestParser, Role, Status, encode_rejection, encode_status,
 };
 use crate::shared_names::SharedNames;
-use crate::store::{Millis, SessionStore};
+use crate::store::{Millis, Reclaimed, SessionStore};
 use gather::{Gather, GatherKind};
 use persistence::PersistJobs;
 
@@ -421,6 +421,11 @@ impl Router {
     /// Whether work is waiting for the next turn (so the loop must not sleep).
     pub fn has_work(&self) -> bool {
         self.expiry_pending || self.persist.has_work() || self.events.pending()
+    }
+
+    /// Housekeeping: shrinks the store's tables if its population fell.
+    pub fn reclaim_memory(&mut self) -> Reclaimed {
+        self.store.reclaim()
     }
 
     /// Whether the shard may exit: no save or load, no commit in flight,
