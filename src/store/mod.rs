@@ -1192,7 +1192,15 @@ impl SessionStore {
             self.live(tkn, now, Access::Read);
         }
         let live = self.sessions.len();
-        for position in 0..live {
+        // With no subscriber to tell of the events the ring lets go, only
+        // the last `capacity` of these stay: number the rest, make none of
+        // them (pushing them was most of an end-all's time).
+        let unseen = match self.evicted {
+            None => live.saturating_sub(self.events.capacity()),
+            Some(_) => 0,
+        };
+        self.events.skip_before_refill(unseen as u64);
+        for position in unseen..live {
             let event = self.event_at(position, (EventKind::Ended, None), now, true);
             self.push_event(event);
         }
