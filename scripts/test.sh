@@ -39,6 +39,11 @@ cargo build --workspace --bins
 step "cargo test"
 cargo test --workspace
 
+# Its checks (every session ended, every probe answered right) on a small
+# N in a debug build; its latency and memory figures mean nothing here.
+step "benches/end_all, quick (END_ALL_SESSIONS=20000)"
+END_ALL_SESSIONS=20000 cargo test --bench end_all
+
 step "python client tests"
 venv=target/python-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

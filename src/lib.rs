@@ -2,6 +2,7 @@
 //! (JSON commands over WebSocket), built thread-per-core.
 //!
 //! # Layout
+//! - [`allocator`]: asks the global allocator (mimalloc) to give freed memory back.
 //! - [`config`]: flags + JSONC file -> validated [`config::Config`].
 //! - [`server`]: binds, builds the mesh, spawns and pins shard threads, stops them.
 //! - [`shard`]: one thread's event loop: poll, accept, read, flush, timeouts, shutdown;
@@ -41,6 +42,7 @@
 //! encoded by `protocol::answer` -> back on the asking shard, the connection
 //! writes it in request order and the turn ends with one flush.
 
+pub mod allocator;
 pub mod config;
 pub mod domain;
 pub mod events;

@@ -216,6 +216,23 @@ impl EventRing {
         evicted
     }
 
+    /// Events it keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Numbers `n` events that no one could read, without making them:
+    /// what pushing them leaves once `capacity` more follow (the caller's
+    /// promise), since those push out everything older anyway. For bulk
+    /// events (`SH_END_ALL` of a million sessions) with no subscriber to
+    /// tell what was lost.
+    pub fn skip_before_refill(&mut self, n: u64) {
+        if n > 0 {
+            self.events.clear();
+            self.head += n;
+        }
+    }
+
     /// The latest sequence number (0 before any event).
     pub fn head(&self) -> u64 {
         self.head
@@ -402,6 +419,30 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_before_a_refill_numbers_as_pushing_would() {
+        let tagged = |tkn: u64| Event::new(EventKind::Ended, tkn, 0, None, None, None, None);
+        let (mut pushed, mut skipped) = (EventRing::new(3), EventRing::new(3));
+        for tkn in 1..=2 {
+            pushed.push(tagged(tkn));
+            skipped.push(tagged(tkn));
+        }
+        for tkn in 3..=10 {
+            pushed.push(tagged(tkn));
+        }
+        skipped.skip_before_refill(5);
+        for tkn in 8..=10 {
+            skipped.push(tagged(tkn));
+        }
+        assert_eq!(
+            (skipped.head(), skipped.oldest()),
+            (pushed.head(), pushed.oldest())
+        );
+        for seq in 8..=10 {
+            assert_eq!(skipped.get(seq), pushed.get(seq));
+        }
+    }
 
     fn event(kind: EventKind, owner: Option<&str>) -> Event {
         let expiry = matches!(kind, EventKind::Expired { .. } | EventKind::KeysExpired);

@@ -47,7 +47,7 @@ use crate::protocol::{
 };
 use crate::shared_names::SharedNames;
 use crate::store::budget::MemoryBudget;
-use crate::store::{Millis, SessionStore};
+use crate::store::{Millis, Reclaimed, SessionStore};
 use gather::{Gather, GatherKind};
 use persistence::PersistJobs;
 
@@ -426,6 +426,11 @@ impl Router {
     /// Whether work is waiting for the next turn (so the loop must not sleep).
     pub fn has_work(&self) -> bool {
         self.expiry_pending || self.persist.has_work() || self.events.pending()
+    }
+
+    /// Housekeeping: shrinks the store's tables if its population fell.
+    pub fn reclaim_memory(&mut self) -> Reclaimed {
+        self.store.reclaim()
     }
 
     /// Whether the shard may exit: no save or load, no commit in flight,

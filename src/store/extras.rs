@@ -192,6 +192,20 @@ impl ExtrasTable {
         self.owners.clear();
     }
 
+    /// Gives back the capacity of a table left empty (by `SH_END_ALL`, or
+    /// the last owned session's end): sessions hold slot numbers, so
+    /// slots in use never move, and an empty table is the one safe time.
+    /// Returns whether it gave any back.
+    pub fn shrink_if_empty(&mut self) -> bool {
+        let held = self.slots.capacity() + self.free.capacity() + self.owners.capacity();
+        // Every slot is on the free list once none is in use.
+        if held == 0 || self.slots.len() != self.free.len() {
+            return false;
+        }
+        *self = ExtrasTable::default();
+        true
+    }
+
     /// Every owner and its list (model tests).
     #[cfg(test)]
     pub fn owners(&self) -> Vec<(String, Vec<Token>)> {

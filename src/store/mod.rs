@@ -19,6 +19,7 @@ mod log_test;
 mod model_test;
 #[cfg(test)]
 mod owners_test;
+mod reclaim;
 mod snapshot;
 mod table;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use budget::{MemoryBudget, Reservation};
 pub use extras::Extras;
 use extras::{EXTRAS_OVERHEAD, ExtrasTable};
 pub use keymap::KeyMap;
+pub use reclaim::Reclaimed;
 pub use snapshot::Chunk;
 use snapshot::Snapshot;
 use table::Sessions;
@@ -546,9 +548,22 @@ impl SessionStore {
         now: Millis,
         with_keys: bool,
     ) {
-        let Some(session) = self.sessions.get(tkn) else {
+        let Some(position) = self.sessions.position(tkn) else {
             return;
         };
+        let event = self.event_at(position, (kind, deadline), now, with_keys);
+        self.push_event(event);
+    }
+
+    /// The event `kind` of the session at `position` (see `record_keys`).
+    fn event_at(
+        &self,
+        position: usize,
+        (kind, deadline): (EventKind, Option<Millis>),
+        now: Millis,
+        with_keys: bool,
+    ) -> Event {
+        let session = self.sessions.at(position);
         let keys = match self.event_keys {
             Some(max) if kind != EventKind::Created => {
                 let held = session.keys.iter().filter(|_| with_keys);
@@ -556,16 +571,15 @@ impl SessionStore {
             }
             _ => None,
         };
-        let event = Event::new(
+        Event::new(
             kind,
-            tkn,
+            session.tkn,
             self.wall_epoch_ms + now,
             deadline.map(|d| self.wall_epoch_ms + d),
             session.name().map(Box::from),
             session_extras(&self.extras, session).and_then(|x| x.owner.clone()),
             keys,
-        );
-        self.push_event(event);
+        )
     }
 
     /// Appends to the ring, keeping what subscribers need of an event it
@@ -1190,14 +1204,32 @@ impl SessionStore {
         // A snapshot under way keeps what it has not reached yet.
         self.snapshot_walk(usize::MAX);
         // Expiry due first (with its events): a session past its deadline
-        // expired, it was not ended.
-        let tokens: Vec<Token> = self.sessions.iter().map(|s| s.tkn).collect();
-        for &tkn in &tokens {
-            if self.live(tkn, now, Access::Read).is_some() {
-                self.record(tkn, EventKind::Ended, None, now);
-            }
+        // expired, it was not ended. Only those few go by token; the rest
+        // are read in table order, with no lookup each: a lookup per
+        // session stalled the shard's other clients for hundreds of ms at
+        // a million sessions (benches/end_all.rs).
+        let due: Vec<Token> = self
+            .sessions
+            .iter()
+            .filter(|s| s.expiry().is_some_and(|e| now >= e.deadline))
+            .map(|s| s.tkn)
+            .collect();
+        for tkn in due {
+            self.live(tkn, now, Access::Read);
         }
         let live = self.sessions.len();
+        // With no subscriber to tell of the events the ring lets go, only
+        // the last `capacity` of these stay: number the rest, make none of
+        // them (pushing them was most of an end-all's time).
+        let unseen = match self.evicted {
+            None => live.saturating_sub(self.events.capacity()),
+            Some(_) => 0,
+        };
+        self.events.skip_before_refill(unseen as u64);
+        for position in unseen..live {
+            let event = self.event_at(position, (EventKind::Ended, None), now, true);
+            self.push_event(event);
+        }
         if let Some(log) = &mut self.log {
             log.end_all();
         }

@@ -12,6 +12,7 @@
 //! directories carry the process id and a name of their own.
 
 mod durability;
+mod end_all;
 mod events;
 mod expiry;
 mod hostile;

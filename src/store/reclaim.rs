@@ -1,0 +1,44 @@
+//! Giving memory back once a shard's population fell (`SH_END_ALL`, a mass
+//! expiry): the tables keep the capacity of their peak otherwise, for the
+//! life of the shard. Runs at housekeeping only, never on a request: a
+//! shrink rehashes what is left.
+
+use super::SessionStore;
+
+/// What one [`SessionStore::reclaim`] did, for the shard's log line and
+/// its allocator.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Bytes the session table held before, and after a shrink.
+    pub table_before: usize,
+    pub table_after: usize,
+    /// Some table shrank.
+    pub shrank: bool,
+    /// Many sessions went since the last call (their memory is free, if
+    /// not given back by the allocator yet).
+    pub fell: bool,
+}
+
+impl Reclaimed {
+    /// Memory was freed: worth asking the allocator to give it back.
+    pub fn freed(&self) -> bool {
+        self.shrank || self.fell
+    }
+}
+
+impl SessionStore {
+    /// Shrinks the tables whose population fell well below their capacity
+    /// (see `Sessions::shrink_if_sparse` for the hysteresis).
+    pub fn reclaim(&mut self) -> Reclaimed {
+        let table_before = self.sessions.heap_bytes();
+        let fell = self.sessions.fell_since_checked();
+        // Not `||`: both run.
+        let shrank = self.sessions.shrink_if_sparse() | self.extras.shrink_if_empty();
+        Reclaimed {
+            table_before,
+            table_after: self.sessions.heap_bytes(),
+            shrank,
+            fell,
+        }
+    }
+}
