@@ -797,10 +797,10 @@ mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/results.jsonl" "$WORK/memory.jsonl" "$POPULATE" \
     "$SERVER_CPUS" "$CLIENT_CPUS" "$CONNECTIONS" "$DURATION" "$SESSIONS" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(redis-server --version | awk '{print $3}')" \
-    "$REPEAT" "$TLS" "$DIMENSIONS" "$(pin_list "$SERVER_CPUS" 64)" > "$OUT" <<'EOF'
+    "$REPEAT" "$TLS" "$DIMENSIONS" > "$OUT" <<'EOF'
 import json, statistics, sys
 (results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver, repeat, tls,
- dims, pins) = sys.argv[1:]
+ dims) = sys.argv[1:]
 dims = dims == "1"
 
 def cpu_per_m(d, key):
@@ -845,10 +845,9 @@ print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {sc
       f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {runs_note}{sessions} sessions.{over}")
 print()
 if dims:
-    pin = pins.split(",")
-    print("Ours with N shards: shard i pinned to core " + ", ".join(
-        f"{i}: {pin[i]}" for i in range(min(4, len(pin)))) + " ... (so with one server core "
-        "every shard shares it, and CPU per operation is the per-core cost); locality is "
+    print(f"Ours with N shards pins shard i to the (i mod n)-th of the n server cpus {scpus} "
+        "(so with one server core every shard shares it, and CPU per operation is the "
+        "per-core cost); locality is "
         "loadtest's --locality: local keeps every request on the connection's shard, remote "
         "forwards every one to another shard, any picks sessions at random.")
     print()
