@@ -14,7 +14,7 @@
 # Usage: scripts/compare-redis.sh [--server-cpus LIST] [--client-cpus LIST]
 #          [--duration S] [--connections N] [--sessions N] [--populate N]
 #          [--workloads "get set ..."] [--pipelines "1 16"] [--repeat N] [--out FILE]
-#          [--tls]
+#          [--tls] [--shards "1 2"] [--locality "local remote"]
 #        scripts/compare-redis.sh --events [--event-sessions N] [--event-wait S]
 #          [--server-cpus LIST] [--client-cpus LIST] [--out FILE]
 #   --server-cpus LIST  cores for the servers (default 0); ours runs one shard
@@ -48,6 +48,18 @@
 #                       sets ours plain beside ours over TLS (ops/s, server
 #                       CPU per op, p99): what TLS costs us.
 #                       --out defaults to target/compare-redis-tls.md
+#   --shards LIST       ours runs once per shard count listed (e.g. "1 2"),
+#                       each beside the same Redis run; a table column gives
+#                       the count. The shards share the --server-cpus cores:
+#                       shard i is pinned to the (i mod n)-th core listed, so
+#                       with the default core 0 every shard shares core 0 and
+#                       CPU per operation is the per-core cost of N shards.
+#                       Default: one shard per --server-cpus core.
+#   --locality LIST     loadtest --locality for ours (any, local, remote;
+#                       default "any"), one row each, on get/set/mixed/
+#                       sliding/touch/incr/cas (the others create their own
+#                       sessions: run once, as any); remote skips one shard.
+#                       local vs remote shows what a forwarded request costs
 #   --events            instead of the above, issue #16's measurement (loadtest
 #                       --workload expiry-events on each server in turn):
 #                       --event-sessions sessions expire within one second, a
@@ -102,6 +114,8 @@ PERSIST=0
 PERSIST_SESSIONS=1000000
 PERSIST_RATE=50000
 TLS=0
+SHARD_LIST=""
+LOCALITIES="any"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -122,7 +136,9 @@ while [ $# -gt 0 ]; do
         --persist-sessions) PERSIST_SESSIONS="$2"; shift 2 ;;
         --persist-rate) PERSIST_RATE="$2"; shift 2 ;;
         --tls) TLS=1; shift ;;
-        -h|--help) sed -n '2,84p' "$0"; exit 0 ;;
+        --shards) SHARD_LIST="${2//,/ }"; shift 2 ;;
+        --locality) LOCALITIES="${2//,/ }"; shift 2 ;;
+        -h|--help) sed -n '2,96p' "$0"; exit 0 ;;
         *) echo "compare-redis: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -145,6 +161,18 @@ if [ "$TLS" = 1 ] && { [ "$EVENTS" = 1 ] || [ "$PERSIST" = 1 ]; }; then
          "--events or --persist" >&2
     exit 2
 fi
+if { [ -n "$SHARD_LIST" ] || [ "$LOCALITIES" != any ]; } \
+    && { [ "$TLS" = 1 ] || [ "$EVENTS" = 1 ] || [ "$PERSIST" = 1 ]; }; then
+    echo "compare-redis: --shards and --locality are dimensions of the plain comparison" \
+         "matrix; they do not combine with --tls, --events or --persist" >&2
+    exit 2
+fi
+for loc in $LOCALITIES; do
+    case "$loc" in
+        any|local|remote) ;;
+        *) echo "compare-redis: --locality takes any, local or remote, not $loc" >&2; exit 2 ;;
+    esac
+done
 WORK="$(mktemp -d)"
 
 # "0,2-3" -> 3
@@ -161,6 +189,22 @@ EOF
 SHARDS="$(count_cpus "$SERVER_CPUS")"
 CLIENT_THREADS="$(count_cpus "$CLIENT_CPUS")"
 PIN=(--pin-cores "$SERVER_CPUS")
+# Shard i on the (i mod n)-th core of $SERVER_CPUS: "0" 2 -> "0,0".
+pin_list() {
+    python3 - "$1" "$2" <<'EOF'
+import sys
+cores = []
+for part in sys.argv[1].split(","):
+    a, _, b = part.partition("-")
+    cores += list(range(int(a), int(b) + 1)) if b else [int(a)]
+print(",".join(str(cores[i % len(cores)]) for i in range(int(sys.argv[2]))))
+EOF
+}
+SHARD_COUNTS="${SHARD_LIST:-$SHARDS}"
+if [ -n "$SHARD_LIST" ]; then
+    SHARDS="${SHARD_LIST%% *}"
+    PIN=(--pin-cores "$(pin_list "$SERVER_CPUS" "$SHARDS")")
+fi
 if [ "$EVENTS" = 1 ]; then
     # The issue's setting is two shards; pinned only when two cores are
     # listed for them.
@@ -207,15 +251,22 @@ REDIS_PORT=""
 # --tls: ours without TLS, beside the two TLS servers.
 PLAIN_PID=""
 PLAIN_PORT=""
+# --shards: ours with each further shard count, by count.
+declare -A SHARD_PID SHARD_URL
+EXTRA_PIDS=""
+# What run() records beside each result (--shards, --locality).
+RUN_SHARDS=""
+RUN_LOCALITY=""
 
 stop_servers() {
-    for pid in $OURS_PID $REDIS_PID $PLAIN_PID; do
+    for pid in $OURS_PID $REDIS_PID $PLAIN_PID $EXTRA_PIDS; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     OURS_PID=""
     REDIS_PID=""
     PLAIN_PID=""
+    EXTRA_PIDS=""
 }
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 
@@ -284,6 +335,27 @@ start_servers() {
     fi
 }
 
+# Ours with every shard count of $SHARD_COUNTS, on the same cores (the first
+# count is start_servers' server); idle ones sleep while another is measured.
+start_sharded() {
+    local n log
+    for n in $SHARD_COUNTS; do
+        [ -z "${SHARD_PID[$n]:-}" ] || continue
+        if [ "$n" = "$SHARDS" ]; then
+            SHARD_PID[$n]="$OURS_PID"
+            SHARD_URL[$n]="$OURS_URL"
+            continue
+        fi
+        log="$WORK/ours-$n.log"
+        : > "$log"
+        taskset -c "$SERVER_CPUS" "$NDB" --port 0 --shards "$n" \
+            --pin-cores "$(pin_list "$SERVER_CPUS" "$n")" > "$log" 2>&1 &
+        SHARD_PID[$n]=$!
+        EXTRA_PIDS="$EXTRA_PIDS $!"
+        SHARD_URL[$n]="ws://127.0.0.1:$(ours_port "$log")/" || exit 1
+    done
+}
+
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
@@ -303,16 +375,17 @@ run() {
         --out "$WORK/report" --json "$@" | tail -1 || true)"
     [ -n "$json" ] || json='{}'
     python3 - "$name" "$workload" "$pipeline" "$WORK/report/report.json" "$json" \
-        >> "$WORK/results.jsonl" <<'EOF'
+        "$RUN_SHARDS" "$RUN_LOCALITY" >> "$WORK/results.jsonl" <<'EOF'
 import json, sys
-name, workload, pipeline, report, raw = sys.argv[1:]
+name, workload, pipeline, report, raw, shards, locality = sys.argv[1:]
 try:
     rep = json.load(open(report))
 except (OSError, ValueError):
     rep = {}
 print(json.dumps({"server": name, "workload": workload, "pipeline": int(pipeline),
                   "cpu_s": rep.get("server_cpu_s"), "client_cpu_s": rep.get("client_cpu_s"),
-                  "retries": rep.get("retries"), "tls": rep.get("tls"), "r": json.loads(raw)}))
+                  "retries": rep.get("retries"), "tls": rep.get("tls"), "r": json.loads(raw),
+                  "shards": int(shards) if shards else None, "locality": locality or None}))
 EOF
     echo "  $name $workload pipeline $pipeline: $json" >&2
 }
@@ -655,13 +728,37 @@ fi
 echo "compare-redis: servers on cpus $SERVER_CPUS, loadtest on cpus $CLIENT_CPUS," \
      "$CONNECTIONS connections, $DURATION s per run$([ "$TLS" = 1 ] && echo ', over TLS')" >&2
 : > "$WORK/results.jsonl"
+DIMENSIONS=0
+if [ -n "$SHARD_LIST" ] || [ "$LOCALITIES" != any ]; then
+    DIMENSIONS=1
+fi
 start_servers
+start_sharded
 # The machine's speed drifts over minutes; repeating the whole matrix (not
 # each row back to back) spreads that drift over both servers alike.
 for _ in $(seq "$REPEAT"); do
     for w in $WORKLOADS; do
         for p in $PIPELINES; do
-            run ours "$OURS_URL" "$OURS_PID" "$w" "$p" "${LT_TLS[@]}"
+            if [ "$DIMENSIONS" = 1 ]; then
+                locs="$LOCALITIES"
+                case "$w" in
+                    get|set|mixed|sliding|touch|incr|cas) ;;
+                    *) locs=any ;;
+                esac
+                for n in $SHARD_COUNTS; do
+                    for loc in $locs; do
+                        # One shard has no other shard to send requests to.
+                        [ "$loc" = remote ] && [ "$n" = 1 ] && continue
+                        RUN_SHARDS="$n"
+                        RUN_LOCALITY="$loc"
+                        run ours "${SHARD_URL[$n]}" "${SHARD_PID[$n]}" "$w" "$p" --locality "$loc"
+                    done
+                done
+                RUN_SHARDS=""
+                RUN_LOCALITY=""
+            else
+                run ours "$OURS_URL" "$OURS_PID" "$w" "$p" "${LT_TLS[@]}"
+            fi
             run redis "$REDIS_URL" "$REDIS_PID" "$w" "$p" "${LT_TLS[@]}"
             if [ "$TLS" = 1 ]; then
                 run ours-plain "ws://127.0.0.1:$PLAIN_PORT/" "$PLAIN_PID" "$w" "$p"
@@ -700,9 +797,11 @@ mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/results.jsonl" "$WORK/memory.jsonl" "$POPULATE" \
     "$SERVER_CPUS" "$CLIENT_CPUS" "$CONNECTIONS" "$DURATION" "$SESSIONS" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(redis-server --version | awk '{print $3}')" \
-    "$REPEAT" "$TLS" > "$OUT" <<'EOF'
+    "$REPEAT" "$TLS" "$DIMENSIONS" > "$OUT" <<'EOF'
 import json, statistics, sys
-results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver, repeat, tls = sys.argv[1:]
+(results, memory, populate, scpus, ccpus, conns, dur, sessions, rev, rver, repeat, tls,
+ dims) = sys.argv[1:]
+dims = dims == "1"
 
 def cpu_per_m(d, key):
     ops = d["r"].get("ops") or 0
@@ -727,7 +826,11 @@ for line in open(results):
         # cas: lost compare-and-sets tried again, per completed operation.
         "retries": d["retries"] / r["ops"] if d.get("retries") is not None and r.get("ops") else None,
     }
-    rows.setdefault((d["workload"], d["pipeline"]), {}).setdefault(d["server"], []).append(run)
+    # --shards / --locality: one row per ours variant, beside the same Redis.
+    server = d["server"]
+    if dims and server == "ours":
+        server = ("ours", d.get("shards") or 0, d.get("locality") or "any")
+    rows.setdefault((d["workload"], d["pipeline"]), {}).setdefault(server, []).append(run)
 
 def median(runs, key):
     values = [run[key] for run in runs if run[key] is not None]
@@ -741,12 +844,27 @@ over = " Both over TLS (wss://, rediss://, loadtest --insecure), one self-signed
 print(f"nemesisdb ({rev}) vs Redis {rver.replace('v=', '')}: servers on cpus {scpus}, "
       f"loadtest on cpus {ccpus}; {conns} connections, {dur} s per run, {runs_note}{sessions} sessions.{over}")
 print()
-print("| workload | pipeline | ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
+if dims:
+    print(f"Ours with N shards pins shard i to the (i mod n)-th of the n server cpus {scpus} "
+        "(so with one server core every shard shares it, and CPU per operation is the "
+        "per-core cost); locality is "
+        "loadtest's --locality: local keeps every request on the connection's shard, remote "
+        "forwards every one to another shard, any picks sessions at random.")
+    print()
+dim_head = "| shards | locality " if dims else ""
+dim_rule = "---:|---|" if dims else ""
+print("| workload | pipeline " + dim_head + "| ours ops/s | ours p50 us | ours p99 us | Redis ops/s | Redis p50 us "
       "| Redis p99 us | ours/Redis | ours CPU s/M ops | Redis CPU s/M ops | CPU ours/Redis per run "
       "| loadtest CPU s/M ops ours/Redis | errors ours/Redis | retries per op ours/Redis |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for (w, p), d in rows.items():
-    o, r = d.get("ours", []), d.get("redis", [])
+print("|---|---:|" + dim_rule + "---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def variants(d):
+    """Each ours row of a (workload, pipeline): one without --shards/--locality."""
+    if not dims:
+        return [("", d.get("ours", []))]
+    keys = sorted(k for k in d if isinstance(k, tuple))
+    return [(f"| {k[1]} | {k[2]} ", d[k]) for k in keys]
+for (w, p), d, (dim, o) in ((k, d, v) for k, d in rows.items() for v in variants(d)):
+    r = d.get("redis", [])
     oo, ro = median(o, "ops"), median(r, "ops")
     ratio = oo / ro if oo and ro else None
     per_run = [a["cpu"] / b["cpu"] for a, b in zip(o, r) if a["cpu"] and b["cpu"]]
@@ -755,7 +873,7 @@ for (w, p), d in rows.items():
     # Only workloads that retry (cas) have a number here.
     retried = w == "cas" or any(x["retries"] for x in o + r)
     retries = f"{fmt(median(o, 'retries'), 3)}/{fmt(median(r, 'retries'), 3)}" if retried else "-"
-    print(f"| {w} | {p} | {fmt(oo)} | {fmt(median(o, 'p50'), 1)} | {fmt(median(o, 'p99'), 1)} "
+    print(f"| {w} | {p} {dim}| {fmt(oo)} | {fmt(median(o, 'p50'), 1)} | {fmt(median(o, 'p99'), 1)} "
           f"| {fmt(ro)} | {fmt(median(r, 'p50'), 1)} | {fmt(median(r, 'p99'), 1)} | {fmt(ratio, 2)} "
           f"| {fmt(median(o, 'cpu'), 2)} | {fmt(median(r, 'cpu'), 2)} | {spread} "
           f"| {fmt(median(o, 'client'), 2)}/{fmt(median(r, 'client'), 2)} | {errors} | {retries} |")

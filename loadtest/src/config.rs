@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use clap::{Parser, ValueEnum};
 
+pub use crate::shards::Locality;
 use crate::tls::{self, Identity, Trust};
 
 /// What one operation does; the same meaning on both targets (see the crate doc).
@@ -212,6 +213,13 @@ struct Flags {
     /// the client's, and its answers by command and status
     #[arg(long, value_name = "URL")]
     scrape: Option<String>,
+
+    /// nemesisdb, workloads on existing sessions: any (sessions at random),
+    /// local (only sessions owned by the shard serving the connection) or
+    /// remote (only sessions owned by another shard: every request is
+    /// forwarded)
+    #[arg(long, value_enum, default_value = "any")]
+    locality: Locality,
 }
 
 /// Where the load goes, and which protocol it speaks.
@@ -304,6 +312,8 @@ pub struct Config {
     /// Which server certificates TLS connections accept, and our own (the
     /// target's connections, and an https:// `--scrape`'s).
     pub tls: tls::Options,
+    /// Which sessions a connection picks, relative to its shard.
+    pub locality: Locality,
 }
 
 impl Config {
@@ -421,6 +431,23 @@ impl Config {
             }
             crate::scrape::check_url(url)?;
         }
+        if f.locality != Locality::Any {
+            if target.protocol == Protocol::Redis {
+                return Err(format!(
+                    "--locality {} is for nemesisdb: a Redis server has no shards",
+                    f.locality.name()
+                ));
+            }
+            if !f.workload.needs_sessions() {
+                return Err(format!(
+                    "--locality {} applies to the workloads on existing sessions \
+                     (get, set, mixed, sliding, touch, incr, cas); {} creates its own, \
+                     always on the connection's shard",
+                    f.locality.name(),
+                    f.workload.name()
+                ));
+            }
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = f.threads.unwrap_or(cores);
         if threads == 0 {
@@ -445,6 +472,7 @@ impl Config {
             save_at,
             scrape: f.scrape,
             tls: tls_options,
+            locality: f.locality,
         })
     }
 }
@@ -585,6 +613,18 @@ mod tests {
         assert!(parse(&["--insecure", "--tls-ca", "x.pem", "--tls"]).is_err());
         let e = parse(&["--tls", "--tls-ca", "/nonexistent/ca.pem"]).unwrap_err();
         assert!(e.starts_with("--tls-ca /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn locality_is_for_nemesisdb_session_workloads() {
+        assert_eq!(parse(&[]).unwrap().locality, Locality::Any);
+        let c = parse(&["--locality", "remote", "--workload", "mixed"]).unwrap();
+        assert_eq!(c.locality, Locality::Remote);
+        let e = parse(&["--locality", "local", "--url", "redis://127.0.0.1:1"]).unwrap_err();
+        assert!(e.contains("no shards"), "{e}");
+        let e = parse(&["--locality", "local", "--workload", "lifecycle"]).unwrap_err();
+        assert!(e.contains("lifecycle creates its own"), "{e}");
+        assert!(parse(&["--locality", "any", "--url", "redis://127.0.0.1:1"]).is_ok());
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct Conn {
     last_progress: Instant,
     /// Tokens collected in set-up, as (operation id, token).
     tokens: Vec<(u64, u64)>,
+    /// The server shard serving this connection, once known (`--locality`).
+    pub shard: Option<usize>,
     /// The replies a phase being written expects (reused).
     expects: Vec<Expect>,
     /// The slot whose operation holds the connection (see
@@ -201,6 +203,7 @@ impl Conn {
             next_send: now,
             last_progress: now,
             tokens: Vec::new(),
+            shard: None,
             expects: Vec::new(),
             holder: None,
             waiting: VecDeque::new(),
@@ -299,7 +302,7 @@ impl Conn {
             // Unique among the operations in flight over all connections.
             let lane = self.index as u64 + plan.connections as u64 * u64::from(slot);
             let op = match plan.source {
-                Source::Timed => plan.encoder.choose(&mut self.rng, id, lane),
+                Source::Timed => plan.encoder.choose(&mut self.rng, id, lane, self.shard),
                 Source::Setup(lifetime) => Op::Create {
                     index: id,
                     lifetime,

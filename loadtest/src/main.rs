@@ -27,6 +27,7 @@
 //! - `scrape`   `--scrape`: the server's /metrics before and after the run
 //! - `buckets`  a Prometheus histogram's buckets: scrape differences, quantiles
 //! - `rng`      the seeded generator
+//! - `shards`   `--locality`: which shard owns a token, pools per shard
 
 mod buckets;
 mod client;
@@ -41,6 +42,7 @@ mod rng;
 mod run;
 mod save;
 mod scrape;
+mod shards;
 mod stats;
 mod timer;
 mod tls;

@@ -10,13 +10,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Protocol, Stop, Workload};
+use crate::client::Client;
+use crate::config::{Config, Locality, Protocol, Stop, Workload};
 use crate::driver::{self, Conn, Plan, Source};
 use crate::events::{Accept, Subscriber};
 use crate::expiry_events;
 use crate::report;
 use crate::save::{self, SaveSummary, SaveWindow};
 use crate::scrape::{Scraper, ServerSide};
+use crate::shards;
 use crate::stats::{self, Goal, Latency, Outcome, Summary, round1};
 use crate::workload::{Encoder, Lifetime, Owners, Sessions, value_text, ws_commands};
 
@@ -37,10 +39,16 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     let value = value_text(cfg.value_size, cfg.seed);
     let protocol = cfg.target.protocol;
 
-    let (groups, sessions, setup_errors) = if cfg.workload.needs_sessions() {
-        set_up(cfg, groups, &value)?
+    // Asked before set-up, so a locality the server cannot give is refused
+    // at once.
+    let shards = match cfg.locality {
+        Locality::Any => None,
+        locality => Some(server_shards(cfg, locality)?),
+    };
+    let (groups, sessions, pools, setup_errors) = if cfg.workload.needs_sessions() {
+        set_up(cfg, groups, &value, shards)?
     } else {
-        (groups, Sessions::default(), 0)
+        (groups, Sessions::default(), Vec::new(), 0)
     };
     let owners = Owners::new(cfg.sessions, (cfg.connections * cfg.pipeline) as u64);
     let (groups, setup_errors) = if cfg.workload == Workload::LogoutAll {
@@ -97,8 +105,11 @@ pub fn run(cfg: &Config) -> Result<Summary, String> {
     } else {
         sessions.len() as u64
     };
-    let encoder =
-        Arc::new(Encoder::new(protocol, cfg.workload, &value, sessions).with_owners(owners));
+    let encoder = Arc::new(
+        Encoder::new(protocol, cfg.workload, &value, sessions)
+            .with_owners(owners)
+            .with_pools(pools),
+    );
     let plan = Plan {
         encoder: Arc::clone(&encoder),
         source: Source::Timed,
@@ -239,9 +250,53 @@ fn save_summary(
     }
 }
 
+/// `--locality`: the server's shard count (`SV_INFO`); `remote` needs two.
+fn server_shards(cfg: &Config, locality: Locality) -> Result<usize, String> {
+    let fail = |e: String| format!("--locality {}: SV_INFO: {e}", locality.name());
+    let mut client =
+        Client::connect(&cfg.target, cfg.seed, u64::MAX - 3).map_err(|e| fail(e.to_string()))?;
+    client
+        .set_read_timeout(Some(cfg.timeout))
+        .map_err(|e| fail(e.to_string()))?;
+    let reply = client
+        .call(br#"{"SV_INFO":{}}"#)
+        .map_err(|e| fail(e.to_string()))?;
+    client.close();
+    let v: serde_json::Value =
+        serde_json::from_slice(&reply).map_err(|e| fail(format!("the reply is not JSON ({e})")))?;
+    let shards = v["SV_INFO_RSP"]["shards"]
+        .as_u64()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            fail(format!(
+                "no shard count in the reply {}",
+                String::from_utf8_lossy(&reply)
+            ))
+        })?;
+    if locality == Locality::Remote && shards < 2 {
+        return Err(
+            "--locality remote: the server runs 1 shard, so no request can \
+             cross to another (start it with --shards 2 or more)"
+                .into(),
+        );
+    }
+    Ok(shards as usize)
+}
+
+/// Session indexes to pick from, by the shard serving a connection
+/// (`--locality`; empty: any session).
+type Pools = Vec<Vec<u32>>;
+
 /// Creates `--sessions` sessions with keys `user` and `cart` (untimed) and
-/// returns what the workload picks from, with the number of errors.
-fn set_up(cfg: &Config, groups: Groups, value: &str) -> Result<(Groups, Sessions, u64), String> {
+/// returns what the workload picks from, with the number of errors. With
+/// `shards` (`--locality`), each connection learns its shard from the
+/// tokens it was given: the server mints them on the creating connection's.
+fn set_up(
+    cfg: &Config,
+    groups: Groups,
+    value: &str,
+    shards: Option<usize>,
+) -> Result<(Groups, Sessions, Pools, u64), String> {
     let protocol = cfg.target.protocol;
     let lifetime = match cfg.workload {
         Workload::Sliding => Lifetime::Sliding,
@@ -261,22 +316,60 @@ fn set_up(cfg: &Config, groups: Groups, value: &str) -> Result<(Groups, Sessions
     if errors > 0 {
         eprintln!("loadtest: set-up: {errors} errors creating sessions");
     }
-    let sessions = match protocol {
-        Protocol::Redis => Sessions::redis_keys(cfg.sessions),
+    let (sessions, pools) = match protocol {
+        Protocol::Redis => (Sessions::redis_keys(cfg.sessions), Vec::new()),
         Protocol::Ws => {
+            let mut tokens: Vec<(u64, u64)> = Vec::new();
+            let mut used = Vec::new();
+            for conn in groups.iter_mut().flatten() {
+                let mine = conn.take_tokens();
+                if let Some(shards) = shards
+                    && conn.alive()
+                {
+                    conn.shard = Some(connection_shard(&mine, shards)?);
+                    used.extend(conn.shard);
+                }
+                tokens.extend(mine);
+            }
             // Ordered by operation id, so a seed picks the same sessions.
-            let mut tokens: Vec<(u64, u64)> = groups
-                .iter_mut()
-                .flat_map(|g| g.iter_mut().flat_map(|c| c.take_tokens()))
-                .collect();
             tokens.sort_unstable();
             if tokens.is_empty() {
                 return Err(format!("set-up created no sessions ({errors} errors)"));
             }
-            Sessions::from_tokens(tokens.into_iter().map(|(_, t)| t))
+            let tokens: Vec<u64> = tokens.into_iter().map(|(_, t)| t).collect();
+            let pools = match shards {
+                Some(shards) => shards::pools(&tokens, shards, cfg.locality, &used)?,
+                None => Vec::new(),
+            };
+            (Sessions::from_tokens(tokens), pools)
         }
     };
-    Ok((groups, sessions, errors))
+    Ok((groups, sessions, pools, errors))
+}
+
+/// The shard serving a connection: where the tokens it created land (all
+/// on one, or the server does not route as `shard_of` says).
+fn connection_shard(tokens: &[(u64, u64)], shards: usize) -> Result<usize, String> {
+    let Some(&(_, first)) = tokens.first() else {
+        return Err(
+            "--locality: a connection created no session in set-up, so its \
+             shard is unknown; use --sessions of at least --connections"
+                .into(),
+        );
+    };
+    let shard = shards::shard_of(first, shards);
+    if tokens
+        .iter()
+        .any(|&(_, t)| shards::shard_of(t, shards) != shard)
+    {
+        return Err(
+            "--locality: one connection's sessions landed on different shards; \
+             the server does not mint tokens on the creating connection's shard \
+             as nemesisdb does"
+                .into(),
+        );
+    }
+    Ok(shard)
 }
 
 /// Creates logout-all's owners, 5 sessions each (untimed); returns the

@@ -43,6 +43,7 @@ use crate::tls::{Options, Trust};
 
 const DURATIONS: &str = "nemesisdb_command_duration_seconds";
 const ANSWERED: &str = "nemesisdb_commands_total";
+const FORWARDED: &str = "nemesisdb_cross_shard_requests_total";
 
 /// The quantiles reported.
 const QUANTILES: [(&str, f64); 2] = [("p50", 0.50), ("p99", 0.99)];
@@ -196,6 +197,8 @@ pub struct Metrics {
     durations: BTreeMap<String, Buckets>,
     /// `nemesisdb_commands_total` by (`command`, `status`).
     answered: BTreeMap<(String, String), u64>,
+    /// `nemesisdb_cross_shard_requests_total` (a server before it: None).
+    forwarded: Option<u64>,
 }
 
 impl Metrics {
@@ -242,6 +245,10 @@ impl Metrics {
                     let key = (label("command")?, label("status")?);
                     m.answered.insert(key, whole(*v, ANSWERED)?);
                 }
+                (
+                    FORWARDED,
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v),
+                ) => m.forwarded = Some(whole(*v, FORWARDED)?),
                 _ => {}
             }
         }
@@ -270,6 +277,10 @@ pub struct ServerSide {
     /// Requests answered during the run: command -> status -> count; every
     /// command the server answered, those that answered none left out.
     pub answered: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Requests the server forwarded to the shard owning their session
+    /// (`--locality` shows its effect here); None from a server without
+    /// the counter.
+    pub forwarded: Option<u64>,
 }
 
 /// Requests the server timed, and their quantiles.
@@ -405,6 +416,10 @@ impl ServerSide {
                 .map_or_else(ServerLatency::of_none, ServerLatency::of),
             commands: per_command,
             answered,
+            forwarded: after
+                .forwarded
+                .zip(before.forwarded)
+                .map(|(a, b)| a.saturating_sub(b)),
         })
     }
 }

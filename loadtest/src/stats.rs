@@ -382,6 +382,9 @@ fn table(
         answered.join("; ")
     };
     let _ = writeln!(t, "  answered      {answered}");
+    if let Some(n) = server.forwarded {
+        let _ = writeln!(t, "  forwarded     {} (to another shard)", group(n as f64));
+    }
     t
 }
 

@@ -361,6 +361,9 @@ pub struct Encoder {
     workload: Workload,
     sessions: Sessions,
     owners: Owners,
+    /// `--locality` local or remote: by the shard serving a connection, the
+    /// session indexes it picks from (see `shards::pools`); empty: any.
+    pools: Vec<Vec<u32>>,
     p: Pieces,
 }
 
@@ -553,6 +556,7 @@ impl Encoder {
             workload,
             sessions,
             owners: Owners::default(),
+            pools: Vec::new(),
             p: Pieces::new(value),
         }
     }
@@ -563,16 +567,29 @@ impl Encoder {
         self
     }
 
+    /// `--locality`: a connection of shard `s` picks among `pools[s]`.
+    pub fn with_pools(mut self, pools: Vec<Vec<u32>>) -> Encoder {
+        self.pools = pools;
+        self
+    }
+
     pub fn protocol(&self) -> Protocol {
         self.protocol
     }
 
     /// The next operation of the timed workload. `id` must be unique within
     /// the run (it names lifecycle/expiry sessions on Redis); `lane` is the
-    /// operation slot it runs in (see [`Owners`]).
-    pub fn choose(&self, rng: &mut Rng, id: u64, lane: u64) -> Op {
-        let n = self.sessions.len().max(1) as u64;
-        let session = |rng: &mut Rng| rng.below(n) as u32;
+    /// operation slot it runs in (see [`Owners`]); `shard` the shard
+    /// serving the connection, when known (`--locality`).
+    pub fn choose(&self, rng: &mut Rng, id: u64, lane: u64, shard: Option<usize>) -> Op {
+        let pool = shard
+            .and_then(|s| self.pools.get(s))
+            .filter(|pool| !pool.is_empty());
+        let n = pool.map_or(self.sessions.len(), Vec::len).max(1) as u64;
+        let session = |rng: &mut Rng| {
+            let i = rng.below(n) as usize;
+            pool.map_or(i as u32, |pool| pool[i])
+        };
         let key = |rng: &mut Rng| {
             if rng.next_u64() & 1 == 0 {
                 Key::User
@@ -1136,7 +1153,7 @@ mod tests {
             let mut sent = BTreeSet::new();
             // Enough operations for mixed's 20% of sets.
             for id in 0..200 {
-                let op = e.choose(&mut rng, id, id % 2);
+                let op = e.choose(&mut rng, id, id % 2, None);
                 for n in 0.. {
                     let (out, _, more) = phase(&e, op, n, &carry);
                     for v in ws_json(&out) {
@@ -1373,8 +1390,8 @@ mod tests {
         for w in [Workload::Incr, Workload::Cas] {
             let e = Encoder::new(Protocol::Redis, w, "v", Sessions::redis_keys(50));
             let (mut a, mut b) = (Rng::new(5, 2), Rng::new(5, 2));
-            let xs: Vec<Op> = (0..200).map(|i| e.choose(&mut a, i, 0)).collect();
-            let ys: Vec<Op> = (0..200).map(|i| e.choose(&mut b, i, 0)).collect();
+            let xs: Vec<Op> = (0..200).map(|i| e.choose(&mut a, i, 0, None)).collect();
+            let ys: Vec<Op> = (0..200).map(|i| e.choose(&mut b, i, 0, None)).collect();
             assert_eq!(xs, ys);
             let mut seen = [false; 50];
             for op in xs {
@@ -1397,7 +1414,7 @@ mod tests {
         let mut rng = Rng::new(1, 1);
         for i in 0..1000 {
             let lane = i % lanes;
-            let Op::LogoutAll { owner } = e.choose(&mut rng, i, lane) else {
+            let Op::LogoutAll { owner } = e.choose(&mut rng, i, lane, None) else {
                 panic!("logout-all chooses owners");
             };
             assert!(owner < o.count());
@@ -1420,11 +1437,11 @@ mod tests {
             Sessions::redis_keys(100),
         );
         let (mut a, mut b) = (Rng::new(3, 0), Rng::new(3, 0));
-        let xs: Vec<Op> = (0..50).map(|i| e.choose(&mut a, i, 0)).collect();
-        let ys: Vec<Op> = (0..50).map(|i| e.choose(&mut b, i, 0)).collect();
+        let xs: Vec<Op> = (0..50).map(|i| e.choose(&mut a, i, 0, None)).collect();
+        let ys: Vec<Op> = (0..50).map(|i| e.choose(&mut b, i, 0, None)).collect();
         assert_eq!(xs, ys);
         let sets = (0..10_000)
-            .filter(|&i| matches!(e.choose(&mut a, i, 0), Op::Set { .. }))
+            .filter(|&i| matches!(e.choose(&mut a, i, 0, None), Op::Set { .. }))
             .count();
         assert!((1700..2300).contains(&sets), "{sets}");
     }

@@ -53,6 +53,11 @@ fn start_server() -> (Guard, u16) {
 
 /// The same with `extra` flags.
 fn start_server_with(extra: &[&str]) -> (Guard, u16) {
+    start_server_sharded(2, extra)
+}
+
+/// `nemesisdb --port 0 --shards <shards>` with `extra` flags.
+fn start_server_sharded(shards: usize, extra: &[&str]) -> (Guard, u16) {
     let bin = server_binary();
     assert!(
         bin.exists(),
@@ -61,7 +66,7 @@ fn start_server_with(extra: &[&str]) -> (Guard, u16) {
         bin.display()
     );
     let mut child = Command::new(&bin)
-        .args(["--port", "0", "--shards", "2"])
+        .args(["--port", "0", "--shards", &shards.to_string()])
         .args(extra)
         // The runner's RUST_LOG could hide the line we wait for.
         .env_remove("RUST_LOG")
@@ -246,6 +251,72 @@ fn scrape_reports_the_servers_view_or_says_why_not() {
         stderr.contains(&format!("loadtest: --scrape {elsewhere}: ")),
         "{stderr}"
     );
+}
+
+/// `--locality`: the server's own count of forwarded requests over the
+/// timed run is 0 for `local` and every request for `remote`; `remote`
+/// against one shard is refused before anything runs.
+#[test]
+fn locality_keeps_requests_home_or_sends_them_all_across() {
+    let (_server, port) = start_server();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let scrape = format!("http://127.0.0.1:{port}/metrics");
+    for (locality, workload) in [
+        ("local", "get"),
+        ("remote", "get"),
+        ("local", "mixed"),
+        ("remote", "cas"),
+    ] {
+        let v = loadtest(&[
+            "--url",
+            &url,
+            "--workload",
+            workload,
+            "--locality",
+            locality,
+            "--requests",
+            "600",
+            "--sessions",
+            "64",
+            "--connections",
+            "8",
+            "--pipeline",
+            "4",
+            "--threads",
+            "2",
+            "--scrape",
+            &scrape,
+        ]);
+        check(&v, 600, &format!("{workload} --locality {locality}"));
+        let requests_per_op = if workload == "cas" { 2 } else { 1 };
+        // cas may lose and retry: every attempt's two requests cross too.
+        let all = v["server"]["latency"]["requests"].as_u64().unwrap_or(0);
+        assert!(all >= 600 * requests_per_op, "{v}");
+        let want = if locality == "local" { 0 } else { all };
+        assert_eq!(
+            v["server"]["forwarded"].as_u64(),
+            Some(want),
+            "{workload} --locality {locality}: {v}"
+        );
+    }
+
+    let (_one, port) = start_server_sharded(1, &[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let said = loadtest_refused(&["--url", &url, "--locality", "remote", "--requests", "10"]);
+    assert!(said.contains("runs 1 shard"), "{said}");
+    let v = loadtest(&[
+        "--url",
+        &url,
+        "--locality",
+        "local",
+        "--requests",
+        "100",
+        "--sessions",
+        "10",
+        "--connections",
+        "2",
+    ]);
+    check(&v, 100, "get --locality local on one shard");
 }
 
 /// A running `redis-server`, killed on drop. Tests that start one run one

@@ -38,6 +38,55 @@ pub struct Ticket {
     pub started: u64,
 }
 
+/// Responses for one shard, packed into one buffer: a forwarded request's
+/// answer then costs no allocation of its own on either side.
+#[derive(Debug, Default)]
+pub struct ReplyBatch {
+    /// Each response's ticket and where its bytes end in `bytes`.
+    ends: Vec<(Ticket, usize)>,
+    bytes: Vec<u8>,
+}
+
+impl ReplyBatch {
+    /// An empty batch with room for about as much as `previous` held, so
+    /// a steady stream of batches does not grow each one from nothing.
+    pub fn like(previous: &ReplyBatch) -> ReplyBatch {
+        ReplyBatch {
+            ends: Vec::with_capacity(previous.ends.len()),
+            bytes: Vec::with_capacity(previous.bytes.len()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Where the next response is written; [`ReplyBatch::seal`] ends it.
+    pub fn open(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    /// Ends the response written since the last seal as `ticket`'s.
+    pub fn seal(&mut self, ticket: Ticket) {
+        self.ends.push((ticket, self.bytes.len()));
+    }
+
+    /// Drops what was written since the last seal, handing it back.
+    pub fn unseal(&mut self) -> Vec<u8> {
+        let start = self.ends.last().map_or(0, |&(_, end)| end);
+        self.bytes.split_off(start)
+    }
+
+    /// Each response with its ticket, in the order written.
+    pub fn iter(&self) -> impl Iterator<Item = (Ticket, &[u8])> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&(_, end)| end));
+        self.ends
+            .iter()
+            .zip(starts)
+            .map(|(&(ticket, end), start)| (ticket, self.bytes.get(start..end).unwrap_or_default()))
+    }
+}
+
 /// A piece of a command that runs on every shard (or on several).
 #[derive(Debug)]
 pub enum Part {
@@ -125,11 +174,14 @@ pub enum Envelope {
         ticket: Ticket,
         command: Command,
     },
-    /// The encoded response to a [`Envelope::Call`].
+    /// The encoded response to a [`Envelope::Call`] (one whose sending
+    /// waited for the change log; the others travel in [`Envelope::Replies`]).
     Reply {
         ticket: Ticket,
         response: Vec<u8>,
     },
+    /// The responses to a turn's [`Envelope::Call`]s from one shard.
+    Replies(ReplyBatch),
     /// Run part of a fan-out command; answer with [`Envelope::PartDone`].
     Part {
         from: ShardId,
@@ -152,7 +204,9 @@ pub enum Envelope {
         ticket: Option<Ticket>,
         name: Box<str>,
         tkns: Option<Vec<Token>>,
-        result: Result<VersionDir, PersistError>,
+        /// Boxed: the largest payload would size every envelope, and every
+        /// forwarded request moves one several times.
+        result: Box<Result<VersionDir, PersistError>>,
     },
     /// A dataset was read from disk for `SH_LOAD` (by a reader thread).
     LoadRead {
@@ -319,6 +373,52 @@ mod tests {
             assert!((9_000..11_000).contains(&c), "{counts:?}");
         }
         assert_eq!(shard_of(12345, 1), 0);
+    }
+
+    /// Clients route by these values too (docs/PROTOCOL.md; loadtest's
+    /// `--locality` checks the same table): changing the mix breaks them.
+    #[test]
+    fn shard_of_known_values() {
+        let known: [(Token, [ShardId; 4]); 7] = [
+            (1, [1, 1, 1, 5]),
+            (2, [0, 1, 2, 2]),
+            (3, [0, 2, 0, 0]),
+            (12345, [1, 0, 1, 1]),
+            (0xdead_beef, [0, 2, 2, 2]),
+            (u64::MAX, [1, 0, 3, 3]),
+            (9_007_199_254_740_993, [0, 1, 2, 2]),
+        ];
+        for (tkn, want) in known {
+            assert_eq!([2, 3, 4, 8].map(|n| shard_of(tkn, n)), want, "token {tkn}");
+        }
+    }
+
+    /// Every forwarded request's envelope is moved into a batch and out of
+    /// it again: a large rare variant must not size them all.
+    #[test]
+    fn envelopes_stay_small() {
+        assert!(std::mem::size_of::<Envelope>() <= 128);
+    }
+
+    #[test]
+    fn reply_batch_hands_back_each_response_with_its_ticket() {
+        let ticket = |seq| Ticket {
+            seq,
+            ..Ticket::default()
+        };
+        let mut batch = ReplyBatch::default();
+        assert!(batch.is_empty());
+        batch.open().extend_from_slice(b"first");
+        batch.seal(ticket(1));
+        batch.open().extend_from_slice(b"held");
+        assert_eq!(batch.unseal(), b"held");
+        batch.seal(ticket(2));
+        batch.open().extend_from_slice(b"third");
+        batch.seal(ticket(3));
+        let got: Vec<(u64, &[u8])> = batch.iter().map(|(t, r)| (t.seq, r)).collect();
+        assert_eq!(got, [(1, &b"first"[..]), (2, b""), (3, b"third")]);
+        let next = ReplyBatch::like(&batch);
+        assert!(next.is_empty() && next.bytes.capacity() >= 10);
     }
 
     #[test]

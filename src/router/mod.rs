@@ -35,8 +35,10 @@ use slab::Slab;
 
 use crate::domain::{NewSession, Token};
 use crate::mesh::{
-    Envelope, Part, PartResult, PostBack, ShardCounts, ShardId, Ticket, shard_of, shard_of_owner,
+    Envelope, Part, PartResult, PostBack, ReplyBatch, ShardCounts, ShardId, Ticket, shard_of,
+    shard_of_owner,
 };
+
 use crate::metrics::{RequestFigures, ShardFigures, SnapshotFigures};
 use crate::net::connection::Incoming;
 use crate::persist::SessionRecord;
@@ -167,6 +169,9 @@ pub struct Router {
     gathers: Slab<Gather>,
     /// Messages for each shard, sent as one batch at the end of the turn.
     outbox: Vec<Vec<Envelope>>,
+    /// Responses to other shards' forwarded requests, by asking shard;
+    /// they join the outbox when it is taken.
+    reply_batches: Vec<ReplyBatch>,
     /// How helper threads post their results back to a shard.
     post: Arc<dyn PostBack>,
     /// Where responses computed here are built (see `answer_here`).
@@ -202,6 +207,7 @@ impl Router {
         store.set_memory_budget(config.memory.clone());
         Router {
             outbox: (0..config.shards).map(|_| Vec::new()).collect(),
+            reply_batches: (0..config.shards).map(|_| ReplyBatch::default()).collect(),
             config,
             store,
             parser: RequestParser::default(),
@@ -359,18 +365,13 @@ impl Router {
                     from,
                     ticket,
                     command,
-                } => {
-                    let mut response = Vec::with_capacity(96);
-                    let before = self.store.log_seq();
-                    self.run_owned(command, &mut response);
-                    let reply = Envelope::Reply { ticket, response };
-                    if self.must_hold(before) {
-                        self.hold(durability::Held::Send(from, reply));
-                    } else {
-                        self.outbox[from].push(reply);
+                } => self.answer_call(from, ticket, command),
+                Envelope::Reply { ticket, response } => replies.answer_owned(ticket, response),
+                Envelope::Replies(batch) => {
+                    for (ticket, response) in batch.iter() {
+                        replies.answer(ticket, response);
                     }
                 }
-                Envelope::Reply { ticket, response } => replies.answer_owned(ticket, response),
                 Envelope::Part { from, gather, part } => {
                     self.answer_part(PartReply::Remote { from, gather }, part, replies);
                 }
@@ -380,7 +381,7 @@ impl Router {
                     name,
                     tkns,
                     result,
-                } => self.save_version_ready(ticket, name, tkns, result, replies),
+                } => self.save_version_ready(ticket, name, tkns, *result, replies),
                 Envelope::LoadRead { gather, result } => {
                     self.loaded_from_disk(gather, result, replies)
                 }
@@ -454,11 +455,45 @@ impl Router {
 
     /// This turn's messages for other shards, one batch per shard.
     pub fn take_outbox(&mut self) -> impl Iterator<Item = (ShardId, Vec<Envelope>)> + '_ {
+        for (outbox, replies) in self.outbox.iter_mut().zip(&mut self.reply_batches) {
+            if !replies.is_empty() {
+                let next = ReplyBatch::like(replies);
+                outbox.push(Envelope::Replies(std::mem::replace(replies, next)));
+            }
+        }
+        // The next turn's batch starts with room for this one's: a steady
+        // stream then never regrows it from nothing.
         self.outbox
             .iter_mut()
             .enumerate()
             .filter(|(_, batch)| !batch.is_empty())
-            .map(|(shard, batch)| (shard, std::mem::take(batch)))
+            .map(|(shard, batch)| {
+                let next = Vec::with_capacity(batch.capacity());
+                (shard, std::mem::replace(batch, next))
+            })
+    }
+
+    /// Runs a request another shard forwarded here and packs its response
+    /// into the batch going back there.
+    fn answer_call(&mut self, from: ShardId, ticket: Ticket, command: Command) {
+        let Some(batch) = self.reply_batches.get_mut(from) else {
+            return;
+        };
+        let mut batch = std::mem::take(batch);
+        let before = self.store.log_seq();
+        self.run_owned(command, batch.open());
+        if self.must_hold(before) {
+            let response = batch.unseal();
+            self.hold(durability::Held::Send(
+                from,
+                Envelope::Reply { ticket, response },
+            ));
+        } else {
+            batch.seal(ticket);
+        }
+        if let Some(slot) = self.reply_batches.get_mut(from) {
+            *slot = batch;
+        }
     }
 
     /// Stops: abandons a save in progress, writes what the log holds (the

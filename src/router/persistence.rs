@@ -122,7 +122,7 @@ impl Router {
                     ticket,
                     name: job_name,
                     tkns,
-                    result,
+                    result: Box::new(result),
                 };
                 post.post(me, vec![ready]);
             });
