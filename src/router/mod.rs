@@ -238,6 +238,9 @@ impl Router {
                 restored.keys += keys;
             }
         }
+        // Shards restore one after another: what this one borrowed and
+        // does not use must be in the pool for the next.
+        self.store.trim_memory();
         // Logged loads go to the log writer now: an idle shard may not
         // run a turn for a long time.
         self.flush_log();

@@ -173,10 +173,27 @@ impl Reservation {
     /// After `used` shrank: what is held past two chunks above it goes
     /// back to the pool, leaving one chunk, so a store that frees and
     /// grows around the same size does not borrow each time.
+    ///
+    /// A store left with nothing gives everything back, so one session on
+    /// another shard can reach the limit less only what busy shards hold.
     #[inline]
     pub fn settle(&mut self, used: u64) {
-        if self.budget.is_some() && self.held > used.saturating_add(2 * self.chunk) {
+        if self.budget.is_none() {
+            return;
+        }
+        if used == 0 && self.held > 0 {
+            self.give_back(self.held);
+        } else if self.held > used.saturating_add(2 * self.chunk) {
             self.give_back(self.held - used - self.chunk);
+        }
+    }
+
+    /// Gives back everything held past `used`: after start-up restores,
+    /// so a shard restored first does not keep part of a chunk that a
+    /// shard restored later needs for sessions the limit had admitted.
+    pub fn trim(&mut self, used: u64) {
+        if self.budget.is_some() && self.held > used {
+            self.give_back(self.held - used);
         }
     }
 
@@ -280,10 +297,34 @@ mod tests {
         r.settle(3 * chunk);
         assert_eq!(r.held(), 4 * chunk);
         assert_eq!(b.free(), (1 << 20) - 4 * chunk);
+        r.settle(2 * chunk);
+        assert_eq!(r.held(), 4 * chunk, "within two chunks of use: kept");
         r.settle(0);
-        assert_eq!(r.held(), chunk);
+        assert_eq!(r.held(), 0, "nothing in use: everything back");
+        assert!(r.fits(0, 10 * chunk as i64));
         drop(r);
         assert_eq!(b.free(), 1 << 20, "a dropped reservation returns all");
+    }
+
+    /// Recovery restores shards one after another: what the first keeps
+    /// unused past its need must not refuse the second what the limit
+    /// admitted before the restart.
+    #[test]
+    fn trimmed_reservations_leave_every_unused_byte_to_the_next_shard() {
+        let b = budget(64 * 1024, 2);
+        let chunk = b.chunk();
+        let (mut first, mut second) = (
+            Reservation::new(Some(b.clone())),
+            Reservation::new(Some(b.clone())),
+        );
+        let first_used = chunk / 3;
+        assert!(first.fits(0, first_used as i64));
+        assert_eq!(first.held(), chunk);
+        assert!(!second.fits(0, (64 * 1024 - first_used) as i64));
+        first.trim(first_used);
+        assert_eq!(first.held(), first_used);
+        assert!(second.fits(0, (64 * 1024 - first_used) as i64));
+        assert_eq!(b.free(), 0);
     }
 
     #[test]

@@ -286,6 +286,19 @@ const SESSION_OVERHEAD: u64 = 128;
 /// Accounted bytes of a key beyond its name and value.
 const KEY_OVERHEAD: u64 = 48;
 
+/// Whether a request names a key more than once.
+fn names_repeat(keys: &[KeyValue]) -> bool {
+    const SCAN_MAX: usize = 16;
+    if keys.len() <= SCAN_MAX {
+        return keys
+            .iter()
+            .enumerate()
+            .any(|(i, (name, _))| keys[..i].iter().any(|(seen, _)| seen == name));
+    }
+    let mut seen = ahash::AHashSet::with_capacity(keys.len());
+    keys.iter().any(|(name, _)| !seen.insert(name))
+}
+
 fn entry_cost(key: &str, value: &[u8]) -> u64 {
     KEY_OVERHEAD + key.len() as u64 + value.len() as u64
 }
@@ -827,6 +840,11 @@ impl SessionStore {
         self.memory.held()
     }
 
+    /// Hands back every reserved byte not in use (after start-up restores).
+    pub fn trim_memory(&mut self) {
+        self.memory.trim(self.used_bytes);
+    }
+
     /// Keys over every session here (expired ones not yet reached by
     /// expiry included).
     pub fn key_count(&self) -> u64 {
@@ -1253,8 +1271,12 @@ impl SessionStore {
         let limited = self.memory.is_limited();
         let session = self.live(tkn, now, Access::Read).ok_or(NoSession)?;
         let growth: i64 = if limited {
+            // A name given twice would subtract its old value twice: then
+            // no mention may lower the estimate (a bound, not exact).
+            let repeats = names_repeat(&keys);
             keys.iter()
                 .map(|(k, v)| match session.keys.get(k) {
+                    Some(old) if repeats => (v.len() as i64 - old.len() as i64).max(0),
                     Some(old) => v.len() as i64 - old.len() as i64,
                     None => entry_cost(k, v) as i64,
                 })
@@ -1879,6 +1901,33 @@ mod tests {
         s.clear(1, 0).unwrap();
         s.end(1, 0).unwrap();
         assert_eq!(s.memory_used(), 0, "accounting returns to zero");
+    }
+
+    /// A key named again with a shorter value must not hide the growth of
+    /// the rest of the request.
+    #[test]
+    fn a_key_named_twice_cannot_carry_a_write_past_the_limit() {
+        let mut s = store();
+        let limit = 10_000;
+        s.set_memory_limit(limit);
+        s.create(1, None, false, None, 0);
+        let old = "x".repeat(1_000);
+        s.set(1, vec![kv("a", &old)], 0).unwrap();
+        let mut keys: Vec<KeyValue> = (0..100).map(|_| kv("a", "")).collect();
+        keys.push(kv("a", &old));
+        keys.push(kv("big", &"y".repeat(50_000)));
+        assert_eq!(s.set(1, keys, 0), Err(Refusal::MemoryLimit));
+        assert!(s.memory_used() <= limit);
+        // Without repeats the estimate stays exact: shrinking one key pays
+        // for growing another.
+        let near = limit - s.memory_used() - KEY_OVERHEAD - 1;
+        s.set(
+            1,
+            vec![kv("a", ""), kv("b", &"z".repeat(near as usize + 900))],
+            0,
+        )
+        .unwrap();
+        assert!(s.memory_used() <= limit);
     }
 
     /// Two shards' stores on one budget: either may use nearly all of it,
