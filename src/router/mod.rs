@@ -437,6 +437,11 @@ impl Router {
         self.store.reclaim()
     }
 
+    /// Whether housekeeping may have memory to give back.
+    pub fn may_reclaim(&self) -> bool {
+        self.store.may_reclaim()
+    }
+
     /// Whether the shard may exit: no save or load, no commit in flight,
     /// no answer waiting for the disk.
     pub fn is_idle(&self) -> bool {

@@ -249,7 +249,17 @@ impl Shard {
             return Some(Duration::ZERO);
         }
         let housekeeping = match self.phase {
-            Phase::Serving if self.conns.is_empty() && !self.accept_again => None,
+            // Idle: asleep until something arrives, once memory freed by
+            // the last requests (SH_END_ALL, a client's last SH_END) has
+            // been given back.
+            Phase::Serving
+                if self.conns.is_empty()
+                    && !self.accept_again
+                    && !self.give_back_again
+                    && !self.router.may_reclaim() =>
+            {
+                None
+            }
             Phase::Serving => Some(HOUSEKEEPING_EVERY),
             Phase::Stopping { .. } | Phase::Drained => Some(Duration::from_millis(10)),
         };

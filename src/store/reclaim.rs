@@ -27,6 +27,12 @@ impl Reclaimed {
 }
 
 impl SessionStore {
+    /// Whether [`SessionStore::reclaim`] has anything to look at: the
+    /// population changed since it last ran.
+    pub fn may_reclaim(&self) -> bool {
+        self.sessions.changed_since_checked()
+    }
+
     /// Shrinks the tables whose population fell well below their capacity
     /// (see `Sessions::shrink_if_sparse` for the hysteresis).
     pub fn reclaim(&mut self) -> Reclaimed {

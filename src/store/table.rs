@@ -147,6 +147,12 @@ impl Sessions {
     /// `KEEP_CAPACITY`) went since the last call: their keys' memory is
     /// free in the allocator, which an idle thread never hands back by
     /// itself.
+    /// Whether the population changed since [`Sessions::fell_since_checked`]
+    /// last looked: an idle shard stays awake until it has looked.
+    pub fn changed_since_checked(&self) -> bool {
+        self.slots.len() != self.checked_len
+    }
+
     pub fn fell_since_checked(&mut self) -> bool {
         let (len, checked) = (self.slots.len(), self.checked_len);
         self.checked_len = len;
