@@ -469,14 +469,15 @@ impl Router {
                 outbox.push(Envelope::Replies(std::mem::replace(replies, next)));
             }
         }
-        // The next turn's batch starts with room for this one's: a steady
-        // stream then never regrows it from nothing.
+        // The next turn's batch starts with room for as many as this one
+        // carried: a steady stream never regrows it from nothing, and a
+        // burst's size lasts one turn, not for good.
         self.outbox
             .iter_mut()
             .enumerate()
             .filter(|(_, batch)| !batch.is_empty())
             .map(|(shard, batch)| {
-                let next = Vec::with_capacity(batch.capacity());
+                let next = Vec::with_capacity(batch.len());
                 (shard, std::mem::replace(batch, next))
             })
     }

@@ -21,6 +21,10 @@ use crate::domain::Token;
 /// No slot: the end of an owner's list.
 const NONE: u32 = u32::MAX;
 
+/// Slots, free-list entries and owners an empty table may keep (a few KiB):
+/// see [`ExtrasTable::shrink_if_empty`].
+const SHRINK_ABOVE: usize = 1024;
+
 /// A session's owner and lifetime.
 #[derive(Clone, Debug)]
 pub struct Extras {
@@ -198,8 +202,10 @@ impl ExtrasTable {
     /// Returns whether it gave any back.
     pub fn shrink_if_empty(&mut self) -> bool {
         let held = self.slots.capacity() + self.free.capacity() + self.owners.capacity();
-        // Every slot is on the free list once none is in use.
-        if held == 0 || self.slots.len() != self.free.len() {
+        // Every slot is on the free list once none is in use. A small
+        // table stays: resetting it would count as memory freed and have
+        // the allocator's forced collect run at every housekeeping.
+        if held < SHRINK_ABOVE || self.slots.len() != self.free.len() {
             return false;
         }
         *self = ExtrasTable::default();

@@ -359,6 +359,9 @@ pub struct SessionStore {
     key_count: u64,
     /// Accounted bytes held (see `SESSION_OVERHEAD`).
     used_bytes: u64,
+    /// `used_bytes` when `reclaim` last looked: keys freed without ending
+    /// sessions (keys-only expiry, `SH_CLEAR`) count as a fall too.
+    checked_used: u64,
     /// This store's share of the server-wide memory limit: growth past it
     /// borrows from the pool, and is refused when the pool is short.
     memory: Reservation,
@@ -400,6 +403,7 @@ impl SessionStore {
             sessions: Sessions::new(),
             key_count: 0,
             used_bytes: 0,
+            checked_used: 0,
             memory: Reservation::default(),
             names,
             wheel: TimingWheel::new(0),
@@ -1258,6 +1262,13 @@ impl SessionStore {
                 self.names.release(name, session.tkn);
             }
         }
+        // The walk passed every position; the table is empty now. Sessions
+        // created before the next step are marked saved (new since the
+        // snapshot began) at positions from 0: the walk must visit them
+        // to clear that mark, or a later snapshot would skip them.
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot.next = 0;
+        }
         self.key_count = 0;
         self.used_bytes = 0;
         self.settle_memory();
@@ -1848,6 +1859,52 @@ mod tests {
         let tkns: Vec<Token> = records.iter().map(|r| r.tkn).collect();
         assert_eq!(tkns, [1, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(records[6].keys.len(), 1, "9 as it is now");
+    }
+
+    #[test]
+    fn keys_freed_without_ending_sessions_count_as_memory_to_give_back() {
+        let mut s = store();
+        let big = "x".repeat(1 << 20);
+        for tkn in 1..=10 {
+            s.create(tkn, None, false, None, 0);
+            s.set(tkn, vec![kv("k", &big)], 0).unwrap();
+        }
+        assert!(s.may_reclaim());
+        let _ = s.reclaim();
+        assert!(!s.may_reclaim(), "looked: nothing new since");
+        s.clear(1, 0).unwrap();
+        assert!(s.may_reclaim());
+        assert!(!s.reclaim().freed(), "1 MiB of 10: not worth a collect");
+        for tkn in 2..=10 {
+            s.clear(tkn, 0).unwrap();
+        }
+        assert!(s.reclaim().freed(), "9 MiB went, the sessions stayed");
+        assert!(!s.reclaim().freed(), "told once");
+    }
+
+    /// SH_END_ALL in the middle of a snapshot: sessions created after it
+    /// are not in that snapshot, and are in the next one.
+    #[test]
+    fn sessions_created_after_an_end_all_during_a_snapshot_are_in_the_next() {
+        let mut s = store();
+        for tkn in 1..=10 {
+            s.create(tkn, None, false, None, 0);
+        }
+        s.begin_snapshot(0, None).unwrap();
+        let mut first = true;
+        let records = snapshot_records(&mut s, 3, |s| {
+            if std::mem::take(&mut first) {
+                assert_eq!(s.end_all(0), 10);
+                s.create(21, None, false, None, 0);
+                s.create(22, None, false, None, 0);
+            }
+        });
+        let tkns: Vec<Token> = records.iter().map(|r| r.tkn).collect();
+        assert_eq!(tkns, (1..=10).collect::<Vec<_>>(), "as at the start");
+        s.begin_snapshot(0, None).unwrap();
+        let records = snapshot_records(&mut s, 3, |_| {});
+        let tkns: Vec<Token> = records.iter().map(|r| r.tkn).collect();
+        assert_eq!(tkns, [21, 22]);
     }
 
     #[test]

@@ -5,6 +5,11 @@
 
 use super::SessionStore;
 
+/// Accounted bytes that must go (and a quarter of them) before the
+/// allocator is asked to give memory back: its forced collect walks the
+/// whole heap.
+const BYTES_FELL_MIN: u64 = 8 << 20;
+
 /// What one [`SessionStore::reclaim`] did, for the shard's log line and
 /// its allocator.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -30,14 +35,18 @@ impl SessionStore {
     /// Whether [`SessionStore::reclaim`] has anything to look at: the
     /// population changed since it last ran.
     pub fn may_reclaim(&self) -> bool {
-        self.sessions.changed_since_checked()
+        self.sessions.changed_since_checked() || self.used_bytes != self.checked_used
     }
 
     /// Shrinks the tables whose population fell well below their capacity
     /// (see `Sessions::shrink_if_sparse` for the hysteresis).
     pub fn reclaim(&mut self) -> Reclaimed {
         let table_before = self.sessions.heap_bytes();
-        let fell = self.sessions.fell_since_checked();
+        let checked_used = std::mem::replace(&mut self.checked_used, self.used_bytes);
+        let bytes_fell =
+            checked_used.saturating_sub(self.used_bytes) >= (checked_used / 4).max(BYTES_FELL_MIN);
+        // Not `||`: the session count's mark moves either way.
+        let fell = self.sessions.fell_since_checked() | bytes_fell;
         // Not `||`: both run.
         let shrank = self.sessions.shrink_if_sparse() | self.extras.shrink_if_empty();
         Reclaimed {
