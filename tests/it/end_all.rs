@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
 
-use crate::support::{Client, Server, one_client_per_shard, st};
+use crate::support::{Client, Server, one_client_per_shard, rss_kib, st};
 
 const SHARDS: usize = 2;
 const KEYS: &str = r#"{"user":"u123456","cart":[1,2,3]}"#;
@@ -143,16 +143,6 @@ fn end_all_ends_every_session_while_other_clients_are_served() {
     }
     // Only what the probers made after the end-all is left.
     assert_eq!(live_sessions(&mut admin), after);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -322,6 +322,17 @@ pub fn one_client_per_shard(server: &Server, shards: usize) -> Vec<(Client, u64)
 }
 
 /// The body of a one-member response object named `name`.
+/// A process's resident set in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn body(response: &OwnedValue, name: &str) -> OwnedValue {
     let object = response.as_object().expect("response is an object");
     assert_eq!(object.len(), 1, "response has one member: {response}");
